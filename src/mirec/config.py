@@ -1,0 +1,227 @@
+"""Typed run configuration: dataclasses loaded from TOML presets and overridden with ``--set key=value``.
+
+A run config has four sections: ``[model]`` (a model-specific dataclass chosen by ``model.name``),
+``[graph]`` (global context extraction, GIMIRec section 4.2), ``[train]`` and ``[eval]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESET_ROOT = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """Options shared by every model; each model extends it with its own dataclass."""
+
+    name: str = "dnn"
+    embedding_dim: int = 64
+    num_interests: int = 4
+    maxlen: int = 20
+    # Replace the item-embedding lookup by E_global = A E_item (GIMIRec's transplantable GCE).
+    global_context: bool = False
+
+
+@dataclass
+class GraphConfig:
+    """Global context extraction (GIMIRec Eq. 1-7); used when the model asks for a global context."""
+
+    l_time: float = 64.0  # days; pairs further apart are dropped (Eq. 1)
+    a: float = 0.5  # interval weight (Eq. 2): p = a (L_time - dt) / L_time + b
+    b: float = 0.5
+    hop_weights: list[float] = field(default_factory=lambda: [5.0, 2.5, 1.0])  # alpha, beta, gamma (Eq. 5)
+    count_pairs: bool = True  # False = GIMIRec-IN: q = 1 for a present pair
+    use_threshold: bool = True  # False = GIMIRec-INT: no L_time threshold
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_steps: int = 1_000_000
+    eval_every: int = 1000
+    patience: int = 10  # evaluations without a better valid Recall@50
+    max_minutes: float = 0.0  # 0 = no wall-clock budget
+    loss: str = "sampled"  # sampled | full | inbatch
+    num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
+    min_cut: int = 4  # ComiRec draws the cut position k uniformly in [4, len-1]
+    seed: int = 19
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 0  # 0 = at every evaluation
+    log_every: int = 100
+    eval_users: int = 0  # 0 = all valid users during training evaluations
+
+
+@dataclass
+class EvalConfig:
+    topk: list[int] = field(default_factory=lambda: [20, 50])
+    backend: str = "torch"  # torch | faiss
+    exclude_history: bool = False  # ComiRec keeps history items in the ranking
+    diversity_lambda: float = 0.0
+    batch_size: int = 1024
+    early_stop_metric: str = "recall@50"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _model_config_class(name: str) -> type[ModelConfig]:
+    from mirec.models import get_model_class
+
+    return get_model_class(name).config_class
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert a TOML value to the dataclass field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, inner, where) for v in value]
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    unknown = set(data) - {"model", "graph", "train", "eval"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}")
+    model_values = dict(data.get("model", {}))
+    model_cls = _model_config_class(model_values.get("name", ModelConfig.name))
+    return RunConfig(
+        model=_build(model_cls, model_values, "model"),
+        graph=_build(GraphConfig, data.get("graph", {}), "graph"),
+        train=_build(TrainConfig, data.get("train", {}), "train"),
+        eval=_build(EvalConfig, data.get("eval", {}), "eval"),
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=0.005`` -> (["train", "lr"], 0.005); values are TOML literals, bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides; a bare ``key`` is resolved when exactly one section has it."""
+    sections = {
+        "model": {f.name for f in dataclasses.fields(_model_config_class(data.get("model", {}).get("name", "dnn")))},
+        "graph": {f.name for f in dataclasses.fields(GraphConfig)},
+        "train": {f.name for f in dataclasses.fields(TrainConfig)},
+        "eval": {f.name for f in dataclasses.fields(EvalConfig)},
+    }
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            owners = [s for s, names in sections.items() if path[0] in names]
+            if len(owners) != 1:
+                raise ConfigError(f"--set {text}: option {path[0]!r} is {'ambiguous' if owners else 'unknown'}")
+            path = [owners[0], path[0]]
+        if len(path) != 2 or path[0] not in sections:
+            raise ConfigError(f"--set {text}: expected section.key with section in {sorted(sections)}")
+        data.setdefault(path[0], {})[path[1]] = value
+    return data
+
+
+def preset_path(dataset: str, model: str) -> Path:
+    return PRESET_ROOT / dataset / f"{model}.toml"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Build a RunConfig from (in order) the preset for (dataset, model), a TOML file, and overrides."""
+    data: dict[str, Any] = {}
+    if dataset and model and preset_path(dataset, model).exists():
+        data = _merge(data, tomllib.loads(preset_path(dataset, model).read_text()))
+    if path is not None:
+        try:
+            data = _merge(data, tomllib.loads(Path(path).read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if model:
+        data.setdefault("model", {})["name"] = model
+    return from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    from mirec.utils import atomic_write_text
+
+    atomic_write_text(path, to_toml(config.to_dict()))
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for our flat sections (str, int, float, bool, lists of those)."""
+
+    def literal(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(literal(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {literal(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)

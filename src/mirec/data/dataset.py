@@ -1,0 +1,166 @@
+"""The prepared-dataset folder: per-split CSR sequences (memory-mapped .npy), id maps (Parquet), meta.json.
+
+Layout of a prepared folder::
+
+    meta.json                      counts, options, source checksums, format version
+    items.parquet                  row i = internal item i+1: original_id (string), category (int64, -1 = none)
+    users.parquet                  row u = internal user u: original_id (string)
+    {split}_users.npy              int64 [n_split_users]      internal user ids
+    {split}_indptr.npy             int64 [n_split_users + 1]  CSR offsets into the two arrays below
+    {split}_items.npy              int64 [n_interactions]     internal item ids 1..n_items, time-sorted per user
+    {split}_timestamps.npy         int64 [n_interactions]     Unix seconds
+    {split}_history_len.npy        int64 [n_split_users]      valid/test only: the first history_len items infer
+                                                               the interests, the rest are the targets
+
+Item ids are 1..n_items by descending training popularity (0 is padding), as ComiRec's preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mirec.utils import atomic_directory
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+SECONDS_PER_DAY = 86400
+
+
+@dataclass
+class SplitSequences:
+    """Time-sorted item sequences of one split's users in CSR form."""
+
+    users: np.ndarray
+    indptr: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+    history_len: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def sequence(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.indptr[row], self.indptr[row + 1]
+        return self.items[lo:hi], self.timestamps[lo:hi]
+
+    def days(self) -> np.ndarray:
+        """Per interaction: whole days since the user's first interaction, + 1 (PIMI_Rec data_iterator)."""
+        first = np.repeat(self.timestamps[self.indptr[:-1]], self.lengths)
+        return np.rint((self.timestamps - first) / SECONDS_PER_DAY).astype(np.int64) + 1
+
+    def history_mask(self) -> np.ndarray:
+        """Boolean per interaction: True for history (inference) items, False for targets."""
+        position = np.arange(len(self.items)) - np.repeat(self.indptr[:-1], self.lengths)
+        if self.history_len is None:
+            return np.ones(len(self.items), dtype=bool)
+        return position < np.repeat(self.history_len, self.lengths)
+
+
+@dataclass
+class PreparedDataset:
+    n_items: int
+    train: SplitSequences
+    valid: SplitSequences
+    test: SplitSequences
+    item_original_ids: np.ndarray  # [n_items + 1] str, index 0 = "" (padding)
+    user_original_ids: np.ndarray  # [n_users] str
+    item_categories: np.ndarray | None = None  # [n_items + 1] int64, -1 = unknown
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def split(self, name: str) -> SplitSequences:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or (self.path.name if self.path else "dataset")
+
+    def item_popularity(self) -> np.ndarray:
+        """Training-only interaction counts per item id (index 0 = padding), no target leaks."""
+        counts = np.bincount(self.train.items, minlength=self.n_items + 1)
+        for split in (self.valid, self.test):
+            counts += np.bincount(split.items[split.history_mask()], minlength=self.n_items + 1)
+        return counts
+
+    def item_index(self) -> dict[str, int]:
+        """Original item id -> internal id."""
+        return {str(o): i for i, o in enumerate(self.item_original_ids) if i > 0}
+
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the folder atomically (built under a temporary name, then renamed)."""
+        path = Path(path)
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            for name in SPLITS:
+                split = self.split(name)
+                for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+                    value = getattr(split, attr)
+                    if value is not None:
+                        np.save(tmp / f"{name}_{attr}.npy", np.ascontiguousarray(value, dtype=np.int64))
+            item_columns = {"original_id": pa.array(self.item_original_ids[1:].astype(str))}
+            if self.item_categories is not None:
+                item_columns["category"] = pa.array(self.item_categories[1:].astype(np.int64))
+            pq.write_table(pa.table(item_columns), tmp / "items.parquet")
+            pq.write_table(
+                pa.table({"original_id": pa.array(self.user_original_ids.astype(str))}), tmp / "users.parquet"
+            )
+            meta = dict(self.meta)
+            meta.update(
+                format_version=FORMAT_VERSION,
+                n_items=int(self.n_items),
+                n_users=int(len(self.user_original_ids)),
+                has_categories=self.item_categories is not None,
+                splits={
+                    name: {"users": len(self.split(name)), "interactions": int(len(self.split(name).items))}
+                    for name in SPLITS
+                },
+            )
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        self.path = path
+        return path
+
+
+def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
+    """Load a prepared folder; the big arrays are memory-mapped."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path}: not a prepared dataset (no meta.json); run `mirec prepare` first")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_file}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    mode = "r" if mmap else None
+    splits = {}
+    for name in SPLITS:
+        arrays = {}
+        for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+            file = path / f"{name}_{attr}.npy"
+            arrays[attr] = np.load(file, mmap_mode=mode, allow_pickle=False) if file.exists() else None
+        splits[name] = SplitSequences(**arrays)
+    items = pq.read_table(path / "items.parquet")
+    original = np.array([""] + items.column("original_id").to_pylist(), dtype=object)
+    categories = None
+    if "category" in items.column_names:
+        categories = np.concatenate([[-1], items.column("category").to_numpy()]).astype(np.int64)
+    users = np.array(pq.read_table(path / "users.parquet").column("original_id").to_pylist(), dtype=object)
+    return PreparedDataset(
+        n_items=int(meta["n_items"]),
+        item_original_ids=original,
+        user_original_ids=users,
+        item_categories=categories,
+        meta=meta,
+        path=path,
+        **splits,
+    )

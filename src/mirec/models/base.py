@@ -1,0 +1,76 @@
+"""The model interface every mirec model implements (plain nn.Module, no training loop, no device logic).
+
+A model maps a :class:`~mirec.data.batching.Batch` to interest vectors ``[B, K, d]`` and exposes the item
+vectors it is scored against (``output_embeddings``); retrieval scores an item by the max over interests.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mirec.config import ModelConfig
+from mirec.data.batching import Batch
+
+
+def glorot_embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding table initialised Glorot-uniform, as TF's ``tf.get_variable`` default (ComiRec, PIMI)."""
+    table = nn.Embedding(num, dim)
+    nn.init.xavier_uniform_(table.weight)
+    return table
+
+
+class MultiInterestModel(nn.Module):
+    """Base class: item table, optional global context, hard (argmax) label-aware readout."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig, n_items: int):
+        super().__init__()
+        self.config = config
+        self.n_items = n_items
+        self.item_embedding = glorot_embedding(n_items + 1, config.embedding_dim)
+        # Set by mirec.graph when config.global_context: maps (ids, E_item) -> rows of A E_item.
+        self.global_context: nn.Module | None = None
+
+    @property
+    def num_interests(self) -> int:
+        return self.config.num_interests
+
+    def embed_items(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input item vectors: E_item rows, or E_global = A E_item rows with a global context (GIMIRec Eq. 7)."""
+        if self.global_context is not None:
+            return self.global_context(ids, self.item_embedding.weight)
+        return self.item_embedding(ids)
+
+    def output_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The item vectors scored against (softmax weights, retrieval index); all items when ids is None."""
+        if ids is None:
+            ids = torch.arange(self.n_items + 1, device=self.item_embedding.weight.device)
+        return self.embed_items(ids)
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        """Return the interests [B, K, d]."""
+        raise NotImplementedError
+
+    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """User vectors [B, d] scored against the targets at training, and an auxiliary loss (or None).
+
+        Default: interests -> hard readout against the target's output vector. Models with extra
+        objectives (GemiRec) or teacher forcing override this.
+        """
+        assert batch.targets is not None, "training batches carry targets"
+        interests = self(batch)
+        return self.readout(interests, self.output_embeddings(batch.targets)), None
+
+    def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
+        """Label-aware hard attention: the interest with the largest inner product with the target (ComiRec)."""
+        if interests.shape[1] == 1:
+            return interests[:, 0]
+        scores = torch.einsum("bkd,bd->bk", interests, target_vectors)
+        best = scores.argmax(dim=1)
+        return interests[torch.arange(len(best), device=best.device), best]
