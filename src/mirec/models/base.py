@@ -28,6 +28,8 @@ class MultiInterestModel(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # True for models built around the global context (GIMIRec): the trainer always attaches one.
+    requires_global_context: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__()
@@ -66,6 +68,9 @@ class MultiInterestModel(nn.Module):
         assert batch.targets is not None, "training batches carry targets"
         interests = self(batch)
         return self.readout(interests, self.output_embeddings(batch.targets)), None
+
+    def on_step_end(self, step: int) -> None:
+        """Hook called by the trainer after each optimiser step (e.g. GemiRec's dictionary maintenance)."""
 
     def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
         """Label-aware hard attention: the interest with the largest inner product with the target (ComiRec)."""
