@@ -1,0 +1,143 @@
+"""The Python API: prepare, train, load a run, evaluate it and recommend for an ad-hoc history."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mirec.config import RunConfig, load_config
+from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.utils import resolve_device
+
+BUNDLED = "amazon-grocery"
+
+
+def resolve_data(data: str | Path) -> Path:
+    """A prepared folder, or the name of the bundled dataset (prepared once into the user cache)."""
+    path = Path(data)
+    if (path / "meta.json").exists():
+        return path
+    if str(data) == BUNDLED:
+        from mirec.data.prepare import bundled_dataset
+
+        cache = Path.home() / ".cache" / "mirec" / "prepared" / BUNDLED
+        if not (cache / "meta.json").exists():
+            bundled_dataset(cache)
+        return cache
+    if path.exists():
+        raise FileNotFoundError(f"{path}: not a prepared dataset (no meta.json); run `mirec prepare` first")
+    raise FileNotFoundError(f"{data}: no such prepared folder (the bundled dataset is called {BUNDLED!r})")
+
+
+def train(
+    data: str | Path,
+    model: str,
+    output: str | Path,
+    *,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on a prepared dataset; returns the metrics.json dict."""
+    from mirec.train.trainer import train_run
+
+    data_dir = resolve_data(data)
+    dataset = load_dataset(data_dir)
+    config = load_config(config_file, model=model, dataset=preset_name(dataset), overrides=overrides)
+    return train_run(dataset, config, output, resume=resume, progress=progress)
+
+
+def preset_name(dataset: PreparedDataset) -> str:
+    """The preset folder for a dataset: its registry name when a preset exists, else 'default'."""
+    from mirec.config import PRESET_ROOT
+
+    name = str(dataset.meta.get("name", ""))
+    return name if name and (PRESET_ROOT / name).is_dir() else "default"
+
+
+@dataclass
+class Recommender:
+    """A trained run: the model, its dataset and config."""
+
+    model: torch.nn.Module
+    dataset: PreparedDataset
+    config: RunConfig
+    run_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:
+        from dataclasses import replace
+
+        from mirec.eval.evaluator import evaluate
+
+        eval_config = replace(self.config.eval, **eval_overrides)
+        return evaluate(
+            self.model,
+            self.dataset,
+            split,
+            eval_config,
+            maxlen=self.config.model.maxlen,
+            device=self.device,
+            dump_path=dump_recs,
+        )
+
+    def recommend(
+        self,
+        items: list[str],
+        timestamps: list[int] | None = None,
+        n: int = 50,
+        exclude_history: bool = False,
+        diversity_lambda: float = 0.0,
+    ) -> dict[str, Any]:
+        """Top-n original item ids for a history of original ids (oldest first); unknown ids are reported."""
+        from mirec.eval.evaluator import recommend
+
+        index = self.dataset.item_index()
+        known = [(i, str(item)) for i, item in enumerate(items) if str(item) in index]
+        unknown = [str(item) for item in items if str(item) not in index]
+        if not known:
+            raise ValueError(f"none of the given items is known to this model: {unknown[:10]}")
+        internal = [index[item] for _, item in known]
+        days = None
+        if timestamps is not None:
+            if len(timestamps) != len(items):
+                raise ValueError(f"{len(timestamps)} timestamps for {len(items)} items")
+            stamps = np.array([timestamps[i] for i, _ in known], dtype=np.int64)
+            days = list(np.rint((stamps - stamps.min()) / 86400).astype(np.int64) + 1)
+        ids, scores = recommend(
+            self.model,
+            internal,
+            days,
+            n,
+            maxlen=self.config.model.maxlen,
+            exclude_history=exclude_history,
+            diversity_lambda=diversity_lambda,
+            categories=self.dataset.item_categories,
+            device=self.device,
+        )
+        original = self.dataset.item_original_ids
+        return {
+            "recommendations": [str(original[i]) for i in ids if i > 0],
+            "scores": [float(s) for i, s in zip(ids, scores, strict=True) if i > 0],
+            "unknown_items": unknown,
+        }
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Recommender:
+    """Load a finished (or interrupted: its best weights) run folder."""
+    from mirec.train.checkpoint import load_run
+
+    torch_device = resolve_device(device)
+    model, dataset, config = load_run(run_dir, device=torch_device)
+    model.eval()
+    return Recommender(model=model, dataset=dataset, config=config, run_dir=Path(run_dir), device=torch_device)
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())

@@ -1,0 +1,236 @@
+"""The ``mirec`` command line: prepare, train, evaluate, recommend, graph-stats, datasets, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from mirec.data.prepare import PrepareOptions, prepare
+
+    options = PrepareOptions(
+        min_item_count=args.min_count,
+        min_user_count=args.min_count,
+        iterative_kcore=args.kcore,
+        min_timestamp=args.min_timestamp,
+        max_timestamp=args.max_timestamp,
+    )
+    reader_options: dict[str, Any] = {}
+    for text in args.reader_option:
+        key, _, value = text.partition("=")
+        reader_options[key] = value
+    if args.behaviors:
+        reader_options["behaviors"] = args.behaviors.split(",")
+    report = prepare(
+        args.inputs,
+        args.format,
+        args.output,
+        name=args.name,
+        options=options,
+        on_bad_rows=args.on_bad_rows,
+        seed=args.seed,
+        reader_options=reader_options or None,
+    )
+    _print_json(report.to_dict() if hasattr(report, "to_dict") else report)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mirec.api import train
+
+    overrides = list(args.set)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f'train.device="{args.device}"')
+    metrics = train(
+        args.data,
+        args.model,
+        args.output,
+        config_file=args.config,
+        overrides=overrides,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    _print_json(metrics)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mirec.api import load
+
+    rec = load(args.run_dir, device=args.device)
+    overrides: dict[str, Any] = {}
+    if args.exclude_history:
+        overrides["exclude_history"] = True
+    if args.backend:
+        overrides["backend"] = args.backend
+    if args.diversity_lambda is not None:
+        overrides["diversity_lambda"] = args.diversity_lambda
+    if args.topk:
+        overrides["topk"] = [int(k) for k in args.topk.split(",")]
+    _print_json(rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides))
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from mirec.api import load
+
+    rec = load(args.run_dir, device=args.device)
+    items = [s for s in args.items.split(",") if s]
+    stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+    result = rec.recommend(
+        items, stamps, n=args.n, exclude_history=args.exclude_history, diversity_lambda=args.diversity_lambda
+    )
+    if result["unknown_items"]:
+        print(f"unknown items (ignored): {','.join(result['unknown_items'])}", file=sys.stderr)
+    _print_json(result)
+
+
+def cmd_graph_stats(args: argparse.Namespace) -> None:
+    from mirec.graph import GlobalContext, build_global_context, graph_stats
+
+    if args.run_dir is not None:
+        from mirec.api import load
+
+        rec = load(args.run_dir, device="cpu")
+        context = rec.model.global_context
+        dataset = rec.dataset
+        if context is None:
+            graph_file = Path(args.run_dir) / "graph.safetensors"
+            if not graph_file.exists():
+                raise ValueError(f"{args.run_dir}: this run has no global context graph")
+            context = GlobalContext.load(graph_file)
+    else:
+        from mirec.api import resolve_data
+        from mirec.config import load_config
+        from mirec.data.dataset import load_dataset
+
+        dataset = load_dataset(resolve_data(args.data))
+        config = load_config(args.config, overrides=list(args.set))
+        context = build_global_context(dataset, config.graph)
+    top_item = None
+    if args.item is not None:
+        index = dataset.item_index()
+        if args.item not in index:
+            raise ValueError(f"item {args.item!r} is not in the dataset")
+        top_item = index[args.item]
+    _print_json(graph_stats(context, dataset.item_original_ids, top_item=top_item, k=args.k))
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from mirec.data import registry
+
+    _print_json(registry.describe())
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from mirec.models import MODEL_PATHS, get_model_class
+
+    out = {}
+    for name in MODEL_PATHS:
+        try:
+            out[name] = get_model_class(name).paper
+        except ValueError as exc:
+            out[name] = f"(unavailable: {exc})"
+    _print_json(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read raw logs, clean, filter, remap, split into a prepared folder")
+    p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
+    p.add_argument("--format", required=True, help="csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
+                   "taobao, movielens-dat, movielens-csv, comirec")
+    p.add_argument("--output", required=True)
+    p.add_argument("--name", default=None, help="dataset name (selects presets: amazon-books, taobao-buy, ...)")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
+    p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
+    p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")
+    p.add_argument("--min-timestamp", type=int, default=None)
+    p.add_argument("--max-timestamp", type=int, default=None)
+    p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy or pv,cart")
+    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader options, e.g. sep=, header=true user=0 item=1 timestamp=3")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model; ends with a test evaluation and writes metrics.json")
+    p.add_argument("--data", required=True, help="prepared folder, or 'amazon-grocery' (bundled)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", required=True, help="run folder")
+    p.add_argument("--config", default=None, help="TOML file applied over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.005")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on a split, print the metrics as JSON")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--dump-recs", default=None, metavar="FILE.jsonl")
+    p.add_argument("--exclude-history", action="store_true")
+    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--diversity-lambda", type=float, default=None)
+    p.add_argument("--topk", default=None, help="comma-separated cut-offs, e.g. 20,50")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-N items (original ids) for an ad-hoc history")
+    p.add_argument("run_dir")
+    p.add_argument("--items", required=True, help="comma-separated original item ids, oldest first")
+    p.add_argument("--timestamps", default=None, help="comma-separated Unix seconds, one per item")
+    p.add_argument("-n", type=int, default=50)
+    p.add_argument("--exclude-history", action="store_true")
+    p.add_argument("--diversity-lambda", type=float, default=0.0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("graph-stats", help="inspect a global-context graph (of a run, or built from data)")
+    p.add_argument("run_dir", nargs="?", default=None)
+    p.add_argument("--data", default=None)
+    p.add_argument("--config", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--item", default=None, help="original id of an item whose top neighbours to list")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_graph_stats)
+
+    p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
+    p.set_defaults(func=cmd_datasets)
+    p = sub.add_parser("models", help="the model zoo")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "graph-stats" and (args.run_dir is None) == (args.data is None):
+        parser.error("graph-stats needs a RUN_DIR or --data DIR (one of them)")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("mirec: interrupted (a training run can continue with --resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one-line reason on stderr, non-zero status (the CLI contract)
+        if "MIREC_DEBUG" in __import__("os").environ:
+            raise
+        print(f"mirec {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

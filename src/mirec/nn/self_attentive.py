@@ -1,0 +1,52 @@
+"""Self-attentive multi-interest extractor (ComiRec-SA; reused by PIMI and GIMIRec Eq. 20-21).
+
+A = softmax_L( W_2 tanh(W_1 H^T + b_1) + b_2 ) in R^{K x L}, padded positions set to -2^32 + 1 before the
+softmax over positions (THUDM/ComiRec src/model.py ``Model_ComiRec_SA``: ``tf.layers.dense(hidden_size*4,
+tanh)`` then ``tf.layers.dense(num_heads)``, both with bias); interests = A V with V the values (ComiRec-SA and
+PIMI: the masked item embeddings without position; GIMIRec: the aggregation output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# TF reference's mask value for attention logits (ComiRec / PIMI_Rec model.py: -2**32 + 1).
+MASK_LOGIT = -(2.0**32) + 1.0
+
+
+def tf_dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """``tf.layers.dense`` initialisation: Glorot-uniform kernel, zero bias (PyTorch defaults to Kaiming)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class SelfAttentiveExtractor(nn.Module):
+    """K attention distributions over the L positions and the K attention-weighted sums of the values."""
+
+    def __init__(self, d: int, num_interests: int, hidden: int | None = None):
+        super().__init__()
+        hidden = 4 * d if hidden is None else hidden  # d_a = 4d (ComiRec ``hidden_size * 4``)
+        self.num_interests = num_interests
+        self.w1 = tf_dense(d, hidden)  # W_1, b_1 (with tanh)
+        self.w2 = tf_dense(hidden, num_interests)  # W_2, b_2
+
+    def attention(self, H: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A [B, K, L] = softmax over positions of W_2 tanh(W_1 H + b_1) + b_2; 0 on padding (mask == 0).
+
+        A row with no valid position (empty history) is uniform over the padding, as in the TF code; its
+        interests are then A @ (masked, i.e. zero) values = 0.
+        """
+        if H.dim() != 3 or mask.shape != H.shape[:2]:
+            raise ValueError(f"H must be [B, L, d] and mask [B, L]; got {tuple(H.shape)} and {tuple(mask.shape)}")
+        logits = self.w2(torch.tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
+        logits = logits.masked_fill((mask == 0)[:, None, :], MASK_LOGIT)
+        return torch.softmax(logits, dim=-1)
+
+    def forward(self, H: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Interests [B, K, d_v] = A(H, mask) @ values (values default to H)."""
+        A = self.attention(H, mask)
+        return torch.matmul(A, H if values is None else values)

@@ -1,0 +1,126 @@
+"""Star-graph multi-head attention with a virtual central node (PIMI's interactivity module; GIMIRec Eq. 13-19).
+
+Each item node i attends over 4 neighbours: its predecessor h_{i-1} (a zero vector for i = 0), itself, the
+central node and an extra vector e_i (PIMI: item + position embedding; GIMIRec: the global-context row);
+then the central node attends over [s; h_1..h_L] of the already-updated items. One attention module per
+layer is SHARED by the two updates (PIMI_Rec: both calls under one variable scope with AUTO_REUSE).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# PIMI_Rec compute_adj_matrix + concat: [h_{i-1}; h_i; s; e_i]. GIMIRec Eq. 15-16: [q_{i-1}; e_c; q_i; e_i].
+# Attention over the neighbours is order-invariant (no position terms); the order only fixes which dropout
+# mask falls on which neighbour, so both are exposed for fidelity, not for different results.
+PIMI_NEIGHBOURS = ("prev", "self", "center", "extra")
+GIMIREC_NEIGHBOURS = ("prev", "center", "self", "extra")
+
+
+def _dense(dim: int) -> nn.Linear:
+    """d -> d dense layer initialised as tf.layers.dense: Glorot-uniform kernel, zero bias."""
+    layer = nn.Linear(dim, dim)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class StarMultiHeadAttention(nn.Module):
+    """PIMI_Rec ``modules.multihead_attention``: Q/K/V/O dense with bias, scaled dot product, attention dropout.
+
+    No residual, no LayerNorm, no FFN; the caller applies ReLU. ``key_mask`` (optional, [N, Lk] bool, True =
+    keep) is NOT used by the reference; it backs the ``mask_center`` deviation.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.query = _dense(dim)
+        self.key = _dense(dim)
+        self.value = _dense(dim)
+        self.output = _dense(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def weights(
+        self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention weights [N, heads, Lq, Lk] before dropout."""
+        n, lq, d = query.shape
+        dh = d // self.num_heads
+        q = self.query(query).view(n, lq, self.num_heads, dh).transpose(1, 2)
+        k = self.key(context).view(n, context.shape[1], self.num_heads, dh).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return torch.softmax(logits, dim=-1)
+
+    def forward(
+        self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """query [N, Lq, d], context (keys = values) [N, Lk, d] -> [N, Lq, d]."""
+        n, lq, d = query.shape
+        dh = d // self.num_heads
+        weights = self.dropout(self.weights(query, context, key_mask))  # dropout on the weights, training only
+        v = self.value(context).view(n, context.shape[1], self.num_heads, dh).transpose(1, 2)
+        out = (weights @ v).transpose(1, 2).reshape(n, lq, d)
+        return self.output(out)
+
+
+class StarGraph(nn.Module):
+    """L rounds of star-graph attention (PIMI_Rec model.py ``for i in range(3)``; GIMIRec Eq. 14-19)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int = 3,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        neighbours: Sequence[str] = PIMI_NEIGHBOURS,
+        mask_center: bool = False,
+    ):
+        super().__init__()
+        if sorted(neighbours) != sorted(PIMI_NEIGHBOURS):
+            raise ValueError(f"neighbours must order {PIMI_NEIGHBOURS}, got {tuple(neighbours)}")
+        self.neighbours = tuple(neighbours)
+        # Deviation switch: the reference's central update attends over padded (zero) item rows too.
+        self.mask_center = mask_center
+        self.layers = nn.ModuleList(StarMultiHeadAttention(dim, num_heads, dropout) for _ in range(num_layers))
+
+    def satellite_context(
+        self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Neighbour vectors [B, L, 4, d]; rows of padded nodes zeroed (PIMI_Rec adjacency + mask)."""
+        parts = {
+            "prev": F.pad(h[:, :-1], (0, 0, 1, 0)),  # h_{i-1}, zero "pad" column for i = 0
+            "self": h,
+            "center": center[:, None, :].expand_as(h),
+            "extra": extra,
+        }
+        context = torch.stack([parts[name] for name in self.neighbours], dim=2)
+        return context * mask[:, :, None, None]
+
+    def forward(
+        self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L))."""
+        b, length, d = h.shape
+        m = mask.to(h.dtype)
+        key_mask = None
+        if self.mask_center:
+            key_mask = torch.cat([m.new_ones(b, 1), m], dim=1) > 0
+        for attention in self.layers:
+            context = self.satellite_context(h, center, extra, m)
+            # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
+            h = torch.relu(attention(h.reshape(b * length, 1, d), context.reshape(b * length, -1, d)))
+            h = h.view(b, length, d) * m[:, :, None]
+            # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
+            keys = torch.cat([center[:, None, :], h], dim=1)
+            center = torch.relu(attention(center[:, None, :], keys, key_mask)).squeeze(1)
+        return h, center

@@ -1,0 +1,34 @@
+import pytest
+
+from mirec.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, parse_override, to_toml
+
+
+def test_parse_override_types():
+    assert parse_override("train.lr=0.005") == (["train", "lr"], 0.005)
+    assert parse_override("model.name=comirec-sa") == (["model", "name"], "comirec-sa")
+    assert parse_override("graph.hop_weights=[1, 2]") == (["graph", "hop_weights"], [1, 2])
+
+
+def test_overrides_and_bare_keys(tmp_path):
+    config = from_dict(apply_overrides({}, ["lr=0.01", "graph.hop_weights=[1, 2.5]", "eval.topk=[10]"]))
+    assert config.train.lr == 0.01
+    assert config.graph.hop_weights == [1.0, 2.5]
+    assert config.eval.topk == [10]
+
+
+def test_unknown_and_badly_typed_options_are_errors():
+    with pytest.raises(ConfigError, match="unknown option"):
+        from_dict({"train": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="expected int"):
+        from_dict({"train": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match="unknown"):
+        apply_overrides({}, ["nonsense=1"])
+
+
+def test_toml_roundtrip(tmp_path):
+    config = RunConfig()
+    config.train.lr = 0.123
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(config.to_dict()))
+    again = load_config(path)
+    assert again == config
