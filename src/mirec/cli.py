@@ -143,6 +143,12 @@ def cmd_models(args: argparse.Namespace) -> None:
     _print_json(out)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mirec.bench import main_bench
+
+    main_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mirec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item", default=None, help="original id of an item whose top neighbours to list")
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_graph_stats)
+
+    p = sub.add_parser("bench", help="resumable grid of runs (variants x datasets x seeds) and result tables")
+    p.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="prepared datasets")
+    p.add_argument("--models", default=None, help="comma-separated model names (each a variant of its own)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=MODEL[:k=v;k=v]",
+                   help="a named configuration, e.g. gimirec-I=gimirec:graph.a=0;graph.b=1")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    p.add_argument("--budget-minutes", type=float, default=0.0, help="wall-clock budget per cell")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once")
+    p.add_argument("--topk", default="20,50")
+    p.add_argument("--output", required=True)
+    p.add_argument("--tables-only", action="store_true", help="only collect finished cells into tables")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
     p.set_defaults(func=cmd_datasets)

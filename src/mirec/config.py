@@ -38,6 +38,7 @@ class GraphConfig:
     hop_weights: list[float] = field(default_factory=lambda: [5.0, 2.5, 1.0])  # alpha, beta, gamma (Eq. 5)
     count_pairs: bool = True  # False = GIMIRec-IN: q = 1 for a present pair
     use_threshold: bool = True  # False = GIMIRec-INT: no L_time threshold
+    self_pairs: bool = True  # keep <i, i> pairs (same item n and n+k), as Eq. 1-4 do; False drops them
 
 
 @dataclass

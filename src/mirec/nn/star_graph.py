@@ -48,29 +48,30 @@ class StarMultiHeadAttention(nn.Module):
         self.output = _dense(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def weights(
-        self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Attention weights [N, heads, Lq, Lk] before dropout."""
-        n, lq, d = query.shape
-        dh = d // self.num_heads
-        q = self.query(query).view(n, lq, self.num_heads, dh).transpose(1, 2)
-        k = self.key(context).view(n, context.shape[1], self.num_heads, dh).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)
+        """One query per row from PROJECTED tensors: q [..., d], k/v [..., n, d] -> output dense [..., d].
+
+        softmax(q k^T / sqrt(d_h)) per head, dropout on the weights (training only), heads concatenated.
+        Elementwise products instead of many 1 x n matmuls: the star graph has one query per node.
+        """
+        *lead, n, d = k.shape
+        heads = self.num_heads
+        dh = d // heads
+        kh = k.reshape(*lead, n, heads, dh)
+        logits = (q.reshape(*lead, 1, heads, dh) * kh).sum(-1) / math.sqrt(dh)  # [..., n, heads]
         if key_mask is not None:
-            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        return torch.softmax(logits, dim=-1)
+            logits = logits.masked_fill(~key_mask[..., None], float("-inf"))
+        weights = self.dropout(torch.softmax(logits, dim=-2))
+        out = (weights[..., None] * v.reshape(*lead, n, heads, dh)).sum(-3)  # [..., heads, dh]
+        return self.output(out.reshape(*lead, d))
 
     def forward(
         self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """query [N, Lq, d], context (keys = values) [N, Lk, d] -> [N, Lq, d]."""
-        n, lq, d = query.shape
-        dh = d // self.num_heads
-        weights = self.dropout(self.weights(query, context, key_mask))  # dropout on the weights, training only
-        v = self.value(context).view(n, context.shape[1], self.num_heads, dh).transpose(1, 2)
-        out = (weights @ v).transpose(1, 2).reshape(n, lq, d)
-        return self.output(out)
+        """query [..., d], context (keys = values) [..., n, d] -> [..., d]."""
+        return self.attend(self.query(query), self.key(context), self.value(context), key_mask)
 
 
 class StarGraph(nn.Module):
@@ -106,21 +107,40 @@ class StarGraph(nn.Module):
         context = torch.stack([parts[name] for name in self.neighbours], dim=2)
         return context * mask[:, :, None, None]
 
+    def _projected_context(
+        self, proj: nn.Linear, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """proj(satellite_context(...)) [B, L, 4, d], projecting each distinct vector once."""
+        on_h, on_s, on_e = proj(h), proj(center), proj(extra)
+        zero = proj.bias.expand_as(on_s)[:, None, :]  # the projection of a zero vector is the bias
+        parts = {
+            "prev": torch.cat([zero, on_h[:, :-1]], dim=1),  # h_{i-1}, zero "pad" column for i = 0
+            "self": on_h,
+            "center": on_s[:, None, :].expand_as(on_h),
+            "extra": on_e,
+        }
+        rows = torch.stack([parts[name] for name in self.neighbours], dim=2)
+        return torch.where(keep, rows, proj.bias)  # padded nodes: zeroed rows
+
     def forward(
         self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L))."""
-        b, length, d = h.shape
+        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L)).
+
+        Same result as attending over ``satellite_context`` rows, but each distinct vector is projected
+        once: K/V of the zero "prev" of node 0 and of every zeroed row of a padded node are the biases.
+        """
         m = mask.to(h.dtype)
+        keep = (m > 0)[:, :, None, None]  # padded nodes: all 4 context rows are zero vectors
         key_mask = None
         if self.mask_center:
-            key_mask = torch.cat([m.new_ones(b, 1), m], dim=1) > 0
+            key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
         for attention in self.layers:
-            context = self.satellite_context(h, center, extra, m)
+            keys = self._projected_context(attention.key, h, center, extra, keep)
+            values = self._projected_context(attention.value, h, center, extra, keep)
             # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
-            h = torch.relu(attention(h.reshape(b * length, 1, d), context.reshape(b * length, -1, d)))
-            h = h.view(b, length, d) * m[:, :, None]
+            h = torch.relu(attention.attend(attention.query(h), keys, values)) * m[:, :, None]
             # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
-            keys = torch.cat([center[:, None, :], h], dim=1)
-            center = torch.relu(attention(center[:, None, :], keys, key_mask)).squeeze(1)
+            context = torch.cat([center[:, None, :], h], dim=1)
+            center = torch.relu(attention(center, context, key_mask))
         return h, center

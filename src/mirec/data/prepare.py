@@ -1,0 +1,402 @@
+"""Clean, filter, split and remap a raw log into a :class:`~mirec.data.dataset.PreparedDataset`.
+
+Follows ComiRec/PIMI_Rec ``preprocess/data.py`` (reference-notes section 2.1): items with >= 5 interactions
+kept, then users with >= 5 kept interactions (one pass; iterative k-core is an option); users shuffled with
+seed 1230 and split 8:1:1; per user time-sorted sequences; for a valid/test user the first
+``int(0.8 * len)`` items infer the interests (PIMI_Rec data_iterator ``k = int(len*0.8)``), the rest are the
+targets. Our decision (reference-notes section 6): item ids 1..N by descending *training* popularity (train
+users + valid/test history parts, never targets), ties broken by first appearance in the input (as
+ComiRec's stable sort over its insertion-ordered counter). Everything is vectorised numpy / pyarrow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences
+from mirec.data.readers import Interactions, read_interactions
+
+DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
+
+
+class EmptyDatasetError(ValueError):
+    """Cleaning/filtering left no interactions (or no users in a split)."""
+
+
+@dataclass
+class PrepareOptions:
+    """Cleaning, filtering and split options (defaults = ComiRec/PIMI preprocessing)."""
+
+    min_item_count: int = 5
+    min_user_count: int = 5
+    iterative_kcore: bool = False  # False = ComiRec's single pass (items, then users)
+    min_timestamp: int | None = None  # inclusive window on raw Unix seconds
+    max_timestamp: int | None = None
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    history_ratio: float = 0.8  # valid/test: history_len = int(history_ratio * len)
+    drop_duplicates: bool = False  # drop repeated (user, item, timestamp) rows (ComiRec keeps them)
+
+    def __post_init__(self) -> None:
+        self.split_ratios = tuple(float(r) for r in self.split_ratios)  # type: ignore[assignment]
+        if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios) or abs(sum(self.split_ratios) - 1) > 1e-6:
+            raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}")
+        if not 0.0 < self.history_ratio < 1.0:
+            raise ValueError(f"history_ratio must be in (0, 1), got {self.history_ratio}")
+        if self.min_item_count < 1 or self.min_user_count < 1:
+            raise ValueError("min_item_count and min_user_count must be >= 1")
+
+
+@dataclass
+class PrepareReport:
+    """What prepare did; ``str(report)`` / ``to_json()`` give JSON."""
+
+    name: str
+    output: str | None
+    n_users: int
+    n_items: int
+    n_interactions: int
+    splits: dict[str, dict[str, int]]
+    read: dict[str, Any]
+    clean: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, default=str)
+
+    def __str__(self) -> str:
+        return self.to_json()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary-encode strings: (int64 codes in first-appearance order, -1 for null; vocabulary)."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        dictionary = encoded.chunk(encoded.num_chunks - 1).dictionary if encoded.num_chunks else pa.array([], pa.string())
+        indices = pa.chunked_array([c.indices for c in encoded.chunks], type=encoded.type.index_type)
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices
+    codes = pc.fill_null(indices.cast(pa.int64()), -1).to_numpy()
+    if isinstance(codes, pa.ChunkedArray):  # pragma: no cover - to_numpy returns numpy for chunked too
+        codes = np.asarray(codes)
+    return np.asarray(codes, dtype=np.int64), dictionary
+
+
+def _category_order(vocab: pa.Array) -> np.ndarray:
+    """Order of category strings: numeric when all are integers (keeps e.g. 0..56 as is), else lexicographic."""
+    values = vocab.to_numpy(zero_copy_only=False).astype(str)
+    try:
+        keys = values.astype(np.int64)
+    except ValueError:
+        return np.argsort(values, kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
+def kcore_filter(
+    user: np.ndarray, item: np.ndarray, min_item: int, min_user: int, iterative: bool
+) -> tuple[np.ndarray, int]:
+    """Boolean keep mask: items with >= min_item rows, then users with >= min_user kept rows (ComiRec single
+    pass); ``iterative`` repeats until both hold (k-core). Returns (mask, passes)."""
+    keep = np.ones(len(user), dtype=bool)
+    n_items = int(item.max()) + 1 if len(item) else 0
+    n_users = int(user.max()) + 1 if len(user) else 0
+    passes = 0
+    while True:
+        passes += 1
+        item_counts = np.bincount(item[keep], minlength=n_items)
+        keep &= item_counts[item] >= min_item
+        user_counts = np.bincount(user[keep], minlength=n_users)
+        keep &= user_counts[user] >= min_user
+        if not iterative:
+            return keep, passes
+        item_counts = np.bincount(item[keep], minlength=n_items)
+        if not keep.any() or item_counts[item[keep]].min() >= min_item:
+            return keep, passes
+
+
+def _stable_user_time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Permutation sorting rows by (user, timestamp), ties keeping input order."""
+    if len(user) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0 = int(ts.min())
+    span = int(ts.max()) - t0 + 1
+    if (int(user.max()) + 1) * span < 2**62:
+        return np.argsort(user * span + (ts - t0), kind="stable")
+    order = np.argsort(ts, kind="stable")
+    return order[np.argsort(user[order], kind="stable")]
+
+
+def _split_of_users(n_users: int, ratios: Sequence[float], seed: int) -> np.ndarray:
+    """Shuffle users with ``seed`` and cut 8:1:1 at int(n*0.8), int(n*0.9) (ComiRec preprocess/data.py)."""
+    perm = np.random.default_rng(seed).permutation(n_users)
+    cut1 = int(n_users * ratios[0])
+    cut2 = int(n_users * (ratios[0] + ratios[1]))
+    split = np.empty(n_users, dtype=np.int8)
+    split[perm[:cut1]] = 0
+    split[perm[cut1:cut2]] = 1
+    split[perm[cut2:]] = 2
+    return split
+
+
+def prepare_log(
+    log: Interactions,
+    *,
+    name: str | None = None,
+    options: PrepareOptions | None = None,
+    seed: int = DEFAULT_SEED,
+    meta: dict[str, Any] | None = None,
+) -> PreparedDataset:
+    """Clean, filter, split and remap an in-memory log; nothing is written. ``meta['clean']`` holds the counts."""
+    options = options or PrepareOptions()
+    table = log.table
+    clean: dict[str, Any] = {"rows_in": int(table.num_rows)}
+
+    # 1. ids -> codes (first-appearance order), timestamps -> numpy; drop illegal rows.
+    user, user_vocab = _encode(table.column("user"))
+    item, item_vocab = _encode(table.column("item"))
+    ts_col = table.column("timestamp")
+    ts_valid = pc.is_valid(ts_col).to_numpy(zero_copy_only=False)
+    ts = pc.fill_null(ts_col, 0).to_numpy().astype(np.int64, copy=False)
+    missing_id = (user < 0) | (item < 0)
+    illegal_ts = ~ts_valid | (ts <= 0)
+    if options.min_timestamp is not None:
+        illegal_ts |= ts < options.min_timestamp
+    if options.max_timestamp is not None:
+        illegal_ts |= ts > options.max_timestamp
+    keep = ~missing_id & ~illegal_ts
+    clean["dropped_missing_id"] = int(missing_id.sum())
+    clean["dropped_illegal_timestamp"] = int((illegal_ts & ~missing_id).sum())
+    split_given = log.has_split
+    file_split = table.column("split").to_numpy().astype(np.int8) if split_given else None
+    if options.drop_duplicates:
+        idx = np.flatnonzero(keep)
+        key = np.stack([user[idx], item[idx], ts[idx]])
+        _, first = np.unique(key, axis=1, return_index=True)
+        dup = np.ones(len(idx), dtype=bool)
+        dup[first] = False
+        keep[idx[dup]] = False
+        clean["dropped_duplicates"] = int(dup.sum())
+    if not keep.any():
+        raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
+
+    # 2. k-core filter (items, then users); the comirec format keeps its own split, so no filter.
+    if split_given:
+        kept_rows = keep
+        clean["filter"] = "none (pre-split input)"
+    else:
+        kept_rows, passes = _filter_subset(user, item, keep, options)
+        clean["filter"] = {
+            "min_item_count": options.min_item_count, "min_user_count": options.min_user_count,
+            "iterative": options.iterative_kcore, "passes": passes,
+        }
+    clean["dropped_by_filter"] = int(keep.sum() - kept_rows.sum())
+    rows = np.flatnonzero(kept_rows)
+    if len(rows) == 0:
+        raise EmptyDatasetError(
+            f"{name or 'dataset'}: nothing left after the filter (min_item_count={options.min_item_count}, "
+            f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); "
+            f"{int(keep.sum())} rows before filtering"
+        )
+    user, item, ts = user[rows], item[rows], ts[rows]
+    category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
+
+    # 3. internal users 0..U-1 in first-appearance order (compaction, no sort); sort (user, time) stably.
+    user_present = np.bincount(user, minlength=len(user_vocab)) > 0
+    user_codes = np.flatnonzero(user_present)
+    user = (np.cumsum(user_present) - 1)[user]
+    n_users = len(user_codes)
+    order = _stable_user_time_order(user, ts)
+    user, item, ts, rows = user[order], item[order], ts[order], rows[order]
+    lengths = np.bincount(user, minlength=n_users)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+
+    # 4. split users (or keep the given split).
+    if split_given:
+        assert file_split is not None
+        row_split = file_split[rows]
+        split_of_user = row_split[indptr[:-1]]
+        if (row_split != np.repeat(split_of_user, lengths)).any():
+            bad = int(user[np.flatnonzero(row_split != np.repeat(split_of_user, lengths))[0]])
+            raise ValueError(f"pre-split input: user {user_vocab[int(user_codes[bad])]} appears in several split files")
+    else:
+        split_of_user = _split_of_users(n_users, options.split_ratios, seed)
+    for code, split_name in enumerate(SPLITS):
+        if not (split_of_user == code).any():
+            raise EmptyDatasetError(f"{name or 'dataset'}: the {split_name} split has no user ({n_users} users in all)")
+    history_len = (lengths * options.history_ratio).astype(np.int64)  # PIMI data_iterator: k = int(len*0.8)
+    position = np.arange(len(user)) - indptr[:-1][user]
+    is_train_row = (split_of_user[user] == 0) | (position < history_len[user])
+
+    # 5. item ids by descending training popularity, ties by first appearance (code order).
+    present = np.flatnonzero(np.bincount(item, minlength=len(item_vocab)))
+    train_counts = np.bincount(item[is_train_row], minlength=len(item_vocab))
+    rank = np.lexsort((present, -train_counts[present]))
+    ordered_codes = present[rank]
+    new_id = np.zeros(len(item_vocab), dtype=np.int64)
+    new_id[ordered_codes] = np.arange(1, len(ordered_codes) + 1)
+    n_items = len(ordered_codes)
+    item_ids = new_id[item]
+
+    # 6. categories (item -> category of its first row; strings -> 0..C-1, -1 unknown).
+    item_categories = None
+    category_names: list[str] | None = None
+    if category_of_item is not None:
+        item_cat, cat_vocab = category_of_item
+        cat_order = _category_order(cat_vocab)
+        cat_rank = np.empty(len(cat_vocab), dtype=np.int64)
+        cat_rank[cat_order] = np.arange(len(cat_vocab))
+        ranked = np.where(item_cat >= 0, cat_rank[np.maximum(item_cat, 0)], -1)[ordered_codes]
+        used = np.flatnonzero(np.bincount(ranked[ranked >= 0], minlength=len(cat_vocab)))
+        remap = np.full(len(cat_vocab), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))  # compact to 0..C-1 over the categories actually used
+        item_categories = np.concatenate([[-1], np.where(ranked >= 0, remap[np.maximum(ranked, 0)], -1)])
+        names_sorted = np.asarray(cat_vocab.to_numpy(zero_copy_only=False), dtype=object)[cat_order]
+        category_names = [str(n) for n in names_sorted[used]]
+
+    # 7. CSR per split, users ascending.
+    splits: dict[str, SplitSequences] = {}
+    row_split = split_of_user[user]
+    for code, split_name in enumerate(SPLITS):
+        users_s = np.flatnonzero(split_of_user == code)
+        sel = row_split == code
+        splits[split_name] = SplitSequences(
+            users=users_s.astype(np.int64),
+            indptr=np.concatenate([[0], np.cumsum(lengths[users_s])]).astype(np.int64),
+            items=item_ids[sel],
+            timestamps=ts[sel],
+            history_len=None if code == 0 else history_len[users_s],
+        )
+
+    item_original = np.empty(n_items + 1, dtype=object)
+    item_original[0] = ""
+    item_original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
+    user_original = np.asarray(user_vocab.take(pa.array(user_codes)).to_numpy(zero_copy_only=False), dtype=object)
+    clean.update(
+        rows_out=int(len(rows)),
+        n_users=int(n_users),
+        n_items=int(n_items),
+        split="given (pre-split input)" if split_given else {"seed": seed, "ratios": list(options.split_ratios)},
+        history_ratio=options.history_ratio,
+        popularity="training only (train users + valid/test history parts)",
+        n_categories=None if category_names is None else len(category_names),
+    )
+    dataset_meta = dict(meta or {})
+    dataset_meta.update(
+        name=name or dataset_meta.get("name") or "dataset",
+        options=dataclasses.asdict(options),
+        seed=seed,
+        read=log.report,
+        clean=clean,
+        n_interactions=int(len(rows)),
+    )
+    if category_names is not None:
+        dataset_meta["category_names"] = category_names
+    return PreparedDataset(
+        n_items=n_items,
+        item_original_ids=item_original,
+        user_original_ids=user_original,
+        item_categories=item_categories,
+        meta=dataset_meta,
+        **splits,
+    )
+
+
+def _first_category(
+    table: pa.Table, item: np.ndarray, rows: np.ndarray, n_codes: int
+) -> tuple[np.ndarray, pa.Array]:
+    """Per item code: the category code of its first kept row in input order (-1 none); and the vocabulary."""
+    cat, cat_vocab = _encode(table.column("category"))
+    first = np.full(n_codes, len(rows), dtype=np.int64)
+    np.minimum.at(first, item, np.arange(len(rows)))  # rows ascend in input order here
+    item_cat = np.full(n_codes, -1, dtype=np.int64)
+    seen = first < len(rows)
+    item_cat[seen] = cat[rows[first[seen]]]
+    return item_cat, cat_vocab
+
+
+def _filter_subset(user: np.ndarray, item: np.ndarray, keep: np.ndarray, options: PrepareOptions) -> tuple[np.ndarray, int]:
+    idx = np.flatnonzero(keep)
+    mask, passes = kcore_filter(
+        user[idx], item[idx], options.min_item_count, options.min_user_count, options.iterative_kcore
+    )
+    out = np.zeros(len(user), dtype=bool)
+    out[idx[mask]] = True
+    return out, passes
+
+
+def prepare(
+    inputs: Sequence[str | Path] | str | Path,
+    fmt: str,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    options: PrepareOptions | None = None,
+    on_bad_rows: str = "error",
+    seed: int = DEFAULT_SEED,
+    reader_options: dict[str, Any] | None = None,
+) -> PrepareReport:
+    """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically."""
+    paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
+    options = options or PrepareOptions()
+    name = name or Path(output).name
+    t0 = time.perf_counter()
+    log = read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
+    t1 = time.perf_counter()
+    sources = []
+    for path in paths:
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        sources.extend({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files)
+    meta = {"name": name, "format": fmt, "sources": sources, "reader_options": dict(reader_options or {}),
+            "on_bad_rows": on_bad_rows}
+    dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta)
+    t2 = time.perf_counter()
+    dataset.save(output)
+    t3 = time.perf_counter()
+    return PrepareReport(
+        name=name,
+        output=str(output),
+        n_users=len(dataset.user_original_ids),
+        n_items=dataset.n_items,
+        n_interactions=int(dataset.meta["n_interactions"]),
+        splits={s: {"users": len(dataset.split(s)), "interactions": int(len(dataset.split(s).items))} for s in SPLITS},
+        read=log.report,
+        clean=dataset.meta["clean"],
+        seconds={"read": t1 - t0, "prepare": t2 - t1, "save": t3 - t2, "total": t3 - t0},
+    )
+
+
+BUNDLED_NAME = "amazon-grocery"
+
+
+def bundled_path() -> Path:
+    """The bundled Amazon 2014 Grocery and Gourmet Food 5-core log (see src/mirec/datasets/README.md)."""
+    return Path(__file__).resolve().parent.parent / "datasets" / f"{BUNDLED_NAME}.tsv.gz"
+
+
+def bundled_dataset(output: str | Path, *, options: PrepareOptions | None = None, seed: int = DEFAULT_SEED) -> PrepareReport:
+    """Prepare the bundled amazon-grocery file into ``output``."""
+    path = bundled_path()
+    if not path.exists():
+        raise FileNotFoundError(f"bundled dataset {path} is missing from the installation")
+    return prepare([path], "csv", output, name=BUNDLED_NAME, options=options, seed=seed)

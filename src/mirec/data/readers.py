@@ -1,0 +1,595 @@
+"""Readers: one per source format, each returning the common in-memory log :class:`Interactions`.
+
+The log is a pyarrow Table with columns ``user`` (string), ``item`` (string), ``timestamp`` (int64 Unix
+seconds, null where the source value is not a number), optional ``category`` (string) and, for pre-split
+input (``comirec``), ``split`` (int8: 0 train, 1 valid, 2 test); plus a per-file report of rows read /
+skipped / filtered. Cleaning (illegal timestamps, k-core, split) is :mod:`mirec.data.prepare`'s job.
+
+CSV-like formats are parsed with ``pyarrow.csv`` (multi-threaded C++); only the JSON formats parse per line.
+A malformed row raises :class:`MalformedRowError` naming the file, the line and the problem; with
+``on_bad_rows="skip"`` it is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+COLUMNS = ("user", "item", "timestamp", "category")
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+ON_BAD_ROWS = ("error", "skip")
+
+# Header names recognised by the generic csv reader (lower case).
+DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user_id", "user", "userid", "reviewerid", "uid", "user_id:token"),
+    "item": ("item_id", "item", "itemid", "movieid", "asin", "iid", "item_id:token"),
+    "timestamp": ("timestamp", "time", "unixreviewtime", "ts", "timestamp:float", "date"),
+    "category": ("category", "cate", "category_id", "cat", "cate_id"),
+}
+
+
+class MalformedRowError(ValueError):
+    """A row of an input file could not be parsed; the message names the file, the line and the problem."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        self.path = Path(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path.name} line {line}" if line is not None else f"{self.path.name}"
+        super().__init__(f"MalformedRowError: {where}: {problem} (file {self.path}; pass on_bad_rows='skip' to skip such rows)")
+
+
+@dataclass
+class Interactions:
+    """The common log: ``table`` (user, item, timestamp[, category][, split]) and the read ``report``."""
+
+    table: pa.Table
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def has_category(self) -> bool:
+        return "category" in self.table.column_names
+
+    @property
+    def has_split(self) -> bool:
+        return "split" in self.table.column_names
+
+    def column(self, name: str) -> np.ndarray:
+        """A column as numpy (strings as an object array; convenient for tests and small logs)."""
+        return self.table.column(name).to_numpy(zero_copy_only=False)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _first_line(path: Path) -> str:
+    with _open_text(path) as f:
+        return f.readline().rstrip("\r\n")
+
+
+def _input_stream(path: Path) -> pa.NativeFile:
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return pa.input_stream(str(path), compression="gzip" if magic == b"\x1f\x8b" else None)
+
+
+def _find_line(path: Path, text: str, header_lines: int) -> int | None:
+    """1-based physical line number of the first data line equal to ``text`` (re-scan, only on error)."""
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if number > header_lines and line.rstrip("\r\n") == text:
+                return number
+    return None
+
+
+_INT_RE = r"^\s*[+-]?\d+\s*$"
+_FLOAT_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+
+
+def parse_timestamps(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
+    """String (or numeric) column -> int64 seconds; non-numeric values become null. Returns (array, n_null_new)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_integer(values.type):
+        return values.cast(pa.int64()), 0
+    if pa.types.is_floating(values.type):
+        finite = pc.is_finite(values)
+        out = pc.if_else(finite, pc.floor(values), None).cast(pa.int64())
+        return out, int(pc.sum(pc.invert(finite)).as_py() or 0)
+    values = values.cast(pa.string())
+    try:  # fast path: every value is an integer
+        return pc.cast(values, pa.int64()), 0
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    trimmed = pc.utf8_trim_whitespace(values)
+    is_int = pc.fill_null(pc.match_substring_regex(trimmed, _INT_RE), False)
+    is_float = pc.and_(pc.fill_null(pc.match_substring_regex(trimmed, _FLOAT_RE), False), pc.invert(is_int))
+    ints = pc.cast(pc.if_else(is_int, trimmed, "0"), pa.int64())
+    floats = pc.cast(pc.floor(pc.cast(pc.if_else(is_float, trimmed, "0"), pa.float64())), pa.int64())
+    out = pc.if_else(is_int, ints, pc.if_else(is_float, floats, pa.scalar(None, pa.int64())))
+    bad = int(len(values) - pc.sum(pc.or_(is_int, is_float)).as_py() - values.null_count)
+    return out, max(bad, 0)
+
+
+def _file_report(path: Path, fmt: str, rows_read: int, rows_skipped: int, **extra: Any) -> dict[str, Any]:
+    return {"path": str(path), "format": fmt, "rows_read": rows_read, "rows_skipped": rows_skipped, **extra}
+
+
+def _check_on_bad_rows(on_bad_rows: str) -> None:
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
+
+
+def _read_delimited(
+    path: Path,
+    *,
+    delimiter: str,
+    column_names: Sequence[str] | None,
+    header: bool,
+    keep: dict[str, str | int],
+    on_bad_rows: str,
+    string_columns: Sequence[str] = (),
+) -> tuple[pa.Table, int]:
+    """pyarrow.csv read of ``path``; ``keep`` maps output name -> column name or index. Returns (table, skipped)."""
+    bad_rows: list[Any] = []
+
+    def handler(row: Any) -> str:
+        bad_rows.append(row)
+        return "skip"
+
+    if header:
+        names = [n.strip() for n in _first_line(path).split(delimiter)]
+        read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24)
+    else:
+        if column_names is None:
+            n_fields = len(_first_line(path).split(delimiter))
+            column_names = [f"f{i}" for i in range(n_fields)]
+        names = list(column_names)
+        read_options = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
+    resolved: dict[str, str] = {}
+    for out, spec in keep.items():
+        if isinstance(spec, int):
+            if not 0 <= spec < len(names):
+                raise MalformedRowError(path, 1, f"column index {spec} for {out!r} out of range ({len(names)} fields)")
+            resolved[out] = names[spec]
+        else:
+            matches = [n for n in names if n == spec] or [n for n in names if n.lower() == str(spec).lower()]
+            if not matches:
+                raise MalformedRowError(path, 1, f"no column {spec!r} for {out!r} in header {names}")
+            resolved[out] = matches[0]
+    include = list(dict.fromkeys(resolved.values()))
+    types = {resolved[c]: pa.string() for c in ("user", "item", "category", *string_columns) if c in resolved}
+
+    def read(ts_type: pa.DataType) -> pa.Table:
+        bad_rows.clear()
+        if "timestamp" in resolved:
+            types[resolved["timestamp"]] = ts_type
+        convert = pacsv.ConvertOptions(
+            include_columns=include, column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+        )
+        parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler)
+        with _input_stream(path) as stream:
+            return pacsv.read_csv(stream, read_options=read_options, parse_options=parse, convert_options=convert)
+
+    try:
+        try:  # fast path: integer timestamps parsed directly; otherwise strings, cleaned by parse_timestamps
+            table = read(pa.int64())
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise
+            table = read(pa.string())
+    except pa.ArrowInvalid as exc:
+        raise MalformedRowError(path, None, str(exc)) from exc
+    if bad_rows and on_bad_rows == "error":
+        row = bad_rows[0]
+        line = _find_line(path, row.text, 1 if header else 0)
+        raise MalformedRowError(path, line, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}")
+    columns = {out: table.column(name) for out, name in resolved.items()}
+    return pa.table(columns), len(bad_rows)
+
+
+def _finish(table: pa.Table, path: Path) -> tuple[pa.Table, int]:
+    """Normalise column types; timestamps -> int64 with nulls for non-numeric values."""
+    ts, n_bad = parse_timestamps(table.column("timestamp"))
+    def as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        return column if column.type == pa.string() else pc.cast(column, pa.string())
+
+    columns: dict[str, Any] = {"user": as_string(table.column("user")), "item": as_string(table.column("item")), "timestamp": ts}
+    if "category" in table.column_names:
+        columns["category"] = as_string(table.column("category"))
+    if "split" in table.column_names:
+        columns["split"] = table.column("split")
+    return pa.table(columns), n_bad
+
+
+def _sniff_delimiter(line: str) -> str:
+    for candidate in ("\t", ",", ";", "|", " "):
+        if candidate in line:
+            return candidate
+    return ","
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    on_bad_rows: str = "error",
+    delimiter: str | None = None,
+    header: bool | None = None,
+    user: str | int | None = None,
+    item: str | int | None = None,
+    timestamp: str | int | None = None,
+    category: str | int | None = None,
+    column_names: Sequence[str] | None = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Generic CSV/TSV (gzip or not, header or not, delimiter auto or given, columns by name or index).
+
+    Reads the shared ``interactions.tsv.gz`` files (``user_id item_id timestamp [category]``).
+    Without a header the defaults are user=0, item=1, timestamp=2, no category.
+    """
+    path = Path(path)
+    first = _first_line(path)
+    delimiter = delimiter or _sniff_delimiter(first)
+    fields = [f.strip().lower() for f in first.split(delimiter)]
+    if header is None:
+        known = {n for names in DEFAULT_NAMES.values() for n in names}
+        header = column_names is None and any(f in known for f in fields)
+    specs: dict[str, str | int | None] = {"user": user, "item": item, "timestamp": timestamp, "category": category}
+    keep: dict[str, str | int] = {}
+    for out, spec in specs.items():
+        if spec is not None:
+            keep[out] = spec
+        elif header:
+            found = next((i for i, f in enumerate(fields) if f in DEFAULT_NAMES[out]), None)
+            if found is not None:
+                keep[out] = found
+        elif out != "category":
+            keep[out] = ("user", "item", "timestamp").index(out)
+    missing = [c for c in ("user", "item", "timestamp") if c not in keep]
+    if missing:
+        raise MalformedRowError(path, 1, f"cannot find column(s) {missing} in header {fields}; pass them explicitly")
+    table, skipped = _read_delimited(
+        path, delimiter=delimiter, column_names=column_names, header=header, keep=keep, on_bad_rows=on_bad_rows
+    )
+    table, bad_ts = _finish(table, path)
+    return table, _file_report(path, "csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def read_amazon_ratings(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+    """Amazon 2014 ratings-only CSV ``user,item,rating,timestamp`` (no header)."""
+    path = Path(path)
+    table, skipped = _read_delimited(
+        path,
+        delimiter=",",
+        column_names=["user", "item", "rating", "timestamp"],
+        header=False,
+        keep={"user": "user", "item": "item", "timestamp": "timestamp"},
+        on_bad_rows=on_bad_rows,
+    )
+    table, bad_ts = _finish(table, path)
+    return table, _file_report(path, "amazon-ratings", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def read_taobao(
+    path: str | Path, *, on_bad_rows: str = "error", behaviors: Sequence[str] | str = ("pv",)
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Tianchi UserBehavior.csv ``user,item,category,behavior,timestamp`` (no header); keeps ``behaviors``.
+
+    ComiRec/PIMI keep 'pv' rows only; Taobao-Buy keeps 'buy'. ``behaviors="all"`` keeps every row.
+    """
+    path = Path(path)
+    table, skipped = _read_delimited(
+        path,
+        delimiter=",",
+        column_names=["user", "item", "category", "behavior", "timestamp"],
+        header=False,
+        keep={"user": "user", "item": "item", "category": "category", "behavior": "behavior", "timestamp": "timestamp"},
+        on_bad_rows=on_bad_rows,
+        string_columns=("behavior",),
+    )
+    n = table.num_rows
+    if behaviors != "all":
+        wanted = [behaviors] if isinstance(behaviors, str) else list(behaviors)
+        table = table.filter(pc.is_in(table.column("behavior"), value_set=pa.array(wanted, pa.string())))
+    filtered = n - table.num_rows
+    table, bad_ts = _finish(table.drop_columns(["behavior"]), path)
+    return table, _file_report(
+        path, "taobao", n + skipped, skipped, rows_filtered_behavior=filtered, behaviors=behaviors,
+        non_numeric_timestamps=bad_ts,
+    )
+
+
+def read_movielens_dat(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+    """MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp`` (split on ':' -> 7 fields)."""
+    path = Path(path)
+    table, skipped = _read_delimited(
+        path,
+        delimiter=":",
+        column_names=["user", "_a", "item", "_b", "rating", "_c", "timestamp"],
+        header=False,
+        keep={"user": "user", "item": "item", "timestamp": "timestamp"},
+        on_bad_rows=on_bad_rows,
+    )
+    table, bad_ts = _finish(table, path)
+    return table, _file_report(path, "movielens-dat", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def read_movielens_csv(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+    """MovieLens ``ratings.csv`` with header ``userId,movieId,rating,timestamp``."""
+    path = Path(path)
+    table, skipped = _read_delimited(
+        path,
+        delimiter=",",
+        column_names=None,
+        header=True,
+        keep={"user": "userId", "item": "movieId", "timestamp": "timestamp"},
+        on_bad_rows=on_bad_rows,
+    )
+    table, bad_ts = _finish(table, path)
+    return table, _file_report(path, "movielens-csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def read_parquet(
+    path: str | Path,
+    *,
+    on_bad_rows: str = "error",
+    user: str = "user",
+    item: str = "item",
+    timestamp: str = "timestamp",
+    category: str | None = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Parquet with user/item/timestamp[/category] columns (names configurable)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    names = pq.read_schema(path).names
+    wanted = {"user": user, "item": item, "timestamp": timestamp}
+    if category is not None or "category" in names:
+        wanted["category"] = category or "category"
+    missing = [v for v in wanted.values() if v not in names]
+    if missing:
+        raise MalformedRowError(path, None, f"missing column(s) {missing}; columns are {names}")
+    raw = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
+    table, bad_ts = _finish(pa.table({out: raw.column(src) for out, src in wanted.items()}), path)
+    return table, _file_report(path, "parquet", table.num_rows, 0, non_numeric_timestamps=bad_ts)
+
+
+def _iter_json_records(path: Path, literal: bool) -> Iterator[tuple[int, str, Any]]:
+    """(line number, text, parsed record or None) per non-empty line; strict JSON, else Python literal."""
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                record = None
+                if literal:
+                    try:
+                        record = ast.literal_eval(text)
+                    except (ValueError, SyntaxError, MemoryError, RecursionError):
+                        record = None
+            yield number, text, record
+
+
+def _read_json_lines(
+    path: Path, fmt: str, *, on_bad_rows: str, literal: bool, category: str | None
+) -> tuple[pa.Table, dict[str, Any]]:
+    users: list[str] = []
+    items: list[str] = []
+    times: list[Any] = []
+    skipped = 0
+    for number, text, record in _iter_json_records(path, literal):
+        problem = None
+        if not isinstance(record, dict):
+            problem = "not a JSON object" + (" or Python literal" if literal else "") + f": {text[:80]!r}"
+        else:
+            missing = [k for k in ("reviewerID", "asin", "unixReviewTime") if k not in record]
+            if missing:
+                problem = f"missing key(s) {missing}"
+        if problem is not None:
+            if on_bad_rows == "error":
+                raise MalformedRowError(path, number, problem)
+            skipped += 1
+            continue
+        users.append(str(record["reviewerID"]))
+        items.append(str(record["asin"]))
+        times.append(str(record["unixReviewTime"]))
+    columns: dict[str, Any] = {
+        "user": pa.array(users, pa.string()),
+        "item": pa.array(items, pa.string()),
+        "timestamp": pa.array(times, pa.string()),
+    }
+    if category is not None:
+        columns["category"] = pa.array(np.full(len(users), category, dtype=object), pa.string())
+    table, bad_ts = _finish(pa.table(columns), path)
+    return table, _file_report(path, fmt, len(users) + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def _file_category(path: Path, category: str | bool | None) -> str | None:
+    """``category=True``: the Amazon category from the file name (reviews_Books_5.json.gz -> Books)."""
+    if category is True:
+        stem = re.sub(r"(\.json|\.gz|\.jsonl)+$", "", path.name)
+        stem = re.sub(r"^reviews_", "", stem)
+        return re.sub(r"_5$", "", stem)
+    return category or None
+
+
+def read_amazon_reviews(
+    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Amazon 2014 review files (5-core ``reviews_*_5.json[.gz]``): one record per line, strict JSON or the
+    Python-literal style (single quotes) those dumps use; keys reviewerID, asin, unixReviewTime.
+
+    ``category=True`` tags every row with the file's category (for merged sets such as Amazon-Hybrid).
+    """
+    path = Path(path)
+    return _read_json_lines(path, "amazon-reviews", on_bad_rows=on_bad_rows, literal=True, category=_file_category(path, category))
+
+
+def read_amazon_2018(
+    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Amazon 2018 JSON lines (same keys reviewerID, asin, unixReviewTime)."""
+    path = Path(path)
+    return _read_json_lines(path, "amazon-2018", on_bad_rows=on_bad_rows, literal=False, category=_file_category(path, category))
+
+
+FileReader = Callable[..., tuple[pa.Table, dict[str, Any]]]
+FILE_READERS: dict[str, FileReader] = {
+    "csv": read_csv,
+    "parquet": read_parquet,
+    "amazon-ratings": read_amazon_ratings,
+    "amazon-reviews": read_amazon_reviews,
+    "amazon-2018": read_amazon_2018,
+    "taobao": read_taobao,
+    "movielens-dat": read_movielens_dat,
+    "movielens-csv": read_movielens_csv,
+}
+FORMATS = (*FILE_READERS, "comirec")
+
+
+# --------------------------------------------------------------------------------------------- comirec
+
+
+def _comirec_files(inputs: Sequence[Path]) -> tuple[dict[str, Path], Path | None, str]:
+    pattern = re.compile(r"^(?P<name>.+)_(?P<part>train|valid|test|item_cate)\.txt(\.gz)?$")
+    found: dict[str, Path] = {}
+    names = set()
+    for given in inputs:
+        strict = not given.is_dir()
+        for path in [given] if strict else sorted(given.iterdir()):
+            match = pattern.match(path.name)
+            if match is None:
+                if strict:
+                    raise ValueError(f"comirec: {path} is not named <name>_(train|valid|test|item_cate).txt[.gz]")
+                continue
+            if match["part"] in found:
+                raise ValueError(f"comirec: two {match['part']} files: {found[match['part']]} and {path}")
+            found[match["part"]] = path
+            names.add(match["name"])
+    missing = [p for p in ("train", "valid", "test") if p not in found]
+    if missing:
+        where = ", ".join(str(p) for p in inputs)
+        raise FileNotFoundError(f"comirec: no <name>_{'/'.join(missing)}.txt[.gz] in {where}")
+    if len(names) > 1:
+        raise ValueError(f"comirec: files of several datasets mixed: {sorted(names)}")
+    return {p: found[p] for p in ("train", "valid", "test")}, found.get("item_cate"), names.pop()
+
+
+def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error") -> Interactions:
+    """Pre-split ComiRec/PIMI files ``<name>_{train,valid,test}.txt[.gz]`` (lines ``user,item,time``) plus the
+    optional ``<name>_item_cate.txt`` (``item,cate``); the user split is kept as is (column ``split``)."""
+    _check_on_bad_rows(on_bad_rows)
+    files, cate_file, name = _comirec_files([Path(p) for p in inputs])
+    tables = []
+    reports = []
+    for part, path in files.items():
+        table, skipped = _read_delimited(
+            path, delimiter=",", column_names=["user", "item", "timestamp"], header=False,
+            keep={"user": "user", "item": "item", "timestamp": "timestamp"}, on_bad_rows=on_bad_rows,
+        )
+        table, bad_ts = _finish(table, path)
+        table = table.append_column("split", pa.array(np.full(table.num_rows, SPLIT_CODES[part], np.int8)))
+        tables.append(table)
+        reports.append(_file_report(path, "comirec", table.num_rows + skipped, skipped, split=part, non_numeric_timestamps=bad_ts))
+    table = pa.concat_tables(tables)
+    if cate_file is not None:
+        cate, skipped = _read_delimited(
+            cate_file, delimiter=",", column_names=["item", "category"], header=False,
+            keep={"item": "item", "category": "category"}, on_bad_rows=on_bad_rows,
+        )
+        reports.append(_file_report(cate_file, "comirec-item-cate", cate.num_rows + skipped, skipped))
+        index = pc.index_in(table.column("item"), value_set=cate.column("item"))
+        table = table.append_column("category", pc.take(cate.column("category"), index))
+    return Interactions(table, _merge_reports(reports, "comirec", name=name))
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def _merge_reports(files: list[dict[str, Any]], fmt: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "files": files,
+        "rows_read": sum(f["rows_read"] for f in files if not f["format"].endswith("item-cate")),
+        "rows_skipped": sum(f["rows_skipped"] for f in files),
+        "rows_filtered_behavior": sum(f.get("rows_filtered_behavior", 0) for f in files),
+        "non_numeric_timestamps": sum(f.get("non_numeric_timestamps", 0) for f in files),
+        **extra,
+    }
+
+
+def read_interactions(
+    inputs: Sequence[str | Path] | str | Path, fmt: str, *, on_bad_rows: str = "error", **reader_options: Any
+) -> Interactions:
+    """Read one or several files of format ``fmt`` and merge them into one log (e.g. Amazon-Hybrid's five files)."""
+    _check_on_bad_rows(on_bad_rows)
+    paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no input files given")
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+    if fmt == "comirec":
+        return read_comirec(paths, on_bad_rows=on_bad_rows, **reader_options)
+    if fmt not in FILE_READERS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    reader = FILE_READERS[fmt]
+    tables = []
+    reports = []
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; format {fmt!r} expects files")
+        table, report = reader(path, on_bad_rows=on_bad_rows, **reader_options)
+        tables.append(table)
+        reports.append(report)
+    if len(tables) > 1 and len({tuple(t.column_names) for t in tables}) > 1:
+        # Some files carry a category and others not: add a null category where absent.
+        for i, t in enumerate(tables):
+            if "category" not in t.column_names:
+                tables[i] = t.append_column("category", pa.nulls(t.num_rows, pa.string()))
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return Interactions(table, _merge_reports(reports, fmt))
+
+
+def from_arrays(
+    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, category: np.ndarray | None = None
+) -> Interactions:
+    """An in-memory log from numpy arrays (ids of any type are turned into strings)."""
+    columns: dict[str, Any] = {
+        "user": pc.cast(pa.array(np.asarray(user)), pa.string()),
+        "item": pc.cast(pa.array(np.asarray(item)), pa.string()),
+        "timestamp": pa.array(np.asarray(timestamp, dtype=np.int64)),
+    }
+    if category is not None:
+        columns["category"] = pc.cast(pa.array(np.asarray(category)), pa.string())
+    table = pa.table(columns)
+    return Interactions(table, {"format": "arrays", "files": [], "rows_read": table.num_rows, "rows_skipped": 0,
+                                "rows_filtered_behavior": 0, "non_numeric_timestamps": 0})

@@ -1,0 +1,138 @@
+"""Synthetic interaction logs with realistic statistics, fully vectorised (9M rows in a few seconds).
+
+Model: items fall into ``n_clusters`` interest clusters and have Zipf popularity (weight rank^-a, ranks
+shuffled so popularity is independent of the id); every user holds 2-5 clusters (cluster choice also
+popularity-skewed) with Dirichlet preferences; user activity is lognormal (long tail, at least
+``min_user_len``); a share ``global_share`` of a user's interactions comes from the global popularity
+distribution instead of the user's clusters. Timestamps are whole days (as Amazon's) spread over
+``years`` years: each user has a start day (more users in later years, as growing platforms), an active
+span, and a few bursts (sessions) around which the interactions cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from mirec.utils import atomic_path
+
+DAY = 86400
+EPOCH_2000 = 946684800  # 2000-01-01 UTC
+
+
+class SyntheticLog(NamedTuple):
+    user: np.ndarray  # int64
+    item: np.ndarray  # int64
+    timestamp: np.ndarray  # int64 Unix seconds, whole days
+    category: np.ndarray  # int64 cluster of the item
+
+
+def synthetic_log(
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    seed: int = 0,
+    n_clusters: int = 200,
+    *,
+    zipf_a: float = 0.7,
+    activity_sigma: float = 1.0,
+    min_user_len: int = 5,
+    global_share: float = 0.2,
+    years: float = 14.0,
+    start: int = EPOCH_2000,
+    shuffle: bool = True,
+) -> SyntheticLog:
+    """A log of exactly ``n_interactions`` rows over ``n_users`` users and (up to) ``n_items`` items."""
+    if n_users <= 0 or n_items <= 0 or n_clusters <= 0:
+        raise ValueError("n_users, n_items and n_clusters must be positive")
+    if n_interactions < n_users * min_user_len:
+        raise ValueError(f"n_interactions {n_interactions} < n_users * min_user_len = {n_users * min_user_len}")
+    rng = np.random.default_rng(seed)
+    n_clusters = min(n_clusters, n_items)
+
+    # Items: Zipf weights on a random popularity rank; cluster sizes themselves skewed.
+    weight = 1.0 / np.arange(1, n_items + 1) ** zipf_a
+    weight = weight[rng.permutation(n_items)]
+    cluster_size_w = rng.lognormal(0.0, 0.7, n_clusters)
+    cluster = rng.choice(n_clusters, size=n_items, p=cluster_size_w / cluster_size_w.sum())
+    by_cluster = np.argsort(cluster, kind="stable")  # items grouped by cluster
+    cum = np.cumsum(weight[by_cluster])
+    cluster_end = np.searchsorted(cluster[by_cluster], np.arange(n_clusters), side="right")
+    cluster_start = np.concatenate([[0], cluster_end[:-1]])
+    cum0 = np.concatenate([[0.0], cum])
+    lo, hi = cum0[cluster_start], cum0[cluster_end]
+    cluster_pop = hi - lo
+    cluster_p = np.where(cluster_pop > 0, cluster_pop, 0.0)
+    cluster_p = cluster_p / cluster_p.sum()
+
+    # Users: lognormal activity summing exactly to n_interactions.
+    act = rng.lognormal(0.0, activity_sigma, n_users)
+    lengths = min_user_len + rng.multinomial(n_interactions - n_users * min_user_len, act / act.sum())
+    user = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+
+    # Interests: 2..5 clusters per user with Dirichlet(1) preferences.
+    n_int = rng.integers(2, 6, size=n_users)
+    user_clusters = rng.choice(n_clusters, size=(n_users, 5), p=cluster_p)
+    prefs = rng.gamma(1.0, 1.0, size=(n_users, 5)) * (np.arange(5)[None, :] < n_int[:, None])
+    prefs_cum = np.cumsum(prefs, axis=1)
+    prefs_cum /= prefs_cum[:, -1:]
+    u_slot = (rng.random(n_interactions)[:, None] > prefs_cum[user]).sum(axis=1)
+    chosen = user_clusters[user, np.minimum(u_slot, 4)]
+    # Draw within the chosen cluster (inverse CDF on the cluster's slice of the cumulative weights).
+    r = lo[chosen] + rng.random(n_interactions) * (hi[chosen] - lo[chosen])
+    pos = np.minimum(np.searchsorted(cum, r, side="right"), n_items - 1)
+    item = by_cluster[pos]
+    from_global = rng.random(n_interactions) < global_share
+    g = np.minimum(np.searchsorted(cum, rng.random(int(from_global.sum())) * cum[-1], side="right"), n_items - 1)
+    item[from_global] = by_cluster[g]
+
+    # Time: user start (later years more likely), active span, bursts.
+    total_days = int(years * 365)
+    start_day = (total_days * rng.beta(2.5, 1.2, n_users)).astype(np.int64)
+    span = np.minimum(rng.lognormal(5.0, 1.2, n_users).astype(np.int64) + 1, total_days - start_day + 1)
+    n_bursts = 1 + rng.poisson(lengths / 6.0)
+    burst_ptr = np.concatenate([[0], np.cumsum(n_bursts)])
+    burst_day = np.repeat(start_day, n_bursts) + (rng.random(burst_ptr[-1]) * np.repeat(span, n_bursts)).astype(np.int64)
+    which = burst_ptr[user] + (rng.random(n_interactions) * n_bursts[user]).astype(np.int64)
+    day = burst_day[which] + rng.geometric(0.5, n_interactions) - 1
+    day = np.minimum(day, total_days)
+    timestamp = start + day * DAY
+
+    category = cluster[item].astype(np.int64)
+    if shuffle:
+        perm = rng.permutation(n_interactions)
+        user, item, timestamp, category = user[perm], item[perm], timestamp[perm], category[perm]
+    return SyntheticLog(user, item.astype(np.int64), timestamp.astype(np.int64), category)
+
+
+def write_synthetic_csv(
+    path: str | Path,
+    n_users: int,
+    n_items: int,
+    n_interactions: int,
+    seed: int = 0,
+    *,
+    delimiter: str = "\t",
+    with_category: bool = False,
+    **kwargs: object,
+) -> Path:
+    """Write a synthetic log as CSV/TSV with header ``user_id item_id timestamp [category]`` (atomic; gzip
+    when the name ends in .gz). Returns the path."""
+    path = Path(path)
+    log = synthetic_log(n_users, n_items, n_interactions, seed, **kwargs)  # type: ignore[arg-type]
+    columns = {"user_id": log.user, "item_id": log.item, "timestamp": log.timestamp}
+    if with_category:
+        columns["category"] = log.category
+    table = pa.table(columns)
+    options = pacsv.WriteOptions(delimiter=delimiter, include_header=True, quoting_style="none")
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".gz"):
+            with pa.CompressedOutputStream(str(tmp), "gzip") as out:
+                pacsv.write_csv(table, out, write_options=options)
+        else:
+            pacsv.write_csv(table, str(tmp), write_options=options)
+    return path

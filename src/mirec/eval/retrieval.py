@@ -1,0 +1,251 @@
+"""Exact full-catalogue retrieval per interest and the ComiRec merge (reference-notes sections 1 Eq. 24, 3.2).
+
+Every interest vector of a user retrieves its own top-n items by inner product over the whole catalogue
+(item ids 1..n_items; id 0 is padding and never retrieved), as ComiRec's Faiss ``IndexFlatIP`` search in
+``evaluate_full``. Two interchangeable back-ends give the same rankings (ties aside):
+
+- ``torch``: blocked matmul + ``topk`` (users in blocks, catalogue in blocks), CPU or CUDA, memory bounded;
+- ``faiss``: ``faiss.IndexFlatIP`` on float32 numpy arrays (CPU).
+
+:func:`merge_interests` is ComiRec's lambda = 0 aggregation: the K*n results sorted by score, duplicates and
+id 0 dropped, the first n kept, i.e. the top-n items by f(u, i) = max_k e_i^T v_u^(k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+BACKENDS = ("torch", "faiss")
+# Score blocks of at most this many bytes (users x catalogue-block x 4 bytes) in the torch back-end.
+DEFAULT_BLOCK_BYTES = 256 << 20
+# Catalogue block width in the torch back-end (a 1.7M-item catalogue is scored in 4 blocks).
+DEFAULT_ITEM_BLOCK = 1 << 19
+
+
+def _exclusion_pairs(
+    exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user id arrays -> (user, item) int64 arrays sorted by user; ids outside 1..n_items rejected."""
+    if exclude is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if len(exclude) != n_users:
+        raise ValueError(f"exclude has {len(exclude)} per-user arrays for {n_users} users")
+    lengths = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=n_users)
+    users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
+    items = (
+        np.concatenate([np.asarray(e, dtype=np.int64).ravel() for e in exclude])
+        if lengths.sum()
+        else np.zeros(0, dtype=np.int64)
+    )
+    bad = (items < 0) | (items > n_items)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"exclude: user row {users[i]} lists item id {items[i]} outside 0..{n_items}")
+    keep = items > 0  # padding is never retrieved anyway
+    return users[keep], items[keep]
+
+
+class ExactRetriever:
+    """Exact inner-product top-n search over item ids 1..n_items; build once, search many batches.
+
+    ``item_table`` is [n_items + 1, d] (row 0 = padding), e.g. ``model.output_embeddings()``.
+    """
+
+    def __init__(
+        self,
+        item_table: torch.Tensor,
+        backend: str = "torch",
+        *,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        item_block: int = DEFAULT_ITEM_BLOCK,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown retrieval backend {backend!r}; expected one of {BACKENDS}")
+        if item_table.ndim != 2 or item_table.shape[0] < 2:
+            raise ValueError(
+                f"item_table must be [n_items + 1, d] with n_items >= 1, got {tuple(item_table.shape)}"
+            )
+        self.backend = backend
+        self.n_items = int(item_table.shape[0]) - 1
+        self.dim = int(item_table.shape[1])
+        self.block_bytes = int(block_bytes)
+        self.item_block = max(1, int(item_block))
+        table = item_table.detach()[1:]
+        if backend == "torch":
+            self.table = table.float().contiguous()
+            self.index = None
+        else:
+            import faiss
+
+            self.table = None
+            self.index = faiss.IndexFlatIP(self.dim)
+            self.index.add(np.ascontiguousarray(table.float().cpu().numpy(), dtype=np.float32))
+
+    def search(
+        self, interests: torch.Tensor, n: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-n per interest: (scores [U, K, n] float32, ids [U, K, n] int64), best first, on ``interests``'s
+        device. Slots that cannot be filled (n > catalogue minus exclusions) hold id -1 and score -inf.
+        ``exclude``: per-user arrays of item ids removed from that user's ranking (e.g. the history)."""
+        if interests.ndim != 3 or interests.shape[2] != self.dim:
+            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(interests.shape)}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        n_users, k = int(interests.shape[0]), int(interests.shape[1])
+        ex_users, ex_items = _exclusion_pairs(exclude, n_users, self.n_items)
+        if self.backend == "torch":
+            scores, ids = self._search_torch(interests.detach(), n, ex_users, ex_items)
+        else:
+            scores, ids = self._search_faiss(interests.detach(), n, ex_users, ex_items)
+        return scores.reshape(n_users, k, n), ids.reshape(n_users, k, n)
+
+    def _search_torch(
+        self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_users, k, _ = interests.shape
+        device = interests.device
+        table = self.table.to(device)
+        queries = interests.reshape(n_users * k, self.dim).float()
+        item_block = min(self.item_block, self.n_items)
+        users_per_block = max(1, self.block_bytes // (4 * item_block * k))
+        ex_u = torch.from_numpy(ex_users).to(device)
+        ex_i = torch.from_numpy(ex_items - 1).to(device)  # row in table[1:]
+        bounds = np.searchsorted(ex_users, np.arange(0, n_users + users_per_block, users_per_block))
+        n_keep = min(n, self.n_items)
+        out_s = torch.empty(n_users * k, n_keep, device=device)
+        out_i = torch.empty(n_users * k, n_keep, dtype=torch.int64, device=device)
+        offsets = torch.arange(k, device=device)
+        for b, u0 in enumerate(range(0, n_users, users_per_block)):
+            u1 = min(u0 + users_per_block, n_users)
+            q = queries[u0 * k : u1 * k]
+            bu = ex_u[bounds[b] : bounds[b + 1]] - u0
+            bi = ex_i[bounds[b] : bounds[b + 1]]
+            best_s = best_i = None
+            for i0 in range(0, self.n_items, item_block):
+                i1 = min(i0 + item_block, self.n_items)
+                s = q @ table[i0:i1].T  # [users*K, block]: e_i^T v_u^(k) (Eq. 24 before the max)
+                if len(bi):
+                    sel = (bi >= i0) & (bi < i1)
+                    rows = (bu[sel][:, None] * k + offsets[None, :]).reshape(-1)
+                    cols = (bi[sel] - i0).repeat_interleave(k)
+                    s[rows, cols] = float("-inf")
+                top_s, top_i = s.topk(min(n_keep, i1 - i0), dim=1)
+                top_i += i0 + 1
+                if best_s is None:
+                    best_s, best_i = top_s, top_i
+                else:
+                    cat_s, cat_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
+                    best_s, pick = cat_s.topk(n_keep, dim=1)
+                    best_i = cat_i.gather(1, pick)
+            out_s[u0 * k : u1 * k] = best_s
+            out_i[u0 * k : u1 * k] = best_i
+        return _pad(out_s, out_i, n)
+
+    def _search_faiss(
+        self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_users, k, _ = interests.shape
+        queries = np.ascontiguousarray(interests.reshape(n_users * k, self.dim).float().cpu().numpy())
+        max_ex = int(np.bincount(ex_users, minlength=n_users).max(initial=0)) if len(ex_users) else 0
+        depth = min(n + max_ex, self.n_items)
+        dist, label = self.index.search(queries, depth)
+        label = label.astype(np.int64)
+        drop = label < 0  # faiss pads with -1 when depth exceeds the catalogue
+        ids = np.where(drop, -1, label + 1)
+        if max_ex:
+            base = self.n_items + 2
+            row_user = np.repeat(np.arange(n_users, dtype=np.int64), k)
+            keys = row_user[:, None] * base + ids
+            drop |= np.isin(keys, ex_users * base + ex_items)
+        n_keep = min(n, depth)
+        # Stable compaction: kept results first, in faiss's (descending score) order.
+        pick = np.argsort(drop, axis=1, kind="stable")[:, :n_keep]
+        ids = np.take_along_axis(ids, pick, 1)
+        dist = np.take_along_axis(dist, pick, 1)
+        dropped = np.take_along_axis(drop, pick, 1)
+        ids[dropped] = -1
+        dist[dropped] = -np.inf
+        device = interests.device
+        return _pad(torch.from_numpy(dist).to(device), torch.from_numpy(ids).to(device), n)
+
+
+def _pad(scores: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mark -inf scores as empty (id -1) and pad the columns to n."""
+    ids = torch.where(torch.isneginf(scores), torch.full_like(ids, -1), ids)
+    if scores.shape[1] < n:
+        extra = n - scores.shape[1]
+        scores = torch.cat([scores, scores.new_full((scores.shape[0], extra), float("-inf"))], 1)
+        ids = torch.cat([ids, ids.new_full((ids.shape[0], extra), -1)], 1)
+    return scores, ids
+
+
+def topk_per_interest(
+    interests: torch.Tensor,
+    item_table: torch.Tensor,
+    n: int,
+    backend: str = "torch",
+    exclude: Sequence[np.ndarray] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-n items of every interest: (scores [U, K, n], ids [U, K, n]); see :class:`ExactRetriever`."""
+    return ExactRetriever(item_table, backend).search(interests, n, exclude)
+
+
+def dedup_candidates(
+    scores: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, sort the candidates by score (descending, stable) and keep each item's best occurrence.
+
+    ``scores``/``ids`` are [U, M] (M = K*n, flattened per-interest lists). Returns (sorted scores, sorted ids,
+    keep mask, position of each sorted entry in the input row); ids <= 0 and repeated ids are not kept.
+    """
+    valid = ids > 0
+    s = torch.where(valid, scores.float(), torch.full_like(scores.float(), float("-inf")))
+    s_sorted, order = torch.sort(s, dim=1, descending=True, stable=True)
+    id_sorted = ids.gather(1, order)
+    # Stable sort by id keeps the score order within an id: the first of each run is its best score.
+    id2, order2 = torch.sort(id_sorted, dim=1, stable=True)
+    dup2 = torch.zeros_like(id2, dtype=torch.bool)
+    dup2[:, 1:] = id2[:, 1:] == id2[:, :-1]
+    dup = torch.empty_like(dup2).scatter_(1, order2, dup2)
+    keep = ~dup & (id_sorted > 0)
+    return s_sorted, id_sorted, keep, order
+
+
+def merge_interests_full(
+    scores: torch.Tensor, ids: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ComiRec lambda = 0 merge with extras: (ids [U, n], scores [U, n], interest [U, n]).
+
+    ``interest`` is the index of the interest whose list gave the item its best score (-1 in empty slots).
+    """
+    if scores.shape != ids.shape or scores.ndim != 3:
+        raise ValueError(
+            f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}"
+        )
+    n_users, _, per = scores.shape
+    s_sorted, id_sorted, keep, order = dedup_candidates(scores.reshape(n_users, -1), ids.reshape(n_users, -1))
+    # Kept entries first, each group in descending score order (stable).
+    pick = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    width = min(n, pick.shape[1])
+    pick = pick[:, :width]
+    kept = keep.gather(1, pick)
+    out_ids = torch.where(kept, id_sorted.gather(1, pick), torch.full_like(pick, -1))
+    out_s = torch.where(
+        kept, s_sorted.gather(1, pick), torch.full_like(pick, float("-inf"), dtype=torch.float32)
+    )
+    source = torch.where(kept, order.gather(1, pick) // per, torch.full_like(pick, -1))
+    if width < n:
+        out_ids, out_s, source = (
+            torch.cat([t, t.new_full((n_users, n - width), fill)], 1)
+            for t, fill in ((out_ids, -1), (out_s, float("-inf")), (source, -1))
+        )
+    return out_ids, out_s, source
+
+
+def merge_interests(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """ComiRec lambda = 0 aggregation (``evaluate_full``): the K*n results sorted by score, duplicates and
+    id 0 dropped, the first n kept; -1 fills rows with fewer than n distinct items. Returns ids [U, n]."""
+    return merge_interests_full(scores, ids, n)[0]

@@ -1,0 +1,57 @@
+"""ComiRec-SA, as THUDM/ComiRec src/model.py ``Model_ComiRec_SA`` (``add_pos=True``).
+
+H = masked history embeddings + a learned position embedding [L, d] (Glorot, ``tf.get_variable`` default);
+A = softmax over positions of W_2 tanh(W_1 H + b_1) + b_2 (d_a = 4d, K heads, padding set to -2^32 + 1);
+interests = A @ (masked history embeddings WITHOUT the position term). Hard readout at training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mirec.config import ModelConfig
+from mirec.data.batching import Batch
+from mirec.models.base import MultiInterestModel
+from mirec.nn.self_attentive import SelfAttentiveExtractor
+
+
+@dataclass
+class ComiRecSAConfig(ModelConfig):
+    name: str = "comirec-sa"
+    add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
+
+
+class ComiRecSA(MultiInterestModel):
+    name: ClassVar[str] = "comirec-sa"
+    paper: ClassVar[str] = (
+        "Yukuo Cen, Jianwei Zhang, Xu Zou, Chang Zhou, Hongxia Yang, Jie Tang. Controllable Multi-Interest "
+        "Framework for Recommendation. KDD 2020 (ComiRec-SA; code THUDM/ComiRec)"
+    )
+    config_class: ClassVar[type[ModelConfig]] = ComiRecSAConfig
+
+    def __init__(self, config: ComiRecSAConfig, n_items: int):
+        super().__init__(config, n_items)
+        d = config.embedding_dim
+        self.position_embedding: nn.Parameter | None = None
+        if config.add_pos:
+            self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
+            nn.init.xavier_uniform_(self.position_embedding)  # TF Glorot on [1, L, d]: fan_in L, fan_out d
+        self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        mask = batch.mask.to(self.item_embedding.weight.dtype)
+        x = self.embed_items(batch.items) * mask.unsqueeze(-1)
+        H = x
+        if self.position_embedding is not None:
+            L = x.shape[1]
+            if L > self.position_embedding.shape[0]:
+                raise ValueError(
+                    f"ComiRec-SA was built for histories of at most maxlen={self.position_embedding.shape[0]} "
+                    f"positions, got a batch of length {L}; set model.maxlen to the batch length"
+                )
+            H = x + self.position_embedding[:L]
+        return self.extractor(H, mask, values=x)

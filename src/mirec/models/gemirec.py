@@ -1,0 +1,331 @@
+"""GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (Wu et al., arXiv 2510.14626).
+
+Only the abstract and a partial method paragraph are public (docs/reference-notes.md section 5); this file
+builds the labelled reference design of section 5.3. Labels: [PAPER] abstract, [SECONDARY] third-party
+reviews, [OURS] our interpretation (each a config switch in :class:`GemiRecConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirec.config import ModelConfig
+from mirec.data.batching import Batch
+from mirec.models.base import MultiInterestModel
+from mirec.nn.quantizer import ENCODERS, UPDATES, ResidualQuantizer
+
+
+@dataclass
+class GemiRecConfig(ModelConfig):
+    name: str = "gemirec"
+    # IDMM: residual quantizer over sg[item embeddings] [SECONDARY: RQ, C levels, concat form]
+    idmm_levels: int = 2  # C [OURS: not published]
+    idmm_codes: int = 64  # M per level [OURS: suited to ~10k-item catalogues]
+    idmm_code_dim: int = 32  # per-level code width; interest embedding = C * code_dim [OURS]
+    idmm_encoder: str = (
+        "mlp"  # z_enc: mlp | linear | identity (identity needs code_dim == embedding_dim) [OURS]
+    )
+    idmm_update: str = "ema"  # ema | grad codebook updates [OURS]
+    idmm_decay: float = 0.99  # EMA decay [OURS]
+    idmm_beta: float = 0.25  # commitment weight [OURS: VQ-VAE default]
+    idmm_kmeans_iters: int = 10  # Lloyd iterations of the first-batch k-means init [OURS]
+    idmm_dead_threshold: float = 1.0  # EMA usage below which a code is re-seeded; 0 = never [OURS]
+    idmm_recon_weight: float = 1.0  # RQ-VAE decoder reconstruction of sg[v]; 0 = no decoder [OURS]
+    maintenance_every: int = 1000  # steps between catalogue item->interest re-assignments; 0 = only first use
+    refresh_on_eval: bool = (
+        True  # re-assign the catalogue at the first eval forward after training steps [OURS]
+    )
+    # MIPDM: causal Transformer predicting the next item's code tuple level by level [SECONDARY: GPT]
+    mipdm_layers: int = 2  # [OURS: the third party's reproduction uses 6]
+    mipdm_heads: int = 2
+    mipdm_dropout: float = 0.1
+    mipdm_input: str = "item+code"  # item+code | item | code: what each history position feeds [OURS]
+    mipdm_all_positions: bool = False  # CE at every position (GPT style) instead of the last only [OURS]
+    beam_width: int = 16  # serving beam over levels; >= num_interests [OURS]
+    # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
+    mirm_fusion: str = "mlp"  # mlp (on the concatenation) | gated (gated sum) [OURS]
+    user_encoder: str = "shared"  # u_seq from the MIPDM transformer (shared) or a separate one [OURS]
+    # total loss = retrieval + lambda_mipdm * CE + lambda_idmm * IDMM loss [OURS: lambdas not published]
+    lambda_mipdm: float = 1.0
+    lambda_idmm: float = 1.0
+
+
+class CausalEncoder(nn.Module):
+    """Small causal pre-LN Transformer over a left-aligned, right-padded sequence; returns all positions."""
+
+    def __init__(self, d: int, maxlen: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.position = nn.Embedding(maxlen, d)
+        nn.init.xavier_uniform_(self.position.weight)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, dim_feedforward=4 * d, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        if length > self.position.num_embeddings:
+            raise ValueError(
+                f"GemiRec: sequence length {length} exceeds maxlen {self.position.num_embeddings}"
+            )
+        pos = self.position(torch.arange(length, device=x.device))
+        h = self.dropout((x + pos[None]) * mask[..., None])
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
+        # Padding is ignored by the key padding mask (and lies after every valid position anyway).
+        h = self.encoder(h, mask=causal, src_key_padding_mask=mask <= 0, is_causal=True)
+        return self.norm(h)
+
+
+def last_valid(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state at each row's last valid position (left-aligned sequences): [B, L, d] -> [B, d]."""
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return h[torch.arange(len(h), device=h.device), last]
+
+
+class GemiRec(MultiInterestModel):
+    """GemiRec = IDMM (quantized interest dictionary) + MIPDM (generative interest model) + MIRM (retrieval).
+
+    - [PAPER] three modules IDMM / MIPDM / MIRM; K interests are *generated* (not extracted) at serving.
+    - [SECONDARY] IDMM is a residual quantizer over sg[item embeddings]; interest = concat of level codes.
+    - [SECONDARY] MIPDM is a causal (GPT-like) Transformer predicting the next interest; top-K at serving.
+    - [OURS] level-by-level factorisation p(m_1|h) p(m_2|m_1,h)..., beam search, code embeddings as extra
+      input, EMA/k-means/dead-code maintenance, decoder reconstruction, MLP/gated fusion, loss weights.
+    Training: the target's own code tuple (teacher forcing) selects the interest whose user vector goes to the
+    trainer's softmax; serving returns the user vectors of the K most probable tuples.
+    """
+
+    name = "gemirec"
+    paper = (
+        "GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (arXiv 2510.14626)"
+    )
+    config_class = GemiRecConfig
+
+    def __init__(self, config: GemiRecConfig, n_items: int):
+        super().__init__(config, n_items)
+        self._check(config)
+        d, C, M = config.embedding_dim, config.idmm_levels, config.idmm_codes
+        self.levels, self.codes_per_level = C, M
+        # IDMM [SECONDARY]
+        self.quantizer = ResidualQuantizer(
+            d,
+            config.idmm_code_dim,
+            C,
+            M,
+            encoder=config.idmm_encoder,
+            update=config.idmm_update,
+            decay=config.idmm_decay,
+            beta=config.idmm_beta,
+            kmeans_iters=config.idmm_kmeans_iters,
+            dead_threshold=config.idmm_dead_threshold,
+            recon_weight=config.idmm_recon_weight,
+        )
+        # Catalogue item -> interest tuple (row 0 = padding); persisted so a loaded model serves identically.
+        self.register_buffer("item_codes", torch.zeros(n_items + 1, C, dtype=torch.long))
+        self.register_buffer("codes_ready", torch.zeros((), dtype=torch.bool))
+        self._codes_stale = False
+        self.last_losses: dict[str, float] = {}
+        # MIPDM: history-code embeddings (input) [OURS], causal encoder, level heads [OURS]
+        self.code_embedding = nn.Embedding(C * M, d)
+        nn.init.xavier_uniform_(self.code_embedding.weight)
+        self.register_buffer("level_offsets", torch.arange(C) * M, persistent=False)
+        self.sequence = CausalEncoder(
+            d, config.maxlen, config.mipdm_layers, config.mipdm_heads, config.mipdm_dropout
+        )
+        self.user_sequence: CausalEncoder | None = None
+        if config.user_encoder == "separate":
+            self.user_sequence = CausalEncoder(
+                d, config.maxlen, config.mipdm_layers, config.mipdm_heads, config.mipdm_dropout
+            )
+        # prefix embeddings P_c[m] of already-decoded levels, added to h for p(m_c | m_<c, h) [OURS]
+        self.prefix_embedding = nn.Embedding(C * M, d)
+        nn.init.xavier_uniform_(self.prefix_embedding.weight)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, M)) for _ in range(C)
+        )
+        # MIRM fusion f(u_seq, e_m) [OURS]
+        width = C * config.idmm_code_dim
+        if config.mirm_fusion == "mlp":
+            self.fusion: nn.Module = nn.Sequential(
+                nn.Linear(d + width, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)
+            )
+        else:
+            self.interest_proj = nn.Linear(width, d)
+            self.fusion = nn.Linear(d + width, d)  # gate
+
+    @staticmethod
+    def _check(config: GemiRecConfig) -> None:
+        where = "GemiRecConfig"
+        if config.idmm_encoder not in ENCODERS:
+            raise ValueError(f"{where}.idmm_encoder: expected one of {ENCODERS}, got {config.idmm_encoder!r}")
+        if config.idmm_update not in UPDATES:
+            raise ValueError(f"{where}.idmm_update: expected one of {UPDATES}, got {config.idmm_update!r}")
+        if config.mipdm_input not in ("item+code", "item", "code"):
+            raise ValueError(
+                f"{where}.mipdm_input: expected item+code | item | code, got {config.mipdm_input!r}"
+            )
+        if config.mirm_fusion not in ("mlp", "gated"):
+            raise ValueError(f"{where}.mirm_fusion: expected mlp | gated, got {config.mirm_fusion!r}")
+        if config.user_encoder not in ("shared", "separate"):
+            raise ValueError(f"{where}.user_encoder: expected shared | separate, got {config.user_encoder!r}")
+        if config.idmm_codes**config.idmm_levels < config.num_interests:
+            raise ValueError(
+                f"{where}: only {config.idmm_codes}^{config.idmm_levels} interest tuples for "
+                f"num_interests={config.num_interests}"
+            )
+        if config.beam_width < config.num_interests:
+            raise ValueError(
+                f"{where}.beam_width ({config.beam_width}) must be >= num_interests ({config.num_interests})"
+            )
+        if config.embedding_dim % config.mipdm_heads:
+            raise ValueError(
+                f"{where}: embedding_dim {config.embedding_dim} not divisible by mipdm_heads {config.mipdm_heads}"
+            )
+
+    # ----------------------------------------------------------------- IDMM maintenance
+    @torch.no_grad()
+    def refresh_assignments(self, chunk: int = 65536) -> None:
+        """Re-assign every catalogue item to its interest tuple (greedy RQ; k-means init if never trained)."""
+        weights = self.output_embeddings()
+        if not bool(self.quantizer.initialized):
+            self.quantizer.initialize(weights[1:])
+        codes = torch.cat(
+            [self.quantizer.assign(weights[i : i + chunk]) for i in range(0, len(weights), chunk)]
+        )
+        self.item_codes.copy_(codes)
+        self.codes_ready.fill_(True)
+        self._codes_stale = False
+
+    def on_step_end(self, step: int) -> None:
+        """Dictionary maintenance: refresh the catalogue's item->interest assignment on a schedule."""
+        every = self.config.maintenance_every
+        if every > 0 and step % every == 0:
+            self.refresh_assignments()
+
+    def _history_codes(self, items: torch.Tensor) -> torch.Tensor:
+        stale = self._codes_stale and self.config.refresh_on_eval and not self.training
+        if not bool(self.codes_ready) or stale:
+            self.refresh_assignments()
+        return self.item_codes[items]
+
+    def codebook_usage(self) -> dict[str, list[float]]:
+        """Perplexity and used share per level over the catalogue's assignment (items 1..n)."""
+        if not bool(self.codes_ready):
+            self.refresh_assignments()
+        usage = self.quantizer.codebook_usage(self.item_codes[1:])
+        usage["tuples_used"] = [float(torch.unique(self.item_codes[1:], dim=0).shape[0])]
+        return usage
+
+    # ----------------------------------------------------------------- MIPDM
+    def _encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal encoding of the history: (h [B, L, d] for MIPDM, u_seq [B, d] for MIRM)."""
+        mode = self.config.mipdm_input
+        x = torch.zeros(*batch.items.shape, self.config.embedding_dim, device=batch.items.device)
+        item_vectors = self.embed_items(batch.items)
+        if mode in ("item+code", "item"):
+            x = x + item_vectors
+        if mode in ("item+code", "code"):
+            codes = self._history_codes(batch.items)  # [B, L, C]
+            x = x + self.code_embedding(codes + self.level_offsets).sum(2)  # sum of per-level code embeddings
+        h = self.sequence(x, batch.mask)
+        if self.user_sequence is None:
+            return h, last_valid(h, batch.mask)
+        return h, last_valid(self.user_sequence(item_vectors, batch.mask), batch.mask)
+
+    def code_log_probs(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log p(m | h) = sum_c log p(m_c | m_<c, h): h [..., d], codes [..., C] -> [...]."""
+        total = h.new_zeros(h.shape[:-1])
+        g = h
+        for c in range(self.levels):
+            logp = F.log_softmax(self.heads[c](g), dim=-1)
+            total = total + logp.gather(-1, codes[..., c : c + 1]).squeeze(-1)
+            g = g + self.prefix_embedding(codes[..., c] + c * self.codes_per_level)
+        return total
+
+    def beam_search(
+        self, h: torch.Tensor, k: int, beam_width: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k code tuples by log p(m|h) with a beam over levels: h [B, d] -> (codes [B, k, C], logp [B, k])."""
+        width = max(beam_width or self.config.beam_width, k)
+        M = self.codes_per_level
+        batch = h.shape[0]
+        scores = h.new_zeros(batch, 1)
+        prefix = torch.zeros(batch, 1, 0, dtype=torch.long, device=h.device)
+        g = h[:, None]  # [B, beam, d]
+        for c in range(self.levels):
+            logp = F.log_softmax(self.heads[c](g), dim=-1)  # [B, beam, M]
+            total = (scores[..., None] + logp).flatten(1)  # [B, beam * M]
+            keep = min(width if c < self.levels - 1 else k, total.shape[1])
+            scores, flat = total.topk(keep, dim=1)
+            parent, code = flat // M, flat % M
+            prefix = torch.cat(
+                [prefix.gather(1, parent[..., None].expand(-1, -1, prefix.shape[2])), code[..., None]], 2
+            )
+            g = g.gather(1, parent[..., None].expand(-1, -1, g.shape[2])) + self.prefix_embedding(
+                code + c * M
+            )
+        return prefix, scores
+
+    # ----------------------------------------------------------------- MIRM
+    def interest_vectors(self, u_seq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """u_m = f(u_seq, e_m), e_m = concat of the tuple's codes: u_seq [B, d], codes [B, K, C] -> [B, K, d]."""
+        e = self.quantizer.lookup(codes).detach()  # [OURS] codebooks are maintained by IDMM only
+        u = u_seq[:, None].expand(-1, codes.shape[1], -1)
+        both = torch.cat([u, e], dim=-1)
+        if self.config.mirm_fusion == "mlp":
+            return self.fusion(both)  # MLP on the concatenation [OURS]
+        return u + torch.sigmoid(self.fusion(both)) * self.interest_proj(e)  # gated sum [OURS]
+
+    # ----------------------------------------------------------------- model contract
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Serving: the K most probable interest tuples (beam search) -> K user vectors [B, K, d]."""
+        h, u_seq = self._encode(batch)
+        codes, _ = self.beam_search(last_valid(h, batch.mask), self.num_interests)
+        return self.interest_vectors(u_seq, codes)
+
+    def generate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K generated interest tuples [B, K, C] and their log-probabilities [B, K]."""
+        h, _ = self._encode(batch)
+        return self.beam_search(last_valid(h, batch.mask), self.num_interests)
+
+    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """u_{m*(target)} [B, d] (teacher forcing on the target's tuple) and the auxiliary loss.
+
+        aux = lambda_mipdm * CE(target tuple) + lambda_idmm * (codebook + beta * commitment + recon).
+        """
+        if batch.targets is None:
+            raise ValueError("GemiRec.training_vectors: the batch has no targets")
+        valid_items = batch.items[batch.mask > 0]
+        ids, inverse = torch.unique(torch.cat([batch.targets, valid_items]), return_inverse=True)
+        quant = self.quantizer(self.embed_items(ids))  # IDMM on sg[v] of the batch's items (EMA update here)
+        if self.training:
+            self._codes_stale = True
+        target_codes = quant.codes[inverse[: len(batch.targets)]]  # m*(target), fresh assignment
+        h, u_seq = self._encode(batch)
+        if self.config.mipdm_all_positions:
+            # next-item codes at every position: history item t+1 (catalogue assignment), then the target
+            nxt = torch.cat([self.item_codes[batch.items[:, 1:]], target_codes[:, None]], 1)
+            last = (batch.mask.sum(1).long() - 1).clamp(min=0)
+            rows = torch.arange(len(last), device=last.device)
+            nxt[rows, last] = target_codes
+            logp = self.code_log_probs(h, nxt)
+            ce = -(logp * batch.mask).sum() / batch.mask.sum().clamp(min=1)
+        else:
+            ce = -self.code_log_probs(last_valid(h, batch.mask), target_codes).mean()
+        user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]
+        aux = self.config.lambda_mipdm * ce + self.config.lambda_idmm * quant.loss
+        self.last_losses = {
+            "mipdm_ce": float(ce.detach()),
+            "commitment": float(quant.commitment.detach()),
+            "codebook": float(quant.codebook_loss.detach()),
+            "reconstruction": float(quant.reconstruction.detach()),
+        }
+        return user, aux
+
+
+__all__ = ["GemiRec", "GemiRecConfig"]

@@ -1,0 +1,86 @@
+"""GIMIRec: "Global Interaction Aware Multi-Interest Framework for Sequential Recommendation" (paper text in
+/work/shared/papers/gimirec.txt, section 4). No public code: where the paper is silent the
+PIMI_Rec reference (notes section 2) is followed, and each such place says so.
+
+Pipeline: E_global = A E_item (GCE, attached as ``model.global_context``, Eq. 1-7) -> recent time-interval
+representation E_time (Eq. 8-10) -> E_hyb = E_time + E_global (Eq. 11-12) -> star-graph aggregation
+(Eq. 13-19) -> self-attentive extraction applied to the aggregation output (Eq. 20-21). Training readout
+against the target's E_global row (Eq. 22-23) and retrieval by max over interests (Eq. 24) come from the
+base class (``output_embeddings`` -> ``embed_items`` -> global context) and the evaluator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mirec.config import ModelConfig
+from mirec.data.batching import Batch
+from mirec.models.base import MultiInterestModel, glorot_embedding
+from mirec.nn.self_attentive import SelfAttentiveExtractor
+from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
+from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
+
+
+@dataclass
+class GIMIRecConfig(ModelConfig):
+    """L_rec is ``maxlen`` (20 Amazon, 50 Taobao-Buy); time_span is L_time, keep it equal to graph.l_time."""
+
+    name: str = "gimirec"
+    num_interests: int = 4
+    time_span: int = 64  # L_time in days (Eq. 8; Table 2: 64 Amazon, 7 Taobao-Buy)
+    num_layers: int = 3  # L_layer (Figure 4: 3 is best)
+    num_heads: int = 4  # paper silent: PIMI_Rec's 4 heads
+    dropout: float = 0.1  # section 4.6; applied, as PIMI_Rec, to the attention weights
+    # Paper silent (Eq. 12 has no position term): off. On = add PIMI's learned position table to E_hyb.
+    position_embedding: bool = False
+    # Deviation (off = PIMI_Rec behaviour): mask padded item rows out of the central node's attention.
+    mask_center: bool = False
+
+
+class GIMIRec(MultiInterestModel):
+    """Interests = S2(E) @ E with E the star-graph output over E_hyb = E_time + E_global."""
+
+    name = "gimirec"
+    paper = "GIMIRec: Global Interaction Aware Multi-Interest Framework for Sequential Recommendation"
+    config_class = GIMIRecConfig
+    requires_global_context = True
+
+    def __init__(self, config: GIMIRecConfig, n_items: int):
+        super().__init__(config, n_items)
+        d = config.embedding_dim
+        self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
+        self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None
+        self.star_graph = StarGraph(
+            d, config.num_layers, config.num_heads, config.dropout, GIMIREC_NEIGHBOURS, config.mask_center
+        )
+        self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)  # W_2: 4d x d, W_3: K x 4d
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aggregation output E [B, L, d] (zero on padding), central node e_c^(L_layer) [B, d])."""
+        if self.global_context is None:
+            raise RuntimeError(
+                "GIMIRec needs its global context: set model.global_context = "
+                "mirec.graph.build_global_context(dataset, config.graph) (the trainer does this)"
+            )
+        items, mask = batch.items, batch.mask.to(self.item_embedding.weight.dtype)
+        length = items.shape[1]
+        if length > self.config.maxlen:
+            raise ValueError(f"batch length {length} exceeds maxlen (L_rec) {self.config.maxlen}")
+        m = mask[:, :, None]
+        e_global = self.embed_items(items) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
+        intervals = time_interval_matrix(batch.days, mask, self.config.time_span)  # Eq. 8
+        e_time = self.time_attention(intervals, mask)  # E_time = S1 T' (Eq. 9-10)
+        hybrid = e_time + e_global  # Eq. 12
+        if self.position_embedding is not None:
+            hybrid = hybrid + self.position_embedding.weight[:length]
+        hybrid = hybrid * m
+        # Eq. 13 divides by L_rec; padded rows are zero, so as PIMI_Rec we average over the real items.
+        center = hybrid.sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        # Eq. 14-19: q^(0) = E_hyb, neighbours [q_{i-1}; e_c; q_i; e_i] with e_i the global-context row.
+        return self.star_graph(hybrid, center, e_global, mask)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        aggregated, _ = self.encode(batch)
+        return self.extractor(aggregated, batch.mask)  # S2 = softmax(W3 tanh(W2 E^T)), E_interest = S2 E (Eq. 20-21)

@@ -1,0 +1,73 @@
+"""GRU4Rec baseline, as THUDM/ComiRec src/model.py ``Model_GRU4REC``.
+
+``tf.nn.dynamic_rnn(GRUCell(hidden_size), item_his_eb, sequence_length=sum(mask))``: the user vector is the
+final state, i.e. the hidden state after the last valid item of the left-aligned history (zero for an empty
+history). One interest (K = 1).
+
+Deviation (documented): torch's ``nn.GRU`` applies the reset gate after the recurrent matmul
+(n = tanh(W_in x + b_in + r * (W_hn h + b_hn))) while TF's ``GRUCell`` applies it before
+(c = tanh(W_c [x, r * h] + b_c)); both are standard GRUs. The initialisation follows ``GRUCell``: Glorot-uniform
+kernels over the concatenated [x, h] input (gates: (d_in + d) x 2d, candidate: (d_in + d) x d), gate
+biases 1.0, candidate bias 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mirec.config import ModelConfig
+from mirec.data.batching import Batch
+from mirec.models.base import MultiInterestModel
+
+
+@dataclass
+class GRU4RecConfig(ModelConfig):
+    name: str = "gru4rec"
+
+
+def init_gru_like_tf(gru: nn.GRU) -> None:
+    """TF1 ``GRUCell`` initialisation on a one-layer torch GRU (gate order in torch: reset, update, new)."""
+    h, d_in = gru.hidden_size, gru.input_size
+    gate_bound = math.sqrt(6.0 / ((d_in + h) + 2 * h))  # Glorot on the [(d_in + h), 2h] gates kernel
+    cand_bound = math.sqrt(6.0 / ((d_in + h) + h))  # Glorot on the [(d_in + h), h] candidate kernel
+    with torch.no_grad():
+        for weight in (gru.weight_ih_l0, gru.weight_hh_l0):
+            weight[: 2 * h].uniform_(-gate_bound, gate_bound)
+            weight[2 * h :].uniform_(-cand_bound, cand_bound)
+        gru.bias_ih_l0.zero_()
+        gru.bias_ih_l0[: 2 * h].fill_(1.0)  # GRUCell gates bias initializer: constant 1.0
+        gru.bias_hh_l0.zero_()
+
+
+class GRU4Rec(MultiInterestModel):
+    name: ClassVar[str] = "gru4rec"
+    paper: ClassVar[str] = (
+        "Balázs Hidasi, Alexandros Karatzoglou, Linas Baltrunas, Domonkos Tikk. Session-based Recommendations "
+        "with Recurrent Neural Networks. ICLR 2016 (as re-implemented by ComiRec, Cen et al., KDD 2020, "
+        "THUDM/ComiRec Model_GRU4REC)"
+    )
+    config_class: ClassVar[type[ModelConfig]] = GRU4RecConfig
+
+    def __init__(self, config: ModelConfig, n_items: int):
+        super().__init__(config, n_items)
+        d = config.embedding_dim
+        self.gru = nn.GRU(d, d, batch_first=True)  # GRUCell(hidden_size), hidden_size = d
+        init_gru_like_tf(self.gru)
+
+    @property
+    def num_interests(self) -> int:
+        return 1
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        mask = batch.mask.to(self.item_embedding.weight.dtype)
+        x = self.embed_items(batch.items) * mask.unsqueeze(-1)
+        states, _ = self.gru(x)  # [B, L, d]; left-aligned, so states up to length-1 never see padding
+        length = mask.sum(dim=1).long()
+        last = states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]
+        last = last * (length > 0).unsqueeze(-1).to(last.dtype)  # dynamic_rnn: zero state for length 0
+        return last.unsqueeze(1)  # [B, 1, d]

@@ -1,0 +1,215 @@
+"""Softmax losses for training: TensorFlow's ``tf.nn.sampled_softmax_loss`` (ComiRec/PIMI), full, in-batch.
+
+ComiRec and PIMI call ``tf.nn.sampled_softmax_loss(weights=item_table, biases=zeros, labels=target,
+inputs=user_vec, num_sampled=10 * batch, num_classes=n_items + 1)`` with TF's defaults: a
+``log_uniform_candidate_sampler(unique=True, range_max=num_classes)`` shared by the whole batch,
+``subtract_log_q=True`` and ``remove_accidental_hits=True`` (reference-notes sections 2.4, 3.1, 6).
+:func:`sampled_softmax_loss` reproduces ``_compute_sampled_logits`` + ``softmax_cross_entropy`` + the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class SampledCandidates:
+    """What TF's candidate samplers return: ids and expected counts for the sampled and the true classes."""
+
+    sampled: torch.Tensor  # int64 [num_sampled], distinct, in order of first draw
+    sampled_expected_count: torch.Tensor  # float64 [num_sampled]
+    true_expected_count: torch.Tensor  # float64 [B]
+    num_tries: int
+
+
+class LogUniformSampler:
+    """TF ``log_uniform_candidate_sampler``: P(k) = (log(k+2) - log(k+1)) / log(range_max+1), k in [0, range_max).
+
+    ``offset`` shifts the ids: with ``offset=1`` the ids ``1..range_max`` are drawn (P(id) uses ``id - 1``),
+    which keeps the padding id 0 out of the negatives (an option; TF/ComiRec sample id 0 too).
+    """
+
+    def __init__(self, range_max: int, offset: int = 0):
+        if range_max < 1:
+            raise ValueError(f"LogUniformSampler: range_max must be >= 1, got {range_max}")
+        self.range_max = int(range_max)
+        self.offset = int(offset)
+        self.log_range = math.log1p(self.range_max)  # TF range_sampler.cc: log_range_ = log1p(range)
+        self._chunk_sizes: dict[int, int] = {}
+
+    def probability(self, ids: torch.Tensor) -> torch.Tensor:
+        """P(id) of one draw (float64); ids outside the range get 0."""
+        k = ids.to(torch.float64) - self.offset
+        p = torch.log((k + 2.0) / (k + 1.0)) / self.log_range
+        inside = (k >= 0) & (k < self.range_max)
+        return torch.where(inside, p, torch.zeros_like(p))
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` independent draws with replacement (inverse CDF, as TF: floor(exp(u log(R+1))) - 1, mod R)."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        k = torch.exp(u * self.log_range).to(torch.int64) - 1
+        return torch.remainder(k, self.range_max) + self.offset
+
+    def sample_unique(
+        self, num_sampled: int, true_ids: torch.Tensor, generator: torch.Generator | None = None
+    ) -> SampledCandidates:
+        """TF ``RangeSampler::SampleBatchGetExpectedCountAvoid`` with ``unique=True``, vectorised.
+
+        Draws with replacement until ``num_sampled`` distinct ids are seen, counting the tries; the expected
+        count of an id with probability p is ``-expm1(num_tries * log1p(-p))`` (``p * num_sampled`` when
+        no draw was repeated), for the sampled and the true classes alike (TF ``ExpectedCountHelper``).
+        """
+        if not 0 < num_sampled <= self.range_max:
+            raise ValueError(
+                f"sampled softmax: num_sampled={num_sampled} distinct negatives cannot be drawn from "
+                f"{self.range_max} classes (TF requires num_sampled <= num_classes when unique=True)"
+            )
+        draws = torch.empty(0, dtype=torch.int64)
+        chunk = self._first_chunk(num_sampled)
+        while True:
+            draws = torch.cat([draws, self.draw(chunk, generator)])
+            values, inverse = torch.unique(draws, return_inverse=True)
+            if len(values) >= num_sampled:
+                break
+            chunk *= 2
+        # First draw index of every distinct value; the num_sampled earliest ones are TF's batch.
+        positions = torch.arange(len(draws))
+        first = torch.full((len(values),), len(draws), dtype=torch.int64)
+        first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+        order = torch.argsort(first)[:num_sampled]
+        sampled = values[order]
+        num_tries = int(first[order[-1]]) + 1
+        return SampledCandidates(
+            sampled=sampled,
+            sampled_expected_count=self.expected_count(sampled, num_sampled, num_tries),
+            true_expected_count=self.expected_count(true_ids.detach().cpu(), num_sampled, num_tries),
+            num_tries=num_tries,
+        )
+
+    def _first_chunk(self, num_sampled: int) -> int:
+        """Draws in the first chunk: 10% above the expected tries for num_sampled distinct ids (stateless,
+        a function of (range_max, num_sampled) only, so resumed runs consume the generator identically)."""
+        if num_sampled not in self._chunk_sizes:
+            p = self.probability(torch.arange(self.range_max) + self.offset)
+            lo, hi = float(num_sampled), float(num_sampled)
+            distinct = lambda t: float(-torch.expm1(t * torch.log1p(-p)).sum())  # noqa: E731
+            while distinct(hi) < num_sampled and hi < 1e12:
+                hi *= 2
+            for _ in range(50):  # bisection on E[#distinct after t draws] = num_sampled
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if distinct(mid) < num_sampled else (lo, mid)
+            self._chunk_sizes[num_sampled] = int(1.1 * hi) + 64
+        return self._chunk_sizes[num_sampled]
+
+    def expected_count(self, ids: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
+        """TF ``ExpectedCountHelper``: p * batch if no repeat, else 1 - (1 - p)^num_tries (stable form)."""
+        p = self.probability(ids)
+        if num_tries == num_sampled:
+            return p * num_sampled
+        return -torch.expm1(num_tries * torch.log1p(-p))
+
+
+def sampled_logits(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    candidates: SampledCandidates,
+    remove_accidental_hits: bool = True,
+    subtract_log_q: bool = True,
+) -> torch.Tensor:
+    """TF ``_compute_sampled_logits`` with zero biases: [B, 1 + S] logits, the true class in column 0."""
+    device = user_vectors.device
+    sampled = candidates.sampled.to(device)
+    targets = target_ids.to(device)
+    # One output_fn call on the distinct rows needed (a global-context model computes only those rows).
+    rows, inverse = torch.unique(torch.cat([targets, sampled]), return_inverse=True)
+    vectors = output_fn(rows)
+    true_w = vectors[inverse[: len(targets)]]
+    sampled_w = vectors[inverse[len(targets) :]]
+    true_logits = (user_vectors * true_w).sum(-1, keepdim=True)
+    sampled_logits_ = user_vectors @ sampled_w.T
+    if remove_accidental_hits:
+        # TF compute_accidental_hits + sparse_to_dense: add -FLOAT_MAX where a sampled id equals the label.
+        hits = targets[:, None] == sampled[None, :]
+        sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
+    if subtract_log_q:
+        dtype = user_vectors.dtype
+        true_logits = true_logits - torch.log(candidates.true_expected_count).to(device, dtype)[:, None]
+        sampled_logits_ = sampled_logits_ - torch.log(candidates.sampled_expected_count).to(device, dtype)[None, :]
+    return torch.cat([true_logits, sampled_logits_], dim=1)
+
+
+def sampled_softmax_loss(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    sampler: LogUniformSampler,
+    num_sampled: int,
+    generator: torch.Generator | None = None,
+    remove_accidental_hits: bool = True,
+    subtract_log_q: bool = True,
+) -> torch.Tensor:
+    """Mean of TF ``sampled_softmax_loss`` over the batch (ComiRec: ``reduce_mean(sampled_softmax_loss(...))``).
+
+    ``user_vectors`` [B, d], ``target_ids`` [B]; ``output_fn(ids) -> [len(ids), d]`` gives the output item
+    vectors (softmax weights; biases are zeros); ``generator`` is a CPU ``torch.Generator`` seeding the sampler.
+    """
+    if user_vectors.dim() != 2 or target_ids.shape != user_vectors.shape[:1]:
+        raise ValueError(
+            f"sampled_softmax_loss: expected user_vectors [B, d] and target_ids [B], got "
+            f"{tuple(user_vectors.shape)} and {tuple(target_ids.shape)}"
+        )
+    candidates = sampler.sample_unique(num_sampled, target_ids, generator)
+    logits = sampled_logits(
+        user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
+    )
+    labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def full_softmax_loss(
+    user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, mask_padding: bool = True
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue (``output_fn(None)`` = all ids 0..n_items); id 0 masked out."""
+    logits = user_vectors @ output_fn(None).T
+    if mask_padding:
+        padding = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        padding[0] = True
+        logits = logits.masked_fill(padding, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, target_ids.to(logits.device))
+
+
+def inbatch_softmax_loss(
+    user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, remove_accidental_hits: bool = True
+) -> torch.Tensor:
+    """In-batch negatives: row i scores every target of the batch, label i (no log Q correction).
+
+    Accidental hits: another row's target equal to row i's own target is masked (it would be a false negative).
+    """
+    targets = target_ids.to(user_vectors.device)
+    rows, inverse = torch.unique(targets, return_inverse=True)
+    target_w = output_fn(rows)[inverse]
+    logits = user_vectors @ target_w.T
+    if remove_accidental_hits:
+        same = targets[:, None] == targets[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+    labels = torch.arange(len(targets), device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+__all__ = [
+    "LogUniformSampler",
+    "SampledCandidates",
+    "sampled_logits",
+    "sampled_softmax_loss",
+    "full_softmax_loss",
+    "inbatch_softmax_loss",
+]

@@ -1,0 +1,365 @@
+"""The training loop of ComiRec/PIMI ``train.py``: sampled softmax + Adam, validate every ``eval_every`` steps,
+keep the best model on valid Recall@50, stop after ``patience`` evaluations without improvement.
+
+Faithful points (reference-notes 2.4, 3.1, 6): batches as ComiRec's DataIterator (``TrainSampler``); loss =
+TF ``sampled_softmax_loss`` with 10 x batch unique log-uniform negatives over the table (ids 0..n_items),
+log Q subtracted, accidental hits removed; early stopping as ComiRec (``recall > best`` resets the counter,
+stop once ``trials > patience``). Additions: a wall-clock budget, a final evaluation of the last partial
+interval when stopped by ``max_steps``/``max_minutes``, and exact resumption from ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mirec.config import RunConfig, save_config
+from mirec.data.batching import TrainSampler
+from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.nn.sampled_softmax import (
+    LogUniformSampler,
+    full_softmax_loss,
+    inbatch_softmax_loss,
+    sampled_softmax_loss,
+)
+from mirec.train.checkpoint import (
+    TrainState,
+    build_model,
+    load_checkpoint,
+    load_tensors,
+    optimizer_from_tensors,
+    save_checkpoint,
+    save_tensors,
+    write_data_json,
+)
+from mirec.utils import atomic_write_text, resolve_device, seed_everything
+
+LOSSES = ("sampled", "full", "inbatch")
+
+
+def _evaluate_fn():
+    try:
+        from mirec.eval.evaluator import evaluate
+    except ImportError as exc:  # pragma: no cover - only while the evaluator is missing
+        raise RuntimeError(f"mirec.eval.evaluator.evaluate is not available ({exc})") from None
+    return evaluate
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy/torch scalars -> Python numbers, recursively (for history.jsonl / metrics.json)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class Trainer:
+    """One training run of ``config`` on a prepared dataset, writing the run folder ``run_dir``."""
+
+    def __init__(
+        self,
+        data: str | Path | PreparedDataset,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        resume: bool = False,
+    ):
+        tc = config.train
+        if tc.loss not in LOSSES:
+            raise ValueError(f"train.loss = {tc.loss!r}; expected one of {LOSSES}")
+        for name in ("batch_size", "eval_every", "log_every"):
+            if getattr(tc, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)}")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
+        self.progress = progress
+        self.resume = resume
+        seed_everything(tc.seed)
+        self.model = build_model(config, self.dataset, self._resume_graph_path())
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.sampler = TrainSampler(
+            self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
+        )
+        # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative.
+        # TODO(config): a TrainConfig.sampler_exclude_padding switch; read here when it exists.
+        exclude_padding = bool(getattr(tc, "sampler_exclude_padding", False))
+        n_classes = self.dataset.n_items + (0 if exclude_padding else 1)
+        self.negatives = LogUniformSampler(n_classes, offset=1 if exclude_padding else 0)
+        self.num_sampled = tc.num_negatives_factor * tc.batch_size
+        if tc.loss == "sampled" and self.num_sampled > n_classes:
+            raise ValueError(
+                f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
+                f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
+            )
+        self.generator = torch.Generator().manual_seed(tc.seed)  # negatives (CPU), checkpointed
+        self.state = TrainState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.logger = logging.getLogger(f"mirec.train.{id(self)}")
+
+    # ------------------------------------------------------------------ pieces
+    def _resume_graph_path(self) -> Path | None:
+        """A resumed run reloads its saved global context graph instead of rebuilding it."""
+        path = self.run_dir / "graph.safetensors"
+        return path if self.resume and (self.run_dir / "checkpoint").exists() and path.exists() else None
+
+    def loss(self, user_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The configured softmax loss (mean over the batch)."""
+        output_fn = self.model.output_embeddings
+        kind = self.config.train.loss
+        if kind == "sampled":
+            return sampled_softmax_loss(
+                user_vectors, targets, output_fn, self.negatives, self.num_sampled, self.generator
+            )
+        if kind == "full":
+            return full_softmax_loss(user_vectors, targets, output_fn)
+        return inbatch_softmax_loss(user_vectors, targets, output_fn)
+
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step on a fresh batch; returns the detached loss."""
+        batch = self.sampler.sample().to(self.device)
+        user_vectors, aux = self.model.training_vectors(batch)
+        loss = self.loss(user_vectors, batch.targets)
+        if aux is not None:
+            loss = loss + aux
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.model.on_step_end(self.state.step + 1)
+        return loss.detach()
+
+    def evaluate(self, split: str, max_users: int | None = None) -> dict[str, float]:
+        evaluate = _evaluate_fn()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                result = evaluate(
+                    self.model,
+                    self.dataset,
+                    split,
+                    self.config.eval,
+                    maxlen=self.config.model.maxlen,
+                    device=self.device,
+                    max_users=max_users,
+                )
+        finally:
+            self.model.train()
+        return _jsonable(result)
+
+    def _state_copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def _validate(self, interval_loss: float) -> None:
+        """Valid evaluation + ComiRec early stopping (``recall > best`` resets; stop when trials > patience)."""
+        st, tc = self.state, self.config.train
+        start = time.perf_counter()
+        metrics = self.evaluate("valid", max_users=tc.eval_users or None)
+        st.eval_seconds += time.perf_counter() - start
+        key = self.config.eval.early_stop_metric
+        if key not in metrics:
+            raise KeyError(f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}")
+        value = float(metrics[key])
+        improved = value > st.best_metric
+        if improved:
+            st.best_metric, st.best_step, st.bad_evals = value, st.step, 0
+            self.best_state = self._state_copy()
+            save_tensors(self.run_dir / "model.safetensors", self.best_state)
+        else:
+            st.bad_evals += 1
+            if st.bad_evals > tc.patience:
+                st.stop_reason = "patience"
+        st.last_eval_step = st.step
+        entry = {"step": st.step, "train_loss": interval_loss, **metrics, "best": improved,
+                 "train_seconds": round(st.train_seconds, 3), "eval_seconds": round(st.eval_seconds, 3)}
+        self.history.append(entry)
+        atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
+        shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
+        self.logger.info(f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
+                         f"@{st.best_step} trials={st.bad_evals}")
+
+    def save_checkpoint(self) -> None:
+        self.state.sampler_state = self.sampler.state()
+        save_checkpoint(
+            self.run_dir / "checkpoint",
+            model_state=self.model.state_dict(),
+            best_state=self.best_state,
+            optimizer=self.optimizer,
+            negative_generator=self.generator,
+            state=self.state,
+        )
+
+    def restore_checkpoint(self) -> bool:
+        """Load ``run_dir/checkpoint``; False when there is none."""
+        path = self.run_dir / "checkpoint"
+        if not (path / "state.json").exists():
+            return False
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt.model_state)
+        optimizer_from_tensors(self.optimizer, ckpt.optimizer_tensors, ckpt.optimizer_rest)
+        self.best_state = ckpt.best_state
+        self.state = ckpt.state
+        self.sampler.set_state(self.state.sampler_state)
+        torch.set_rng_state(ckpt.rng["torch_cpu"])
+        self.generator.set_state(ckpt.rng["negatives"])
+        if "torch_cuda" in ckpt.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(ckpt.rng["torch_cuda"]))
+        history = self.run_dir / "history.jsonl"
+        if history.exists():  # drop evaluations made after the checkpoint (a crash between the two)
+            rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r["step"] <= self.state.step]
+        return True
+
+    def _open_log(self, append: bool) -> logging.Handler:
+        handler = logging.FileHandler(self.run_dir / "train.log", mode="a" if append else "w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self.logger.addHandler(handler)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        return handler
+
+    # ------------------------------------------------------------------ run
+    def fit(self, resume: bool | None = None) -> dict[str, Any]:
+        """Train (or continue), then evaluate the best weights on valid and test; returns metrics.json."""
+        resume = self.resume if resume is None else resume
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self.restore_checkpoint()
+        if resumed and self.state.stop_reason in ("max_steps", "max_minutes"):
+            self.state.stop_reason = ""  # the limits are re-checked against the (maybe raised) config
+        handler = self._open_log(append=resumed)
+        try:
+            if resumed:
+                self.logger.info(f"resumed from step {self.state.step}")
+            else:
+                if resume:
+                    self.logger.info("no checkpoint found: starting a fresh run")
+                self.history = []
+                for stale in ("history.jsonl", "metrics.json", "model.safetensors", "graph.safetensors"):
+                    (self.run_dir / stale).unlink(missing_ok=True)
+            save_config(self.config, self.run_dir / "config.toml")
+            write_data_json(self.run_dir, self.dataset)
+            if self.model.global_context is not None and not resumed:
+                self.model.global_context.save(self.run_dir / "graph.safetensors")
+            self.logger.info(f"model {self.config.model.name} on {self.device}; "
+                             f"{sum(p.numel() for p in self.model.parameters())} parameters")
+            self._loop()
+            return self._finish()
+        finally:
+            self.logger.removeHandler(handler)
+            handler.close()
+
+    def _loop(self) -> None:
+        st, tc = self.state, self.config.train
+        self.model.train()
+        budget = tc.max_minutes * 60.0
+        session_start, elapsed_before = time.perf_counter(), st.elapsed_seconds
+        bar = tqdm(total=tc.max_steps, initial=st.step, disable=not self.progress, dynamic_ncols=True,
+                   desc=f"train {self.config.model.name}")
+        loss_sum = torch.zeros((), device=self.device)
+        log_sum = torch.zeros((), device=self.device)
+        interval_steps = log_steps = 0
+        log_start, log_train_seconds = time.perf_counter(), st.train_seconds
+        try:
+            while not st.stop_reason:
+                st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+                if st.step >= tc.max_steps:
+                    st.stop_reason = "max_steps"
+                    break
+                if budget > 0 and st.elapsed_seconds >= budget:
+                    st.stop_reason = "max_minutes"
+                    break
+                start = time.perf_counter()
+                loss = self.train_step()
+                st.step += 1
+                loss_sum += loss
+                log_sum += loss
+                interval_steps += 1
+                log_steps += 1
+                st.train_seconds += time.perf_counter() - start
+                bar.update(1)
+                if st.step % tc.log_every == 0:
+                    mean = float(log_sum) / log_steps  # syncs the device, so the clock below is honest
+                    if not math.isfinite(mean):
+                        raise FloatingPointError(f"step {st.step}: training loss is {mean}")
+                    rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
+                    bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}")
+                    self.logger.info(f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
+                                     f"wall={time.perf_counter() - log_start:.1f}s")
+                    log_sum.zero_()
+                    log_steps, log_start, log_train_seconds = 0, time.perf_counter(), st.train_seconds
+                evaluated = st.step % tc.eval_every == 0
+                if evaluated:
+                    self._validate(float(loss_sum) / max(interval_steps, 1))
+                    loss_sum.zero_()
+                    interval_steps = 0
+                every = tc.checkpoint_every
+                if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
+                    st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+                    self.save_checkpoint()
+            if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
+                self._validate(float(loss_sum) / max(interval_steps, 1))
+            st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+            self.save_checkpoint()
+        finally:
+            bar.close()
+        self.logger.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
+
+    def _finish(self) -> dict[str, Any]:
+        st, tc = self.state, self.config.train
+        assert self.best_state is not None
+        self.model.load_state_dict(self.best_state)
+        save_tensors(self.run_dir / "model.safetensors", self.best_state)
+        valid = self.evaluate("valid")
+        test = self.evaluate("test")
+        metrics = {
+            "valid": valid,
+            "test": test,
+            "train": {
+                "steps": st.step,
+                "seconds": round(st.train_seconds, 3),
+                "eval_seconds": round(st.eval_seconds, 3),
+                "wall_seconds": round(st.elapsed_seconds, 3),
+                "samples_per_second": st.step * tc.batch_size / max(st.train_seconds, 1e-9),
+                "best_step": st.best_step,
+                "best_valid_metric": st.best_metric,
+                "stop_reason": st.stop_reason,
+                "device": str(self.device),
+            },
+        }
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        self.logger.info("valid " + json.dumps(valid))
+        self.logger.info("test " + json.dumps(test))
+        return metrics
+
+
+def train_run(
+    data_dir_or_dataset: str | Path | PreparedDataset,
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` (resuming from ``run_dir/checkpoint`` if asked); returns metrics.json."""
+    trainer = Trainer(data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume)
+    return trainer.fit()
+
+
+__all__ = ["Trainer", "train_run", "load_tensors"]

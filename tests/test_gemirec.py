@@ -1,0 +1,368 @@
+"""GemiRec (IDMM residual quantizer, MIPDM beam search, MIRM) against hand-computed cases and brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mirec.config import load_config
+from mirec.data.batching import Batch
+from mirec.models.gemirec import GemiRec, GemiRecConfig
+from mirec.nn.quantizer import ResidualQuantizer, kmeans
+
+
+def tiny_config(**kw) -> GemiRecConfig:
+    base = dict(
+        embedding_dim=16,
+        num_interests=4,
+        maxlen=8,
+        idmm_levels=2,
+        idmm_codes=5,
+        idmm_code_dim=8,
+        beam_width=5,
+        mipdm_layers=1,
+        mipdm_heads=2,
+        mipdm_dropout=0.0,
+        maintenance_every=2,
+    )
+    base.update(kw)
+    return GemiRecConfig(**base)
+
+
+def make_batch(lengths: list[int], maxlen: int, n_items: int, seed: int = 0, pad_id: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, n_items + 1, (len(lengths), maxlen), generator=g)
+    mask = (torch.arange(maxlen)[None] < torch.tensor(lengths)[:, None]).float()
+    items = torch.where(mask > 0, items, torch.full_like(items, pad_id))
+    targets = torch.randint(1, n_items + 1, (len(lengths),), generator=g)
+    return Batch(items=items, mask=mask, days=mask.long(), targets=targets)
+
+
+# ----------------------------------------------------------------------------- IDMM quantizer
+def brute_force_codes(r: np.ndarray, books: np.ndarray) -> np.ndarray:
+    """Slow greedy residual nearest-code search, one point and one code at a time."""
+    n, levels = r.shape[0], books.shape[0]
+    out = np.zeros((n, levels), dtype=np.int64)
+    for i in range(n):
+        res = r[i].astype(np.float64).copy()
+        for c in range(levels):
+            dists = [float(((res - books[c, j]) ** 2).sum()) for j in range(books.shape[1])]
+            out[i, c] = int(np.argmin(dists))
+            res = res - books[c, out[i, c]]
+    return out
+
+
+def test_assignment_equals_brute_force_search():
+    torch.manual_seed(0)
+    q = ResidualQuantizer(6, 4, levels=3, codes=7, encoder="mlp")
+    x = torch.randn(60, 6)
+    codes = q.assign(x)
+    r = q.encoder(x).detach().numpy()
+    expected = brute_force_codes(r, q.codebooks.detach().numpy())
+    assert np.array_equal(codes.numpy(), expected)
+    q.eval()
+    assert torch.equal(q(x).codes, codes)  # eval forward = pure assignment
+    # lookup is the concatenation of the chosen codes, level by level
+    cat = q.lookup(codes[:2])
+    assert torch.allclose(cat[1], torch.cat([q.codebooks[c, codes[1, c]] for c in range(3)]))
+
+
+def quantisation_error(q: ResidualQuantizer, x: torch.Tensor) -> float:
+    codes = q.assign(x)
+    recon = sum(q.codebooks[c, codes[:, c]] for c in range(q.levels))
+    return float(((x - recon) ** 2).sum(1).mean())
+
+
+def test_kmeans_init_reduces_quantisation_error():
+    torch.manual_seed(1)
+    centers = torch.randn(8, 4) * 5
+    x = centers[torch.randint(8, (400,))] + 0.1 * torch.randn(400, 4)
+    random_q = ResidualQuantizer(4, 4, levels=2, codes=8, encoder="identity")  # randn codebooks
+    rows_q = ResidualQuantizer(4, 4, levels=2, codes=8, encoder="identity", kmeans_iters=0)
+    rows_q.initialize(x)  # random data rows, no Lloyd iteration
+    km_q = ResidualQuantizer(4, 4, levels=2, codes=8, encoder="identity", kmeans_iters=15)
+    km_q.initialize(x)
+    e_random, e_rows, e_km = (quantisation_error(q, x) for q in (random_q, rows_q, km_q))
+    assert e_km < e_rows and e_km < 0.5 * e_random
+    assert e_km < 0.05  # 8 well-separated clusters of noise 0.1 in 4-d: error ~ 4 * 0.01, less with level 2
+    # Lloyd on an easy case: two blobs, k=2 -> the two blob means
+    pts = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
+    got = kmeans(pts, 2, 5)
+    got = got[got[:, 0].argsort()]
+    assert torch.allclose(got, torch.tensor([[0.0, 0.5], [10.0, 10.5]]))
+
+
+def test_ema_update_moves_codes_toward_assigned_means():
+    q = ResidualQuantizer(2, 2, levels=1, codes=2, encoder="identity", decay=0.5, dead_threshold=0.0)
+    q.set_codebooks(torch.tensor([[[0.0, 0.0], [10.0, 10.0]]]))  # counts 1, sums = codes
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
+    q.train()
+    out = q(x)
+    assert out.codes[:, 0].tolist() == [0, 0, 1]
+    # by hand: N = .5*1 + .5*[2, 1] = [1.5, 1]; S0 = .5*0 + .5*(1, 1); S1 = .5*(10, 10) + .5*(9, 9)
+    assert torch.allclose(q.cluster_size[0], torch.tensor([1.5, 1.0]))
+    assert torch.allclose(q.codebooks[0], torch.tensor([[1 / 3, 1 / 3], [9.5, 9.5]]), atol=1e-4)
+    # commitment is measured against the codes *before* the update: mean of ||x - e||^2 / dim
+    assert out.commitment.item() == pytest.approx((1 + 1 + 2) / 6)
+    # closer to the assigned means than before
+    assert torch.dist(q.codebooks[0, 0], torch.tensor([0.5, 0.5])) < torch.dist(
+        torch.zeros(2), torch.tensor([0.5, 0.5])
+    )
+
+
+def test_dead_codes_are_reseeded_from_current_residuals():
+    torch.manual_seed(2)
+    q = ResidualQuantizer(2, 2, levels=2, codes=3, encoder="identity", decay=0.1, dead_threshold=0.5)
+    q.set_codebooks(
+        torch.tensor([[[0.0, 0.0], [100.0, 100.0], [-100.0, 50.0]], [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]])
+    )
+    x = torch.tensor([[0.5, 0.2], [0.3, -0.4], [-0.2, 0.1], [0.1, 0.6]])
+    q.train()
+    q(x)
+    # level 0: codes 1 and 2 unused -> N = 0.1 < 0.5 -> replaced by rows of the level-0 residuals (= x)
+    for j in (1, 2):
+        assert any(torch.equal(q.codebooks[0, j], row) for row in x)
+        assert q.cluster_size[0, j].item() == 1.0
+    # the used code 0 follows the EMA: S = .1*0 + .9*sum(x), N = .1 + .9*4
+    expected = 0.9 * x.sum(0) / (0.1 + 0.9 * 4)
+    assert torch.allclose(q.codebooks[0, 0], expected, atol=1e-4)
+    usage = q.codebook_usage()
+    assert usage["used_share"][0] == 1.0
+
+
+def test_codebook_usage_from_codes_by_hand():
+    q = ResidualQuantizer(2, 2, levels=2, codes=4, encoder="identity")
+    codes = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
+    usage = q.codebook_usage(codes)
+    assert usage["perplexity"] == pytest.approx([2.0, 4.0])
+    assert usage["used_share"] == pytest.approx([0.5, 1.0])
+
+
+def test_gradient_codebooks_get_codebook_loss_gradients():
+    torch.manual_seed(3)
+    q = ResidualQuantizer(4, 3, levels=2, codes=4, encoder="linear", update="grad")
+    assert isinstance(q.codebooks, torch.nn.Parameter)
+    q.train()
+    out = q(torch.randn(32, 4))
+    assert out.codebook_loss.item() > 0
+    out.loss.backward()
+    assert q.codebooks.grad is not None and q.codebooks.grad.abs().sum() > 0
+    assert q.encoder.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- MIPDM beam search
+def enumerate_log_probs(model: GemiRec, h: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Independent slow reference: log p of every tuple, head by head, one tuple at a time."""
+    M, C = model.codes_per_level, model.levels
+    tuples = list(itertools.product(range(M), repeat=C))
+    out = torch.zeros(h.shape[0], len(tuples))
+    for t, tup in enumerate(tuples):
+        g = h.clone()
+        for c in range(C):
+            out[:, t] += F.log_softmax(model.heads[c](g), dim=-1)[:, tup[c]]
+            g = g + model.prefix_embedding.weight[c * M + tup[c]]
+    return tuples, out
+
+
+@pytest.mark.parametrize("levels,codes", [(2, 4), (3, 3)])
+def test_beam_search_returns_exact_top_tuples(levels, codes):
+    torch.manual_seed(4)
+    cfg = tiny_config(
+        idmm_levels=levels, idmm_codes=codes, num_interests=5, beam_width=max(codes ** (levels - 1), 5)
+    )
+    model = GemiRec(cfg, 20).eval()
+    for p in model.heads.parameters():  # sharper, tie-free distributions
+        p.data.mul_(3.0)
+    h = torch.randn(6, cfg.embedding_dim)
+    with torch.no_grad():
+        got, scores = model.beam_search(h, 5)
+        tuples, logp = enumerate_log_probs(model, h)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(6), atol=1e-5)  # a distribution over M^C tuples
+    best = logp.topk(5, dim=1)
+    for b in range(6):
+        expected = [tuples[i] for i in best.indices[b].tolist()]
+        assert [tuple(r) for r in got[b].tolist()] == expected
+        assert torch.allclose(scores[b], best.values[b], atol=1e-5)
+    # scores are the teacher-forced log-probabilities of the returned tuples
+    with torch.no_grad():
+        assert torch.allclose(model.code_log_probs(h[:, None].expand(-1, 5, -1), got), scores, atol=1e-5)
+    # a narrow beam still returns K distinct tuples with their true log-probabilities
+    with torch.no_grad():
+        narrow, narrow_scores = model.beam_search(h, 5, beam_width=5)
+        assert torch.allclose(
+            model.code_log_probs(h[:, None].expand(-1, 5, -1), narrow), narrow_scores, atol=1e-5
+        )
+    assert all(len({tuple(r) for r in narrow[b].tolist()}) == 5 for b in range(6))
+
+
+# ----------------------------------------------------------------------------- model contract
+def test_generated_interests_are_distinct():
+    torch.manual_seed(5)
+    model = GemiRec(tiny_config(), 30).eval()
+    batch = make_batch([3, 8, 1, 5], 8, 30)
+    with torch.no_grad():
+        codes, _ = model.generate(batch)
+        interests = model(batch)
+    assert interests.shape == (4, 4, 16)
+    for b in range(4):
+        assert len({tuple(r) for r in codes[b].tolist()}) == 4
+        dist = torch.cdist(interests[b], interests[b])
+        assert dist[~torch.eye(4, dtype=torch.bool)].min() > 1e-4
+
+
+def test_padding_invariance_in_eval_mode():
+    torch.manual_seed(6)
+    cfg = tiny_config(maxlen=10)
+    model = GemiRec(cfg, 30).eval()
+    batch = make_batch([3, 6, 1], 6, 30)
+    padded = Batch(
+        items=torch.cat([batch.items, torch.randint(1, 31, (3, 4))], 1),  # garbage ids in padded slots
+        mask=torch.cat([batch.mask, torch.zeros(3, 4)], 1),
+        days=torch.cat([batch.days, torch.zeros(3, 4, dtype=torch.long)], 1),
+    )
+    padded.items[0, 3:6] = 7  # also garbage inside the original padding
+    padded.mask[0, 3:6] = 0
+    with torch.no_grad():
+        a, b = model(batch), model(padded)
+        alone = model(Batch(batch.items[1:2], batch.mask[1:2], batch.days[1:2]))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a[1:2], alone, atol=1e-5)
+
+
+def train_steps(model: GemiRec, steps: int, n_items: int) -> None:
+    model.train()
+    for step in range(1, steps + 1):
+        batch = make_batch([2, 5, 8, 3, 6, 4], model.config.maxlen, n_items, seed=step)
+        user, aux = model.training_vectors(batch)
+        logits = user @ model.output_embeddings().T
+        loss = F.cross_entropy(logits, batch.targets) + aux
+        model.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # plain SGD by hand: torch.optim's first use imports torch._dynamo (~7 s)
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(0.1 * p.grad)
+        model.on_step_end(step)
+
+
+def test_state_dict_round_trip_via_safetensors(tmp_path):
+    torch.manual_seed(7)
+    model = GemiRec(tiny_config(), 40)
+    train_steps(model, 3, 40)
+    model.eval()
+    batch = make_batch([4, 8, 2], 8, 40, seed=99)
+    with torch.no_grad():
+        before = model(batch)
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), str(path))
+    state = load_file(str(path))
+    for key in ("quantizer.codebooks", "quantizer.cluster_size", "quantizer.initialized", "item_codes"):
+        assert key in state
+    torch.manual_seed(123)
+    fresh = GemiRec(tiny_config(), 40)
+    fresh.load_state_dict(state, strict=True)
+    fresh.eval()
+    with torch.no_grad():
+        after = fresh(batch)
+    assert torch.equal(fresh.item_codes, model.item_codes)
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mirm_fusion": "gated", "user_encoder": "separate", "idmm_update": "grad"},
+        {"mipdm_input": "code", "idmm_recon_weight": 0.0},
+    ],
+)
+def test_training_vectors_teacher_forcing_and_gradients(options):
+    torch.manual_seed(8)
+    cfg = tiny_config(lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", **options)
+    model = GemiRec(cfg, 40)
+    model.train()
+    batch = make_batch([2, 5, 8, 3], 8, 40, seed=3)
+    model.training_vectors(batch)  # first call: k-means init on this batch + catalogue assignment
+    assert bool(model.quantizer.initialized) and bool(model.codes_ready)
+    model.zero_grad()
+    expected_codes = model.quantizer.assign(model.embed_items(batch.targets))  # before this step's EMA update
+    user, aux = model.training_vectors(batch)
+    with torch.no_grad():
+        h, u_seq = model._encode(batch)
+        ref = model.interest_vectors(u_seq, expected_codes[:, None])[:, 0]
+        ce = -model.code_log_probs(h[torch.arange(4), batch.mask.sum(1).long() - 1], expected_codes).mean()
+    assert torch.allclose(user, ref, atol=1e-6)
+    assert torch.isfinite(aux)
+    losses = model.last_losses
+    assert losses["mipdm_ce"] == pytest.approx(float(ce), rel=1e-5)
+    idmm = losses["codebook"] + 0.25 * losses["commitment"] + cfg.idmm_recon_weight * losses["reconstruction"]
+    assert (losses["codebook"] > 0) == (cfg.idmm_update == "grad")  # EMA codebooks: no codebook loss
+    assert aux.item() == pytest.approx(0.7 * losses["mipdm_ce"] + 1.3 * idmm, rel=1e-5)
+    (aux + user.sum()).backward()
+    groups = {
+        "interest encoder": model.quantizer.encoder.parameters(),
+        "sequence encoder": model.sequence.parameters(),
+        "MIPDM heads": model.heads.parameters(),
+        "MIRM fusion": model.fusion.parameters(),
+    }
+    if cfg.mipdm_input != "code" or cfg.user_encoder == "separate":
+        groups["item table"] = [model.item_embedding.weight]
+    if cfg.mipdm_input != "item":
+        groups["code embeddings"] = [model.code_embedding.weight]
+    if cfg.user_encoder == "separate":
+        groups["user encoder"] = model.user_sequence.parameters()
+    for name, params in groups.items():
+        assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
+
+
+def test_maintenance_schedule_refreshes_catalogue_codes():
+    torch.manual_seed(9)
+    model = GemiRec(tiny_config(maintenance_every=5), 25)
+    model.refresh_assignments()
+    with torch.no_grad():
+        model.quantizer.codebooks.mul_(-1.0)  # the dictionary moved
+    target = model.quantizer.assign(model.output_embeddings())
+    assert not torch.equal(target, model.item_codes)
+    model.on_step_end(3)
+    assert not torch.equal(target, model.item_codes)
+    model.on_step_end(5)
+    assert torch.equal(target, model.item_codes)
+    usage = model.codebook_usage()
+    assert len(usage["perplexity"]) == 2 and all(1.0 <= p <= 5.0 for p in usage["perplexity"])
+
+
+@pytest.mark.parametrize("dataset", ["default", "amazon-grocery", "amazon-beauty", "yelp-b"])
+def test_presets_load(dataset):
+    config = load_config(model="gemirec", dataset=dataset)
+    assert isinstance(config.model, GemiRecConfig)
+    GemiRec._check(config.model)
+
+
+def test_bad_config_is_rejected_with_a_clear_message():
+    with pytest.raises(ValueError, match="beam_width"):
+        GemiRec(tiny_config(beam_width=2), 10)
+    with pytest.raises(ValueError, match="mirm_fusion"):
+        GemiRec(tiny_config(mirm_fusion="sum"), 10)
+
+
+def test_all_positions_cross_entropy_by_hand():
+    torch.manual_seed(10)
+    model = GemiRec(tiny_config(mipdm_all_positions=True), 30)
+    model.train()
+    batch = make_batch([3, 1, 5], 8, 30, seed=4)
+    model.training_vectors(batch)  # init
+    target_codes = model.quantizer.assign(model.embed_items(batch.targets))
+    model.training_vectors(batch)
+    with torch.no_grad():
+        h, _ = model._encode(batch)
+        terms = []
+        for b, n in enumerate([3, 1, 5]):  # slow reference: one position at a time
+            for t in range(n):
+                nxt = model.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
+                terms.append(-model.code_log_probs(h[b, t], nxt))
+    assert model.last_losses["mipdm_ce"] == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)

@@ -1,0 +1,223 @@
+"""Capsule routing (MIND / ComiRec-DR) and the self-attentive extractor against hand-computed numbers and
+slow loop-based references of THUDM/ComiRec src/model.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirec.nn.capsule import (
+    CapsuleRouting,
+    PerPositionBilinear,
+    SharedBilinear,
+    check_readout_power,
+    label_aware_readout,
+    squash,
+)
+from mirec.nn.self_attentive import MASK_LOGIT, SelfAttentiveExtractor, tf_dense
+
+
+def slow_routing(item_hat: np.ndarray, mask: np.ndarray, init: np.ndarray, iterations: int) -> tuple:
+    """Loop-by-loop ComiRec CapsuleNetwork.call (float64): returns capsules [B, K, d] and last c [B, K, L]."""
+    B, K, L, d = item_hat.shape
+    b = init.astype(np.float64).copy()
+    caps = np.zeros((B, K, d))
+    c = np.zeros((B, K, L))
+    for it in range(iterations):
+        for u in range(B):
+            for i in range(L):
+                e = np.exp(b[u, :, i] - b[u, :, i].max())
+                c[u, :, i] = e / e.sum() if mask[u, i] != 0 else 0.0
+            for j in range(K):
+                z = sum(c[u, j, i] * item_hat[u, j, i] for i in range(L))
+                n2 = float(z @ z)
+                caps[u, j] = n2 / (1 + n2) / math.sqrt(n2 + 1e-9) * z
+            if it < iterations - 1:
+                for j in range(K):
+                    for i in range(L):
+                        b[u, j, i] += item_hat[u, j, i] @ caps[u, j]
+    return caps, c
+
+
+def test_squash_matches_formula():
+    z = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=torch.float64)
+    out = squash(z)
+    # |z| = 5: 25/26 * z/5
+    assert torch.allclose(out[0], torch.tensor([25 / 26 * 3 / 5, 25 / 26 * 4 / 5], dtype=torch.float64), atol=1e-12)
+    assert torch.equal(out[1], torch.zeros(2, dtype=torch.float64))  # eps keeps 0 -> 0, no NaN
+    n2 = 1e-6
+    assert out[2, 0].item() == pytest.approx(n2 / (1 + n2) / math.sqrt(n2 + 1e-9) * 1e-3, rel=1e-9)
+
+
+def _routing_inputs(B=3, K=4, L=6, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    item_hat = torch.randn(B, K, L, d, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 3, 1])[:B]
+    mask = (torch.arange(L)[None, :] < lengths[:, None]).double()
+    init = torch.randn(B, K, L, generator=g, dtype=torch.float64)
+    return item_hat, mask, init
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_routing_matches_slow_reference(iterations, zero_init):
+    item_hat, mask, init = _routing_inputs()
+    if zero_init:
+        init = torch.zeros_like(init)
+    caps, c = CapsuleRouting(iterations)(item_hat, mask, init_logits=init, return_weights=True)
+    ref_caps, ref_c = slow_routing(item_hat.numpy(), mask.numpy(), init.numpy(), iterations)
+    np.testing.assert_allclose(caps.numpy(), ref_caps, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c.numpy(), ref_c, rtol=1e-10, atol=1e-12)
+
+
+def test_routing_softmax_is_over_interests_and_zero_on_padding():
+    item_hat, mask, init = _routing_inputs()
+    _, c = CapsuleRouting(3)(item_hat, mask, init_logits=init, return_weights=True)
+    sums = c.sum(dim=1)  # [B, L]
+    assert torch.allclose(sums, mask)  # 1 at every real behaviour, 0 at padding
+    # and not over positions: some position-row sum differs from 1
+    assert not torch.allclose(c.sum(dim=2), torch.ones_like(c.sum(dim=2)))
+
+
+def test_routing_ignores_padded_predictions():
+    item_hat, mask, init = _routing_inputs()
+    other = item_hat.clone()
+    other[mask[:, None, :, None].expand_as(other) == 0] = 123.0
+    other_init = init.clone()
+    other_init[mask[:, None, :].expand_as(init) == 0] = -7.0
+    routing = CapsuleRouting(3)
+    assert torch.allclose(routing(item_hat, mask, init), routing(other, mask, other_init), atol=1e-12)
+
+
+def test_stop_gradient_only_last_iteration_carries_gradient():
+    item_hat, mask, init = _routing_inputs()
+    weights = torch.randn(3, 4, 5, dtype=torch.float64)
+    x = item_hat.clone().requires_grad_(True)
+    caps, c = CapsuleRouting(3, stop_gradient=True)(x, mask, init, return_weights=True)
+    (grad,) = torch.autograd.grad((caps * weights).sum(), x)
+    # manual: the coupling coefficients are constants, only squash(sum_i c_ij e_hat_{j|i}) is differentiated
+    y = item_hat.clone().requires_grad_(True)
+    manual = squash(torch.einsum("bkl,bkld->bkd", c.detach(), y))
+    (expected,) = torch.autograd.grad((manual * weights).sum(), y)
+    assert torch.allclose(grad, expected, atol=1e-12)
+    # without the stop-gradient the routing path adds gradient
+    z = item_hat.clone().requires_grad_(True)
+    caps2 = CapsuleRouting(3, stop_gradient=False)(z, mask, init)
+    assert torch.allclose(caps2, caps)  # same forward
+    (grad2,) = torch.autograd.grad((caps2 * weights).sum(), z)
+    assert not torch.allclose(grad2, expected, atol=1e-6)
+
+
+def test_init_logits_get_no_gradient():
+    item_hat, mask, init = _routing_inputs()
+    init = init.clone().requires_grad_(True)
+    caps = CapsuleRouting(3)(item_hat, mask, init)
+    assert not caps.requires_grad  # item_hat is a constant here and init is stop-gradient'ed
+
+
+def test_interest_mask_excludes_interests_from_the_softmax():
+    item_hat, mask, init = _routing_inputs()
+    active = torch.tensor([[True, True, False, False], [True, False, False, False], [True, True, True, True]])
+    caps, c = CapsuleRouting(3)(item_hat, mask, init, interest_mask=active, return_weights=True)
+    assert torch.all(c[~active] == 0)
+    assert torch.allclose(c.sum(1), mask)
+    # equals routing with only the active capsules (user 0: first 2)
+    ref, _ = slow_routing(item_hat[:1, :2].numpy(), mask[:1].numpy(), init[:1, :2].numpy(), 3)
+    np.testing.assert_allclose(caps[0, :2].numpy(), ref[0], rtol=1e-10, atol=1e-12)
+    assert torch.all(caps[1, 1:] == 0)  # inactive capsules route nothing: squash(0) = 0
+
+
+def test_shared_bilinear_is_one_dense_tiled_over_interests():
+    layer = SharedBilinear(5, 3)
+    x = torch.randn(2, 4, 5)
+    out = layer(x)
+    assert out.shape == (2, 3, 4, 5)
+    expected = x @ layer.dense.weight.T + layer.dense.bias
+    for k in range(3):
+        assert torch.allclose(out[:, k], expected, atol=1e-6)
+    assert layer.dense.bias.abs().max() <= math.sqrt(3 / 5)  # Glorot-uniform 1-D bias (TF None initializer)
+    assert layer.dense.bias.abs().max() > 0
+    assert sum(p.numel() for p in layer.parameters()) == 5 * 5 + 5
+
+
+def test_per_position_bilinear_matches_loop():
+    d, K, L = 3, 2, 4
+    layer = PerPositionBilinear(d, K, L)
+    x = torch.randn(2, L, d)
+    out = layer(x)
+    W = layer.weight.detach()  # [L, K*d, d]
+    for b in range(2):
+        for j in range(K):
+            for i in range(L):
+                expected = W[i, j * d : (j + 1) * d] @ x[b, i]
+                assert torch.allclose(out[b, j, i], expected, atol=1e-5)
+    assert layer(x[:, :2]).shape == (2, K, 2, d)  # shorter histories use the first rows (w[:, :seq_len])
+    with pytest.raises(ValueError, match="maxlen=4"):
+        layer(torch.randn(1, 5, d))
+    assert sum(p.numel() for p in layer.parameters()) == L * K * d * d
+    # random_normal(0, 1) init: sample std close to 1 over 96 values
+    big = PerPositionBilinear(16, 4, 20)
+    assert abs(big.weight.std().item() - 1.0) < 0.05
+
+
+def test_self_attentive_attention_and_interests():
+    torch.manual_seed(0)
+    d, K, L = 4, 3, 5
+    ext = SelfAttentiveExtractor(d, K)
+    assert ext.w1.out_features == 4 * d  # hidden defaults to 4d
+    H = torch.randn(2, L, d, dtype=torch.float64)
+    ext = ext.double()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float64)
+    A = ext.attention(H, mask)
+    assert A.shape == (2, K, L)
+    assert torch.allclose(A.sum(-1), torch.ones(2, K, dtype=torch.float64))
+    assert torch.all(A[0, :, 3:] == 0)
+    # hand formula for user 0: softmax over the 3 valid positions of W2 tanh(W1 h + b1) + b2
+    W1, b1, W2, b2 = ext.w1.weight, ext.w1.bias, ext.w2.weight, ext.w2.bias
+    logits = (W2 @ torch.tanh(W1 @ H[0, :3].T + b1[:, None]) + b2[:, None]).detach()  # [K, 3]
+    assert torch.allclose(A[0, :, :3], torch.softmax(logits, dim=1), atol=1e-12)
+    values = torch.randn(2, L, 7, dtype=torch.float64)
+    assert torch.allclose(ext(H, mask, values), A @ values)
+    assert torch.allclose(ext(H, mask), A @ H)
+    # padded rows of H do not matter
+    H2 = H.clone()
+    H2[0, 3:] = 50.0
+    assert torch.allclose(ext(H2, mask, values), ext(H, mask, values))
+    # parameters: d*4d + 4d + 4d*K + K
+    assert sum(p.numel() for p in ext.parameters()) == d * 4 * d + 4 * d + 4 * d * K + K
+    assert MASK_LOGIT == -(2.0**32) + 1
+
+
+def test_self_attentive_rejects_bad_shapes():
+    ext = SelfAttentiveExtractor(4, 2)
+    with pytest.raises(ValueError, match="mask"):
+        ext.attention(torch.randn(2, 5, 4), torch.ones(2, 4))
+
+
+def test_tf_dense_init():
+    layer = tf_dense(64, 256)
+    assert torch.all(layer.bias == 0)
+    bound = math.sqrt(6 / (64 + 256))
+    assert layer.weight.abs().max() <= bound
+    assert layer.weight.abs().max() > 0.9 * bound
+
+
+def test_label_aware_readout():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]]])
+    target = torch.tensor([[1.0, 0.8]])  # scores 1.0, 1.6, -1.8
+    assert torch.equal(label_aware_readout(interests, target, math.inf), torch.tensor([[0.0, 2.0]]))
+    w = torch.softmax(torch.tensor([1.0, 1.6, -1.8]), dim=0)
+    expected = (w[:, None] * interests[0]).sum(0, keepdim=True)
+    assert torch.allclose(label_aware_readout(interests, target, 1), expected)
+    w2 = torch.softmax(torch.tensor([1.0, 1.6, -1.8]) ** 2, dim=0)
+    assert torch.allclose(label_aware_readout(interests, target, 2), (w2[:, None] * interests[0]).sum(0))
+    uniform = label_aware_readout(interests, target, 0)  # p = 0: uniform attention (MIND Fig. 3)
+    assert torch.allclose(uniform, interests.mean(1))
+    for bad in (0.5, -1.0, -math.inf):
+        with pytest.raises(ValueError, match="readout_power"):
+            check_readout_power(bad)
+    for good in (0.0, 1.0, 3.0, math.inf):
+        check_readout_power(good)

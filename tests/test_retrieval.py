@@ -1,0 +1,145 @@
+"""Exact retrieval (torch / faiss), exclusion and the ComiRec merge, against hand cases and brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mirec.eval.retrieval import ExactRetriever, merge_interests, merge_interests_full, topk_per_interest
+
+
+def brute_topk(interests: np.ndarray, table: np.ndarray, n: int, exclude=None):
+    """Slow reference: per (user, interest) score every item 1..n_items and argsort."""
+    n_users, k, _ = interests.shape
+    ids = np.full((n_users, k, n), -1)
+    scores = np.full((n_users, k, n), -np.inf)
+    for u in range(n_users):
+        for j in range(k):
+            s = table[1:].astype(np.float64) @ interests[u, j].astype(np.float64)
+            candidates = [i + 1 for i in np.argsort(-s, kind="stable")]
+            if exclude is not None:
+                candidates = [i for i in candidates if i not in set(exclude[u].tolist())]
+            top = candidates[:n]
+            ids[u, j, : len(top)] = top
+            scores[u, j, : len(top)] = s[np.array(top, dtype=np.int64) - 1]
+    return scores, ids
+
+
+def assert_same_ranking(scores, ids, ref_scores, ref_ids, interests, table, atol=1e-5):
+    """Same scores position by position, same ids except where two items tie (swapped equal scores)."""
+    np.testing.assert_allclose(np.asarray(scores), ref_scores, atol=atol, rtol=0)
+    ids, ref_ids = np.asarray(ids), np.asarray(ref_ids)
+    u, j, r = np.nonzero(ids != ref_ids)
+    # a differing id must score the same as the reference's item at that position
+    own = np.einsum("pd,pd->p", table[ids[u, j, r]].astype(np.float64), interests[u, j].astype(np.float64))
+    np.testing.assert_allclose(own, ref_scores[u, j, r], atol=atol, rtol=0)
+
+
+def test_hand_case_padding_never_retrieved():
+    table = torch.tensor([[100.0, 100.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [-1.0, 0.0]])
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    for backend in ("torch", "faiss"):
+        scores, ids = topk_per_interest(interests, table, 3, backend=backend)
+        assert ids.tolist() == [[[1, 3, 2], [2, 3, 1]]]
+        assert scores.tolist() == [[[1.0, 0.5, 0.0], [2.0, 1.0, 0.0]]]
+
+
+def test_more_slots_than_items_are_padded():
+    table = torch.tensor([[0.0], [1.0], [2.0]])
+    interests = torch.tensor([[[1.0]]])
+    for backend in ("torch", "faiss"):
+        scores, ids = topk_per_interest(interests, table, 4, backend=backend, exclude=[np.array([2])])
+        assert ids.tolist() == [[[1, -1, -1, -1]]]
+        assert scores[0, 0, 0] == 1.0 and torch.isneginf(scores[0, 0, 1:]).all()
+
+
+@pytest.mark.parametrize("with_exclusion", [False, True])
+def test_torch_faiss_and_brute_force_agree(with_exclusion):
+    rng = np.random.default_rng(1)
+    n_items, d, n_users, k, n = 300, 16, 23, 3, 20
+    table = rng.standard_normal((n_items + 1, d)).astype(np.float32)
+    interests = rng.standard_normal((n_users, k, d)).astype(np.float32)
+    exclude = None
+    if with_exclusion:  # histories, some of them containing the items each interest likes best
+        exclude = [
+            rng.choice(np.arange(1, n_items + 1), size=rng.integers(0, 40), replace=False)
+            for _ in range(n_users)
+        ]
+    ref_s, ref_i = brute_topk(interests, table, n, exclude)
+    t_table, t_int = torch.from_numpy(table), torch.from_numpy(interests)
+    s_faiss, i_faiss = topk_per_interest(t_int, t_table, n, backend="faiss", exclude=exclude)
+    s_torch, i_torch = topk_per_interest(t_int, t_table, n, backend="torch", exclude=exclude)
+    # tiny blocks: 2 users per block, catalogue in blocks of 37 items
+    small = ExactRetriever(t_table, "torch", block_bytes=4 * 37 * k * 2, item_block=37)
+    s_small, i_small = small.search(t_int, n, exclude)
+    for s, i in ((s_faiss, i_faiss), (s_torch, i_torch), (s_small, i_small)):
+        assert_same_ranking(s, i, ref_s, ref_i, interests, table)
+    if with_exclusion:
+        for u in range(n_users):
+            assert not set(i_torch[u].flatten().tolist()) & set(exclude[u].tolist())
+
+
+def test_exclusion_removes_exactly_the_history():
+    rng = np.random.default_rng(2)
+    n_items, d = 50, 8
+    table = torch.from_numpy(rng.standard_normal((n_items + 1, d)).astype(np.float32))
+    interests = torch.from_numpy(rng.standard_normal((2, 2, d)).astype(np.float32))
+    history = [np.array([3, 3, 17, 42]), np.array([], dtype=np.int64)]
+    for backend in ("torch", "faiss"):
+        _, full = topk_per_interest(interests, table, n_items, backend=backend)
+        _, kept = topk_per_interest(interests, table, n_items, backend=backend, exclude=history)
+        for u in range(2):
+            for j in range(2):
+                expected = [i for i in full[u, j].tolist() if i not in set(history[u].tolist())]
+                got = kept[u, j].tolist()
+                assert got[: len(expected)] == expected
+                assert got[len(expected) :] == [-1] * (n_items - len(expected))
+
+
+def test_bad_exclusion_id_is_reported():
+    table = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="user row 1 lists item id 9"):
+        topk_per_interest(torch.zeros(2, 1, 2), table, 2, exclude=[np.array([1]), np.array([9])])
+    with pytest.raises(ValueError, match="backend"):
+        ExactRetriever(table, "annoy")
+
+
+def test_merge_hand_case_dedup_keeps_best_and_drops_padding():
+    scores = torch.tensor([[[0.9, 0.5, 0.1], [0.8, 0.7, 0.6]]])
+    ids = torch.tensor([[[3, 0, 5], [3, 4, 7]]])
+    assert merge_interests(scores, ids, 3).tolist() == [[3, 4, 7]]
+    out_ids, out_s, source = merge_interests_full(scores, ids, 6)
+    assert out_ids.tolist() == [[3, 4, 7, 5, -1, -1]]
+    assert out_s[0, :4].tolist() == pytest.approx([0.9, 0.7, 0.6, 0.1])
+    assert source.tolist() == [[0, 1, 1, 0, -1, -1]]
+    # the best score of a duplicate may come from the second interest
+    scores2 = torch.tensor([[[0.2, 0.1], [0.9, 0.3]]])
+    ids2 = torch.tensor([[[8, 6], [6, 8]]])
+    out_ids, out_s, source = merge_interests_full(scores2, ids2, 2)
+    assert out_ids.tolist() == [[6, 8]] and source.tolist() == [[1, 1]]
+    assert out_s.tolist() == [pytest.approx([0.9, 0.3])]
+
+
+def comirec_merge(scores: np.ndarray, ids: np.ndarray, n: int) -> list[int]:
+    """Literal ComiRec evaluate_full (coef None): sort by score, skip duplicates and 0, first n."""
+    pairs = sorted(
+        zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True), key=lambda x: x[1], reverse=True
+    )
+    out: list[int] = []
+    for iid, _ in pairs:
+        if iid not in out and iid > 0:
+            out.append(iid)
+            if len(out) >= n:
+                break
+    return out + [-1] * (n - len(out))
+
+
+def test_merge_matches_literal_loop_on_random_lists():
+    rng = np.random.default_rng(3)
+    n_users, k, per, n = 40, 4, 10, 15
+    ids = rng.integers(0, 25, size=(n_users, k, per))
+    scores = rng.permutation(n_users * k * per).reshape(n_users, k, per).astype(np.float32)  # distinct
+    merged = merge_interests(torch.from_numpy(scores), torch.from_numpy(ids), n)
+    for u in range(n_users):
+        assert merged[u].tolist() == comirec_merge(scores[u], ids[u], n)

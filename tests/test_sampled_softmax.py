@@ -1,0 +1,219 @@
+"""TF sampled_softmax_loss reproduction: sampler distribution, unique sampling, expected counts, logits, losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mirec.nn.sampled_softmax import (
+    LogUniformSampler,
+    SampledCandidates,
+    full_softmax_loss,
+    inbatch_softmax_loss,
+    sampled_logits,
+    sampled_softmax_loss,
+)
+
+
+def tf_probability(k: np.ndarray, range_max: int) -> np.ndarray:
+    """TF LogUniformSampler::Probability, written independently: log((k+2)/(k+1)) / log(range_max+1)."""
+    return (np.log(k + 2.0) - np.log(k + 1.0)) / np.log(range_max + 1.0)
+
+
+def test_probability_matches_formula_and_sums_to_one():
+    sampler = LogUniformSampler(37)
+    p = sampler.probability(torch.arange(37)).numpy()
+    np.testing.assert_allclose(p, tf_probability(np.arange(37), 37), rtol=1e-12)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)  # telescoping sum: log(R+1)/log(R+1)
+    assert sampler.probability(torch.tensor([-1, 37])).tolist() == [0.0, 0.0]
+
+
+def test_draw_empirical_distribution_chi_square():
+    range_max, n = 20, 200_000
+    sampler = LogUniformSampler(range_max)
+    draws = sampler.draw(n, torch.Generator().manual_seed(3)).numpy()
+    assert draws.min() >= 0 and draws.max() < range_max
+    observed = np.bincount(draws, minlength=range_max)
+    expected = n * tf_probability(np.arange(range_max), range_max)
+    chi2, pvalue = stats.chisquare(observed, expected)
+    assert pvalue > 1e-3, (chi2, pvalue)
+
+
+def test_offset_excludes_padding():
+    sampler = LogUniformSampler(15, offset=1)  # ids 1..15
+    draws = sampler.draw(50_000, torch.Generator().manual_seed(0))
+    assert draws.min() >= 1 and draws.max() <= 15
+    assert float(sampler.probability(torch.tensor([1]))) == pytest.approx(math.log(2) / math.log(16))
+    assert float(sampler.probability(torch.tensor([0]))) == 0.0
+    frequency = (draws == 1).double().mean().item()
+    assert frequency == pytest.approx(math.log(2) / math.log(16), abs=0.01)
+
+
+def slow_unique_reference(sampler: LogUniformSampler, num_sampled: int, seed: int):
+    """TF RangeSampler unique loop, one draw at a time over the same random stream as the sampler."""
+    g = torch.Generator().manual_seed(seed)
+    chunk = sampler._first_chunk(num_sampled)
+    stream: list[int] = []
+    seen: list[int] = []
+    tries = 0
+    while True:
+        stream += sampler.draw(chunk, g).tolist()
+        while tries < len(stream) and len(seen) < num_sampled:
+            value = stream[tries]
+            tries += 1
+            if value not in seen:
+                seen.append(value)
+        if len(seen) == num_sampled:
+            return seen, tries
+        chunk *= 2
+
+
+@pytest.mark.parametrize(("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)])
+def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed):
+    sampler = LogUniformSampler(range_max)
+    out = sampler.sample_unique(num_sampled, torch.tensor([1, 2]), torch.Generator().manual_seed(seed))
+    ref_ids, ref_tries = slow_unique_reference(sampler, num_sampled, seed)
+    assert out.sampled.tolist() == ref_ids
+    assert out.num_tries == ref_tries
+    assert len(set(out.sampled.tolist())) == num_sampled
+
+
+def test_expected_count_helper_hand_values():
+    sampler = LogUniformSampler(9)  # log(10) denominator
+    ids = torch.tensor([0, 4])
+    p = np.log([2.0, 6.0 / 5.0]) / np.log(10.0)
+    # no repeated draw (num_tries == batch): p * batch, TF's shortcut
+    np.testing.assert_allclose(sampler.expected_count(ids, 3, 3).numpy(), 3 * p, rtol=1e-12)
+    # otherwise 1 - (1 - p)^num_tries
+    np.testing.assert_allclose(sampler.expected_count(ids, 3, 7).numpy(), 1 - (1 - p) ** 7, rtol=1e-12)
+
+
+def test_expected_count_formula_against_brute_force():
+    """-expm1(T log1p(-p)) is the probability that id k appears among T log-uniform draws."""
+    range_max, tries, runs = 12, 9, 40_000
+    sampler = LogUniformSampler(range_max)
+    draws = sampler.draw(tries * runs, torch.Generator().manual_seed(5)).view(runs, tries)
+    present = torch.zeros(runs, range_max, dtype=torch.bool)
+    present.scatter_(1, draws, True)
+    simulated = present.double().mean(0).numpy()
+    formula = sampler.expected_count(torch.arange(range_max), 4, tries).numpy()
+    np.testing.assert_allclose(simulated, formula, atol=0.01)
+
+
+def test_sample_unique_reports_counts_for_true_and_sampled():
+    sampler = LogUniformSampler(100)
+    targets = torch.tensor([3, 50, 3])
+    out = sampler.sample_unique(20, targets, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out.true_expected_count, sampler.expected_count(targets, 20, out.num_tries))
+    torch.testing.assert_close(out.sampled_expected_count, sampler.expected_count(out.sampled, 20, out.num_tries))
+    assert out.num_tries >= 20
+
+
+def test_too_many_negatives_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_sampled=11"):
+        LogUniformSampler(10).sample_unique(11, torch.tensor([1]))
+
+
+def _tiny_case():
+    table = torch.tensor(
+        [[0.0, 0.0], [1.0, 0.5], [-0.5, 1.0], [0.3, -0.2], [2.0, 1.0], [-1.0, -1.0]], dtype=torch.float64
+    )
+    users = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+    targets = torch.tensor([1, 4])
+    return table, users, targets
+
+
+def test_sampled_logits_log_q_and_accidental_hits_hand_computed():
+    table, users, targets = _tiny_case()
+    sampled = torch.tensor([4, 2, 5])  # 4 is row 1's target: an accidental hit for row 1 only
+    q_true = torch.tensor([0.4, 0.2], dtype=torch.float64)
+    q_sampled = torch.tensor([0.2, 0.5, 0.1], dtype=torch.float64)
+    cand = SampledCandidates(sampled, q_sampled, q_true, num_tries=5)
+    calls = []
+
+    def output_fn(ids):
+        calls.append(ids.clone())
+        return table[ids]
+
+    logits = sampled_logits(users, targets, output_fn, cand)
+    assert len(calls) == 1 and calls[0].tolist() == [1, 2, 4, 5]  # one call on the distinct rows
+    # row 0: u=(1,2): true e1 -> 2.0; sampled e4 -> 4.0, e2 -> 1.5, e5 -> -3.0
+    row0 = [2.0 - math.log(0.4), 4.0 - math.log(0.2), 1.5 - math.log(0.5), -3.0 - math.log(0.1)]
+    np.testing.assert_allclose(logits[0].numpy(), row0, rtol=1e-12)
+    # row 1: u=(.5,-1): true e4 -> 0.0; e4 is a hit -> -FLOAT_MAX; e2 -> -1.25, e5 -> 0.5
+    assert logits[1, 0].item() == pytest.approx(0.0 - math.log(0.2))
+    assert logits[1, 1].item() <= torch.finfo(torch.float64).min / 2
+    np.testing.assert_allclose(logits[1, 2:].numpy(), [-1.25 - math.log(0.5), 0.5 - math.log(0.1)], rtol=1e-12)
+
+    # the loss: mean cross-entropy with label 0; the hit column has no probability mass
+    def ce(row):
+        row = np.asarray(row)
+        return -(row[0] - np.log(np.exp(row).sum()))
+
+    row1 = [0.0 - math.log(0.2), -1.25 - math.log(0.5), 0.5 - math.log(0.1)]  # hit column removed
+    expected = 0.5 * (ce(row0) + ce(row1))
+    loss = torch.nn.functional.cross_entropy(logits, torch.zeros(2, dtype=torch.int64))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    probs = torch.softmax(logits, dim=1)
+    assert probs[1, 1].item() == 0.0
+
+    # without log Q and without hit removal
+    plain = sampled_logits(users, targets, output_fn, cand, remove_accidental_hits=False, subtract_log_q=False)
+    np.testing.assert_allclose(plain.numpy(), [[2.0, 4.0, 1.5, -3.0], [0.0, 0.0, -1.25, 0.5]], rtol=1e-12)
+
+
+def test_accidental_hit_gets_no_gradient():
+    table, users, targets = _tiny_case()
+    weights = table.clone().requires_grad_(True)
+    sampled = torch.tensor([4, 2])
+    q = torch.full((2,), 0.3, dtype=torch.float64)
+    cand = SampledCandidates(sampled, q, q[:1], num_tries=4)
+    logits = sampled_logits(users[1:], targets[1:], lambda ids: weights[ids], cand)  # row target 4 = a hit
+    torch.nn.functional.cross_entropy(logits, torch.zeros(1, dtype=torch.int64)).backward()
+    # e4 receives the true-class gradient only: -(1 - p_true) * u
+    p_true = torch.softmax(logits.detach(), 1)[0, 0]
+    torch.testing.assert_close(weights.grad[4], -(1 - p_true) * users[1])
+
+
+def test_sampled_softmax_loss_is_seeded_and_matches_its_parts():
+    torch.manual_seed(0)
+    table = torch.randn(31, 4)
+    users, targets = torch.randn(5, 4), torch.tensor([1, 7, 7, 30, 2])
+    sampler = LogUniformSampler(31)
+    g = torch.Generator().manual_seed(11)
+    loss = sampled_softmax_loss(users, targets, lambda ids: table[ids], sampler, 12, g)
+    cand = sampler.sample_unique(12, targets, torch.Generator().manual_seed(11))
+    logits = sampled_logits(users, targets, lambda ids: table[ids], cand)
+    expected = -(torch.log_softmax(logits, 1)[:, 0]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    again = sampled_softmax_loss(users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11))
+    assert again.item() == loss.item()
+    with pytest.raises(ValueError, match="expected user_vectors"):
+        sampled_softmax_loss(users, targets[:3], lambda ids: table[ids], sampler, 12, g)
+
+
+def test_full_softmax_hand_computed_and_padding_masked():
+    table, users, targets = _tiny_case()
+    loss = full_softmax_loss(users, targets, lambda ids: table if ids is None else table[ids])
+    scores = users.numpy() @ table.numpy().T
+    scores = scores[:, 1:]  # id 0 (padding) is masked out
+    lse = np.log(np.exp(scores).sum(1))
+    expected = np.mean(lse - scores[[0, 1], targets.numpy() - 1])
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_inbatch_softmax_hand_computed_with_duplicate_targets():
+    table, _, _ = _tiny_case()
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    targets = torch.tensor([2, 4, 2])
+    loss = inbatch_softmax_loss(users, targets, lambda ids: table[ids])
+    t = table[targets].numpy()
+    s = users.numpy() @ t.T
+    # row 0 and row 2 share target 2: each other's column is an accidental hit (dropped)
+    rows = [s[0, [0, 1]], s[1, [1, 0, 2]], s[2, [2, 1]]]
+    expected = np.mean([np.log(np.exp(r).sum()) - r[0] for r in rows])
+    assert loss.item() == pytest.approx(expected, rel=1e-12)

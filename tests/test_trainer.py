@@ -1,0 +1,246 @@
+"""Trainer: exact resumption, seeding, early stopping with the best weights kept, run folder, learning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import mirec.eval.evaluator as evaluator_module
+import mirec.models as models_module
+from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from mirec.data.dataset import PreparedDataset
+from mirec.models.base import MultiInterestModel
+from mirec.train.checkpoint import load_run
+from mirec.train.trainer import Trainer, train_run
+
+from .conftest import make_split
+
+
+class MeanLast(MultiInterestModel):
+    """Tiny test model, K = 2 interests: W1 * masked mean of the history, W2 * the last item."""
+
+    name = "meanlast"
+    config_class = ModelConfig
+
+    def __init__(self, config: ModelConfig, n_items: int):
+        super().__init__(config, n_items)
+        d = config.embedding_dim
+        self.w_mean = nn.Linear(d, d, bias=False)
+        self.w_last = nn.Linear(d, d, bias=False)
+        self.steps_seen = 0
+
+    def forward(self, batch):
+        mask = batch.mask.unsqueeze(-1)
+        x = self.embed_items(batch.items) * mask
+        mean = x.sum(1) / mask.sum(1).clamp_min(1.0)
+        last = x[torch.arange(len(x)), batch.mask.sum(1).long().clamp_min(1) - 1]
+        return torch.stack([self.w_mean(mean), self.w_last(last)], dim=1)
+
+    def on_step_end(self, step: int) -> None:
+        self.steps_seen = step
+
+
+@pytest.fixture(autouse=True)
+def register_test_model(monkeypatch):
+    monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLast")
+
+
+def cycle_dataset(n_items: int = 120, n_users: int = 150, seed: int = 0) -> PreparedDataset:
+    """Learnable: every user walks the item cycle 1..n from a random start (next item = last + 1)."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n_users):
+        start, length = rng.integers(0, n_items), rng.integers(8, 21)
+        seqs.append(((start + np.arange(length)) % n_items + 1).tolist())
+    times = [[86400 * (100 + 2 * j) for j in range(len(s))] for s in seqs]
+    bounds = [(0, 120), (120, 135), (135, 150)]
+    splits = []
+    for k, (lo, hi) in enumerate(bounds):
+        hl = None if k == 0 else [int(0.8 * len(s)) for s in seqs[lo:hi]]
+        splits.append(make_split(seqs[lo:hi], times[lo:hi], users=range(lo, hi), history_len=hl))
+    return PreparedDataset(
+        n_items=n_items,
+        train=splits[0],
+        valid=splits[1],
+        test=splits[2],
+        item_original_ids=np.array([""] + [f"i{i}" for i in range(1, n_items + 1)], dtype=object),
+        user_original_ids=np.array([f"u{u}" for u in range(n_users)], dtype=object),
+        meta={"name": "cycle"},
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "cycle"
+    cycle_dataset().save(path)
+    return path
+
+
+def make_config(**train) -> RunConfig:
+    base = dict(batch_size=16, lr=0.01, max_steps=120, eval_every=40, patience=100, num_negatives_factor=2,
+                seed=7, device="cpu", log_every=20)
+    base.update(train)
+    return RunConfig(
+        model=ModelConfig(name="meanlast", embedding_dim=16, num_interests=2, maxlen=8),
+        train=TrainConfig(**base),
+        eval=EvalConfig(topk=[5, 10], early_stop_metric="recall@10", batch_size=64),
+    )
+
+
+def history(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_folder_and_learning(data_dir, tmp_path):
+    run = tmp_path / "run"
+    metrics = train_run(data_dir, make_config(max_steps=200, eval_every=50), run, progress=False)
+    for name in ("config.toml", "data.json", "model.safetensors", "train.log", "history.jsonl", "metrics.json"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
+        "best.safetensors", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
+    ]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert {"valid", "test", "train"} <= metrics.keys()
+    assert {"recall@10", "ndcg@10", "hit_rate@10"} <= metrics["test"].keys()
+    train = metrics["train"]
+    assert train["steps"] == 200 and train["stop_reason"] == "max_steps"
+    assert train["samples_per_second"] > 0 and train["best_step"] in (50, 100, 150, 200)
+    data = json.loads((run / "data.json").read_text())
+    assert data["path"] == str(data_dir.resolve()) and len(data["meta_sha256"]) == 64
+    rows = history(run)
+    assert [r["step"] for r in rows] == [50, 100, 150, 200]
+    # the next item is the last one + 1: the loss falls and retrieval becomes far better than chance (10/120)
+    assert rows[-1]["train_loss"] < 0.6 * rows[0]["train_loss"]
+    assert metrics["valid"]["recall@10"] > 0.5
+    assert metrics["valid"]["recall@10"] == pytest.approx(max(r["recall@10"] for r in rows))
+    # load_run rebuilds the best model
+    model, dataset, config = load_run(run)
+    assert config.to_dict() == make_config(max_steps=200, eval_every=50).to_dict()
+    assert dataset.n_items == 120 and dataset.path == Path(data["path"])
+    assert_same_weights({k: v for k, v in model.state_dict().items()}, weights(run / "model.safetensors"))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    config = make_config()
+    full = train_run(data_dir, config, tmp_path / "full", progress=False)
+
+    original = Trainer.train_step
+
+    def crash_at_90(self):
+        if self.state.step == 90:  # the last checkpoint is at step 80
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_90)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(data_dir, config, tmp_path / "resumed", progress=False)
+    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 80
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = train_run(data_dir, config, tmp_path / "resumed", resume=True, progress=False)
+
+    assert history(tmp_path / "resumed") == history(tmp_path / "full")
+    assert resumed["valid"] == full["valid"] and resumed["test"] == full["test"]
+    assert resumed["train"]["steps"] == full["train"]["steps"] == 120
+    assert resumed["train"]["best_step"] == full["train"]["best_step"]
+    assert_same_weights(weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors"))
+    assert_same_weights(
+        weights(tmp_path / "resumed/checkpoint/model.safetensors"), weights(tmp_path / "full/checkpoint/model.safetensors")
+    )
+    assert_same_weights(
+        weights(tmp_path / "resumed/checkpoint/optimizer.safetensors"),
+        weights(tmp_path / "full/checkpoint/optimizer.safetensors"),
+    )
+
+
+def test_resume_extends_max_steps_like_one_long_run(data_dir, tmp_path):
+    long = train_run(data_dir, make_config(max_steps=120), tmp_path / "long", progress=False)
+    train_run(data_dir, make_config(max_steps=80), tmp_path / "short", progress=False)
+    extended = train_run(data_dir, make_config(max_steps=120), tmp_path / "short", resume=True, progress=False)
+    assert history(tmp_path / "short") == history(tmp_path / "long")
+    assert extended["test"] == long["test"]
+
+
+def test_same_seed_same_run_other_seed_differs(data_dir, tmp_path):
+    config = make_config(max_steps=40, eval_every=20)
+    a = train_run(data_dir, config, tmp_path / "a", progress=False)
+    b = train_run(data_dir, config, tmp_path / "b", progress=False)
+    c = train_run(data_dir, make_config(max_steps=40, eval_every=20, seed=8), tmp_path / "c", progress=False)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    assert_same_weights(weights(tmp_path / "a/model.safetensors"), weights(tmp_path / "b/model.safetensors"))
+    assert [r["train_loss"] for r in history(tmp_path / "a")] != [r["train_loss"] for r in history(tmp_path / "c")]
+    assert not torch.equal(
+        weights(tmp_path / "a/model.safetensors")["item_embedding.weight"],
+        weights(tmp_path / "c/model.safetensors")["item_embedding.weight"],
+    )
+
+
+def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
+    """Scripted valid recall: best at the 2nd evaluation; patience 2 -> ComiRec stops when trials (3) > 2."""
+    script = [0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9]
+    snapshots: list[dict[str, torch.Tensor]] = []
+    calls = {"train": 0}
+
+    def fake_evaluate(model, dataset, split, config, *, maxlen, device, max_users=None):
+        if calls["train"] < len(script) and not getattr(fake_evaluate, "final", False):
+            value = script[calls["train"]]
+            calls["train"] += 1
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            return {"recall@10": value, "users": 15}
+        return {"recall@10": -1.0, "users": 15}
+
+    monkeypatch.setattr(evaluator_module, "evaluate", fake_evaluate)
+    original_finish = Trainer._finish
+
+    def finish(self):
+        fake_evaluate.final = True
+        return original_finish(self)
+
+    monkeypatch.setattr(Trainer, "_finish", finish)
+    metrics = train_run(data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False)
+    assert calls["train"] == 5  # evaluations at 10..50; 0.3 at step 20 is not beaten by 0.2, 0.3 (ties), 0.25
+    assert metrics["train"]["steps"] == 50 and metrics["train"]["stop_reason"] == "patience"
+    assert metrics["train"]["best_step"] == 20 and metrics["train"]["best_valid_metric"] == 0.3
+    best = weights(tmp_path / "es/model.safetensors")
+    assert_same_weights(best, snapshots[1])
+    assert not torch.equal(best["item_embedding.weight"], snapshots[-1]["item_embedding.weight"])
+    assert_same_weights(weights(tmp_path / "es/checkpoint/best.safetensors"), snapshots[1])
+    assert [r["step"] for r in history(tmp_path / "es")] == [10, 20, 30, 40, 50]
+
+
+def test_full_and_inbatch_losses_learn(data_dir, tmp_path):
+    for loss in ("full", "inbatch"):
+        train_run(data_dir, make_config(max_steps=80, eval_every=40, loss=loss), tmp_path / loss, progress=False)
+        rows = history(tmp_path / loss)
+        assert rows[-1]["train_loss"] < rows[0]["train_loss"], loss
+
+
+def test_bad_config_is_a_clear_error(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="train.loss"):
+        Trainer(data_dir, make_config(loss="bpr"), tmp_path / "x")
+    with pytest.raises(ValueError, match="unique negatives"):
+        Trainer(data_dir, make_config(num_negatives_factor=10), tmp_path / "x")  # 160 > 121 classes
+
+
+def test_on_step_end_is_called(data_dir, tmp_path):
+    trainer = Trainer(data_dir, replace(make_config(max_steps=3, eval_every=3)), tmp_path / "hook", progress=False)
+    trainer.fit()
+    assert trainer.model.steps_seen == 3
