@@ -79,7 +79,9 @@ def dict_reference(indptr, items, days, n_items, config: GraphConfig) -> sp.csr_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--interactions", type=int, default=9_000_000)
     parser.add_argument("--users", type=int, default=600_000)
     parser.add_argument("--items", type=int, default=370_000)

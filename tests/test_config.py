@@ -1,6 +1,6 @@
 import pytest
 
-from mirec.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, parse_override, to_toml
+from mirec.config import ConfigError, apply_overrides, from_dict, load_config, parse_override, to_toml
 
 
 def test_parse_override_types():
@@ -26,7 +26,7 @@ def test_unknown_and_badly_typed_options_are_errors():
 
 
 def test_toml_roundtrip(tmp_path):
-    config = RunConfig()
+    config = from_dict({"model": {"name": "comirec-sa", "num_interests": 8}})
     config.train.lr = 0.123
     path = tmp_path / "c.toml"
     path.write_text(to_toml(config.to_dict()))

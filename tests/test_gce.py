@@ -22,8 +22,13 @@ from mirec.graph import BuildInfo, GlobalContext, build_cooccurrence, build_glob
 #   user D: items 5 4 3 2 at days 0 1 2 3     hop1 <5,4> <4,3> <3,2> .95; hop2 <5,3> <4,2> .9; hop3 <5,2> .85
 #   user E: items 1 2     at days 0 8         hop1 <1,2> .6  (so q1[1,2] = .9 + .6 = 1.5)
 # ---------------------------------------------------------------------------------------------------------
-SEQS = [([1, 2, 3, 4], [0, 2, 4, 20]), ([2, 1, 5], [0, 5, 10]), ([3, 4], [0, 1]), ([5, 4, 3, 2], [0, 1, 2, 3]),
-        ([1, 2], [0, 8])]
+SEQS = [
+    ([1, 2, 3, 4], [0, 2, 4, 20]),
+    ([2, 1, 5], [0, 5, 10]),
+    ([3, 4], [0, 1]),
+    ([5, 4, 3, 2], [0, 1, 2, 3]),
+    ([1, 2], [0, 8]),
+]
 N_ITEMS = 5
 CFG = GraphConfig(l_time=10.0, a=0.5, b=0.5, hop_weights=[4.0, 2.0, 1.0])
 
@@ -44,14 +49,32 @@ def _dense(pairs, size=N_ITEMS + 1):
 
 
 # q^k written out by hand from the table above (Eq. 3)
-Q1 = {(1, 2): 1.5, (2, 3): 0.9, (2, 1): 0.75, (1, 5): 0.75, (3, 4): 0.95, (5, 4): 0.95, (4, 3): 0.95, (3, 2): 0.95}
+Q1 = {
+    (1, 2): 1.5,
+    (2, 3): 0.9,
+    (2, 1): 0.75,
+    (1, 5): 0.75,
+    (3, 4): 0.95,
+    (5, 4): 0.95,
+    (4, 3): 0.95,
+    (3, 2): 0.95,
+}
 Q2 = {(1, 3): 0.8, (2, 5): 0.5, (5, 3): 0.9, (4, 2): 0.9}
 Q3 = {(5, 2): 0.85}
 # A' = I + 4 A1 + 2 A2 + A3 (Eq. 4-5), upper triangle by hand:
 #   A1: [1,2] 1.5+.75=2.25  [2,3] .9+.95=1.85  [1,5] .75  [3,4] 1.9  [4,5] .95
 #   A2: [1,3] .8  [2,5] .5  [3,5] .9  [2,4] .9;  A3: [2,5] .85
-A_PRIME_UPPER = {(1, 2): 9.0, (2, 3): 7.4, (1, 5): 3.0, (3, 4): 7.6, (4, 5): 3.8, (1, 3): 1.6,
-                 (2, 5): 1.85, (3, 5): 1.8, (2, 4): 1.8}
+A_PRIME_UPPER = {
+    (1, 2): 9.0,
+    (2, 3): 7.4,
+    (1, 5): 3.0,
+    (3, 4): 7.6,
+    (4, 5): 3.8,
+    (1, 3): 1.6,
+    (2, 5): 1.85,
+    (3, 5): 1.8,
+    (2, 4): 1.8,
+}
 # row sums of A': D1 = 1+9+3+1.6, D2 = 1+9+7.4+1.85+1.8, D3 = 1+7.4+7.6+1.6+1.8, D4 = 1+7.6+3.8+1.8,
 # D5 = 1+3+3.8+1.85+1.8
 DEGREES = [1.0, 14.6, 21.05, 19.4, 14.2, 11.45]
@@ -289,7 +312,10 @@ def _dataset(test_history_len):
     valid = _split([([2, 3, 6], [0, 1, 2])], history_len=[2])  # target 6: <3,6> would leak
     test = _split([([4, 5, 6, 1], [0, 1, 2, 3])], history_len=[test_history_len])  # targets 6, 1 (or history)
     return PreparedDataset(
-        n_items=6, train=train, valid=valid, test=test,
+        n_items=6,
+        train=train,
+        valid=valid,
+        test=test,
         item_original_ids=np.array(["", "a", "b", "c", "d", "e", "f"], dtype=object),
         user_original_ids=np.array(["u0", "u1", "u2"], dtype=object),
     )
@@ -314,15 +340,26 @@ def test_day_threshold_from_seconds():
     cfg = GraphConfig(l_time=64.0, a=0.0, b=1.0, hop_weights=[1.0])
     base = 1_400_000_000
     train = SplitSequences(
-        users=np.arange(2), indptr=np.array([0, 2, 4]), items=np.array([1, 2, 3, 4]),
+        users=np.arange(2),
+        indptr=np.array([0, 2, 4]),
+        items=np.array([1, 2, 3, 4]),
         timestamps=np.array([base + 7, base + 7 + 64 * 86400, base + 3, base + 4 + 64 * 86400]),
     )
-    empty = SplitSequences(users=np.zeros(0, np.int64), indptr=np.zeros(1, np.int64),
-                           items=np.zeros(0, np.int64), timestamps=np.zeros(0, np.int64),
-                           history_len=np.zeros(0, np.int64))
-    ds = PreparedDataset(n_items=4, train=train, valid=empty, test=empty,
-                         item_original_ids=np.array(["", "a", "b", "c", "d"], dtype=object),
-                         user_original_ids=np.array(["u0", "u1"], dtype=object))
+    empty = SplitSequences(
+        users=np.zeros(0, np.int64),
+        indptr=np.zeros(1, np.int64),
+        items=np.zeros(0, np.int64),
+        timestamps=np.zeros(0, np.int64),
+        history_len=np.zeros(0, np.int64),
+    )
+    ds = PreparedDataset(
+        n_items=4,
+        train=train,
+        valid=empty,
+        test=empty,
+        item_original_ids=np.array(["", "a", "b", "c", "d"], dtype=object),
+        user_original_ids=np.array(["u0", "u1"], dtype=object),
+    )
     ctx = build_global_context(ds, cfg)
     a = ctx.to_scipy()
     assert a[1, 2] > 0 and a[3, 4] == 0

@@ -366,3 +366,16 @@ def test_all_positions_cross_entropy_by_hand():
                 nxt = model.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
                 terms.append(-model.code_log_probs(h[b, t], nxt))
     assert model.last_losses["mipdm_ce"] == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+
+
+def test_uniform_catalogue_items_enter_the_idmm_update():
+    torch.manual_seed(11)
+    model = GemiRec(tiny_config(idmm_uniform_items=400, idmm_dead_threshold=0.0), 40)
+    model.train()
+    batch = make_batch([2, 3], 8, 40, seed=5)
+    model.training_vectors(batch)  # init
+    before = model.quantizer.cluster_size.sum(1).clone()
+    model.training_vectors(batch)
+    # EMA counts: N <- 0.99 N + 0.01 n, and n sums to the 40 distinct catalogue items (400 uniform draws)
+    expected = 0.99 * before + 0.01 * 40
+    assert torch.allclose(model.quantizer.cluster_size.sum(1), expected, atol=1e-4)

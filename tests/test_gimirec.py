@@ -4,13 +4,15 @@ the global context, padding invariance, presets (Table 2)."""
 from __future__ import annotations
 
 import pytest
+import scipy.sparse
 import torch
 from torch import nn
 
-from mirec.config import load_config
+from mirec.config import GraphConfig, load_config
 from mirec.data.batching import Batch
 from mirec.models.gimirec import GIMIRec, GIMIRecConfig
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS
+from tests.conftest import random_dataset
 from tests.test_pimi import random_batch, slow_interval_matrix, slow_star_graph, slow_time_attention
 
 
@@ -37,11 +39,11 @@ def make_model(n_items: int = 30, seed: int = 0, **options) -> GIMIRec:
     return model
 
 
-def slow_gimirec(model: GIMIRec, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 8-21 with the slow pieces; returns (aggregation output E, interests)."""
+def slow_gimirec(model: GIMIRec, batch: Batch, A: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8-21 with the slow pieces and a dense A; returns (aggregation output E, interests)."""
     mask = batch.mask
     m = mask[..., None]
-    A = model.global_context.A
+    A = model.global_context.A if A is None else A
     e_global = (A @ model.item_embedding.weight)[batch.items] * m  # Eq. 7, 11
     T = torch.from_numpy(slow_interval_matrix(batch.days.numpy(), mask.sum(1).long().numpy(), model.config.time_span))
     e_time = slow_time_attention(model.time_attention, T, mask)  # Eq. 8-10
@@ -119,6 +121,44 @@ def test_padding_invariance():
         assert (model(longer) - base).abs().max() > 1e-6  # PIMI_Rec: the centre sees padded rows
         model.star_graph.mask_center = True
         torch.testing.assert_close(model(longer), model(batch), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: intra-op threads only add contention on the shared 2-core machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_with_the_real_global_context_and_a_few_training_steps(one_thread):
+    from mirec.data.batching import TrainSampler
+    from mirec.graph import build_global_context
+
+    dataset = random_dataset(n_users=60, n_items=40, seed=3)
+    context = build_global_context(dataset, GraphConfig())
+    csr = (context.values.numpy(), context.indices.numpy(), context.indptr.numpy())
+    A = torch.from_numpy(scipy.sparse.csr_matrix(csr, shape=(41, 41)).toarray())
+    torch.manual_seed(8)
+    model = GIMIRec(GIMIRecConfig(embedding_dim=16, maxlen=10, num_interests=2), dataset.n_items)
+    model.global_context = context
+    sampler = TrainSampler(dataset.train, maxlen=10, batch_size=16, seed=0)
+    batch = sampler.sample()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(batch), slow_gimirec(model, batch, A)[1], rtol=1e-5, atol=1e-6)
+    # Full-softmax training over E_global rows (Eq. 22-23 with all items) lowers the loss on a fixed batch.
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        vectors, _ = model.training_vectors(batch)
+        loss = torch.nn.functional.cross_entropy(vectors @ model.output_embeddings().T, batch.targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
 
 
 def test_position_option_and_missing_context_error():

@@ -301,3 +301,60 @@ def test_synthetic_log_statistics():
         per_user.setdefault(u, Counter())[c] += 1
     top5 = np.mean([sum(v for _, v in c.most_common(5)) / sum(c.values()) for c in per_user.values() if sum(c.values()) >= 10])
     assert top5 > 0.7
+
+
+def test_drop_duplicates_option():
+    triples = [(f"u{k}", i, t) for k in range(3) for i, t in [("a", 1), ("a", 1), ("b", 2), ("a", 3)]]
+    options = PrepareOptions(1, 1, split_ratios=(0.34, 0.33, 0.33))
+    kept = prepare_log(log_of(triples), options=options)
+    assert kept.meta["n_interactions"] == 12
+    options.drop_duplicates = True
+    dedup = prepare_log(log_of(triples), options=options)
+    assert dedup.meta["clean"]["dropped_duplicates"] == 3
+    assert all(seq == ["a", "b", "a"] for seq in sequences_by_original(dedup).values())
+
+
+def test_split_cut_points_match_comirec():
+    # ComiRec: train = users[:int(n*0.8)], valid = users[int(n*0.8):int(n*0.9)]
+    from mirec.data.prepare import _split_of_users
+
+    for n in (10, 97, 14681, 123457):
+        counts = np.bincount(_split_of_users(n, (0.8, 0.1, 0.1), 1230), minlength=3)
+        assert counts.tolist() == [int(n * 0.8), int(n * 0.9) - int(n * 0.8), n - int(n * 0.9)]
+
+
+@pytest.mark.skipif(not (SHARED / "taobao-sample").exists(), reason="shared datasets not available")
+def test_taobao_sample_buy_is_empty_after_5core(tmp_path):
+    sample = SHARED / "taobao-sample" / "UserBehavior_prefix.csv.gz"
+    out = tmp_path / "tb"
+    with pytest.raises(EmptyDatasetError, match="nothing left after the filter"):
+        prepare([sample], "taobao", out, on_bad_rows="skip", reader_options={"behaviors": ["buy"]})
+    assert not out.exists()
+    report = prepare([sample], "taobao", out, on_bad_rows="skip",
+                     options=PrepareOptions(min_item_count=1, min_user_count=1))
+    assert report.read["rows_skipped"] == 1 and report.read["rows_read"] == 84476
+    assert report.n_interactions == 84475 - report.read["rows_filtered_behavior"]
+
+
+def test_merged_amazon_files_prepare_with_file_categories(tmp_path):
+    files = [FIXTURES / "reviews_Books_5.json", FIXTURES / "reviews_Grocery_and_Gourmet_Food_5.json.gz"]
+    report = prepare(files, "amazon-reviews", tmp_path / "hy", reader_options={"category": True},
+                     options=PrepareOptions(1, 1, split_ratios=(0.5, 0.25, 0.25)))
+    ds = load_dataset(tmp_path / "hy")
+    assert report.n_items == 4 and ds.meta["category_names"] == ["Books", "Grocery_and_Gourmet_Food"]
+    by_item = dict(zip(ds.item_original_ids[1:].tolist(), ds.item_categories[1:].tolist(), strict=True))
+    assert by_item == {"0000000116": 0, "0000013714": 0, "616719923X": 1, "B00004S1C5": 1}
+    assert [s["sha256"] for s in ds.meta["sources"]] and len(ds.meta["sources"]) == 2
+
+
+def test_prepare_log_from_files_equals_prepare(tmp_path):
+    files = [FIXTURES / "reviews_Books_5.json", FIXTURES / "reviews_Grocery_and_Gourmet_Food_5.json.gz"]
+    options = PrepareOptions(1, 1, split_ratios=(0.5, 0.25, 0.25))
+    in_memory = prepare_log(files, "amazon-reviews", options=options, seed=3)
+    prepare(files, "amazon-reviews", tmp_path / "x", options=options, seed=3)
+    saved = load_dataset(tmp_path / "x")
+    assert saved.item_original_ids.tolist() == in_memory.item_original_ids.tolist()
+    for s in ("train", "valid", "test"):
+        assert np.array_equal(saved.split(s).items, in_memory.split(s).items)
+    with pytest.raises(ValueError, match="format"):
+        prepare_log(files)

@@ -146,7 +146,7 @@ def test_generic_csv_by_name_and_missing_column(tmp_path):
 def test_non_numeric_timestamps_become_null():
     out, bad = parse_timestamps(pa.array(["12", " 7 ", "x", "1.5e3", "", "-3"]))
     assert out.to_pylist() == [12, 7, None, 1500, None, -3]
-    assert bad == 2
+    assert bad == 2  # "x" and ""
 
 
 def test_parquet(tmp_path):
@@ -212,3 +212,34 @@ def test_registry_resolves_shared_sets():
     files, fmt, _ = resolve("amazon-beauty")
     assert fmt == "csv" and files[0].exists()
     assert np.all([f.exists() for f in resolve("yelp-b")[0]])
+
+
+def test_empty_integer_timestamp_counted_as_non_numeric(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\na,b,1\nc,d,\n")
+    log = read_interactions([path], "csv")
+    assert log.column("timestamp").tolist()[0] == 1 and log.table.column("timestamp").null_count == 1
+    assert log.report["non_numeric_timestamps"] == 1
+
+
+def test_registry_shared_comirec_split():
+    if not COMIREC_SPLIT.exists():
+        pytest.skip("shared datasets not available")
+    files, fmt, _ = resolve("amazon-grocery-comirec")
+    assert fmt == "comirec" and len(files) == 4
+    log = read_interactions(files, fmt)
+    assert len(log) == 120726 + 14858 + 15670
+
+
+def test_reader_options_given_as_command_line_strings():
+    log = read_interactions(
+        [FIXTURES / "noheader_semicolon.csv.gz"], "csv", header="false", user="0", item="1", timestamp="3", category="2"
+    )
+    assert rows(log) == [("u1", "i9", 1300000000), ("u2", "i8", 1300086400)]
+    assert log.column("category").tolist() == ["x", "y"]
+    tagged = read_interactions([FIXTURES / "reviews_Books_5.json"], "amazon-reviews", category="true")
+    assert tagged.column("category").tolist() == ["Books", "Books"]
+    both = read_interactions([FIXTURES / "UserBehavior.csv"], "taobao", behaviors="pv,buy")
+    assert len(both) == 4
+    tsv = read_interactions([FIXTURES / "interactions.tsv"], "csv", delimiter="tab")
+    assert len(tsv) == 3

@@ -73,7 +73,11 @@ def test_torch_faiss_and_brute_force_agree(with_exclusion):
     # tiny blocks: 2 users per block, catalogue in blocks of 37 items
     small = ExactRetriever(t_table, "torch", block_bytes=4 * 37 * k * 2, item_block=37)
     s_small, i_small = small.search(t_int, n, exclude)
-    for s, i in ((s_faiss, i_faiss), (s_torch, i_torch), (s_small, i_small)):
+    # catalogue blocks narrower than n: the first block cannot fill the top-n alone
+    s_tiny, i_tiny = ExactRetriever(t_table, "torch", block_bytes=4 * 7 * k * 5, item_block=7).search(
+        t_int, n, exclude
+    )
+    for s, i in ((s_faiss, i_faiss), (s_torch, i_torch), (s_small, i_small), (s_tiny, i_tiny)):
         assert_same_ranking(s, i, ref_s, ref_i, interests, table)
     if with_exclusion:
         for u in range(n_users):

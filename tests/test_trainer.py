@@ -47,6 +47,15 @@ class MeanLast(MultiInterestModel):
         self.steps_seen = step
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (tests only)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def register_test_model(monkeypatch):
     monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLast")
@@ -138,7 +147,8 @@ def test_run_folder_and_learning(data_dir, tmp_path):
     assert_same_weights({k: v for k, v in model.state_dict().items()}, weights(run / "model.safetensors"))
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch, interruption):
     config = make_config()
     full = train_run(data_dir, config, tmp_path / "full", progress=False)
 
@@ -146,12 +156,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
 
     def crash_at_90(self):
         if self.state.step == 90:  # the last checkpoint is at step 80
-            raise KeyboardInterrupt
+            raise interruption("simulated")
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_90)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(data_dir, config, tmp_path / "resumed", progress=False)
+    if interruption is KeyboardInterrupt:  # ComiRec: Ctrl-C evaluates the best model so far
+        partial = train_run(data_dir, config, tmp_path / "resumed", progress=False)
+        assert partial["train"]["stop_reason"] == "interrupted" and partial["train"]["steps"] == 90
+        assert partial["train"]["best_step"] in (40, 80)
+    else:
+        with pytest.raises(RuntimeError, match="simulated"):
+            train_run(data_dir, config, tmp_path / "resumed", progress=False)
     assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 80
     monkeypatch.setattr(Trainer, "train_step", original)
     resumed = train_run(data_dir, config, tmp_path / "resumed", resume=True, progress=False)
@@ -244,3 +259,24 @@ def test_on_step_end_is_called(data_dir, tmp_path):
     trainer = Trainer(data_dir, replace(make_config(max_steps=3, eval_every=3)), tmp_path / "hook", progress=False)
     trainer.fit()
     assert trainer.model.steps_seen == 3
+
+
+def test_global_context_is_saved_and_reloaded(data_dir, tmp_path):
+    config = make_config(max_steps=20, eval_every=10)
+    config.model.global_context = True
+    trainer = Trainer(data_dir, config, tmp_path / "gc", progress=False)
+    trainer.fit()
+    assert trainer.model.global_context is not None
+    assert (tmp_path / "gc/graph.safetensors").exists()
+    model, dataset, _ = load_run(tmp_path / "gc")
+    assert model.global_context is not None and model.global_context.nnz == trainer.model.global_context.nnz
+    ids = torch.arange(dataset.n_items + 1)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.output_embeddings(ids), trainer.model.output_embeddings(ids))
+
+
+def test_wall_clock_budget_stops_the_run(data_dir, tmp_path):
+    metrics = train_run(data_dir, make_config(max_steps=10_000, max_minutes=1e-9), tmp_path / "t", progress=False)
+    assert metrics["train"]["stop_reason"] == "max_minutes" and metrics["train"]["steps"] < 10_000
+    assert [r["step"] for r in history(tmp_path / "t")] == [metrics["train"]["steps"]]  # the final evaluation

@@ -151,7 +151,7 @@ def _split_of_users(n_users: int, ratios: Sequence[float], seed: int) -> np.ndar
     """Shuffle users with ``seed`` and cut 8:1:1 at int(n*0.8), int(n*0.9) (ComiRec preprocess/data.py)."""
     perm = np.random.default_rng(seed).permutation(n_users)
     cut1 = int(n_users * ratios[0])
-    cut2 = int(n_users * (ratios[0] + ratios[1]))
+    cut2 = int(n_users * round(ratios[0] + ratios[1], 12))  # 0.8 + 0.1 -> 0.9 exactly, as ComiRec
     split = np.empty(n_users, dtype=np.int8)
     split[perm[:cut1]] = 0
     split[perm[cut1:cut2]] = 1
@@ -160,14 +160,22 @@ def _split_of_users(n_users: int, ratios: Sequence[float], seed: int) -> np.ndar
 
 
 def prepare_log(
-    log: Interactions,
+    log: Interactions | Sequence[str | Path] | str | Path,
+    fmt: str | None = None,
     *,
     name: str | None = None,
     options: PrepareOptions | None = None,
+    on_bad_rows: str = "error",
     seed: int = DEFAULT_SEED,
+    reader_options: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> PreparedDataset:
-    """Clean, filter, split and remap an in-memory log; nothing is written. ``meta['clean']`` holds the counts."""
+    """Clean, filter, split and remap a log (an :class:`Interactions`, or input files of format ``fmt``, read
+    first); nothing is written. ``meta['clean']`` holds the cleaning counts, ``meta['read']`` the read report."""
+    if not isinstance(log, Interactions):
+        if fmt is None:
+            raise ValueError("prepare_log: give the format (fmt) of the input files")
+        log = read_interactions(log, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
     options = options or PrepareOptions()
     table = log.table
     clean: dict[str, Any] = {"rows_in": int(table.num_rows)}

@@ -114,14 +114,15 @@ def parse_timestamps(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_integer(values.type):
-        return values.cast(pa.int64()), 0
+        return values.cast(pa.int64()), values.null_count
     if pa.types.is_floating(values.type):
-        finite = pc.is_finite(values)
+        finite = pc.fill_null(pc.is_finite(values), False)
         out = pc.if_else(finite, pc.floor(values), None).cast(pa.int64())
-        return out, int(pc.sum(pc.invert(finite)).as_py() or 0)
+        return out, out.null_count
     values = values.cast(pa.string())
     try:  # fast path: every value is an integer
-        return pc.cast(values, pa.int64()), 0
+        out = pc.cast(values, pa.int64())
+        return out, out.null_count
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     trimmed = pc.utf8_trim_whitespace(values)
@@ -130,8 +131,7 @@ def parse_timestamps(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]
     ints = pc.cast(pc.if_else(is_int, trimmed, "0"), pa.int64())
     floats = pc.cast(pc.floor(pc.cast(pc.if_else(is_float, trimmed, "0"), pa.float64())), pa.int64())
     out = pc.if_else(is_int, ints, pc.if_else(is_float, floats, pa.scalar(None, pa.int64())))
-    bad = int(len(values) - pc.sum(pc.or_(is_int, is_float)).as_py() - values.null_count)
-    return out, max(bad, 0)
+    return out, out.null_count
 
 
 def _file_report(path: Path, fmt: str, rows_read: int, rows_skipped: int, **extra: Any) -> dict[str, Any]:
@@ -177,6 +177,8 @@ def _read_delimited(
             resolved[out] = names[spec]
         else:
             matches = [n for n in names if n == spec] or [n for n in names if n.lower() == str(spec).lower()]
+            if not matches and str(spec).isdigit() and int(spec) < len(names):  # "2" from the command line
+                matches = [names[int(spec)]]
             if not matches:
                 raise MalformedRowError(path, 1, f"no column {spec!r} for {out!r} in header {names}")
             resolved[out] = matches[0]
@@ -225,6 +227,20 @@ def _finish(table: pa.Table, path: Path) -> tuple[pa.Table, int]:
     return pa.table(columns), n_bad
 
 
+def _as_bool(value: bool | str | None) -> bool | None:
+    """Reader options may come from the command line as strings ("true", "false", "auto")."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y"):
+        return True
+    if text in ("0", "false", "no", "n"):
+        return False
+    if text in ("", "auto", "none"):
+        return None
+    raise ValueError(f"expected a boolean (true/false/auto), got {value!r}")
+
+
 def _sniff_delimiter(line: str) -> str:
     for candidate in ("\t", ",", ";", "|", " "):
         if candidate in line:
@@ -253,8 +269,9 @@ def read_csv(
     Without a header the defaults are user=0, item=1, timestamp=2, no category.
     """
     path = Path(path)
+    header = _as_bool(header)
     first = _first_line(path)
-    delimiter = delimiter or _sniff_delimiter(first)
+    delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}.get(delimiter or "", delimiter) or _sniff_delimiter(first)
     fields = [f.strip().lower() for f in first.split(delimiter)]
     if header is None:
         known = {n for names in DEFAULT_NAMES.values() for n in names}
@@ -314,7 +331,7 @@ def read_taobao(
     )
     n = table.num_rows
     if behaviors != "all":
-        wanted = [behaviors] if isinstance(behaviors, str) else list(behaviors)
+        wanted = behaviors.split(",") if isinstance(behaviors, str) else list(behaviors)
         table = table.filter(pc.is_in(table.column("behavior"), value_set=pa.array(wanted, pa.string())))
     filtered = n - table.num_rows
     table, bad_ts = _finish(table.drop_columns(["behavior"]), path)
@@ -434,6 +451,8 @@ def _read_json_lines(
 
 def _file_category(path: Path, category: str | bool | None) -> str | None:
     """``category=True``: the Amazon category from the file name (reviews_Books_5.json.gz -> Books)."""
+    if isinstance(category, str) and category.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        category = _as_bool(category)
     if category is True:
         stem = re.sub(r"(\.json|\.gz|\.jsonl)+$", "", path.name)
         stem = re.sub(r"^reviews_", "", stem)

@@ -74,6 +74,13 @@ DATASETS: dict[str, DatasetSpec] = {
             AMAZON_CITATION, bundled=True,
         ),
         DatasetSpec(
+            "amazon-grocery-comirec", "comirec",
+            ("grocery_train.txt.gz", "grocery_valid.txt.gz", "grocery_test.txt.gz", "grocery_item_cate.txt.gz"),
+            AMAZON_2014_URL,
+            "amazon-grocery in ComiRec's pre-split file format (user split kept as is)", AMAZON_CITATION,
+            shared_folder="amazon-grocery/comirec-split",
+        ),
+        DatasetSpec(
             "amazon-beauty", "csv", ("interactions.tsv.gz",), AMAZON_2014_URL,
             "Amazon 2014 Beauty 5-core as redistributed by TiCoSeRec", AMAZON_CITATION, shared_folder="amazon-beauty",
         ),

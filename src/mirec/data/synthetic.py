@@ -1,12 +1,13 @@
 """Synthetic interaction logs with realistic statistics, fully vectorised (9M rows in a few seconds).
 
-Model: items fall into ``n_clusters`` interest clusters and have Zipf popularity (weight rank^-a, ranks
-shuffled so popularity is independent of the id); every user holds 2-5 clusters (cluster choice also
-popularity-skewed) with Dirichlet preferences; user activity is lognormal (long tail, at least
-``min_user_len``); a share ``global_share`` of a user's interactions comes from the global popularity
-distribution instead of the user's clusters. Timestamps are whole days (as Amazon's) spread over
-``years`` years: each user has a start day (more users in later years, as growing platforms), an active
-span, and a few bursts (sessions) around which the interactions cluster.
+Model: items have a random popularity rank and fall into ``n_clusters`` interest clusters of skewed sizes;
+inside a cluster (and globally) the k-th most popular item is drawn with probability ~ k^-a (Zipf, sampled
+by inverting the continuous power-law CDF, O(1) per draw); every user holds 2-5 clusters (chosen in
+proportion to the clusters' appeal) with Dirichlet(1) preferences; user activity is lognormal (long tail, at
+least ``min_user_len``); a share ``global_share`` of the interactions comes from the global popularity
+distribution instead of the user's clusters. Timestamps are whole days (as Amazon's) spread over ``years``
+years: each user has a start day (more users in later years, as growing platforms), an active span
+(lognormal) and a few bursts (sessions) around which the interactions cluster.
 """
 
 from __future__ import annotations
@@ -54,41 +55,43 @@ def synthetic_log(
     rng = np.random.default_rng(seed)
     n_clusters = min(n_clusters, n_items)
 
-    # Items: Zipf weights on a random popularity rank; cluster sizes themselves skewed.
-    weight = 1.0 / np.arange(1, n_items + 1) ** zipf_a
-    weight = weight[rng.permutation(n_items)]
+    # Items: a random popularity rank; clusters of skewed sizes; within a cluster, and globally, the k-th
+    # most popular item is drawn with probability ~ k^-a (continuous inverse CDF: O(1) per draw).
+    rank_to_item = rng.permutation(n_items)
     cluster_size_w = rng.lognormal(0.0, 0.7, n_clusters)
-    cluster = rng.choice(n_clusters, size=n_items, p=cluster_size_w / cluster_size_w.sum())
-    by_cluster = np.argsort(cluster, kind="stable")  # items grouped by cluster
-    cum = np.cumsum(weight[by_cluster])
-    cluster_end = np.searchsorted(cluster[by_cluster], np.arange(n_clusters), side="right")
-    cluster_start = np.concatenate([[0], cluster_end[:-1]])
-    cum0 = np.concatenate([[0.0], cum])
-    lo, hi = cum0[cluster_start], cum0[cluster_end]
-    cluster_pop = hi - lo
-    cluster_p = np.where(cluster_pop > 0, cluster_pop, 0.0)
-    cluster_p = cluster_p / cluster_p.sum()
+    cluster_of_rank = rng.choice(n_clusters, size=n_items, p=cluster_size_w / cluster_size_w.sum())
+    by_cluster = np.argsort(cluster_of_rank, kind="stable")  # global ranks grouped by cluster, ascending
+    size = np.bincount(cluster_of_rank, minlength=n_clusters)
+    first = np.concatenate([[0], np.cumsum(size)[:-1]])
+    # a cluster's appeal grows with the popularity of its items (sum of k^-a over its global ranks)
+    appeal = np.bincount(cluster_of_rank, weights=1.0 / np.arange(1, n_items + 1) ** zipf_a, minlength=n_clusters)
+    cluster_p = appeal / appeal.sum()
+
+    def zipf_rank(n: np.ndarray | int, count: int) -> np.ndarray:
+        """0-based ranks in [0, n) with P(k) ~ (k+1)^-a, by inverting the continuous power-law CDF."""
+        e = 1.0 - zipf_a if abs(1.0 - zipf_a) > 1e-9 else 1e-9
+        x = (1.0 + rng.random(count) * (np.power(np.asarray(n, dtype=np.float64) + 1.0, e) - 1.0)) ** (1.0 / e)
+        return np.minimum(x.astype(np.int64) - 1, np.asarray(n) - 1)
 
     # Users: lognormal activity summing exactly to n_interactions.
     act = rng.lognormal(0.0, activity_sigma, n_users)
     lengths = min_user_len + rng.multinomial(n_interactions - n_users * min_user_len, act / act.sum())
     user = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
 
-    # Interests: 2..5 clusters per user with Dirichlet(1) preferences.
+    # Interests: 2..5 clusters per user (popularity-skewed) with Dirichlet(1) preferences.
     n_int = rng.integers(2, 6, size=n_users)
     user_clusters = rng.choice(n_clusters, size=(n_users, 5), p=cluster_p)
     prefs = rng.gamma(1.0, 1.0, size=(n_users, 5)) * (np.arange(5)[None, :] < n_int[:, None])
     prefs_cum = np.cumsum(prefs, axis=1)
-    prefs_cum /= prefs_cum[:, -1:]
-    u_slot = (rng.random(n_interactions)[:, None] > prefs_cum[user]).sum(axis=1)
-    chosen = user_clusters[user, np.minimum(u_slot, 4)]
-    # Draw within the chosen cluster (inverse CDF on the cluster's slice of the cumulative weights).
-    r = lo[chosen] + rng.random(n_interactions) * (hi[chosen] - lo[chosen])
-    pos = np.minimum(np.searchsorted(cum, r, side="right"), n_items - 1)
-    item = by_cluster[pos]
+    prefs_cum = prefs_cum / prefs_cum[:, -1:] + np.arange(n_users)[:, None]  # row u spans (u, u + 1]
+    slot = np.searchsorted(prefs_cum.ravel(), user + rng.random(n_interactions))  # queries ~sorted: fast
+    chosen = user_clusters.ravel()[np.minimum(slot, n_users * 5 - 1)]
+    rank = by_cluster[first[chosen] + zipf_rank(size[chosen], n_interactions)]
     from_global = rng.random(n_interactions) < global_share
-    g = np.minimum(np.searchsorted(cum, rng.random(int(from_global.sum())) * cum[-1], side="right"), n_items - 1)
-    item[from_global] = by_cluster[g]
+    rank[from_global] = zipf_rank(n_items, int(from_global.sum()))
+    item = rank_to_item[rank]
+    cluster = np.empty(n_items, dtype=np.int64)
+    cluster[rank_to_item] = cluster_of_rank
 
     # Time: user start (later years more likely), active span, bursts.
     total_days = int(years * 365)
@@ -102,7 +105,7 @@ def synthetic_log(
     day = np.minimum(day, total_days)
     timestamp = start + day * DAY
 
-    category = cluster[item].astype(np.int64)
+    category = cluster[item]
     if shuffle:
         perm = rng.permutation(n_interactions)
         user, item, timestamp, category = user[perm], item[perm], timestamp[perm], category[perm]

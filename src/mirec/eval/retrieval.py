@@ -20,9 +20,10 @@ import torch
 
 BACKENDS = ("torch", "faiss")
 # Score blocks of at most this many bytes (users x catalogue-block x 4 bytes) in the torch back-end.
-DEFAULT_BLOCK_BYTES = 256 << 20
-# Catalogue block width in the torch back-end (a 1.7M-item catalogue is scored in 4 blocks).
-DEFAULT_ITEM_BLOCK = 1 << 19
+DEFAULT_BLOCK_BYTES = 128 << 20
+# Catalogue block width in the torch back-end: the first block's n-th best score is the threshold that
+# the later blocks must beat (see _merge_above_threshold).
+DEFAULT_ITEM_BLOCK = 1 << 15
 
 
 def _exclusion_pairs(
@@ -118,6 +119,8 @@ class ExactRetriever:
         out_s = torch.empty(n_users * k, n_keep, device=device)
         out_i = torch.empty(n_users * k, n_keep, dtype=torch.int64, device=device)
         offsets = torch.arange(k, device=device)
+        # One reused score buffer: fresh multi-100-MB allocations per block cost more than the matmul.
+        buffer = torch.empty(min(users_per_block, n_users) * k * item_block, device=device)
         for b, u0 in enumerate(range(0, n_users, users_per_block)):
             u1 = min(u0 + users_per_block, n_users)
             q = queries[u0 * k : u1 * k]
@@ -126,20 +129,20 @@ class ExactRetriever:
             best_s = best_i = None
             for i0 in range(0, self.n_items, item_block):
                 i1 = min(i0 + item_block, self.n_items)
-                s = q @ table[i0:i1].T  # [users*K, block]: e_i^T v_u^(k) (Eq. 24 before the max)
+                s = buffer[: len(q) * (i1 - i0)].view(len(q), i1 - i0)
+                torch.matmul(q, table[i0:i1].T, out=s)  # e_i^T v_u^(k) (Eq. 24 before the max over k)
                 if len(bi):
                     sel = (bi >= i0) & (bi < i1)
                     rows = (bu[sel][:, None] * k + offsets[None, :]).reshape(-1)
                     cols = (bi[sel] - i0).repeat_interleave(k)
                     s[rows, cols] = float("-inf")
-                top_s, top_i = s.topk(min(n_keep, i1 - i0), dim=1)
-                top_i += i0 + 1
                 if best_s is None:
-                    best_s, best_i = top_s, top_i
+                    best_s, best_i = s.topk(min(n_keep, i1 - i0), dim=1)
+                    best_i = best_i + (i0 + 1)
+                    if best_s.shape[1] < n_keep:
+                        best_s, best_i = _pad(best_s, best_i, n_keep)
                 else:
-                    cat_s, cat_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
-                    best_s, pick = cat_s.topk(n_keep, dim=1)
-                    best_i = cat_i.gather(1, pick)
+                    best_s, best_i = _merge_above_threshold(best_s, best_i, s, i0 + 1)
             out_s[u0 * k : u1 * k] = best_s
             out_i[u0 * k : u1 * k] = best_i
         return _pad(out_s, out_i, n)
@@ -170,6 +173,31 @@ class ExactRetriever:
         dist[dropped] = -np.inf
         device = interests.device
         return _pad(torch.from_numpy(dist).to(device), torch.from_numpy(ids).to(device), n)
+
+
+def _merge_above_threshold(
+    best_s: torch.Tensor, best_i: torch.Tensor, s: torch.Tensor, id_offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a score block into the running per-row top-n, exactly: only entries above the row's current
+    n-th best can enter, so one comparison pass replaces a full ``topk`` of the block (few survive)."""
+    rows, n_keep = best_s.shape
+    r, c = (s > best_s[:, -1:]).nonzero(as_tuple=True)
+    if len(r) == 0:
+        return best_s, best_i
+    device = s.device
+    all_r = torch.cat([torch.arange(rows, device=device).repeat_interleave(n_keep), r])
+    all_s = torch.cat([best_s.reshape(-1), s[r, c]])
+    all_i = torch.cat([best_i.reshape(-1), c + id_offset])
+    order = torch.sort(all_s, descending=True, stable=True).indices
+    order = order[torch.sort(all_r[order], stable=True).indices]  # grouped by row, score-descending
+    row = all_r[order]
+    starts = torch.cumsum(torch.bincount(row, minlength=rows), 0) - torch.bincount(row, minlength=rows)
+    pos = torch.arange(len(row), device=device) - starts[row]
+    keep = pos < n_keep
+    new_s, new_i = torch.empty_like(best_s), torch.empty_like(best_i)
+    new_s[row[keep], pos[keep]] = all_s[order[keep]]
+    new_i[row[keep], pos[keep]] = all_i[order[keep]]
+    return new_s, new_i
 
 
 def _pad(scores: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

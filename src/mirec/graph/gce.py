@@ -57,9 +57,13 @@ def _check_config(config: GraphConfig) -> list[float]:
     if not config.l_time > 0:
         raise ValueError(f"GraphConfig.l_time must be > 0 days, got {config.l_time!r}")
     if config.a < 0 or config.b < 0:
-        raise ValueError(f"GraphConfig.a and .b must be >= 0 (Eq. 2 weights), got a={config.a!r} b={config.b!r}")
+        raise ValueError(
+            f"GraphConfig.a and .b must be >= 0 (Eq. 2 weights), got a={config.a!r} b={config.b!r}"
+        )
     if any(not np.isfinite(w) or w < 0 for w in hop_weights):
-        raise ValueError(f"GraphConfig.hop_weights must be finite and >= 0 (Eq. 5), got {config.hop_weights!r}")
+        raise ValueError(
+            f"GraphConfig.hop_weights must be finite and >= 0 (Eq. 5), got {config.hop_weights!r}"
+        )
     return hop_weights
 
 
@@ -196,7 +200,9 @@ def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     items = np.concatenate([p[1] for p in parts]).astype(np.int32)
     stamps = np.concatenate([p[2] for p in parts]).astype(np.int64)
-    days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
+    days = (
+        stamps - (stamps.min() if len(stamps) else 0)
+    ) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
     del parts, stamps
     info = BuildInfo()
     matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)

@@ -35,6 +35,9 @@ class GemiRecConfig(ModelConfig):
     idmm_kmeans_iters: int = 10  # Lloyd iterations of the first-batch k-means init [OURS]
     idmm_dead_threshold: float = 1.0  # EMA usage below which a code is re-seeded; 0 = never [OURS]
     idmm_recon_weight: float = 1.0  # RQ-VAE decoder reconstruction of sg[v]; 0 = no decoder [OURS]
+    idmm_uniform_items: int = (
+        0  # extra catalogue items drawn uniformly per step for IDMM (0 = batch items only) [OURS]
+    )
     maintenance_every: int = 1000  # steps between catalogue item->interest re-assignments; 0 = only first use
     refresh_on_eval: bool = (
         True  # re-assign the catalogue at the first eval forward after training steps [OURS]
@@ -150,6 +153,9 @@ class GemiRec(MultiInterestModel):
         )
         # MIRM fusion f(u_seq, e_m) [OURS]
         width = C * config.idmm_code_dim
+        # e_m is normalised before fusion: codes live at the (small, Glorot) item-embedding scale while u_seq
+        # is LayerNorm-ed, and without it the fusion ignores e_m (the K vectors collapse) [OURS]
+        self.interest_norm = nn.LayerNorm(width)
         if config.mirm_fusion == "mlp":
             self.fusion: nn.Module = nn.Sequential(
                 nn.Linear(d + width, 2 * d), nn.ReLU(), nn.Linear(2 * d, d)
@@ -274,7 +280,7 @@ class GemiRec(MultiInterestModel):
     # ----------------------------------------------------------------- MIRM
     def interest_vectors(self, u_seq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """u_m = f(u_seq, e_m), e_m = concat of the tuple's codes: u_seq [B, d], codes [B, K, C] -> [B, K, d]."""
-        e = self.quantizer.lookup(codes).detach()  # [OURS] codebooks are maintained by IDMM only
+        e = self.interest_norm(self.quantizer.lookup(codes).detach())  # [OURS] codebooks: IDMM only
         u = u_seq[:, None].expand(-1, codes.shape[1], -1)
         both = torch.cat([u, e], dim=-1)
         if self.config.mirm_fusion == "mlp":
@@ -300,8 +306,16 @@ class GemiRec(MultiInterestModel):
         """
         if batch.targets is None:
             raise ValueError("GemiRec.training_vectors: the batch has no targets")
-        valid_items = batch.items[batch.mask > 0]
-        ids, inverse = torch.unique(torch.cat([batch.targets, valid_items]), return_inverse=True)
+        pieces = [batch.targets, batch.items[batch.mask > 0]]
+        if (
+            self.config.idmm_uniform_items > 0 and self.training
+        ):  # [OURS] cover the catalogue, not only popular items
+            pieces.append(
+                torch.randint(
+                    1, self.n_items + 1, (self.config.idmm_uniform_items,), device=batch.items.device
+                )
+            )
+        ids, inverse = torch.unique(torch.cat(pieces), return_inverse=True)
         quant = self.quantizer(self.embed_items(ids))  # IDMM on sg[v] of the batch's items (EMA update here)
         if self.training:
             self._codes_stale = True

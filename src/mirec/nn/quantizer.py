@@ -125,6 +125,7 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(levels, codes))
         self.register_buffer("embed_sum", init.clone())
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.reseeded_total = [0] * levels  # diagnostics: dead codes re-seeded per level (not persisted)
 
     # ----------------------------------------------------------------- assignment
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +213,7 @@ class ResidualQuantizer(nn.Module):
         count = max(self.dead_threshold, 1.0)
         self.cluster_size[level, dead] = count
         self.embed_sum[level, dead] = fresh * count
+        self.reseeded_total[level] += len(dead)
         return len(dead)
 
     # ----------------------------------------------------------------- training forward

@@ -134,15 +134,23 @@ def sampled_logits(
     true_w = vectors[inverse[: len(targets)]]
     sampled_w = vectors[inverse[len(targets) :]]
     true_logits = (user_vectors * true_w).sum(-1, keepdim=True)
-    sampled_logits_ = user_vectors @ sampled_w.T
-    if remove_accidental_hits:
-        # TF compute_accidental_hits + sparse_to_dense: add -FLOAT_MAX where a sampled id equals the label.
-        hits = targets[:, None] == sampled[None, :]
-        sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
-    if subtract_log_q:
+    if subtract_log_q:  # logits - log Q(y), fused into the matmul for the [B, S] block
         dtype = user_vectors.dtype
         true_logits = true_logits - torch.log(candidates.true_expected_count).to(device, dtype)[:, None]
-        sampled_logits_ = sampled_logits_ - torch.log(candidates.sampled_expected_count).to(device, dtype)[None, :]
+        log_q = torch.log(candidates.sampled_expected_count).to(device, dtype)
+        sampled_logits_ = torch.addmm(-log_q[None, :], user_vectors, sampled_w.T)
+    else:
+        sampled_logits_ = user_vectors @ sampled_w.T
+    if remove_accidental_hits:
+        # TF compute_accidental_hits: the logit of a sampled id equal to the row's label becomes -FLOAT_MAX.
+        # Sampled ids are distinct, so a row has at most one hit: locate it by binary search (no [B, S] mask).
+        order = torch.argsort(sampled)
+        in_order = sampled[order]
+        position = torch.searchsorted(in_order, targets).clamp_max(len(sampled) - 1)
+        hit = in_order[position] == targets
+        rows, cols = torch.arange(len(targets), device=device), order[position]
+        floor = torch.full_like(true_logits[:, 0], torch.finfo(sampled_logits_.dtype).min)
+        sampled_logits_ = sampled_logits_.index_put_((rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols]))
     return torch.cat([true_logits, sampled_logits_], dim=1)
 
 

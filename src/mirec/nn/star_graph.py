@@ -33,7 +33,7 @@ def _dense(dim: int) -> nn.Linear:
 class StarMultiHeadAttention(nn.Module):
     """PIMI_Rec ``modules.multihead_attention``: Q/K/V/O dense with bias, scaled dot product, attention dropout.
 
-    No residual, no LayerNorm, no FFN; the caller applies ReLU. ``key_mask`` (optional, [N, Lk] bool, True =
+    No residual, no LayerNorm, no FFN; the caller applies ReLU. ``key_mask`` (optional, [..., n] bool, True =
     keep) is NOT used by the reference; it backs the ``mask_center`` deviation.
     """
 
@@ -107,40 +107,18 @@ class StarGraph(nn.Module):
         context = torch.stack([parts[name] for name in self.neighbours], dim=2)
         return context * mask[:, :, None, None]
 
-    def _projected_context(
-        self, proj: nn.Linear, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, keep: torch.Tensor
-    ) -> torch.Tensor:
-        """proj(satellite_context(...)) [B, L, 4, d], projecting each distinct vector once."""
-        on_h, on_s, on_e = proj(h), proj(center), proj(extra)
-        zero = proj.bias.expand_as(on_s)[:, None, :]  # the projection of a zero vector is the bias
-        parts = {
-            "prev": torch.cat([zero, on_h[:, :-1]], dim=1),  # h_{i-1}, zero "pad" column for i = 0
-            "self": on_h,
-            "center": on_s[:, None, :].expand_as(on_h),
-            "extra": on_e,
-        }
-        rows = torch.stack([parts[name] for name in self.neighbours], dim=2)
-        return torch.where(keep, rows, proj.bias)  # padded nodes: zeroed rows
-
     def forward(
         self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L)).
-
-        Same result as attending over ``satellite_context`` rows, but each distinct vector is projected
-        once: K/V of the zero "prev" of node 0 and of every zeroed row of a padded node are the biases.
-        """
+        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L))."""
         m = mask.to(h.dtype)
-        keep = (m > 0)[:, :, None, None]  # padded nodes: all 4 context rows are zero vectors
         key_mask = None
         if self.mask_center:
             key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
         for attention in self.layers:
-            keys = self._projected_context(attention.key, h, center, extra, keep)
-            values = self._projected_context(attention.value, h, center, extra, keep)
+            context = self.satellite_context(h, center, extra, m)  # [B, L, 4, d]
             # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
-            h = torch.relu(attention.attend(attention.query(h), keys, values)) * m[:, :, None]
+            h = torch.relu(attention(h, context)) * m[:, :, None]
             # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
-            context = torch.cat([center[:, None, :], h], dim=1)
-            center = torch.relu(attention(center, context, key_mask))
+            center = torch.relu(attention(center, torch.cat([center[:, None, :], h], dim=1), key_mask))
         return h, center

@@ -62,6 +62,7 @@ class TimeIntervalAttention(nn.Module):
         """Time-interval representation p [B, L, d] from T [B, L, L] (int) and mask [B, L]."""
         if intervals.dim() != 3 or intervals.shape[1] != intervals.shape[2]:
             raise ValueError(f"intervals must be [B, L, L], got {tuple(intervals.shape)}")
+        intervals = intervals.long()
         alpha = self.attention(intervals, mask)
         weight = self.time_embedding.weight
         mass = alpha.new_zeros(*alpha.shape[:2], weight.shape[0]).scatter_add_(-1, intervals, alpha)

@@ -65,6 +65,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam (ComiRec/PIMI: tf.train.AdamOptimizer); the fused kernel when the device supports it (same
+    update rule; about 8x faster than the per-tensor loop on CPU for a full item table)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 class Trainer:
     """One training run of ``config`` on a prepared dataset, writing the run folder ``run_dir``."""
 
@@ -93,7 +103,7 @@ class Trainer:
         seed_everything(tc.seed)
         self.model = build_model(config, self.dataset, self._resume_graph_path())
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = _adam(self.model, tc.lr, tc.weight_decay)
         self.sampler = TrainSampler(
             self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
         )
@@ -276,42 +286,51 @@ class Trainer:
         interval_steps = log_steps = 0
         log_start, log_train_seconds = time.perf_counter(), st.train_seconds
         try:
-            while not st.stop_reason:
-                st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                if st.step >= tc.max_steps:
-                    st.stop_reason = "max_steps"
-                    break
-                if budget > 0 and st.elapsed_seconds >= budget:
-                    st.stop_reason = "max_minutes"
-                    break
-                start = time.perf_counter()
-                loss = self.train_step()
-                st.step += 1
-                loss_sum += loss
-                log_sum += loss
-                interval_steps += 1
-                log_steps += 1
-                st.train_seconds += time.perf_counter() - start
-                bar.update(1)
-                if st.step % tc.log_every == 0:
-                    mean = float(log_sum) / log_steps  # syncs the device, so the clock below is honest
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(f"step {st.step}: training loss is {mean}")
-                    rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
-                    bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}")
-                    self.logger.info(f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
-                                     f"wall={time.perf_counter() - log_start:.1f}s")
-                    log_sum.zero_()
-                    log_steps, log_start, log_train_seconds = 0, time.perf_counter(), st.train_seconds
-                evaluated = st.step % tc.eval_every == 0
-                if evaluated:
-                    self._validate(float(loss_sum) / max(interval_steps, 1))
-                    loss_sum.zero_()
-                    interval_steps = 0
-                every = tc.checkpoint_every
-                if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
+            try:
+                while not st.stop_reason:
                     st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                    self.save_checkpoint()
+                    if st.step >= tc.max_steps:
+                        st.stop_reason = "max_steps"
+                        break
+                    if budget > 0 and st.elapsed_seconds >= budget:
+                        st.stop_reason = "max_minutes"
+                        break
+                    start = time.perf_counter()
+                    loss = self.train_step()
+                    st.step += 1
+                    loss_sum += loss
+                    log_sum += loss
+                    interval_steps += 1
+                    log_steps += 1
+                    st.train_seconds += time.perf_counter() - start
+                    bar.update(1)
+                    if st.step % tc.log_every == 0:
+                        mean = float(log_sum) / log_steps  # syncs the device, so the clock below is honest
+                        if not math.isfinite(mean):
+                            raise FloatingPointError(f"step {st.step}: training loss is {mean}")
+                        rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
+                        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}")
+                        self.logger.info(f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
+                                         f"wall={time.perf_counter() - log_start:.1f}s")
+                        log_sum.zero_()
+                        log_steps, log_start, log_train_seconds = 0, time.perf_counter(), st.train_seconds
+                    evaluated = st.step % tc.eval_every == 0
+                    if evaluated:
+                        self._validate(float(loss_sum) / max(interval_steps, 1))
+                        loss_sum.zero_()
+                        interval_steps = 0
+                    every = tc.checkpoint_every
+                    if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
+                        st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+                        self.save_checkpoint()
+            except KeyboardInterrupt:
+                # ComiRec train.py: Ctrl-C ends training and the best model so far is evaluated. The checkpoint
+                # stays at the last evaluation, so --resume continues exactly as if never interrupted.
+                if self.best_state is None:
+                    raise
+                st.stop_reason = "interrupted"
+                self.logger.info(f"interrupted at step {st.step}; checkpoint left at the last evaluation")
+                return
             if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
                 self._validate(float(loss_sum) / max(interval_steps, 1))
             st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
