@@ -298,7 +298,7 @@ def test_training_vectors_teacher_forcing_and_gradients(options):
         ce = -model.code_log_probs(h[torch.arange(4), batch.mask.sum(1).long() - 1], expected_codes).mean()
     assert torch.allclose(user, ref, atol=1e-6)
     assert torch.isfinite(aux)
-    losses = model.last_losses
+    losses = {k: float(v) for k, v in model.last_losses.items()}
     assert losses["mipdm_ce"] == pytest.approx(float(ce), rel=1e-5)
     idmm = losses["codebook"] + 0.25 * losses["commitment"] + cfg.idmm_recon_weight * losses["reconstruction"]
     assert (losses["codebook"] > 0) == (cfg.idmm_update == "grad")  # EMA codebooks: no codebook loss
@@ -365,7 +365,7 @@ def test_all_positions_cross_entropy_by_hand():
             for t in range(n):
                 nxt = model.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
                 terms.append(-model.code_log_probs(h[b, t], nxt))
-    assert model.last_losses["mipdm_ce"] == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    assert float(model.last_losses["mipdm_ce"]) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 
 def test_uniform_catalogue_items_enter_the_idmm_update():

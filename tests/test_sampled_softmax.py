@@ -72,7 +72,9 @@ def slow_unique_reference(sampler: LogUniformSampler, num_sampled: int, seed: in
         chunk *= 2
 
 
-@pytest.mark.parametrize(("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)])
+@pytest.mark.parametrize(
+    ("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)]
+)
 def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed):
     sampler = LogUniformSampler(range_max)
     out = sampler.sample_unique(num_sampled, torch.tensor([1, 2]), torch.Generator().manual_seed(seed))
@@ -109,7 +111,9 @@ def test_sample_unique_reports_counts_for_true_and_sampled():
     targets = torch.tensor([3, 50, 3])
     out = sampler.sample_unique(20, targets, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out.true_expected_count, sampler.expected_count(targets, 20, out.num_tries))
-    torch.testing.assert_close(out.sampled_expected_count, sampler.expected_count(out.sampled, 20, out.num_tries))
+    torch.testing.assert_close(
+        out.sampled_expected_count, sampler.expected_count(out.sampled, 20, out.num_tries)
+    )
     assert out.num_tries >= 20
 
 
@@ -147,7 +151,9 @@ def test_sampled_logits_log_q_and_accidental_hits_hand_computed():
     # row 1: u=(.5,-1): true e4 -> 0.0; e4 is a hit -> -FLOAT_MAX; e2 -> -1.25, e5 -> 0.5
     assert logits[1, 0].item() == pytest.approx(0.0 - math.log(0.2))
     assert logits[1, 1].item() <= torch.finfo(torch.float64).min / 2
-    np.testing.assert_allclose(logits[1, 2:].numpy(), [-1.25 - math.log(0.5), 0.5 - math.log(0.1)], rtol=1e-12)
+    np.testing.assert_allclose(
+        logits[1, 2:].numpy(), [-1.25 - math.log(0.5), 0.5 - math.log(0.1)], rtol=1e-12
+    )
 
     # the loss: mean cross-entropy with label 0; the hit column has no probability mass
     def ce(row):
@@ -162,7 +168,9 @@ def test_sampled_logits_log_q_and_accidental_hits_hand_computed():
     assert probs[1, 1].item() == 0.0
 
     # without log Q and without hit removal
-    plain = sampled_logits(users, targets, output_fn, cand, remove_accidental_hits=False, subtract_log_q=False)
+    plain = sampled_logits(
+        users, targets, output_fn, cand, remove_accidental_hits=False, subtract_log_q=False
+    )
     np.testing.assert_allclose(plain.numpy(), [[2.0, 4.0, 1.5, -3.0], [0.0, 0.0, -1.25, 0.5]], rtol=1e-12)
 
 
@@ -190,7 +198,9 @@ def test_sampled_softmax_loss_is_seeded_and_matches_its_parts():
     logits = sampled_logits(users, targets, lambda ids: table[ids], cand)
     expected = -(torch.log_softmax(logits, 1)[:, 0]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    again = sampled_softmax_loss(users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11))
+    again = sampled_softmax_loss(
+        users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11)
+    )
     assert again.item() == loss.item()
     with pytest.raises(ValueError, match="expected user_vectors"):
         sampled_softmax_loss(users, targets[:3], lambda ids: table[ids], sampler, 12, g)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +92,17 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def make_config(**train) -> RunConfig:
-    base = dict(batch_size=16, lr=0.01, max_steps=120, eval_every=40, patience=100, num_negatives_factor=2,
-                seed=7, device="cpu", log_every=20)
+    base = dict(
+        batch_size=16,
+        lr=0.01,
+        max_steps=120,
+        eval_every=40,
+        patience=100,
+        num_negatives_factor=2,
+        seed=7,
+        device="cpu",
+        log_every=20,
+    )
     base.update(train)
     return RunConfig(
         model=ModelConfig(name="meanlast", embedding_dim=16, num_interests=2, maxlen=8),
@@ -121,10 +129,21 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def test_run_folder_and_learning(data_dir, tmp_path):
     run = tmp_path / "run"
     metrics = train_run(data_dir, make_config(max_steps=200, eval_every=50), run, progress=False)
-    for name in ("config.toml", "data.json", "model.safetensors", "train.log", "history.jsonl", "metrics.json"):
+    for name in (
+        "config.toml",
+        "data.json",
+        "model.safetensors",
+        "train.log",
+        "history.jsonl",
+        "metrics.json",
+    ):
         assert (run / name).exists(), name
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
-        "best.safetensors", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
+        "best.safetensors",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
     ]
     assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert {"valid", "test", "train"} <= metrics.keys()
@@ -175,9 +194,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
     assert resumed["valid"] == full["valid"] and resumed["test"] == full["test"]
     assert resumed["train"]["steps"] == full["train"]["steps"] == 120
     assert resumed["train"]["best_step"] == full["train"]["best_step"]
-    assert_same_weights(weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors"))
     assert_same_weights(
-        weights(tmp_path / "resumed/checkpoint/model.safetensors"), weights(tmp_path / "full/checkpoint/model.safetensors")
+        weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors")
+    )
+    assert_same_weights(
+        weights(tmp_path / "resumed/checkpoint/model.safetensors"),
+        weights(tmp_path / "full/checkpoint/model.safetensors"),
     )
     assert_same_weights(
         weights(tmp_path / "resumed/checkpoint/optimizer.safetensors"),
@@ -188,7 +210,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
 def test_resume_extends_max_steps_like_one_long_run(data_dir, tmp_path):
     long = train_run(data_dir, make_config(max_steps=120), tmp_path / "long", progress=False)
     train_run(data_dir, make_config(max_steps=80), tmp_path / "short", progress=False)
-    extended = train_run(data_dir, make_config(max_steps=120), tmp_path / "short", resume=True, progress=False)
+    extended = train_run(
+        data_dir, make_config(max_steps=120), tmp_path / "short", resume=True, progress=False
+    )
     assert history(tmp_path / "short") == history(tmp_path / "long")
     assert extended["test"] == long["test"]
 
@@ -197,11 +221,13 @@ def test_same_seed_same_run_other_seed_differs(data_dir, tmp_path):
     config = make_config(max_steps=40, eval_every=20)
     a = train_run(data_dir, config, tmp_path / "a", progress=False)
     b = train_run(data_dir, config, tmp_path / "b", progress=False)
-    c = train_run(data_dir, make_config(max_steps=40, eval_every=20, seed=8), tmp_path / "c", progress=False)
+    train_run(data_dir, make_config(max_steps=40, eval_every=20, seed=8), tmp_path / "c", progress=False)
     assert history(tmp_path / "a") == history(tmp_path / "b")
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert_same_weights(weights(tmp_path / "a/model.safetensors"), weights(tmp_path / "b/model.safetensors"))
-    assert [r["train_loss"] for r in history(tmp_path / "a")] != [r["train_loss"] for r in history(tmp_path / "c")]
+    assert [r["train_loss"] for r in history(tmp_path / "a")] != [
+        r["train_loss"] for r in history(tmp_path / "c")
+    ]
     assert not torch.equal(
         weights(tmp_path / "a/model.safetensors")["item_embedding.weight"],
         weights(tmp_path / "c/model.safetensors")["item_embedding.weight"],
@@ -230,7 +256,9 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
         return original_finish(self)
 
     monkeypatch.setattr(Trainer, "_finish", finish)
-    metrics = train_run(data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False)
+    metrics = train_run(
+        data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False
+    )
     assert calls["train"] == 5  # evaluations at 10..50; 0.3 at step 20 is not beaten by 0.2, 0.3 (ties), 0.25
     assert metrics["train"]["steps"] == 50 and metrics["train"]["stop_reason"] == "patience"
     assert metrics["train"]["best_step"] == 20 and metrics["train"]["best_valid_metric"] == 0.3
@@ -243,7 +271,9 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
 
 def test_full_and_inbatch_losses_learn(data_dir, tmp_path):
     for loss in ("full", "inbatch"):
-        train_run(data_dir, make_config(max_steps=80, eval_every=40, loss=loss), tmp_path / loss, progress=False)
+        train_run(
+            data_dir, make_config(max_steps=80, eval_every=40, loss=loss), tmp_path / loss, progress=False
+        )
         rows = history(tmp_path / loss)
         assert rows[-1]["train_loss"] < rows[0]["train_loss"], loss
 
@@ -256,7 +286,7 @@ def test_bad_config_is_a_clear_error(data_dir, tmp_path):
 
 
 def test_on_step_end_is_called(data_dir, tmp_path):
-    trainer = Trainer(data_dir, replace(make_config(max_steps=3, eval_every=3)), tmp_path / "hook", progress=False)
+    trainer = Trainer(data_dir, make_config(max_steps=3, eval_every=3), tmp_path / "hook", progress=False)
     trainer.fit()
     assert trainer.model.steps_seen == 3
 
@@ -277,6 +307,8 @@ def test_global_context_is_saved_and_reloaded(data_dir, tmp_path):
 
 
 def test_wall_clock_budget_stops_the_run(data_dir, tmp_path):
-    metrics = train_run(data_dir, make_config(max_steps=10_000, max_minutes=1e-9), tmp_path / "t", progress=False)
+    metrics = train_run(
+        data_dir, make_config(max_steps=10_000, max_minutes=1e-9), tmp_path / "t", progress=False
+    )
     assert metrics["train"]["stop_reason"] == "max_minutes" and metrics["train"]["steps"] < 10_000
     assert [r["step"] for r in history(tmp_path / "t")] == [metrics["train"]["steps"]]  # the final evaluation

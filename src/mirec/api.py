@@ -15,6 +15,8 @@ from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.utils import resolve_device
 
 BUNDLED = "amazon-grocery"
+# Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
+PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 
 
 def resolve_data(data: str | Path) -> Path:
@@ -58,6 +60,7 @@ def preset_name(dataset: PreparedDataset) -> str:
     from mirec.config import PRESET_ROOT
 
     name = str(dataset.meta.get("name", ""))
+    name = PRESET_ALIASES.get(name, name)
     return name if name and (PRESET_ROOT / name).is_dir() else "default"
 
 

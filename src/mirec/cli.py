@@ -29,11 +29,21 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         reader_options[key] = value
     if args.behaviors:
         reader_options["behaviors"] = args.behaviors.split(",")
+    inputs, fmt, name = list(args.inputs), args.format, args.name
+    if fmt is None:
+        from mirec.data import registry
+
+        if len(inputs) != 1 or inputs[0] not in registry.DATASETS:
+            raise ValueError("--format is required unless the single input is a registry name (see `mirec datasets`)")
+        name = name or inputs[0]
+        files, fmt, registry_options = registry.resolve(inputs[0])
+        inputs = [str(f) for f in files]
+        reader_options = {**registry_options, **reader_options}
     report = prepare(
-        args.inputs,
-        args.format,
+        inputs,
+        fmt,
         args.output,
-        name=args.name,
+        name=name,
         options=options,
         on_bad_rows=args.on_bad_rows,
         seed=args.seed,
@@ -155,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="read raw logs, clean, filter, remap, split into a prepared folder")
     p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
-    p.add_argument("--format", required=True, help="csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
+    p.add_argument("--format", default=None, help="omit for a registry name (mirec datasets); csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
                    "taobao, movielens-dat, movielens-csv, comirec")
     p.add_argument("--output", required=True)
     p.add_argument("--name", default=None, help="dataset name (selects presets: amazon-books, taobao-buy, ...)")

@@ -133,3 +133,19 @@ def resolve(name: str) -> tuple[list[Path], str, dict[str, Any]]:
         f"put the file(s) in {places} (set $MIREC_DATA to choose the root), then run "
         f"`mirec prepare {name}` again."
     )
+
+
+def describe() -> dict[str, dict[str, Any]]:
+    """The registry as plain data (for `mirec datasets`): source, files, format and offline folders."""
+    out = {}
+    for name, spec in DATASETS.items():
+        out[name] = {
+            "description": spec.description,
+            "format": spec.format,
+            "files": list(spec.files),
+            "source": spec.url,
+            "place_files_in": [str(p) for p in raw_dirs(name)][:2],
+            "bundled": spec.bundled,
+            "citation": spec.citation,
+        }
+    return out

@@ -26,22 +26,19 @@ class GemiRecConfig(ModelConfig):
     idmm_levels: int = 2  # C [OURS: not published]
     idmm_codes: int = 64  # M per level [OURS: suited to ~10k-item catalogues]
     idmm_code_dim: int = 32  # per-level code width; interest embedding = C * code_dim [OURS]
-    idmm_encoder: str = (
-        "mlp"  # z_enc: mlp | linear | identity (identity needs code_dim == embedding_dim) [OURS]
-    )
+    # z_enc: mlp | linear | identity (identity needs code_dim == embedding_dim) [OURS]
+    idmm_encoder: str = "mlp"
     idmm_update: str = "ema"  # ema | grad codebook updates [OURS]
     idmm_decay: float = 0.99  # EMA decay [OURS]
     idmm_beta: float = 0.25  # commitment weight [OURS: VQ-VAE default]
     idmm_kmeans_iters: int = 10  # Lloyd iterations of the first-batch k-means init [OURS]
     idmm_dead_threshold: float = 1.0  # EMA usage below which a code is re-seeded; 0 = never [OURS]
     idmm_recon_weight: float = 1.0  # RQ-VAE decoder reconstruction of sg[v]; 0 = no decoder [OURS]
-    idmm_uniform_items: int = (
-        0  # extra catalogue items drawn uniformly per step for IDMM (0 = batch items only) [OURS]
-    )
+    # extra catalogue items drawn uniformly per step for the IDMM update (0 = batch items only) [OURS]
+    idmm_uniform_items: int = 0
     maintenance_every: int = 1000  # steps between catalogue item->interest re-assignments; 0 = only first use
-    refresh_on_eval: bool = (
-        True  # re-assign the catalogue at the first eval forward after training steps [OURS]
-    )
+    # re-assign the catalogue at the first eval forward after training steps [OURS]
+    refresh_on_eval: bool = True
     # MIPDM: causal Transformer predicting the next item's code tuple level by level [SECONDARY: GPT]
     mipdm_layers: int = 2  # [OURS: the third party's reproduction uses 6]
     mipdm_heads: int = 2
@@ -132,7 +129,7 @@ class GemiRec(MultiInterestModel):
         self.register_buffer("item_codes", torch.zeros(n_items + 1, C, dtype=torch.long))
         self.register_buffer("codes_ready", torch.zeros((), dtype=torch.bool))
         self._codes_stale = False
-        self.last_losses: dict[str, float] = {}
+        self.last_losses: dict[str, torch.Tensor] = {}
         # MIPDM: history-code embeddings (input) [OURS], causal encoder, level heads [OURS]
         self.code_embedding = nn.Embedding(C * M, d)
         nn.init.xavier_uniform_(self.code_embedding.weight)
@@ -307,14 +304,9 @@ class GemiRec(MultiInterestModel):
         if batch.targets is None:
             raise ValueError("GemiRec.training_vectors: the batch has no targets")
         pieces = [batch.targets, batch.items[batch.mask > 0]]
-        if (
-            self.config.idmm_uniform_items > 0 and self.training
-        ):  # [OURS] cover the catalogue, not only popular items
-            pieces.append(
-                torch.randint(
-                    1, self.n_items + 1, (self.config.idmm_uniform_items,), device=batch.items.device
-                )
-            )
+        extra = self.config.idmm_uniform_items
+        if extra > 0 and self.training:  # [OURS] cover the catalogue, not only the popular batch items
+            pieces.append(torch.randint(1, self.n_items + 1, (extra,), device=batch.items.device))
         ids, inverse = torch.unique(torch.cat(pieces), return_inverse=True)
         quant = self.quantizer(self.embed_items(ids))  # IDMM on sg[v] of the batch's items (EMA update here)
         if self.training:
@@ -333,11 +325,12 @@ class GemiRec(MultiInterestModel):
             ce = -self.code_log_probs(last_valid(h, batch.mask), target_codes).mean()
         user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]
         aux = self.config.lambda_mipdm * ce + self.config.lambda_idmm * quant.loss
+        # detached 0-d tensors (no device sync here) for logging
         self.last_losses = {
-            "mipdm_ce": float(ce.detach()),
-            "commitment": float(quant.commitment.detach()),
-            "codebook": float(quant.codebook_loss.detach()),
-            "reconstruction": float(quant.reconstruction.detach()),
+            "mipdm_ce": ce.detach(),
+            "commitment": quant.commitment.detach(),
+            "codebook": quant.codebook_loss.detach(),
+            "reconstruction": quant.reconstruction.detach(),
         }
         return user, aux
 

@@ -150,7 +150,9 @@ def sampled_logits(
         hit = in_order[position] == targets
         rows, cols = torch.arange(len(targets), device=device), order[position]
         floor = torch.full_like(true_logits[:, 0], torch.finfo(sampled_logits_.dtype).min)
-        sampled_logits_ = sampled_logits_.index_put_((rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols]))
+        sampled_logits_ = sampled_logits_.index_put_(
+            (rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols])
+        )
     return torch.cat([true_logits, sampled_logits_], dim=1)
 
 
@@ -195,7 +197,10 @@ def full_softmax_loss(
 
 
 def inbatch_softmax_loss(
-    user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, remove_accidental_hits: bool = True
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    remove_accidental_hits: bool = True,
 ) -> torch.Tensor:
     """In-batch negatives: row i scores every target of the batch, label i (no log Q correction).
 

@@ -37,7 +37,9 @@ def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Atomically write a safetensors file."""
     with atomic_path(path) as tmp:
         save_file(_cpu_copy(tensors), str(tmp), metadata=metadata)
@@ -161,7 +163,12 @@ def file_sha256(path: str | Path) -> str:
 
 def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
     """data.json: the prepared folder the run used and the checksum of its meta.json."""
-    info: dict[str, Any] = {"path": None, "meta_sha256": None, "name": dataset.name, "n_items": dataset.n_items}
+    info: dict[str, Any] = {
+        "path": None,
+        "meta_sha256": None,
+        "name": dataset.name,
+        "n_items": dataset.n_items,
+    }
     if dataset.path is not None:
         info["path"] = str(Path(dataset.path).resolve())
         if (Path(dataset.path) / "meta.json").exists():
@@ -169,7 +176,9 @@ def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
     atomic_write_text(Path(run_dir) / "data.json", json.dumps(info, indent=2))
 
 
-def build_model(config: RunConfig, dataset: PreparedDataset, graph_path: str | Path | None = None) -> MultiInterestModel:
+def build_model(
+    config: RunConfig, dataset: PreparedDataset, graph_path: str | Path | None = None
+) -> MultiInterestModel:
     """The configured model, with its GIMIRec global context attached when needed (loaded or built)."""
     model = get_model_class(config.model.name)(config.model, dataset.n_items)
     if model.requires_global_context or config.model.global_context:
@@ -197,7 +206,9 @@ def load_run(
     dataset = load_dataset(data["path"])
     meta = Path(data["path"]) / "meta.json"
     if data.get("meta_sha256") and file_sha256(meta) != data["meta_sha256"]:
-        warnings.warn(f"{meta}: checksum differs from {run_dir / 'data.json'} (data re-prepared?)", stacklevel=2)
+        warnings.warn(
+            f"{meta}: checksum differs from {run_dir / 'data.json'} (data re-prepared?)", stacklevel=2
+        )
     graph = run_dir / "graph.safetensors"
     model = build_model(config, dataset, graph if graph.exists() else None)
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))

@@ -184,7 +184,9 @@ class Trainer:
         st.eval_seconds += time.perf_counter() - start
         key = self.config.eval.early_stop_metric
         if key not in metrics:
-            raise KeyError(f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}")
+            raise KeyError(
+                f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}"
+            )
         value = float(metrics[key])
         improved = value > st.best_metric
         if improved:
@@ -196,13 +198,21 @@ class Trainer:
             if st.bad_evals > tc.patience:
                 st.stop_reason = "patience"
         st.last_eval_step = st.step
-        entry = {"step": st.step, "train_loss": interval_loss, **metrics, "best": improved,
-                 "train_seconds": round(st.train_seconds, 3), "eval_seconds": round(st.eval_seconds, 3)}
+        entry = {
+            "step": st.step,
+            "train_loss": interval_loss,
+            **metrics,
+            "best": improved,
+            "train_seconds": round(st.train_seconds, 3),
+            "eval_seconds": round(st.eval_seconds, 3),
+        }
         self.history.append(entry)
         atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
         shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
-        self.logger.info(f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
-                         f"@{st.best_step} trials={st.bad_evals}")
+        self.logger.info(
+            f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
+            f"@{st.best_step} trials={st.bad_evals}"
+        )
 
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
@@ -266,8 +276,10 @@ class Trainer:
             write_data_json(self.run_dir, self.dataset)
             if self.model.global_context is not None and not resumed:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
-            self.logger.info(f"model {self.config.model.name} on {self.device}; "
-                             f"{sum(p.numel() for p in self.model.parameters())} parameters")
+            self.logger.info(
+                f"model {self.config.model.name} on {self.device}; "
+                f"{sum(p.numel() for p in self.model.parameters())} parameters"
+            )
             self._loop()
             return self._finish()
         finally:
@@ -279,8 +291,13 @@ class Trainer:
         self.model.train()
         budget = tc.max_minutes * 60.0
         session_start, elapsed_before = time.perf_counter(), st.elapsed_seconds
-        bar = tqdm(total=tc.max_steps, initial=st.step, disable=not self.progress, dynamic_ncols=True,
-                   desc=f"train {self.config.model.name}")
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=st.step,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            desc=f"train {self.config.model.name}",
+        )
         loss_sum = torch.zeros((), device=self.device)
         log_sum = torch.zeros((), device=self.device)
         interval_steps = log_steps = 0
@@ -310,8 +327,10 @@ class Trainer:
                             raise FloatingPointError(f"step {st.step}: training loss is {mean}")
                         rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
                         bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}")
-                        self.logger.info(f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
-                                         f"wall={time.perf_counter() - log_start:.1f}s")
+                        self.logger.info(
+                            f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
+                            f"wall={time.perf_counter() - log_start:.1f}s"
+                        )
                         log_sum.zero_()
                         log_steps, log_start, log_train_seconds = 0, time.perf_counter(), st.train_seconds
                     evaluated = st.step % tc.eval_every == 0
