@@ -33,19 +33,26 @@ def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def run(backend: str, interests: torch.Tensor, table: torch.Tensor, n: int, batch: int) -> tuple[float, np.ndarray]:
+def run(
+    backend: str, interests: torch.Tensor, table: torch.Tensor, n: int, batch: int, progress: int = 10
+) -> tuple[float, np.ndarray]:
     """Evaluator-like loop: one index, batches of users, per-interest top-n then merge. Returns (s, ids)."""
     start = time.perf_counter()
     retriever = ExactRetriever(table, backend)
     merged = []
-    for lo in range(0, len(interests), batch):
+    for number, lo in enumerate(range(0, len(interests), batch), 1):
         scores, ids = retriever.search(interests[lo : lo + batch], n)
         merged.append(merge_interests(scores, ids, n).numpy())
+        if number % progress == 0:
+            done, elapsed = min(lo + batch, len(interests)), time.perf_counter() - start
+            print(f"  {backend}: {done} users in {elapsed:.0f} s ({done / elapsed:.1f} users/s)", flush=True)
     return time.perf_counter() - start, np.concatenate(merged)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=60_000)
     parser.add_argument("--interests", type=int, default=4)
     parser.add_argument("--items", type=int, default=370_000)
@@ -54,6 +61,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="users per evaluator batch")
     parser.add_argument("--backends", default="torch,faiss")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", type=int, default=10, help="print progress every this many batches")
     args = parser.parse_args()
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -61,14 +69,17 @@ def main() -> None:
     interests = torch.randn(args.users, args.interests, args.dim, generator=gen)
     gflops = matmul_gflops()
     work = 2.0 * args.users * args.interests * args.items * args.dim / 1e9  # GFLOP of the exact scoring
-    print(f"threads={torch.get_num_threads()} matmul 4096x4096 float32: {gflops:.1f} GFLOP/s")
+    print(
+        f"threads={torch.get_num_threads()} matmul 4096x4096 float32: {gflops:.1f} GFLOP/s",
+        flush=True,
+    )
     print(
         f"scale: {args.users} users x {args.interests} interests x {args.items} items, d={args.dim}, "
         f"top-{args.topn}; scoring work {work:.0f} GFLOP"
     )
     results = {}
     for backend in args.backends.split(","):
-        seconds, ids = run(backend, interests, table, args.topn, args.batch)
+        seconds, ids = run(backend, interests, table, args.topn, args.batch, args.progress)
         results[backend] = ids
         rate = work / seconds
         print(
@@ -77,7 +88,9 @@ def main() -> None:
         )
     if len(results) == 2:
         a, b = results.values()
-        print(f"merged top-{args.topn} lists identical between back-ends for {np.mean((a == b).all(1)):.4%} of users")
+        print(
+            f"merged top-{args.topn} lists identical between back-ends for {np.mean((a == b).all(1)):.4%} of users"
+        )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class TimeIntervalAttention(nn.Module):
         self.time_span = int(time_span)
         self.time_embedding = glorot_embedding(self.time_span + 1, dim)  # W_T, Glorot as tf.get_variable
         w_t = torch.empty(dim, 1)
-        nn.init.xavier_uniform_(w_t)  # TF dense-free [d, 1] variable, Glorot-uniform default
+        nn.init.xavier_uniform_(w_t)  # a [d, 1] tf.get_variable: Glorot-uniform by default
         self.w_t = nn.Parameter(w_t.squeeze(1))
 
     def attention(self, intervals: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

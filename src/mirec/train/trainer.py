@@ -33,7 +33,6 @@ from mirec.train.checkpoint import (
     TrainState,
     build_model,
     load_checkpoint,
-    load_tensors,
     optimizer_from_tensors,
     save_checkpoint,
     save_tensors,
@@ -108,7 +107,7 @@ class Trainer:
             self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
         )
         # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative.
-        # TODO(config): a TrainConfig.sampler_exclude_padding switch; read here when it exists.
+        # Option (not in TrainConfig yet): train.sampler_exclude_padding = true draws ids 1..n_items only.
         exclude_padding = bool(getattr(tc, "sampler_exclude_padding", False))
         n_classes = self.dataset.n_items + (0 if exclude_padding else 1)
         self.negatives = LogUniformSampler(n_classes, offset=1 if exclude_padding else 0)
@@ -400,4 +399,4 @@ def train_run(
     return trainer.fit()
 
 
-__all__ = ["Trainer", "train_run", "load_tensors"]
+__all__ = ["Trainer", "train_run", "LOSSES"]
