@@ -246,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.command == "graph-stats" and (args.run_dir is None) == (args.data is None):
         parser.error("graph-stats needs a RUN_DIR or --data DIR (one of them)")
     try:

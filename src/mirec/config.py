@@ -52,6 +52,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0 = no wall-clock budget
     loss: str = "sampled"  # sampled | full | inbatch
     num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
+    # True: negatives drawn from ids 1..n_items only (TF/ComiRec draw padding 0 too)
+    sampler_exclude_padding: bool = False
     min_cut: int = 4  # ComiRec draws the cut position k uniformly in [4, len-1]
     seed: int = 19
     device: str = "auto"  # auto | cpu | cuda
