@@ -118,11 +118,10 @@ class Recommender:
             internal,
             days,
             n,
-            maxlen=self.config.model.maxlen,
             exclude_history=exclude_history,
             diversity_lambda=diversity_lambda,
-            categories=self.dataset.item_categories,
-            device=self.device,
+            categories=self.dataset.item_categories if diversity_lambda > 0 else None,
+            backend=self.config.eval.backend,
         )
         original = self.dataset.item_original_ids
         return {

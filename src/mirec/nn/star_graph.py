@@ -110,15 +110,77 @@ class StarGraph(nn.Module):
     def forward(
         self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L))."""
+        """h [B, L, d] (already masked), center [B, d], extra [B, L, d], mask [B, L] -> (h^(L), s^(L)).
+
+        Same maths as :meth:`forward_stacked` (the PIMI_Rec form over the stacked [B, L, 4, d] context), but
+        every node is projected by K/V ONCE per layer: key(m x) = m (x W_K^T) + b_K for a 0/1 mask m, so the
+        neighbour keys/values are masked bias-free projections plus the bias, and the dot products are split
+        as q.k = m (q.xW_K^T) + q.b_K. The dropout falls on a [B, L, 4, heads] weight tensor laid out as the
+        reference's, so a seeded training step draws the same mask.
+        """
+        m = mask.to(h.dtype)
+        key_mask = None
+        if self.mask_center:
+            key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
+        for attention in self.layers:
+            d = h.shape[-1]
+            kv_weight = torch.cat([attention.key.weight, attention.value.weight])  # fused [2d, d] K/V kernel
+            proj_h, proj_c, proj_e = (F.linear(x, kv_weight) for x in (h, center, extra))
+            # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
+            h_new = torch.relu(self._satellite(attention, h, proj_h, proj_c, proj_e, m)) * m[:, :, None]
+            # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
+            proj = torch.cat([proj_c[:, None, :], F.linear(h_new, kv_weight)], dim=1)
+            keys = proj[..., :d] + attention.key.bias
+            values = proj[..., d:] + attention.value.bias
+            center = torch.relu(attention.attend(attention.query(center), keys, values, key_mask))
+            h = h_new
+        return h, center
+
+    def _satellite(
+        self,
+        attention: StarMultiHeadAttention,
+        h: torch.Tensor,
+        proj_h: torch.Tensor,
+        proj_c: torch.Tensor,
+        proj_e: torch.Tensor,
+        m: torch.Tensor,
+    ) -> torch.Tensor:
+        """MHA of each node over its 4 neighbours from the bias-free K/V projections [.., 2d] (before ReLU)."""
+        B, L, d = h.shape
+        heads = attention.num_heads
+        dh = d // heads
+        q = attention.query(h).view(B, L, heads, dh)
+        k_h, v_h = proj_h[..., :d].reshape(B, L, heads, dh), proj_h[..., d:].reshape(B, L, heads, dh)
+        k_c, v_c = proj_c[:, :d].reshape(B, 1, heads, dh), proj_c[:, d:].reshape(B, 1, heads, dh)
+        k_e, v_e = proj_e[..., :d].reshape(B, L, heads, dh), proj_e[..., d:].reshape(B, L, heads, dh)
+        # q_i . (x W_K^T) per head for each neighbour; "prev" of node 0 is the zero vector (dot 0).
+        dots = {
+            "prev": F.pad((q[:, 1:] * k_h[:, :-1]).sum(-1), (0, 0, 1, 0)),
+            "self": (q * k_h).sum(-1),
+            "center": (q * k_c).sum(-1),
+            "extra": (q * k_e).sum(-1),
+        }
+        q_bias = (q * attention.key.bias.view(heads, dh)).sum(-1)  # q . b_K: the key of a zero row
+        stacked = torch.stack([dots[name] for name in self.neighbours], dim=2)  # [B, L, 4, heads]
+        logits = (stacked * m[:, :, None, None] + q_bias[:, :, None, :]) / math.sqrt(dh)
+        weights = attention.dropout(torch.softmax(logits, dim=-2))
+        w = dict(zip(self.neighbours, weights.unbind(2), strict=True))  # each [B, L, heads]
+        # sum_n w_n (m x_n W_V^T + b_V) = m sum_n w_n x_n W_V^T + (sum_n w_n) b_V
+        mixed = w["self"][..., None] * v_h + w["center"][..., None] * v_c + w["extra"][..., None] * v_e
+        mixed = mixed + F.pad(w["prev"][:, 1:, :, None] * v_h[:, :-1], (0, 0, 0, 0, 1, 0))
+        out = mixed * m[:, :, None, None] + weights.sum(2)[..., None] * attention.value.bias.view(heads, dh)
+        return attention.output(out.reshape(B, L, d))
+
+    def forward_stacked(
+        self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The straightforward form (K/V over the stacked context, as PIMI_Rec); :meth:`forward` is faster."""
         m = mask.to(h.dtype)
         key_mask = None
         if self.mask_center:
             key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
         for attention in self.layers:
             context = self.satellite_context(h, center, extra, m)  # [B, L, 4, d]
-            # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
             h = torch.relu(attention(h, context)) * m[:, :, None]
-            # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
             center = torch.relu(attention(center, torch.cat([center[:, None, :], h], dim=1), key_mask))
         return h, center

@@ -1,0 +1,79 @@
+"""End-to-end command-line contract: prepare -> train -> evaluate -> recommend, exit codes and messages."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mirec.cli import main
+
+
+@pytest.fixture(scope="module")
+def log_file(tmp_path_factory):
+    """A small TSV log (header user_id item_id timestamp) with clustered users so a model can learn."""
+    rng = np.random.default_rng(0)
+    rows = ["user_id\titem_id\ttimestamp"]
+    for user in range(120):
+        cluster = user % 4
+        start = 1_300_000_000 + int(rng.integers(0, 10_000_000))
+        for step in range(int(rng.integers(8, 16))):
+            item = 100 + cluster * 10 + int(rng.integers(0, 10))
+            rows.append(f"u{user}\ti{item}\t{start + step * 86400}")
+    path = tmp_path_factory.mktemp("log") / "log.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(log_file, tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    assert main(["prepare", str(log_file), "--format", "csv", "--output", str(base / "data")]) == 0
+    code = main(["train", "--data", str(base / "data"), "--model", "comirec-sa", "--output", str(base / "run"),
+                 "--max-steps", "60", "--set", "train.eval_every=30", "--set", "train.batch_size=32", "--set", "train.num_negatives_factor=1", "--quiet"])
+    assert code == 0
+    return base / "run"
+
+
+def test_train_writes_metrics_contract(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for n in (20, 50):
+            for name in ("recall", "ndcg", "ndcg_comirec", "hit_rate"):
+                value = metrics[split][f"{name}@{n}"]
+                assert 0.0 <= value <= 1.0
+    # 40 items in 4 clusters of 10: the top 20 of a user's own cluster model must beat chance (20/40)
+    assert metrics["test"]["hit_rate@20"] > 0.5
+
+
+def test_evaluate_prints_same_metrics_and_dumps_original_ids(run_dir, capsys, tmp_path):
+    dump = tmp_path / "recs.jsonl"
+    assert main(["evaluate", str(run_dir), "--split", "test", "--dump-recs", str(dump)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert printed["recall@50"] == pytest.approx(stored["recall@50"])
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert lines and all(str(u["user"]).startswith("u") for u in lines)
+    assert all(i.startswith("i") for u in lines for i in u["history"] + u["targets"] + u["recommendations"])
+
+
+def test_recommend_reports_unknown_items(run_dir, capsys):
+    assert main(["recommend", str(run_dir), "--items", "i100,i101,nope", "-n", "5"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out["recommendations"]) == 5 and out["unknown_items"] == ["nope"]
+    assert "nope" in captured.err
+
+
+def test_bad_input_exits_nonzero_with_one_line_reason(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("user_id\titem_id\ttimestamp\nu1\ti1\t1300000000\nu2\ti2\n")
+    code = main(["prepare", str(bad), "--format", "csv", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "bad.tsv" in err and "line 3" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_and_missing_data_are_clear_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "dnn", "--output", str(tmp_path / "r")]) == 1
+    assert "no such prepared folder" in capsys.readouterr().err
