@@ -188,3 +188,20 @@ def test_presets_table2(dataset, a, b, hops, k, l_time, batch, maxlen):
     assert isinstance(c.model, GIMIRecConfig)
     assert (c.graph.a, c.graph.b, c.graph.hop_weights, c.graph.l_time) == (a, b, hops, l_time)
     assert (c.model.num_interests, c.model.time_span, c.model.maxlen, c.train.batch_size) == (k, l_time, maxlen, batch)
+
+
+def test_training_vectors_single_lookup_equals_base_path():
+    """The override looks history and targets up in ONE embed_items call; result = base-class readout."""
+    from mirec.models.base import MultiInterestModel
+
+    model = make_model(seed=6)
+    batch = random_batch(5, 6, 30, seed=17)
+    calls = []
+    inner = model.global_context.forward
+    model.global_context.forward = lambda ids, w: calls.append(ids.numel()) or inner(ids, w)
+    torch.manual_seed(1)
+    got, aux = model.training_vectors(batch)
+    assert aux is None and calls == [5 * 6 + 5]
+    torch.manual_seed(1)  # same dropout draws
+    ref, _ = MultiInterestModel.training_vectors(model, batch)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)

@@ -296,3 +296,28 @@ def test_empty_history_gives_zero_interests_and_finite_gradients():
     vectors, _ = model.train().training_vectors(batch)
     vectors.square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("neighbours,mask_center", [(PIMI_NEIGHBOURS, False), (("prev", "center", "self", "extra"), True)])
+def test_fast_star_graph_equals_stacked_form_in_training(neighbours, mask_center):
+    """forward (per-node projections) == forward_stacked (K/V over [B, L, 4, d]) with dropout ON and the same
+    seed: same dropout masks, same outputs and same parameter/input gradients."""
+    torch.manual_seed(10)
+    d, B, L = 16, 5, 7
+    graph = StarGraph(d, num_layers=3, num_heads=4, dropout=0.3, neighbours=neighbours, mask_center=mask_center)
+    for p in graph.parameters():  # non-zero biases, so the bias split (m xW + b) is exercised
+        torch.nn.init.normal_(p, std=0.3)
+    mask = (torch.arange(L)[None] < torch.tensor([7, 3, 1, 5, 2])[:, None]).float()
+    inputs = [torch.randn(B, L, d) * mask[..., None], torch.randn(B, d), torch.randn(B, L, d) * mask[..., None]]
+    results = []
+    for forward in (graph.forward_stacked, graph.forward):
+        graph.zero_grad()
+        h, s, e = (t.clone().requires_grad_() for t in inputs)
+        torch.manual_seed(99)
+        out_h, out_s = forward(h, s, e, mask)
+        (out_h.pow(2).sum() + out_s.pow(3).sum()).backward()
+        # b_K adds the same q.b_K to every logit of a softmax row: its true gradient is 0 (rounding noise only)
+        grads = [p.grad.clone() for name, p in graph.named_parameters() if not name.endswith("key.bias")]
+        results.append([out_h, out_s, h.grad, s.grad, e.grad, *grads])
+    for ref, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * max(1.0, ref.abs().max().item()))

@@ -57,8 +57,11 @@ class GIMIRec(MultiInterestModel):
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)  # W_2: 4d x d, W_3: K x 4d
 
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(aggregation output E [B, L, d] (zero on padding), central node e_c^(L_layer) [B, d])."""
+    def encode(self, batch: Batch, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aggregation output E [B, L, d] (zero on padding), central node e_c^(L_layer) [B, d]).
+
+        ``rows`` (optional): ``embed_items(batch.items)`` already computed by the caller.
+        """
         if self.global_context is None:
             raise RuntimeError(
                 "GIMIRec needs its global context: set model.global_context = "
@@ -69,7 +72,7 @@ class GIMIRec(MultiInterestModel):
         if length > self.config.maxlen:
             raise ValueError(f"batch length {length} exceeds maxlen (L_rec) {self.config.maxlen}")
         m = mask[:, :, None]
-        e_global = self.embed_items(items) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
+        e_global = (self.embed_items(items) if rows is None else rows) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
         intervals = time_interval_matrix(batch.days, mask, self.config.time_span)  # Eq. 8
         e_time = self.time_attention(intervals, mask)  # E_time = S1 T' (Eq. 9-10)
         hybrid = e_time + e_global  # Eq. 12
@@ -84,3 +87,12 @@ class GIMIRec(MultiInterestModel):
     def forward(self, batch: Batch) -> torch.Tensor:
         aggregated, _ = self.encode(batch)
         return self.extractor(aggregated, batch.mask)  # S2 = softmax(W3 tanh(W2 E^T)), E_interest = S2 E (Eq. 20-21)
+
+    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, None]:
+        """Base-class hard readout (Eq. 22-23), with ONE global-context lookup for history and target rows."""
+        assert batch.targets is not None, "training batches carry targets"
+        B, L = batch.items.shape
+        rows = self.embed_items(torch.cat([batch.items.reshape(-1), batch.targets.reshape(-1)]))
+        aggregated, _ = self.encode(batch, rows[: B * L].view(B, L, -1))
+        interests = self.extractor(aggregated, batch.mask)
+        return self.readout(interests, rows[B * L :]), None

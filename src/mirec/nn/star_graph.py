@@ -123,16 +123,16 @@ class StarGraph(nn.Module):
         if self.mask_center:
             key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
         for attention in self.layers:
-            d = h.shape[-1]
-            kv_weight = torch.cat([attention.key.weight, attention.value.weight])  # fused [2d, d] K/V kernel
-            proj_h, proj_c, proj_e = (F.linear(x, kv_weight) for x in (h, center, extra))
+            w_k, w_v = attention.key.weight, attention.value.weight
+            # Bias-free projections of each node, once per layer (separate K and V matmuls measured faster
+            # than one fused [2d, d] kernel: no slice backward).
+            k_h, k_c, k_e = (F.linear(x, w_k) for x in (h, center, extra))
+            v_h, v_c, v_e = (F.linear(x, w_v) for x in (h, center, extra))
             # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
-            h_new = torch.relu(self._satellite(attention, h, proj_h, proj_c, proj_e, m)) * m[:, :, None]
+            h_new = self._satellite(attention, h, (k_h, k_c, k_e), (v_h, v_c, v_e), m)
+            h_new = torch.relu(h_new) * m[:, :, None]
             # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
-            proj = torch.cat([proj_c[:, None, :], F.linear(h_new, kv_weight)], dim=1)
-            keys = proj[..., :d] + attention.key.bias
-            values = proj[..., d:] + attention.value.bias
-            center = torch.relu(attention.attend(attention.query(center), keys, values, key_mask))
+            center = torch.relu(self._central(attention, center, k_c, v_c, h_new, key_mask))
             h = h_new
         return h, center
 
@@ -140,19 +140,18 @@ class StarGraph(nn.Module):
         self,
         attention: StarMultiHeadAttention,
         h: torch.Tensor,
-        proj_h: torch.Tensor,
-        proj_c: torch.Tensor,
-        proj_e: torch.Tensor,
+        keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        values: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         m: torch.Tensor,
     ) -> torch.Tensor:
-        """MHA of each node over its 4 neighbours from the bias-free K/V projections [.., 2d] (before ReLU)."""
+        """MHA of each node over its 4 neighbours (before ReLU) from the bias-free (item, centre, extra) key
+        and value projections ([B, L, d], [B, d], [B, L, d] each)."""
         B, L, d = h.shape
         heads = attention.num_heads
         dh = d // heads
         q = attention.query(h).view(B, L, heads, dh)
-        k_h, v_h = proj_h[..., :d].reshape(B, L, heads, dh), proj_h[..., d:].reshape(B, L, heads, dh)
-        k_c, v_c = proj_c[:, :d].reshape(B, 1, heads, dh), proj_c[:, d:].reshape(B, 1, heads, dh)
-        k_e, v_e = proj_e[..., :d].reshape(B, L, heads, dh), proj_e[..., d:].reshape(B, L, heads, dh)
+        k_h, k_c, k_e = (k.reshape(B, -1, heads, dh) for k in keys)
+        v_h, v_c, v_e = (v.reshape(B, -1, heads, dh) for v in values)
         # q_i . (x W_K^T) per head for each neighbour; "prev" of node 0 is the zero vector (dot 0).
         dots = {
             "prev": F.pad((q[:, 1:] * k_h[:, :-1]).sum(-1), (0, 0, 1, 0)),
@@ -170,6 +169,39 @@ class StarGraph(nn.Module):
         mixed = mixed + F.pad(w["prev"][:, 1:, :, None] * v_h[:, :-1], (0, 0, 0, 0, 1, 0))
         out = mixed * m[:, :, None, None] + weights.sum(2)[..., None] * attention.value.bias.view(heads, dh)
         return attention.output(out.reshape(B, L, d))
+
+    @staticmethod
+    def _central(
+        attention: StarMultiHeadAttention,
+        center: torch.Tensor,
+        k_c: torch.Tensor,
+        v_c: torch.Tensor,
+        h: torch.Tensor,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """MHA of the centre over [s; h_1..h_L] (before ReLU), reusing the centre's bias-free projections.
+
+        The items are never projected: per head, q_h . (W_K,h h_l) = (W_K,h^T q_h) . h_l and
+        sum_l w_l W_V,h h_l = W_V,h (sum_l w_l h_l), two [B, heads, d] x [B, d, L] batched matmuls.
+        """
+        B, L, d = h.shape
+        heads = attention.num_heads
+        dh = d // heads
+        q = attention.query(center).view(B, heads, dh)
+        q_items = torch.einsum("bhe,hed->bhd", q, attention.key.weight.view(heads, dh, d))
+        dots = torch.cat([(q * k_c.view(B, heads, dh)).sum(-1)[..., None], torch.bmm(q_items, h.transpose(1, 2))], 2)
+        q_bias = (q * attention.key.bias.view(heads, dh)).sum(-1)  # q . b_K
+        logits = ((dots + q_bias[..., None]) / math.sqrt(dh)).transpose(1, 2).contiguous()  # [B, L+1, heads]
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[..., None], float("-inf"))
+        weights = attention.dropout(torch.softmax(logits, dim=-2)).transpose(1, 2)  # [B, heads, L+1]
+        mixed = torch.einsum("bhd,hed->bhe", torch.bmm(weights[..., 1:], h), attention.value.weight.view(heads, dh, d))
+        out = (
+            mixed
+            + weights[..., :1] * v_c.view(B, heads, dh)
+            + weights.sum(-1, keepdim=True) * attention.value.bias.view(heads, dh)
+        )
+        return attention.output(out.reshape(B, d))
 
     def forward_stacked(
         self, h: torch.Tensor, center: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor
