@@ -1,0 +1,20 @@
+"""Reusable layers: sampled softmax, capsule routing, self-attentive extractor, time-interval and star-graph
+attention, residual quantizer."""
+
+from mirec.nn.capsule import CapsuleRouting, squash
+from mirec.nn.sampled_softmax import LogUniformSampler, sampled_softmax_loss
+from mirec.nn.self_attentive import SelfAttentiveExtractor
+from mirec.nn.star_graph import StarGraph, StarMultiHeadAttention
+from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
+
+__all__ = [
+    "CapsuleRouting",
+    "squash",
+    "LogUniformSampler",
+    "sampled_softmax_loss",
+    "SelfAttentiveExtractor",
+    "StarGraph",
+    "StarMultiHeadAttention",
+    "TimeIntervalAttention",
+    "time_interval_matrix",
+]
