@@ -19,31 +19,10 @@ from mirec.models.dnn import DNNConfig, YouTubeDNN
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.mind import MIND, MINDConfig
 
+from .test_nn_layers import slow_routing
+
 N_ITEMS, D, K, L = 30, 8, 4, 6
 NAMES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]
-
-
-def slow_routing(item_hat: np.ndarray, mask: np.ndarray, init: np.ndarray, iterations: int) -> tuple:
-    """(Same as tests/test_nn_layers.py.) Loop-by-loop ComiRec CapsuleNetwork.call (float64): returns capsules [B, K, d] and last c [B, K, L]."""
-    B, K, L, d = item_hat.shape
-    b = init.astype(np.float64).copy()
-    caps = np.zeros((B, K, d))
-    c = np.zeros((B, K, L))
-    for it in range(iterations):
-        for u in range(B):
-            for i in range(L):
-                e = np.exp(b[u, :, i] - b[u, :, i].max())
-                c[u, :, i] = e / e.sum() if mask[u, i] != 0 else 0.0
-            for j in range(K):
-                z = sum(c[u, j, i] * item_hat[u, j, i] for i in range(L))
-                n2 = float(z @ z)
-                caps[u, j] = n2 / (1 + n2) / math.sqrt(n2 + 1e-9) * z
-            if it < iterations - 1:
-                for j in range(K):
-                    for i in range(L):
-                        b[u, j, i] += item_hat[u, j, i] @ caps[u, j]
-    return caps, c
-
 
 def make_model(name: str, maxlen: int = L, **options):
     cls = get_model_class(name)
