@@ -77,3 +77,15 @@ def test_bad_input_exits_nonzero_with_one_line_reason(tmp_path, capsys):
 def test_unknown_model_and_missing_data_are_clear_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "dnn", "--output", str(tmp_path / "r")]) == 1
     assert "no such prepared folder" in capsys.readouterr().err
+
+
+def test_python_api_matches_cli(run_dir, capsys):
+    import mirec
+
+    rec = mirec.load(run_dir, device="cpu")
+    api = rec.recommend(["i100", "i101"], n=7)
+    assert main(["recommend", str(run_dir), "--items", "i100,i101", "-n", "7", "--device", "cpu"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert api["recommendations"] == cli["recommendations"] and len(api["recommendations"]) == 7
+    assert api["scores"] == sorted(api["scores"], reverse=True)
+    assert rec.evaluate("test")["recall@50"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["recall@50"])

@@ -1,3 +1,32 @@
-"""mirec: multi-interest sequential recommendation (GIMIRec, GemiRec and faithful baselines)."""
+"""mirec: multi-interest sequential recommendation (GIMIRec, GemiRec and faithful baselines).
+
+Python API::
+
+    import mirec
+    mirec.prepare(["log.tsv"], "csv", "prepared/")        # -> PrepareReport
+    mirec.train("prepared/", "gimirec", "runs/gimirec")    # -> metrics dict
+    rec = mirec.load("runs/gimirec")
+    rec.evaluate("test"); rec.recommend(["item-a", "item-b"], n=50)
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["load", "train", "prepare", "load_dataset", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import mirec` stays cheap (no torch import) until an API function is used.
+    if name in ("load", "train"):
+        from mirec import api
+
+        return getattr(api, name)
+    if name == "prepare":
+        from mirec.data.prepare import prepare
+
+        return prepare
+    if name == "load_dataset":
+        from mirec.data.dataset import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'mirec' has no attribute {name!r}")
