@@ -144,7 +144,7 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
                 if not xs:
                     cells.append("-")
                     continue
-                text = f"{np.mean(xs):.4f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.4f}"
+                text = f"{np.mean(xs):.4f} ± {np.std(xs, ddof=1):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
                 cells.append(f"**{text}**" if best[c] == v else text)
             secs = [r["train_seconds"] for r in sub if r["variant"] == v and r.get("train_seconds")]
             n = max((len(values[v][c]) for c in cols), default=0)
@@ -158,8 +158,12 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
                 a, b = values[first][c], values[second][c]
                 gain = (np.mean(list(a.values())) / max(np.mean(list(b.values())), 1e-12) - 1) * 100
                 seeds = sorted(set(a) & set(b))
-                p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue if len(seeds) > 1 else float("nan")
-                notes.append(f"{c}: best {first} over {second} {gain:+.1f}% (paired t-test over {len(seeds)} seeds, p = {p:.3g})")
+                if len(seeds) > 1:
+                    p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
+                    test = f"paired t-test over {len(seeds)} seeds, p = {p:.3g}"
+                else:
+                    test = "one seed: no significance test"
+                notes.append(f"{c}: best {first} over {second} {gain:+.1f}% ({test})")
             out.append("\n" + "; ".join(notes))
         out.append("")
     return "\n".join(out)
