@@ -24,12 +24,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    device = torch.device(device)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.matmul(a, b)  # warm-up
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         torch.matmul(a, b)
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -42,7 +50,7 @@ def run(
     merged = []
     for number, lo in enumerate(range(0, len(interests), batch), 1):
         scores, ids = retriever.search(interests[lo : lo + batch], n)
-        merged.append(merge_interests(scores, ids, n).numpy())
+        merged.append(merge_interests(scores, ids, n).cpu().numpy())  # to host: ends the GPU work too
         if number % progress == 0:
             done, elapsed = min(lo + batch, len(interests)), time.perf_counter() - start
             print(f"  {backend}: {done} users in {elapsed:.0f} s ({done / elapsed:.1f} users/s)", flush=True)
@@ -61,16 +69,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="users per evaluator batch")
     parser.add_argument("--backends", default="torch,faiss")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the torch back-end scores (cpu | cuda)")
     parser.add_argument("--progress", type=int, default=10, help="print progress every this many batches")
     args = parser.parse_args()
 
     gen = torch.Generator().manual_seed(args.seed)
     table = torch.randn(args.items + 1, args.dim, generator=gen)
     interests = torch.randn(args.users, args.interests, args.dim, generator=gen)
-    gflops = matmul_gflops()
+    device = torch.device(args.device)
+    gflops = matmul_gflops(device=device)
     work = 2.0 * args.users * args.interests * args.items * args.dim / 1e9  # GFLOP of the exact scoring
     print(
-        f"threads={torch.get_num_threads()} matmul 4096x4096 float32: {gflops:.1f} GFLOP/s",
+        f"device={device} threads={torch.get_num_threads()} matmul 4096x4096 float32: {gflops:.1f} GFLOP/s",
         flush=True,
     )
     print(
@@ -79,7 +89,8 @@ def main() -> None:
     )
     results = {}
     for backend in args.backends.split(","):
-        seconds, ids = run(backend, interests, table, args.topn, args.batch, args.progress)
+        on = device if backend == "torch" else torch.device("cpu")  # faiss-cpu scores on the host
+        seconds, ids = run(backend, interests.to(on), table, args.topn, args.batch, args.progress)
         results[backend] = ids
         rate = work / seconds
         print(

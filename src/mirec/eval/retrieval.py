@@ -108,7 +108,9 @@ class ExactRetriever:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_users, k, _ = interests.shape
         device = interests.device
-        table = self.table.to(device)
+        if self.table.device != device:  # move the catalogue once, not per batch
+            self.table = self.table.to(device)
+        table = self.table
         queries = interests.reshape(n_users * k, self.dim).float()
         item_block = min(self.item_block, self.n_items)
         users_per_block = max(1, self.block_bytes // (4 * item_block * k))
