@@ -64,6 +64,15 @@ def test_recommend_reports_unknown_items(run_dir, capsys):
     assert "nope" in captured.err
 
 
+def test_recommend_accepts_run_option_like_the_positional(run_dir, capsys):
+    assert main(["recommend", str(run_dir), "--items", "i100,i101", "-n", "7"]) == 0
+    positional = json.loads(capsys.readouterr().out)
+    assert main(["recommend", "--run", str(run_dir), "--items", "i100,i101", "-n", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["recommendations"] == positional["recommendations"]
+    assert main(["recommend", "--items", "i100"]) == 1
+    assert "needs a run folder" in capsys.readouterr().err
+
+
 def test_bad_input_exits_nonzero_with_one_line_reason(tmp_path, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("user_id\titem_id\ttimestamp\nu1\ti1\t1300000000\nu2\ti2\n")

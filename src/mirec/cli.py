@@ -93,7 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_recommend(args: argparse.Namespace) -> None:
     from mirec.api import load
 
-    rec = load(args.run_dir, device=args.device)
+    if args.run_dir and args.run_option and args.run_dir != args.run_option:
+        raise ValueError(f"two run folders given: {args.run_dir} and --run {args.run_option}")
+    run_dir = args.run_dir or args.run_option
+    if not run_dir:
+        raise ValueError("mirec recommend needs a run folder: mirec recommend RUN_DIR --items a,b,c")
+    rec = load(run_dir, device=args.device)
     items = [s for s in args.items.split(",") if s]
     stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
     result = rec.recommend(
@@ -205,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-N items (original ids) for an ad-hoc history")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?", default=None)
+    p.add_argument("--run", dest="run_option", default=None, metavar="RUN_DIR", help="same as the positional RUN_DIR")
     p.add_argument("--items", required=True, help="comma-separated original item ids, oldest first")
     p.add_argument("--timestamps", default=None, help="comma-separated Unix seconds, one per item")
     p.add_argument("-n", type=int, default=50)
