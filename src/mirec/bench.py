@@ -2,15 +2,26 @@
 
 Each cell trains in its own process and run folder; a cell whose metrics.json exists is skipped on rerun,
 a failed or timed-out cell is recorded in failures.json and the grid goes on.
+
+A grid can come from a spec (``--grid NAME`` for ``src/mirec/grids/NAME.toml``, or ``--grid FILE.toml``):
+``models`` and ``variants`` (the ``--variant`` syntax), ``seeds``, common overrides ``set``, optional
+``budget_minutes`` / ``jobs``, and ``[[sweep]]`` tables (``key``, ``values``, optional ``tied`` companion
+keys with one value per swept value). Each sweep expands every base variant into one variant per value,
+named ``base[key=value]``; several sweeps are expanded one at a time (their union, not their product).
+Command-line flags add to the spec (--models, --variant, --set, --sweep; a same-named variant or same-keyed
+sweep replaces the spec's) or override it (--seeds, --budget-minutes, --jobs).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +41,9 @@ class Variant:
     name: str
     model: str
     overrides: list[str] = field(default_factory=list)
+    base: str | None = None  # for a swept variant: the base variant's name
+    sweep_key: str | None = None
+    sweep_value: str | None = None  # the swept value as a compact TOML literal ("8", "0.3", "[5.0,2.5,1.0]")
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -39,6 +53,193 @@ class Variant:
             name, rest = text.split(":")[0], text
         model, _, sets = rest.partition(":")
         return cls(name=name, model=model, overrides=[s for s in sets.split(";") if s])
+
+
+def toml_literal(value: Any) -> str:
+    """A TOML literal without spaces (for names and ``--set`` values): 8, 0.3, true, "x", [5.0,2.5,1.0]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ",".join(toml_literal(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as a TOML literal")
+
+
+def parse_literal(text: str) -> Any:
+    """A TOML literal (bare words are strings), as ``--set`` reads values."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets and quotes: "[1,0],[5,2.5]" -> ["[1,0]", "[5,2.5]"]."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+@dataclass
+class Sweep:
+    """One config key and its values; ``tied`` keys take the value at the same position (e.g. graph.b = 1 - a)."""
+
+    key: str
+    values: list[Any]
+    tied: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError(f"sweep {self.key}: no values")
+        for other, values in self.tied.items():
+            if len(values) != len(self.values):
+                raise ValueError(f"sweep {self.key}: tied {other} has {len(values)} values, expected {len(self.values)}")
+
+    @classmethod
+    def parse(cls, text: str) -> Sweep:
+        """``KEY=v1,v2,...`` with TOML literals (lists allowed); ``;KEY2=w1,w2,...`` adds a tied key."""
+        parts = []
+        for piece in _split_top_level(text, ";"):
+            key, eq, raw = piece.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"--sweep expects KEY=v1,v2,..., got {text!r}")
+            parts.append((key.strip(), [parse_literal(v) for v in _split_top_level(raw)]))
+        (key, values), *tied = parts
+        return cls(key, values, dict(tied))
+
+    def expand(self, variant: Variant) -> list[Variant]:
+        out = []
+        for i, value in enumerate(self.values):
+            sets = [f"{self.key}={toml_literal(value)}"] + [f"{k}={toml_literal(v[i])}" for k, v in self.tied.items()]
+            label = toml_literal(value)
+            out.append(Variant(f"{variant.name}[{self.key}={label}]", variant.model, [*variant.overrides, *sets],
+                               base=variant.name, sweep_key=self.key, sweep_value=label))
+        return out
+
+
+GRID_ROOT = Path(__file__).parent / "grids"
+SPEC_KEYS = {"description", "datasets", "models", "variants", "seeds", "set", "budget_minutes", "jobs", "sweep"}
+
+
+@dataclass
+class GridSpec:
+    """A grid of variants (models, named variants, sweeps), seeds and common overrides; datasets come from --data."""
+
+    name: str = ""
+    description: str = ""
+    datasets: list[str] = field(default_factory=list)  # the datasets the experiment was run on (informative)
+    variants: list[Variant] = field(default_factory=list)  # base variants, before sweeps
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    set: list[str] = field(default_factory=list)
+    sweeps: list[Sweep] = field(default_factory=list)
+    budget_minutes: float = 0.0
+    jobs: int = 1
+
+    def expanded(self) -> list[Variant]:
+        """The base variants, or with sweeps each base variant once per swept value (one sweep at a time)."""
+        if not self.sweeps:
+            out = list(self.variants)
+        else:
+            out = [v for sweep in self.sweeps for base in self.variants for v in sweep.expand(base)]
+        names = [v.name for v in out]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"grid {self.name!r}: variant names not unique: {dupes}")
+        return out
+
+
+def shipped_grids() -> list[str]:
+    return sorted(p.stem for p in GRID_ROOT.glob("*.toml"))
+
+
+def load_grid(name_or_path: str | Path) -> GridSpec:
+    """A shipped grid by name (see :func:`shipped_grids`) or a TOML file."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.exists()):
+        if str(name_or_path) not in shipped_grids():
+            raise ValueError(f"no grid spec {str(name_or_path)!r}; shipped: {', '.join(shipped_grids())}")
+        path = GRID_ROOT / f"{name_or_path}.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    sweeps = []
+    for table in data.get("sweep", []):
+        extra = set(table) - {"key", "values", "tied"}
+        if extra or "key" not in table or "values" not in table:
+            raise ValueError(f"{path}: a [[sweep]] needs key and values (and optional tied), got {sorted(table)}")
+        sweeps.append(Sweep(table["key"], list(table["values"]), dict(table.get("tied", {}))))
+    return GridSpec(
+        name=path.stem,
+        description=data.get("description", ""),
+        datasets=list(data.get("datasets", [])),
+        variants=[Variant(m, m) for m in data.get("models", [])] + [Variant.parse(t) for t in data.get("variants", [])],
+        seeds=[int(s) for s in data.get("seeds", [1, 2, 3])],
+        set=[str(s) for s in data.get("set", [])],
+        sweeps=sweeps,
+        budget_minutes=float(data.get("budget_minutes", 0.0)),
+        jobs=int(data.get("jobs", 1)),
+    )
+
+
+def _replace_or_add(items: list[Any], new: list[Any], key: Any) -> list[Any]:
+    out = list(items)
+    for item in new:
+        same = [i for i, old in enumerate(out) if key(old) == key(item)]
+        if same:
+            out[same[0]] = item
+        else:
+            out.append(item)
+    return out
+
+
+def resolve_spec(args: Any) -> GridSpec:
+    """The spec of ``--grid`` (or an empty one) with the command-line flags added / overriding."""
+    spec = load_grid(args.grid) if getattr(args, "grid", None) else GridSpec()
+    cli_variants = [Variant(m, m) for m in (args.models.split(",") if args.models else [])]
+    cli_variants += [Variant.parse(t) for t in args.variant]
+    spec.variants = _replace_or_add(spec.variants, cli_variants, key=lambda v: v.name)
+    spec.sweeps = _replace_or_add(spec.sweeps, [Sweep.parse(t) for t in getattr(args, "sweep", []) or []],
+                                  key=lambda s: s.key)
+    spec.set = [*spec.set, *args.set]
+    if args.seeds is not None:
+        spec.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.budget_minutes is not None:
+        spec.budget_minutes = args.budget_minutes
+    if args.jobs is not None:
+        spec.jobs = args.jobs
+    if not spec.variants:
+        raise ValueError("no variants: give --grid, --models or --variant")
+    return spec
+
+
+def check_variants(variants: list[Variant], common: list[str]) -> None:
+    """Build each variant's RunConfig (no data) so an unknown key or a wrong type fails before any training."""
+    from mirec.config import ConfigError, load_config
+
+    for v in variants:
+        try:
+            load_config(model=v.model, overrides=[*common, *v.overrides])
+        except (ConfigError, ValueError) as exc:
+            raise ValueError(f"variant {v.name!r}: {exc}") from None
 
 
 @dataclass
@@ -109,15 +310,26 @@ def collect(cells: list[Cell]) -> list[dict[str, Any]]:
             row = {"dataset": c.dataset, "variant": c.variant.name, "model": c.variant.model, "seed": c.seed,
                    "split": split, "train_seconds": m.get("train", {}).get("seconds"),
                    "samples_per_second": m.get("train", {}).get("samples_per_second")}
+            if c.variant.sweep_key is not None:
+                row.update(base_variant=c.variant.base, sweep_key=c.variant.sweep_key, sweep_value=c.variant.sweep_value)
             row.update({k: v for k, v in m[split].items() if isinstance(v, int | float)})
+            collapse = m[split].get("collapse") or {}
+            row.update({f"collapse_{k}": v for k, v in collapse.items() if isinstance(v, int | float)})
             rows.append(row)
     return rows
 
 
+LEADING = ("dataset", "variant", "model", "seed", "split", "base_variant", "sweep_key", "sweep_value")
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("dataset", "variant", "model", "seed", "split"), k))
-    lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """CSV (quoted where a name or a swept list holds a comma); the identifying columns first."""
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in LEADING, k))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in keys} for r in rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "test") -> str:
@@ -171,15 +383,37 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
 
 def main_bench(args: Any) -> None:
     output = Path(args.output)
+    if getattr(args, "plots", False):
+        from mirec.plots import require_matplotlib
+
+        require_matplotlib()  # fail before hours of training, not after
     datasets = dict(text.split("=", 1) for text in args.data)
-    variants = [Variant.parse(t) for t in args.variant] + [Variant(m, m) for m in (args.models.split(",") if args.models else [])]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    cells = plan(output, datasets, variants, seeds)
+    spec = resolve_spec(args)
+    variants = spec.expanded()
+    check_variants(variants, spec.set)
+    unused = sorted(set(datasets) - set(spec.datasets)) if spec.datasets else []
+    if unused:
+        print(f"note: grid {spec.name!r} was run in the paper on {', '.join(spec.datasets)}; "
+              f"also running on {', '.join(unused)}", file=sys.stderr)
+    cells = plan(output, datasets, variants, spec.seeds)
     if not args.tables_only:
-        run_grid(cells, list(args.set), args.budget_minutes, args.jobs, output)
+        grid = {"grid": spec.name, "datasets": datasets, "seeds": spec.seeds, "set": spec.set,
+                "budget_minutes": spec.budget_minutes,
+                "variants": [{"name": v.name, "model": v.model, "overrides": v.overrides, "base": v.base,
+                              "sweep_key": v.sweep_key, "sweep_value": v.sweep_value} for v in variants]}
+        atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
+        run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output)
     rows = collect(cells)
     write_csv(rows, output / "results.csv")
     ks = [int(k) for k in args.topk.split(",")]
     text = markdown_tables(rows, ks)
     atomic_write_text(output / "results.md", text)
     print(text)
+    if getattr(args, "plots", False):
+        from mirec.plots import plot_grid
+
+        records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base,
+                    "sweep_key": c.variant.sweep_key, "sweep_value": c.variant.sweep_value, "seed": c.seed,
+                    "run_dir": c.run_dir} for c in cells if c.done]
+        written = plot_grid(records, output / "plots", k=ks[-1])
+        print(f"{len(written)} plots in {output / 'plots'}", file=sys.stderr)

@@ -231,16 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="resumable grid of runs (variants x datasets x seeds) and result tables")
     p.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="prepared datasets")
+    p.add_argument("--grid", default=None, metavar="NAME|FILE.toml",
+                   help="a grid spec: shipped (gimirec-main, gimirec-ablation, gimirec-k, ...) or a TOML file")
     p.add_argument("--models", default=None, help="comma-separated model names (each a variant of its own)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=MODEL[:k=v;k=v]",
                    help="a named configuration, e.g. gimirec-I=gimirec:graph.a=0;graph.b=1")
-    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=v1,v2,...",
+                   help="one variant per value for every base variant, e.g. model.num_interests=1,2,4,8")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's, else 1,2,3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
-    p.add_argument("--budget-minutes", type=float, default=0.0, help="wall-clock budget per cell")
-    p.add_argument("--jobs", type=int, default=1, help="cells trained at once")
+    p.add_argument("--budget-minutes", type=float, default=None, help="wall-clock budget per cell (0 = none)")
+    p.add_argument("--jobs", type=int, default=None, help="cells trained at once (default 1)")
     p.add_argument("--topk", default="20,50")
     p.add_argument("--output", required=True)
     p.add_argument("--tables-only", action="store_true", help="only collect finished cells into tables")
+    p.add_argument("--plots", action="store_true", help="also write PNG plots to OUTPUT/plots (needs mirec[plot])")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")

@@ -1,0 +1,353 @@
+"""`mirec bench` grid specs, sweeps, flag precedence, results.csv and plots (no training: fake run folders)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirec.bench import (
+    GridSpec,
+    Sweep,
+    Variant,
+    check_variants,
+    load_grid,
+    resolve_spec,
+    shipped_grids,
+    write_csv,
+)
+from mirec.cli import build_parser
+from mirec.cli import main as cli_main
+from mirec.config import load_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+BASELINES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa", "pimi"]
+PAPER_DATASETS = ["amazon-books", "amazon-hybrid", "taobao-buy"]
+
+
+def _configs(name: str) -> list[tuple[Variant, object]]:
+    spec = load_grid(name)
+    variants = spec.expanded()
+    check_variants(variants, spec.set)
+    return [(v, load_config(model=v.model, overrides=[*spec.set, *v.overrides])) for v in variants]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shipped specs
+
+
+def test_shipped_grids_are_the_paper_experiments():
+    assert shipped_grids() == sorted(["gimirec-main", "gimirec-ablation", "gimirec-k", "gimirec-hops", "gimirec-ab",
+                                      "gimirec-ltime", "gimirec-layers", "gimirec-transplant"])
+    for name in shipped_grids():
+        spec = load_grid(name)
+        assert spec.description and spec.seeds == [1, 2, 3] and spec.set == []
+        assert set(spec.datasets) <= set(PAPER_DATASETS)
+
+
+def test_grid_main_tables_3_4():
+    got = _configs("gimirec-main")
+    assert [v.name for v, _ in got] == ["gru4rec", "dnn", "mind", "comirec-dr", "comirec-sa", "pimi", "gimirec"]
+    assert all(v.model == v.name and v.overrides == [] and v.sweep_key is None for v, _ in got)
+    assert load_grid("gimirec-main").datasets == PAPER_DATASETS
+
+
+def test_grid_ablation_table_5():
+    got = {v.name: c for v, c in _configs("gimirec-ablation")}
+    assert list(got) == ["gimirec-INT", "gimirec-IN", "gimirec-I", "gimirec"]
+    flags = {n: (c.graph.a, c.graph.b, c.graph.count_pairs, c.graph.use_threshold) for n, c in got.items()}
+    assert flags["gimirec-I"] == (0.0, 1.0, True, True)
+    assert flags["gimirec-IN"] == (0.0, 1.0, False, True)
+    assert flags["gimirec-INT"] == (0.0, 1.0, False, False)
+    default = load_config(model="gimirec").graph
+    assert flags["gimirec"] == (default.a, default.b, True, True)
+
+
+def test_grid_k_sweep_table_6():
+    got = _configs("gimirec-k")
+    ks = [1, 2, 4, 6, 8, 10, 12]
+    assert [v.name for v, _ in got] == [f"gimirec[model.num_interests={k}]" for k in ks]
+    assert [v.overrides for v, _ in got] == [[f"model.num_interests={k}"] for k in ks]
+    assert [c.model.num_interests for _, c in got] == ks
+    assert {(v.base, v.sweep_key) for v, _ in got} == {("gimirec", "model.num_interests")}
+    assert [v.sweep_value for v, _ in got] == [str(k) for k in ks]
+
+
+def test_grid_hop_weights_table_7():
+    got = _configs("gimirec-hops")
+    expected = [[1, 0, 0], [1, 1, 0], [1, 1, 1], [3, 2, 1], [4, 2, 1], [4.5, 2, 1], [4, 2.5, 1], [5, 2.5, 1], [5, 3, 1]]
+    assert [c.graph.hop_weights for _, c in got] == [[float(x) for x in w] for w in expected]
+    assert got[7][0].name == "gimirec[graph.hop_weights=[5.0,2.5,1.0]]"
+    assert load_grid("gimirec-hops").datasets == ["amazon-hybrid"]
+
+
+def test_grid_ab_table_8_ties_b_to_a():
+    got = _configs("gimirec-ab")
+    assert [(c.graph.a, c.graph.b) for _, c in got] == [(0.3, 0.7), (0.4, 0.6), (0.5, 0.5), (0.6, 0.4), (0.7, 0.3)]
+    assert [v.name for v, _ in got][0] == "gimirec[graph.a=0.3]"
+    assert [v.sweep_value for v, _ in got] == ["0.3", "0.4", "0.5", "0.6", "0.7"]
+
+
+def test_grid_ltime_table_9_sets_both_thresholds():
+    got = _configs("gimirec-ltime")
+    assert [(c.graph.l_time, c.model.time_span) for _, c in got] == [(32.0, 32), (64.0, 64), (128.0, 128), (256.0, 256)]
+
+
+def test_grid_layers_figure_4():
+    got = _configs("gimirec-layers")
+    assert [c.model.num_layers for _, c in got] == [1, 2, 3, 4, 5]
+
+
+def test_grid_transplant_each_baseline_with_and_without_global_context():
+    got = _configs("gimirec-transplant")
+    assert [(v.model, c.model.global_context) for v, c in got] == [(m, g) for m in BASELINES for g in (False, True)]
+    assert got[1][0].name == "dnn[model.global_context=true]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def test_sweep_expansion_names_overrides_and_base():
+    base = Variant.parse("g-I=gimirec:graph.a=0;graph.b=1")
+    out = Sweep.parse("model.num_interests=1,8").expand(base)
+    assert [v.name for v in out] == ["g-I[model.num_interests=1]", "g-I[model.num_interests=8]"]
+    assert [v.overrides for v in out] == [["graph.a=0", "graph.b=1", "model.num_interests=1"],
+                                          ["graph.a=0", "graph.b=1", "model.num_interests=8"]]
+    assert all(v.model == "gimirec" and v.base == "g-I" for v in out)
+
+
+def test_sweep_parse_lists_strings_and_tied_keys():
+    s = Sweep.parse("graph.hop_weights=[1,0,0], [5.0,2.5,1]")
+    assert s.key == "graph.hop_weights" and s.values == [[1, 0, 0], [5.0, 2.5, 1]]
+    s = Sweep.parse("graph.a=0.3,0.5;graph.b=0.7,0.5")
+    assert (s.key, s.values, s.tied) == ("graph.a", [0.3, 0.5], {"graph.b": [0.7, 0.5]})
+    assert Sweep.parse("train.loss=full,sampled").values == ["full", "sampled"]
+    assert Sweep.parse("model.global_context=false,true").values == [False, True]
+    with pytest.raises(ValueError, match="tied graph.b has 1 values"):
+        Sweep.parse("graph.a=0.3,0.5;graph.b=0.7")
+    with pytest.raises(ValueError, match="KEY=v1"):
+        Sweep.parse("model.num_interests")
+
+
+def test_several_sweeps_are_a_union_and_names_must_be_unique():
+    spec = GridSpec(variants=[Variant("a", "gimirec"), Variant("b", "pimi")],
+                    sweeps=[Sweep("model.num_interests", [2, 4]), Sweep("model.num_layers", [1])])
+    assert [v.name for v in spec.expanded()] == [
+        "a[model.num_interests=2]", "a[model.num_interests=4]", "b[model.num_interests=2]",
+        "b[model.num_interests=4]", "a[model.num_layers=1]", "b[model.num_layers=1]"]
+    with pytest.raises(ValueError, match="not unique"):
+        GridSpec(variants=[Variant("a", "gimirec")], sweeps=[Sweep("model.num_interests", [2, 2])]).expanded()
+
+
+def test_spec_errors_are_reported(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('models = ["gimirec"]\nseed = [1]\n')
+    with pytest.raises(ValueError, match="unknown key"):
+        load_grid(bad)
+    with pytest.raises(ValueError, match="no grid spec 'nope'"):
+        load_grid("nope")
+    with pytest.raises(ValueError, match="variant 'gimirec\\[graph.count_pair=false\\]'"):
+        check_variants(Sweep("graph.count_pair", [False]).expand(Variant("gimirec", "gimirec")), [])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command-line precedence
+
+
+SPEC = """
+description = "test grid"
+models = ["pimi"]
+variants = ["gi=gimirec:graph.a=0"]
+seeds = [1, 2]
+set = ["train.eval_every=50", "train.lr=0.01"]
+budget_minutes = 5
+jobs = 2
+
+[[sweep]]
+key = "model.num_interests"
+values = [2, 4]
+"""
+
+
+def _bench_args(*extra: str):
+    return build_parser().parse_args(["bench", "--data", "ds=x", "--output", "out", *extra])
+
+
+def test_cli_flags_add_to_and_override_the_spec(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(SPEC)
+    spec = resolve_spec(_bench_args("--grid", str(path)))
+    assert (spec.seeds, spec.budget_minutes, spec.jobs) == ([1, 2], 5.0, 2)
+    assert [v.name for v in spec.expanded()] == ["pimi[model.num_interests=2]", "pimi[model.num_interests=4]",
+                                                 "gi[model.num_interests=2]", "gi[model.num_interests=4]"]
+
+    spec = resolve_spec(_bench_args(
+        "--grid", str(path), "--seeds", "7", "--budget-minutes", "0", "--jobs", "1", "--set", "train.lr=0.002",
+        "--models", "dnn", "--variant", "gi=gimirec:graph.a=1", "--sweep", "model.num_interests=8"))
+    assert (spec.seeds, spec.budget_minutes, spec.jobs) == ([7], 0.0, 1)
+    assert spec.set == ["train.eval_every=50", "train.lr=0.01", "train.lr=0.002"]  # the later one wins
+    assert load_config(model="pimi", overrides=spec.set).train.lr == 0.002
+    variants = {v.name: v for v in spec.expanded()}
+    assert list(variants) == ["pimi[model.num_interests=8]", "gi[model.num_interests=8]", "dnn[model.num_interests=8]"]
+    assert variants["gi[model.num_interests=8]"].overrides == ["graph.a=1", "model.num_interests=8"]
+
+    spec = resolve_spec(_bench_args("--grid", str(path), "--sweep", "model.num_layers=1,2"))
+    assert [s.key for s in spec.sweeps] == ["model.num_interests", "model.num_layers"]
+    assert len(spec.expanded()) == 2 * 2 + 2 * 2
+
+
+def test_cli_without_grid_keeps_the_old_defaults():
+    spec = resolve_spec(_bench_args("--models", "dnn,gru4rec"))
+    assert (spec.seeds, spec.budget_minutes, spec.jobs, spec.set) == ([1, 2, 3], 0.0, 1, [])
+    assert [(v.name, v.model) for v in spec.expanded()] == [("dnn", "dnn"), ("gru4rec", "gru4rec")]
+    with pytest.raises(ValueError, match="no variants"):
+        resolve_spec(_bench_args())
+
+
+def test_shipped_grid_by_name_with_cli_sweep():
+    spec = resolve_spec(_bench_args("--grid", "gimirec-k", "--sweep", "model.num_interests=3", "--seeds", "1"))
+    assert [v.name for v in spec.expanded()] == ["gimirec[model.num_interests=3]"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fake finished grid: results.csv and plots
+
+
+def _fake_run(run_dir: Path, recall: float, ndcg: float, curve: list[tuple[int, float]], collapse: dict | None):
+    run_dir.mkdir(parents=True)
+    test = {"recall@20": recall / 2, "ndcg@20": ndcg / 2, "recall@50": recall, "ndcg@50": ndcg, "users": 10}
+    if collapse is not None:
+        test["collapse"] = collapse
+    metrics = {"valid": dict(test), "test": test, "train": {"seconds": 1.0, "samples_per_second": 5.0}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "history.jsonl").write_text("".join(
+        json.dumps({"step": s, "train_loss": 1.0, "recall@50": v, "best": True}) + "\n" for s, v in curve))
+
+
+# per (K, seed): test recall@50, ndcg@50, valid curve, collapse
+FAKE = {
+    (2, 1): (0.10, 0.04, [(100, 0.05), (200, 0.07)], {"interest_cosine": 0.5, "topk_jaccard": 0.2, "interest_share": [0.7, 0.3]}),
+    (2, 2): (0.14, 0.06, [(100, 0.07), (200, 0.09), (300, 0.10)], {"interest_cosine": 0.7, "topk_jaccard": 0.4, "interest_share": [0.9, 0.1]}),
+    (4, 1): (0.20, 0.08, [(100, 0.11)], {"interest_cosine": 0.1, "topk_jaccard": 0.1, "interest_share": [0.4, 0.3, 0.2, 0.1]}),
+    (4, 2): (0.30, 0.11, [(100, 0.13)], {"interest_cosine": 0.3, "topk_jaccard": 0.3, "interest_share": [0.6, 0.2, 0.2, 0.0]}),
+}
+
+
+@pytest.fixture
+def fake_grid(tmp_path):
+    spec = tmp_path / "k.toml"
+    spec.write_text('models = ["gimirec"]\nseeds = [1, 2]\n[[sweep]]\nkey = "model.num_interests"\nvalues = [4, 2]\n')
+    out = tmp_path / "out"
+    for (k, seed), (recall, ndcg, curve, collapse) in FAKE.items():
+        _fake_run(out / "ds" / f"gimirec[model.num_interests={k}]" / f"seed{seed}", recall, ndcg, curve, collapse)
+    return spec, out
+
+
+def test_tables_only_results_csv_has_the_swept_key_and_value(fake_grid, capsys):
+    spec, out = fake_grid
+    assert cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(test) == 4
+    assert {(r["variant"], r["base_variant"], r["sweep_key"], r["sweep_value"], r["seed"]) for r in test} == {
+        (f"gimirec[model.num_interests={k}]", "gimirec", "model.num_interests", str(k), str(s)) for k, s in FAKE}
+    for r in test:
+        recall, _, _, collapse = FAKE[(int(r["sweep_value"]), int(r["seed"]))]
+        assert float(r["recall@50"]) == recall
+        assert float(r["collapse_interest_cosine"]) == collapse["interest_cosine"]
+    assert "gimirec[model.num_interests=4]" in (out / "results.md").read_text()
+    assert not (out / "plots").exists()
+
+
+def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
+    spec, out = fake_grid
+    pytest.importorskip("matplotlib")
+    assert cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only",
+                     "--plots"]) == 0
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert names == ["bars_ds.png", "collapse_ds.png", "curves_ds.png", "sweep_ds_model.num_interests.png"]
+    for name in names:
+        assert (out / "plots" / name).read_bytes()[:8] == PNG
+
+    from mirec.bench import Cell, plan
+    from mirec.plots import plot_grid
+
+    cells: list[Cell] = plan(out, {"ds": "unused"}, load_grid(spec).expanded(), [1, 2])
+    records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base, "sweep_key": c.variant.sweep_key,
+                "sweep_value": c.variant.sweep_value, "seed": c.seed, "run_dir": c.run_dir} for c in cells]
+    tmp = out / "plots2"
+    drawn = plot_grid(records, tmp)
+    k2, k4 = "gimirec[model.num_interests=2]", "gimirec[model.num_interests=4]"
+
+    curves = drawn[tmp / "curves_ds.png"]
+    assert curves[k2]["steps"] == [100, 200, 300]
+    np.testing.assert_allclose(curves[k2]["mean"], [(0.05 + 0.07) / 2, (0.07 + 0.09) / 2, 0.10])
+    assert curves[k2]["n"] == [2, 2, 1]
+    np.testing.assert_allclose(curves[k4]["mean"], [0.12])
+
+    bars = drawn[tmp / "bars_ds.png"]
+    assert bars[k4]["recall@50"]["mean"] == pytest.approx(0.25)
+    assert bars[k4]["recall@50"]["std"] == pytest.approx(math.sqrt(((0.2 - 0.25) ** 2 + (0.3 - 0.25) ** 2) / 1))
+    assert bars[k2]["ndcg@50"]["mean"] == pytest.approx(0.05)
+
+    sweep = drawn[tmp / "sweep_ds_model.num_interests.png"]["gimirec"]
+    assert sweep["recall@50"]["values"] == ["2", "4"]  # numeric: sorted, although the spec lists 4 first
+    np.testing.assert_allclose(sweep["recall@50"]["mean"], [0.12, 0.25])
+    np.testing.assert_allclose(sweep["ndcg@50"]["mean"], [0.05, 0.095])
+    np.testing.assert_allclose(sweep["ndcg@50"]["std"], [np.std([0.04, 0.06], ddof=1), np.std([0.08, 0.11], ddof=1)])
+
+    collapse = drawn[tmp / "collapse_ds.png"]
+    assert collapse[k2]["interest_cosine"][0] == pytest.approx(0.6)
+    assert collapse[k2]["topk_jaccard"][0] == pytest.approx(0.3)
+    np.testing.assert_allclose(collapse[k2]["interest_share"], [0.8, 0.2])
+    np.testing.assert_allclose(collapse[k4]["interest_share"], [0.5, 0.25, 0.2, 0.05])
+
+
+def test_plot_functions_directly(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mirec.plots import plot_collapse, plot_metric_bars, plot_sweep
+
+    drawn = plot_metric_bars({"a": {"recall@50": [0.1], "ndcg@50": []}}, tmp_path / "b.png")
+    assert drawn["a"]["recall@50"] == {"mean": 0.1, "std": 0.0, "n": 1}  # one seed: no spread
+    assert math.isnan(drawn["a"]["ndcg@50"]["mean"]) and drawn["a"]["ndcg@50"]["n"] == 0
+
+    hops = {"[1.0,0.0,0.0]": {"recall@50": [0.3, 0.5]}, "[5.0,2.5,1.0]": {"recall@50": [0.6]}}
+    drawn = plot_sweep({"gimirec": hops}, tmp_path / "s.png", key="graph.hop_weights", metrics=["recall@50"])
+    assert drawn["gimirec"]["recall@50"]["values"] == ["[1.0,0.0,0.0]", "[5.0,2.5,1.0]"]  # categorical: spec order
+    np.testing.assert_allclose(drawn["gimirec"]["recall@50"]["mean"], [0.4, 0.6])
+
+    drawn = plot_collapse({"k1": [], "k3": [{"interest_cosine": 0.2, "topk_jaccard": 0.0,
+                                             "interest_share": [0.5, 0.5]},
+                                            {"interest_cosine": 0.4, "topk_jaccard": 0.2,
+                                             "interest_share": [1.0, 0.0, 0.0]}]}, tmp_path / "c.png")
+    assert list(drawn) == ["k3"]  # no diagnostics for K = 1
+    np.testing.assert_allclose(drawn["k3"]["interest_share"], [0.75, 0.25, 0.0])
+    for name in ("b.png", "s.png", "c.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_missing_matplotlib_is_a_one_line_error(fake_grid, monkeypatch, capsys):
+    spec, out = fake_grid
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rc = cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert "pip install 'mirec[plot]'" in err[0]
+    assert not (out / "results.csv").exists()  # checked before anything else is done
+
+
+def test_results_csv_quotes_names_with_commas(tmp_path):
+    rows = [{"dataset": "ds", "variant": "g[graph.hop_weights=[1.0,0.0,0.0]]", "model": "gimirec", "seed": 1,
+             "split": "test", "sweep_value": "[1.0,0.0,0.0]", "recall@50": 0.25, "users": None}]
+    write_csv(rows, tmp_path / "r.csv")
+    (back,) = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert back["variant"] == rows[0]["variant"] and back["sweep_value"] == "[1.0,0.0,0.0]"
+    assert back["recall@50"] == "0.25" and back["users"] == ""
+    assert list(back)[:5] == ["dataset", "model", "seed", "split", "sweep_value"]
