@@ -358,3 +358,17 @@ def test_prepare_log_from_files_equals_prepare(tmp_path):
         assert np.array_equal(saved.split(s).items, in_memory.split(s).items)
     with pytest.raises(ValueError, match="format"):
         prepare_log(files)
+
+
+def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from mirec.utils import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.json").read_text() == "{}"
