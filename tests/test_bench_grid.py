@@ -286,9 +286,10 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     k2, k4 = "gimirec[model.num_interests=2]", "gimirec[model.num_interests=4]"
 
     curves = drawn[tmp / "curves_ds.png"]
-    assert curves[k2]["steps"] == [100, 200, 300]
-    np.testing.assert_allclose(curves[k2]["mean"], [(0.05 + 0.07) / 2, (0.07 + 0.09) / 2, 0.10])
-    assert curves[k2]["n"] == [2, 2, 1]
+    # step 300 was reached by one seed only: left out, so the mean never jumps between seed counts
+    assert curves[k2]["steps"] == [100, 200]
+    np.testing.assert_allclose(curves[k2]["mean"], [(0.05 + 0.07) / 2, (0.07 + 0.09) / 2])
+    assert curves[k2]["n"] == [2, 2]
     np.testing.assert_allclose(curves[k4]["mean"], [0.12])
 
     bars = drawn[tmp / "bars_ds.png"]

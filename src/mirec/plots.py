@@ -88,7 +88,10 @@ def plot_training_curves(
     for variant, runs in curves.items():
         if not runs:
             continue
-        drawn[variant] = mean_curve(runs)
+        curve = mean_curve(runs)
+        # only steps every seed reached: a mean over fewer seeds jumps (runs stop at different steps)
+        keep = [i for i, n in enumerate(curve["n"]) if n == len(runs)]
+        drawn[variant] = {key: [values[i] for i in keep] for key, values in curve.items()}
         ax.plot(drawn[variant]["steps"], drawn[variant]["mean"], marker=".", markersize=3, label=variant)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"valid {metric} (mean over seeds)")
