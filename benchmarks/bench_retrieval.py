@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from bench_support import PeakRSS
 
 from mirec.eval.retrieval import ExactRetriever, merge_interests
 
@@ -55,6 +57,60 @@ def run(
             done, elapsed = min(lo + batch, len(interests)), time.perf_counter() - start
             print(f"  {backend}: {done} users in {elapsed:.0f} s ({done / elapsed:.1f} users/s)", flush=True)
     return time.perf_counter() - start, np.concatenate(merged)
+
+
+def measure_matmul(device: str = "cpu", size: int = 4096, repeats: int = 5) -> dict[str, Any]:
+    """This machine's float32 matmul rate (GFLOP/s, size x size, after one warm-up) with peak RSS."""
+    with PeakRSS() as peak:
+        gflops = matmul_gflops(size, repeats, device)
+    return {"gflops": gflops, "size": size, "repeats": repeats, "device": str(device), **peak.as_dict()}
+
+
+def measure_retrieval(
+    backend: str = "torch",
+    *,
+    users: int = 60_000,
+    interests: int = 4,
+    items: int = 370_000,
+    dim: int = 64,
+    topn: int = 50,
+    batch: int = 1024,
+    device: str = "cpu",
+    seed: int = 0,
+    matmul_size: int = 4096,
+) -> dict[str, Any]:
+    """Exact retrieval (per-interest top-n over the whole catalogue, then merge) of random users against a
+    random catalogue; users/s, GFLOP/s of the scoring and its share of the matmul rate measured just before
+    in the same process (on the scoring device; ``matmul_size`` 0 skips it). Peak RSS covers the retrieval loop (inputs included)."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(items + 1, dim, generator=gen)
+    vectors = torch.randn(users, interests, dim, generator=gen)
+    on = torch.device(device) if backend == "torch" else torch.device("cpu")  # faiss-cpu scores on the host
+    gflops = matmul_gflops(matmul_size, 5, on) if matmul_size > 0 else None
+    vectors = vectors.to(on)
+    if on.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(on)
+    with PeakRSS() as peak:
+        seconds, _ = run(backend, vectors, table, topn, batch, progress=10**9)
+    work = 2.0 * users * interests * items * dim / 1e9  # GFLOP of the exact scoring
+    out = {
+        "backend": backend,
+        "device": str(on),
+        "users": users,
+        "interests": interests,
+        "items": items,
+        "dim": dim,
+        "topn": topn,
+        "seconds": seconds,
+        "users_per_s": users / seconds,
+        "scoring_gflops": work / seconds,
+        "matmul_gflops": gflops,
+        "share_of_matmul": None if gflops is None else work / seconds / gflops,
+        **peak.as_dict(),
+    }
+    if on.type == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(on) / 2**20
+    return out
 
 
 def main() -> None:

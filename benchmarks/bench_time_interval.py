@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from bench_support import PeakRSS
 
 from mirec.nn.time_interval import MASK_LOGIT, TimeIntervalAttention, time_interval_matrix
 
@@ -32,6 +34,72 @@ def per_sample_matrix(days: np.ndarray, lengths: np.ndarray, time_span: int) -> 
             for j in range(n):
                 out[b, i, j] = min(abs(row[i] - row[j]), time_span)
     return out
+
+
+def per_sample_time_interval(days: torch.Tensor, mask: torch.Tensor, time_span: int) -> torch.Tensor:
+    """Drop-in for ``time_interval_matrix`` computed as the reference does (per-sample Python on the host);
+    items are left-aligned, so a row's valid items are its first ``mask.sum()`` positions."""
+    lengths = (mask > 0).sum(1).cpu().numpy()
+    return torch.from_numpy(per_sample_matrix(days.cpu().numpy(), lengths, time_span)).to(days.device)
+
+
+def example_batch(batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(days [B, L] int64, lengths [B]): half the users fill the window, the rest 1..L items, days in 1..399."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, size=batch)
+    lengths[: batch // 2] = length  # half the users fill the window, as in practice
+    valid = np.arange(length)[None] < lengths[:, None]
+    days = np.where(valid, np.sort(rng.integers(1, 400, size=(batch, length)), axis=1), 0)
+    return days, lengths
+
+
+def measure_matrix(
+    batch: int = 128,
+    length: int = 20,
+    *,
+    time_span: int = 64,
+    repeats: int = 20,
+    device: str = "cpu",
+    naive: bool = False,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Time-interval matrices per second: batched torch (on ``device``) or, with ``naive``, the reference's
+    per-sample Python (numpy in and out). ``check``: the two outputs are compared once (outside the timing)."""
+    days, lengths = example_batch(batch, length)
+    on = torch.device(device)
+    days_t = torch.from_numpy(days).to(on)
+    mask_t = torch.from_numpy((np.arange(length)[None] < lengths[:, None]).astype(np.float32)).to(on)
+    if check:
+        expected = per_sample_matrix(days, lengths, time_span)
+        if not np.array_equal(time_interval_matrix(days_t, mask_t, time_span).cpu().numpy(), expected):
+            raise AssertionError("batched and per-sample time-interval matrices differ")
+
+    def once() -> None:
+        if naive:
+            per_sample_matrix(days, lengths, time_span)
+        else:
+            time_interval_matrix(days_t, mask_t, time_span)
+
+    once()  # warm-up
+    if on.type == "cuda":
+        torch.cuda.synchronize(on)
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            once()
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
+        seconds = (time.perf_counter() - start) / repeats
+    return {
+        "batch": batch,
+        "length": length,
+        "time_span": time_span,
+        "repeats": repeats,
+        "device": str(on) if not naive else "cpu (python)",
+        "ms_per_batch": seconds * 1e3,
+        "samples_per_s": batch / seconds,
+        **peak.as_dict(),
+    }
 
 
 def dense_attention(module: TimeIntervalAttention, T: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,10 +134,8 @@ def main() -> None:
     print(f"{'batch':>5} {'L':>3} | {'python ms':>9} {'torch ms':>8} {'ratio':>7} | {'dense f+b ms':>12} {'hist f+b ms':>11} {'ratio':>6}")
     for batch in (128, 256):
         for length in (20, 50):
-            lengths = rng.integers(1, length + 1, size=batch)
-            lengths[: batch // 2] = length  # half the users fill the window, as in practice
+            days, lengths = example_batch(batch, length, seed=int(rng.integers(2**31)))
             valid = np.arange(length)[None] < lengths[:, None]
-            days = np.where(valid, np.sort(rng.integers(1, 400, size=(batch, length)), axis=1), 0)
             days_t, mask_t = torch.from_numpy(days), torch.from_numpy(valid.astype(np.float32))
 
             expected = per_sample_matrix(days, lengths, args.time_span)

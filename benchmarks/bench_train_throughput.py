@@ -15,10 +15,17 @@ The loss is ``mirec.nn.sampled_softmax.sampled_softmax_loss`` with 10 x batch un
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import sys
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from bench_support import PeakRSS
+from bench_time_interval import dense_attention, per_sample_time_interval
 
 from mirec.config import load_config
 from mirec.data.batching import TrainSampler
@@ -55,28 +62,82 @@ def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedData
     )
 
 
-def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -> tuple[float, float, int]:
-    overrides = [
-        f"train.batch_size={args.batch_size}",
-        f"model.maxlen={args.maxlen}",
-        f"model.embedding_dim={args.dim}",
-        f"model.num_interests={args.interests}",
-        *args.set,
-    ]
-    config = load_config(model=name, overrides=overrides)
+REFERENCE_MODELS = ("pimi", "gimirec")  # models with a reference (official PIMI_Rec) formulation to compare
+
+
+@contextlib.contextmanager
+def reference_approach(model: torch.nn.Module) -> Iterator[None]:
+    """Run PIMI / GIMIRec the way the official PIMI_Rec code computes them (same maths, slower forms):
+
+    * the time-interval matrix by per-sample Python loops (PIMI_Rec ``data_iterator``), per batch;
+    * the interval embeddings materialised as [B, L, L, d] (PIMI_Rec model.py) instead of the histogram;
+    * the star graph over the stacked [B, L, 4, d] neighbour context (``StarGraph.forward_stacked``).
+    Undone on exit. Other models are left as they are (no reference form: the caller reports none).
+    """
+    module = sys.modules[type(model).__module__]
+    patched_matrix = hasattr(module, "time_interval_matrix") and hasattr(model, "time_attention")
+    if patched_matrix:
+        original = module.time_interval_matrix
+        module.time_interval_matrix = per_sample_time_interval
+        attention = model.time_attention
+        attention.forward = functools.partial(dense_attention, attention)
+    if hasattr(model, "star_graph"):
+        model.star_graph.forward = model.star_graph.forward_stacked
+    try:
+        yield
+    finally:
+        if patched_matrix:
+            module.time_interval_matrix = original
+            del attention.forward
+        if hasattr(model, "star_graph"):
+            del model.star_graph.forward
+
+
+def measure_throughput(
+    name: str,
+    *,
+    users: int = 5000,
+    items: int = 10000,
+    data: str | None = None,
+    batch_size: int = 128,
+    maxlen: int = 20,
+    dim: int = 64,
+    interests: int = 4,
+    steps: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
+    reference: bool = False,
+    dataset: PreparedDataset | None = None,
+) -> dict[str, Any]:
+    """Training samples/s of model ``name`` (forward + sampled softmax + backward + Adam step), timed over
+    ``steps`` pre-sampled batches after ``warmup``; ``reference`` runs it under :func:`reference_approach`.
+    Peak RSS covers the timed steps (model, optimiser state and batches included)."""
+    if dataset is None:
+        dataset = load_dataset(data) if data else synthetic_dataset(users, items)
+    config = load_config(
+        model=name,
+        overrides=[
+            f"train.batch_size={batch_size}",
+            f"model.maxlen={maxlen}",
+            f"model.embedding_dim={dim}",
+            f"model.num_interests={interests}",
+            *overrides,
+        ],
+    )
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    model = build_model(config, dataset).to(device)
+    on = torch.device(device)
+    model = build_model(config, dataset).to(on)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     sampler = TrainSampler(dataset.train, config.model.maxlen, config.train.batch_size, seed=0)
     negatives = LogUniformSampler(dataset.n_items + 1)
     num_sampled = config.train.num_negatives_factor * config.train.batch_size
     generator = torch.Generator().manual_seed(0)
-    batches = [sampler.sample() for _ in range(args.warmup + args.steps)]
+    batches = [sampler.sample() for _ in range(warmup + steps)]
 
     def step(batch) -> None:
-        batch = batch.to(device)
+        batch = batch.to(on)
         vectors, aux = model.training_vectors(batch)
         loss = sampled_softmax_loss(vectors, batch.targets, model.output_embeddings, negatives, num_sampled, generator)
         if aux is not None:
@@ -86,20 +147,58 @@ def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -
         optimizer.step()
         model.on_step_end(0)
 
-    for batch in batches[: args.warmup]:
-        step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    samples = 0
-    for batch in batches[args.warmup :]:
-        step(batch)
-        samples += len(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    n_params = sum(p.numel() for p in model.parameters())
-    return seconds / args.steps * 1e3, samples / seconds, n_params
+    with reference_approach(model) if reference else contextlib.nullcontext():
+        for batch in batches[:warmup]:
+            step(batch)
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
+            torch.cuda.reset_peak_memory_stats(on)
+        with PeakRSS() as peak:
+            start = time.perf_counter()
+            samples = 0
+            for batch in batches[warmup:]:
+                step(batch)
+                samples += len(batch)
+            if on.type == "cuda":
+                torch.cuda.synchronize(on)
+            seconds = time.perf_counter() - start
+    out = {
+        "model": name,
+        "reference": reference,
+        "device": str(on),
+        "data": dataset.name,
+        "n_items": dataset.n_items,
+        "batch_size": batch_size,
+        "maxlen": maxlen,
+        "dim": dim,
+        "interests": interests,
+        "steps": steps,
+        "ms_per_step": seconds / steps * 1e3,
+        "samples_per_s": samples / seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+        **peak.as_dict(),
+    }
+    if on.type == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(on) / 2**20
+    return out
+
+
+def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(ms/step, samples/s, parameters) with the CLI's options."""
+    result = measure_throughput(
+        name,
+        dataset=dataset,
+        batch_size=args.batch_size,
+        maxlen=args.maxlen,
+        dim=args.dim,
+        interests=args.interests,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        overrides=args.set,
+        reference=getattr(args, "reference", False),
+    )
+    return result["ms_per_step"], result["samples_per_s"], result["params"]
 
 
 def main() -> None:
@@ -117,6 +216,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides, e.g. model.dropout=0")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="PIMI/GIMIRec as the official PIMI_Rec code computes them (per-sample Python time intervals, "
+        "[B, L, L, d] interval embeddings, stacked star graph); other models unchanged",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -125,6 +230,7 @@ def main() -> None:
     print(
         f"data={dataset.name} items={dataset.n_items} batch={args.batch_size} maxlen={args.maxlen} d={args.dim} "
         f"K={args.interests} steps={args.steps} device={args.device} threads={torch.get_num_threads()}"
+        + (" REFERENCE forms (PIMI_Rec)" if args.reference else "")
     )
     print(f"{'model':<12} {'params':>10} {'ms/step':>9} {'samples/s':>10}")
     for name in names:
