@@ -155,6 +155,54 @@ def test_gradient_codebooks_get_codebook_loss_gradients():
     assert q.encoder.weight.grad.abs().sum() > 0
 
 
+def hand_adam(q: ResidualQuantizer, x: torch.Tensor, steps: int, lr: float = 1e-3) -> None:
+    """Adam (beta 0.9 / 0.999) written out: torch.optim's first use imports torch._dynamo (~7 s)."""
+    params = [p for p in q.parameters() if p.requires_grad]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    g = torch.Generator().manual_seed(0)
+    q.train()
+    for t in range(1, steps + 1):
+        out = q(x[torch.randint(len(x), (200,), generator=g)])
+        for p in params:
+            p.grad = None
+        out.loss.backward()
+        with torch.no_grad():
+            for p, a, b in zip(params, m1, m2, strict=True):
+                a.mul_(0.9).add_(p.grad, alpha=0.1)
+                b.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
+                p.sub_(lr * (a / (1 - 0.9**t)) / ((b / (1 - 0.999**t)).sqrt() + 1e-8))
+
+
+def test_input_norm_l2_scale_invariance_and_reconstruction_target():
+    torch.manual_seed(14)
+    q = ResidualQuantizer(6, 4, levels=2, codes=5, encoder="mlp", recon_weight=1.0, input_norm="l2")
+    x = torch.randn(40, 6)
+    expected = q.encoder(x / x.norm(dim=1, keepdim=True) * 6**0.5)
+    assert torch.allclose(q.encode(x), expected, atol=1e-6)
+    assert torch.equal(q.assign(x), q.assign(0.01 * x))  # only the direction of an item vector matters
+    q.eval()
+    out = q(0.01 * x)
+    target = x / x.norm(dim=1, keepdim=True) * 6**0.5  # the decoder reconstructs what the encoder sees
+    assert out.reconstruction.item() == pytest.approx(F.mse_loss(q.decoder(out.quantized), target).item())
+    with pytest.raises(ValueError, match="input_norm"):
+        ResidualQuantizer(6, 4, input_norm="layer")
+
+
+def test_glorot_scale_items_collapse_level_one_without_input_norm():
+    """Glorot-scale item vectors (norm ~0.1): a fresh MLP encoder's output is dominated by its bias, and a
+    few Adam steps move the whole tiny cloud onto one level-1 code; unit-norm inputs keep the codes in use."""
+    ppl = {}
+    for norm in ("none", "l2"):
+        torch.manual_seed(15)
+        x = (torch.rand(600, 16) * 2 - 1) * (6 / (600 + 16)) ** 0.5  # glorot_uniform rows
+        q = ResidualQuantizer(16, 8, levels=2, codes=8, encoder="mlp", recon_weight=1.0, input_norm=norm)
+        hand_adam(q, x, 30)
+        ppl[norm] = q.codebook_usage(q.assign(x))["perplexity"][0]
+    assert ppl["none"] < 2.5  # (nearly) the whole catalogue in one or two level-1 codes
+    assert ppl["l2"] > 5.0  # of 8
+
+
 # ----------------------------------------------------------------------------- MIPDM beam search
 def enumerate_log_probs(model: GemiRec, h: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     """Independent slow reference: log p of every tuple, head by head, one tuple at a time."""
@@ -173,14 +221,18 @@ def enumerate_log_probs(model: GemiRec, h: torch.Tensor) -> tuple[list[tuple[int
 def test_beam_search_returns_exact_top_tuples(levels, codes):
     torch.manual_seed(4)
     cfg = tiny_config(
-        idmm_levels=levels, idmm_codes=codes, num_interests=5, beam_width=max(codes ** (levels - 1), 5)
+        idmm_levels=levels,
+        idmm_codes=codes,
+        num_interests=5,
+        beam_width=max(codes ** (levels - 1), 5),
+        beam_distinct_prefix=False,  # the plain top-k search (5 interests from 4 first codes)
     )
     model = GemiRec(cfg, 20).eval()
     for p in model.heads.parameters():  # sharper, tie-free distributions
         p.data.mul_(3.0)
     h = torch.randn(6, cfg.embedding_dim)
     with torch.no_grad():
-        got, scores = model.beam_search(h, 5)
+        got, scores = model.beam_search(h, 5, distinct_prefix=False)
         tuples, logp = enumerate_log_probs(model, h)
     assert torch.allclose(logp.exp().sum(1), torch.ones(6), atol=1e-5)  # a distribution over M^C tuples
     best = logp.topk(5, dim=1)
@@ -193,11 +245,61 @@ def test_beam_search_returns_exact_top_tuples(levels, codes):
         assert torch.allclose(model.code_log_probs(h[:, None].expand(-1, 5, -1), got), scores, atol=1e-5)
     # a narrow beam still returns K distinct tuples with their true log-probabilities
     with torch.no_grad():
-        narrow, narrow_scores = model.beam_search(h, 5, beam_width=5)
+        narrow, narrow_scores = model.beam_search(h, 5, beam_width=5, distinct_prefix=False)
         assert torch.allclose(
             model.code_log_probs(h[:, None].expand(-1, 5, -1), narrow), narrow_scores, atol=1e-5
         )
     assert all(len({tuple(r) for r in narrow[b].tolist()}) == 5 for b in range(6))
+
+
+def best_distinct_prefix_tuples(
+    tuples: list[tuple[int, ...]], logp: torch.Tensor, k: int
+) -> tuple[list[tuple[int, ...]], list[float]]:
+    """Slow reference: the best tuple of every first code, then the k best of those (one row of logp)."""
+    best: dict[int, tuple[tuple[int, ...], float]] = {}
+    for tup, value in zip(tuples, logp.tolist(), strict=True):
+        if tup[0] not in best or value > best[tup[0]][1]:
+            best[tup[0]] = (tup, value)
+    chosen = sorted(best.values(), key=lambda pair: -pair[1])[:k]
+    return [t for t, _ in chosen], [v for _, v in chosen]
+
+
+@pytest.mark.parametrize("levels,codes", [(2, 4), (3, 3), (2, 6), (1, 6)])
+def test_distinct_prefix_beam_returns_the_best_tuples_with_distinct_first_codes(levels, codes):
+    torch.manual_seed(12)
+    k = 3
+    width = max(codes, codes ** max(levels - 2, 0), k)  # wide enough to be exact
+    cfg = tiny_config(idmm_levels=levels, idmm_codes=codes, num_interests=k, beam_width=width)
+    model = GemiRec(cfg, 20).eval()
+    for p in model.heads.parameters():
+        p.data.mul_(3.0)
+    h = torch.randn(8, cfg.embedding_dim)
+    with torch.no_grad():
+        got, scores = model.beam_search(h, k, distinct_prefix=True)
+        plain, _ = model.beam_search(h, k, distinct_prefix=False)
+        tuples, logp = enumerate_log_probs(model, h)
+    for b in range(8):
+        expected, values = best_distinct_prefix_tuples(tuples, logp[b], k)
+        assert [tuple(r) for r in got[b].tolist()] == expected
+        assert torch.allclose(scores[b], torch.tensor(values), atol=1e-5)
+        assert len(set(got[b, :, 0].tolist())) == k
+    if levels > 1:  # the unconstrained top-k shares first codes somewhere, so the constraint is not vacuous
+        assert any(len(set(plain[b, :, 0].tolist())) < k for b in range(8))
+
+
+def test_distinct_prefix_narrow_beam_and_default_switch():
+    torch.manual_seed(13)
+    cfg = tiny_config(idmm_levels=3, idmm_codes=5, num_interests=3, beam_width=3, beam_distinct_prefix=True)
+    model = GemiRec(cfg, 20).eval()
+    h = torch.randn(6, cfg.embedding_dim)
+    with torch.no_grad():
+        codes, scores = model.beam_search(h, 3)  # the config switch selects the constrained search
+        top_first = F.log_softmax(model.heads[0](h), -1).topk(3, dim=1).indices
+        true = model.code_log_probs(h[:, None].expand(-1, 3, -1), codes)
+    assert torch.allclose(true, scores, atol=1e-5)  # returned scores are the tuples' log-probabilities
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
+    for b in range(6):  # distinct first codes, drawn from the beam_width most probable ones
+        assert sorted(codes[b, :, 0].tolist()) == sorted(top_first[b].tolist())
 
 
 # ----------------------------------------------------------------------------- model contract
@@ -279,11 +381,14 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
         {},
         {"mirm_fusion": "gated", "user_encoder": "separate", "idmm_update": "grad"},
         {"mipdm_input": "code", "idmm_recon_weight": 0.0},
+        {"idmm_input_norm": "l2", "beam_distinct_prefix": True},
     ],
 )
 def test_training_vectors_teacher_forcing_and_gradients(options):
     torch.manual_seed(8)
-    cfg = tiny_config(lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", **options)
+    cfg = tiny_config(
+        lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", mirm_teacher_prob=1.0, **options
+    )
     model = GemiRec(cfg, 40)
     model.train()
     batch = make_batch([2, 5, 8, 3], 8, 40, seed=3)
@@ -320,6 +425,48 @@ def test_training_vectors_teacher_forcing_and_gradients(options):
         assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
 
 
+@pytest.mark.parametrize("teacher", [0.0, 0.5])
+def test_readout_over_generated_interests(teacher):
+    torch.manual_seed(16)
+    cfg = tiny_config(mirm_teacher_prob=teacher, beam_distinct_prefix=True, idmm_input_norm="l2")
+    model = GemiRec(cfg, 40)
+    model.train()
+    batch = make_batch([2, 5, 8, 3, 6, 4, 7, 1], 8, 40, seed=6)
+    model.training_vectors(batch)  # init
+    target_codes = model.quantizer.assign(model.embed_items(batch.targets))
+    torch.manual_seed(17)
+    user, aux = model.training_vectors(batch)
+    with torch.no_grad():  # mipdm_dropout = 0: the reference pass sees the same encodings
+        h, u_seq = model._encode(batch)
+        generated, _ = model.beam_search(h[torch.arange(8), batch.mask.sum(1).long() - 1], cfg.num_interests)
+        interests = model.interest_vectors(u_seq, generated)  # [B, K, d]
+        target_vectors = model.output_embeddings(batch.targets)
+        teacher_vectors = model.interest_vectors(u_seq, target_codes[:, None])[:, 0]
+    assert all(len(set(generated[b, :, 0].tolist())) == cfg.num_interests for b in range(8))
+    kinds = []
+    for b in range(8):  # slow reference: the generated interest with the largest inner product, row by row
+        best = max(range(cfg.num_interests), key=lambda j: float(interests[b, j] @ target_vectors[b]))
+        is_read = torch.allclose(user[b], interests[b, best], atol=1e-5)
+        is_teacher = torch.allclose(user[b], teacher_vectors[b], atol=1e-5)
+        assert is_read or (teacher > 0 and is_teacher), b
+        kinds.append((is_read, is_teacher))
+    if teacher == 0.5:  # both kinds of rows occur (fixed seed)
+        assert (True, False) in kinds and (False, True) in kinds
+    if teacher == 0.0:
+        assert all(
+            torch.allclose(user[b], interests[b, int((interests[b] @ target_vectors[b]).argmax())], atol=1e-5)
+            for b in range(8)
+        )
+    model.zero_grad()
+    (aux + user.sum()).backward()
+    for name, params in {
+        "MIRM fusion": model.fusion.parameters(),
+        "sequence encoder": model.sequence.parameters(),
+        "MIPDM heads": model.heads.parameters(),
+    }.items():
+        assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
+
+
 def test_maintenance_schedule_refreshes_catalogue_codes():
     torch.manual_seed(9)
     model = GemiRec(tiny_config(maintenance_every=5), 25)
@@ -348,6 +495,12 @@ def test_bad_config_is_rejected_with_a_clear_message():
         GemiRec(tiny_config(beam_width=2), 10)
     with pytest.raises(ValueError, match="mirm_fusion"):
         GemiRec(tiny_config(mirm_fusion="sum"), 10)
+    with pytest.raises(ValueError, match="beam_distinct_prefix"):
+        GemiRec(tiny_config(idmm_codes=3, beam_distinct_prefix=True), 10)  # 3 first codes for 4 interests
+    with pytest.raises(ValueError, match="mirm_teacher_prob"):
+        GemiRec(tiny_config(mirm_teacher_prob=1.5), 10)
+    with pytest.raises(ValueError, match="idmm_input_norm"):
+        GemiRec(tiny_config(idmm_input_norm="batch"), 10)
 
 
 def test_all_positions_cross_entropy_by_hand():

@@ -5,6 +5,7 @@ third-party reviews of the method (section 5.1), [OURS] our engineering choices 
 
 - [SECONDARY] r_1 = z_enc(sg[v]); m_c = argmin_j ||r_c - e_c^j||^2; r_{c+1} = r_c - sg[e_c^{m_c}];
   interest embedding = concat(e_1^{m_1}, ..., e_C^{m_C}) (width C * code_dim).
+- [OURS] input_norm "l2": sg[v] rescaled to norm sqrt(D) before z_enc (see :meth:`prepare_input`).
 - [OURS] z_enc: "mlp" (D -> D -> code_dim), "linear" or "identity"; optional decoder reconstructing sg[v]
   from the straight-through concat (the "VAE" part; weight 0 disables it); commitment beta = 0.25
   (VQ-VAE default); codebooks k-means initialised on the first batch, EMA-updated (decay 0.99, Laplace
@@ -23,6 +24,7 @@ from torch import nn
 
 ENCODERS = ("mlp", "linear", "identity")
 UPDATES = ("ema", "grad")
+INPUT_NORMS = ("none", "l2")
 
 
 @dataclass
@@ -81,8 +83,13 @@ class ResidualQuantizer(nn.Module):
         kmeans_iters: int = 10,
         dead_threshold: float = 1.0,
         recon_weight: float = 0.0,
+        input_norm: str = "none",
     ):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"ResidualQuantizer: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}"
+            )
         if encoder not in ENCODERS:
             raise ValueError(f"ResidualQuantizer: encoder must be one of {ENCODERS}, got {encoder!r}")
         if update not in UPDATES:
@@ -100,6 +107,7 @@ class ResidualQuantizer(nn.Module):
         self.input_dim, self.code_dim, self.levels, self.num_codes = input_dim, code_dim, levels, codes
         self.update, self.decay, self.beta, self.eps = update, decay, beta, eps
         self.kmeans_iters, self.dead_threshold, self.recon_weight = kmeans_iters, dead_threshold, recon_weight
+        self.input_norm = input_norm
         # [OURS] interest encoder z_enc.
         if encoder == "mlp":
             self.encoder: nn.Module = nn.Sequential(
@@ -128,9 +136,22 @@ class ResidualQuantizer(nn.Module):
         self.reseeded_total = [0] * levels  # diagnostics: dead codes re-seeded per level (not persisted)
 
     # ----------------------------------------------------------------- assignment
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """sg[v], optionally rescaled to norm sqrt(input_dim) ("l2") [OURS]; also the decoder's target.
+
+        Item tables start at Glorot scale (norm ~0.1 for 64-d), so a default-initialised encoder's output is
+        dominated by its bias: every item lands in a tiny ball far from the origin, whose common drift under
+        training moves the whole catalogue onto one code. Unit-RMS inputs make the encoder's output spread
+        comparable to its offset (and the reconstruction term comparable to the commitment term).
+        """
+        x = x.detach()
+        if self.input_norm == "l2":
+            x = F.normalize(x, dim=-1) * math.sqrt(self.input_dim)
+        return x
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """r_1 = z_enc(sg[v])  [SECONDARY]: the item vectors are detached."""
-        return self.encoder(x.detach())
+        return self.encoder(self.prepare_input(x))
 
     def _nearest(self, r: torch.Tensor, level: int) -> torch.Tensor:
         """m_c = argmin_j ||r_c - e_c^j||^2  [SECONDARY]."""
@@ -246,7 +267,7 @@ class ResidualQuantizer(nn.Module):
         quantized = torch.cat(chosen, dim=1)
         reconstruction = x.new_zeros(())
         if self.decoder is not None:
-            reconstruction = F.mse_loss(self.decoder(quantized), x.detach())
+            reconstruction = F.mse_loss(self.decoder(quantized), self.prepare_input(x))
         loss = codebook_loss + self.beta * commitment + self.recon_weight * reconstruction
         return QuantizerOutput(
             codes=torch.stack(codes, dim=1),
