@@ -33,6 +33,7 @@ from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
 from mirec.nn.sampled_softmax import LogUniformSampler, sampled_softmax_loss
 from mirec.train.checkpoint import build_model
+from mirec.train.trainer import adam_optimizer
 
 
 def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedDataset:
@@ -129,7 +130,7 @@ def measure_throughput(
     on = torch.device(device)
     model = build_model(config, dataset).to(on)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = adam_optimizer(model, config.train.lr, config.train.weight_decay)  # the trainer's (fused) Adam
     sampler = TrainSampler(dataset.train, config.model.maxlen, config.train.batch_size, seed=0)
     negatives = LogUniformSampler(dataset.n_items + 1)
     num_sampled = config.train.num_negatives_factor * config.train.batch_size

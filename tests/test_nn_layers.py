@@ -221,3 +221,22 @@ def test_label_aware_readout():
             check_readout_power(bad)
     for good in (0.0, 1.0, 3.0, math.inf):
         check_readout_power(good)
+
+
+def test_self_attentive_real_positions_only_equals_the_full_masked_form():
+    """The CPU path computes W_2 tanh(W_1 H) on real positions only; values and gradients must equal the
+    reference form (all positions, then padding set to -2^32 + 1), also for a row with no real position."""
+    torch.manual_seed(3)
+    ext = SelfAttentiveExtractor(6, 3).double()
+    H = torch.randn(4, 5, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float64)
+    fast = ext.attention(H, mask)
+    logits = ext.w2(torch.tanh(ext.w1(H))).transpose(1, 2).masked_fill((mask == 0)[:, None, :], MASK_LOGIT)
+    slow = torch.softmax(logits, dim=-1)
+    torch.testing.assert_close(fast, slow)
+    assert torch.allclose(fast[2], torch.full((3, 5), 0.2, dtype=torch.float64))  # empty row: uniform (TF)
+    weights = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad((fast * weights).sum(), [H, ext.w1.weight, ext.w2.bias])
+    grads_slow = torch.autograd.grad((slow * weights).sum(), [H, ext.w1.weight, ext.w2.bias])
+    for a, b in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(a, b)

@@ -42,6 +42,13 @@ class SelfAttentiveExtractor(nn.Module):
         """
         if H.dim() != 3 or mask.shape != H.shape[:2]:
             raise ValueError(f"H must be [B, L, d] and mask [B, L]; got {tuple(H.shape)} and {tuple(mask.shape)}")
+        valid = mask != 0
+        if H.device.type == "cpu" and not bool(valid.all()):
+            # CPU: W_1, tanh, W_2 on the real positions only (training windows are ~30% filled; tanh is
+            # the costliest op here); padded logits are the mask value either way, so the result is the same
+            logits = H.new_full((*H.shape[:2], self.num_interests), MASK_LOGIT)
+            logits = logits.index_put((valid,), self.w2(torch.tanh(self.w1(H[valid]))))
+            return torch.softmax(logits.transpose(1, 2), dim=-1)
         logits = self.w2(torch.tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
         logits = logits.masked_fill((mask == 0)[:, None, :], MASK_LOGIT)
         return torch.softmax(logits, dim=-1)
