@@ -360,5 +360,6 @@ def test_presets(dataset, name):
     assert config.train.eval_every == (500 if small or taobao else 1000)
     assert config.train.patience == (15 if small else 50)
     if name == "mind":
-        assert config.model.relu_layer == (not taobao)  # ComiRec train.py: relu_layer only for Book
+        # ComiRec train.py: relu_layer = (dataset == 'book'): on for Amazon Books only
+        assert config.model.relu_layer == (dataset == "amazon-books")
         assert math.isinf(config.model.readout_power)
