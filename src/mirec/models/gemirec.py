@@ -395,6 +395,7 @@ class GemiRec(MultiInterestModel):
             self._codes_stale = True
         target_codes = quant.codes[inverse[: len(batch.targets)]]  # m*(target), fresh assignment
         h, u_seq = self._encode(batch)
+        h_last = last_valid(h, batch.mask)
         if self.config.mipdm_all_positions:
             # next-item codes at every position: history item t+1 (catalogue assignment), then the target
             nxt = torch.cat([self.item_codes[batch.items[:, 1:]], target_codes[:, None]], 1)
@@ -404,21 +405,22 @@ class GemiRec(MultiInterestModel):
             logp = self.code_log_probs(h, nxt)
             ce = -(logp * batch.mask).sum() / batch.mask.sum().clamp(min=1)
         else:
-            ce = -self.code_log_probs(last_valid(h, batch.mask), target_codes).mean()
-        user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]
+            ce = -self.code_log_probs(h_last, target_codes).mean()
         teacher = self.config.mirm_teacher_prob
+        if teacher > 0.0:
+            user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]  # teacher forcing (5.3 item 4)
         if teacher < 1.0:
             # [OURS] train the fusion on the interests it serves with: the K generated tuples (beam, no
             # gradient through the search), read out by the largest inner product with the target (ComiRec);
             # each row keeps the teacher-forced vector with probability mirm_teacher_prob.
             with torch.no_grad():
-                generated, _ = self.beam_search(last_valid(h, batch.mask), self.num_interests)
+                generated, _ = self.beam_search(h_last, self.num_interests)
             interests = self.interest_vectors(u_seq, generated)
             read = self.readout(interests, self.output_embeddings(batch.targets).detach())
             if teacher <= 0.0:
                 user = read
             else:
-                keep = torch.rand(len(user), device=user.device) < teacher
+                keep = torch.rand(len(read), device=read.device) < teacher
                 user = torch.where(keep[:, None], user, read)
         aux = self.config.lambda_mipdm * ce + self.config.lambda_idmm * quant.loss
         # detached 0-d tensors (no device sync here) for logging

@@ -50,7 +50,7 @@ class SelfAttentiveExtractor(nn.Module):
             logits = logits.index_put((valid,), self.w2(torch.tanh(self.w1(H[valid]))))
             return torch.softmax(logits.transpose(1, 2), dim=-1)
         logits = self.w2(torch.tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
-        logits = logits.masked_fill((mask == 0)[:, None, :], MASK_LOGIT)
+        logits = logits.masked_fill(~valid[:, None, :], MASK_LOGIT)
         return torch.softmax(logits, dim=-1)
 
     def forward(self, H: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
