@@ -304,23 +304,30 @@ class GemiRec(MultiInterestModel):
         distinct = self.config.beam_distinct_prefix if distinct_prefix is None else distinct_prefix
         if distinct:
             return self._distinct_prefix_beam(h, k, width)
-        M = self.codes_per_level
         batch = h.shape[0]
-        scores = h.new_zeros(batch, 1)
-        prefix = torch.zeros(batch, 1, 0, dtype=torch.long, device=h.device)
-        g = h[:, None]  # [B, beam, d]
-        for c in range(self.levels):
-            logp = F.log_softmax(self.heads[c](g), dim=-1)  # [B, beam, M]
-            total = (scores[..., None] + logp).flatten(1)  # [B, beam * M]
-            keep = min(width if c < self.levels - 1 else k, total.shape[1])
-            scores, flat = total.topk(keep, dim=1)
+        return self._extend_beams(
+            h.new_zeros(batch, 1), torch.zeros(batch, 1, 0, dtype=torch.long, device=h.device), h[:, None], 0, width, k
+        )
+
+    def _extend_beams(
+        self, scores: torch.Tensor, prefix: torch.Tensor, g: torch.Tensor, level: int, width: int, last_keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam over levels ``level``..C-1: scores [..., beam], prefix [..., beam, level], g [..., beam, d];
+        ``width`` beams kept per level, ``last_keep`` at the last. Returns (prefix [..., keep, C], scores)."""
+        M = self.codes_per_level
+        for c in range(level, self.levels):
+            logp = F.log_softmax(self.heads[c](g), dim=-1)  # [..., beam, M]
+            total = (scores[..., None] + logp).flatten(-2)  # [..., beam * M]
+            keep = min(width if c < self.levels - 1 else last_keep, total.shape[-1])
+            scores, flat = total.topk(keep, dim=-1)
             parent, code = flat // M, flat % M
             prefix = torch.cat(
-                [prefix.gather(1, parent[..., None].expand(-1, -1, prefix.shape[2])), code[..., None]], 2
+                [prefix.gather(-2, parent[..., None].expand(*parent.shape, prefix.shape[-1])), code[..., None]], -1
             )
-            g = g.gather(1, parent[..., None].expand(-1, -1, g.shape[2])) + self.prefix_embedding(
-                code + c * M
-            )
+            if c < self.levels - 1:
+                g = g.gather(-2, parent[..., None].expand(*parent.shape, g.shape[-1])) + self.prefix_embedding(
+                    code + c * M
+                )
         return prefix, scores
 
     def _distinct_prefix_beam(self, h: torch.Tensor, k: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,22 +343,9 @@ class GemiRec(MultiInterestModel):
         groups = min(M, width)
         first_logp = F.log_softmax(self.heads[0](h), dim=-1)  # [B, M]
         scores, first = first_logp.topk(groups, dim=1)  # [B, G]
-        scores = scores[..., None]  # [B, G, beam=1]
-        prefix = first[..., None, None]  # [B, G, beam, levels so far]
-        g = (h[:, None] + self.prefix_embedding(first))[:, :, None]  # [B, G, beam, d]
-        for c in range(1, C):
-            logp = F.log_softmax(self.heads[c](g), dim=-1)  # [B, G, beam, M]
-            total = (scores[..., None] + logp).flatten(2)  # [B, G, beam * M]
-            keep = 1 if c == C - 1 else min(width, total.shape[2])
-            scores, flat = total.topk(keep, dim=2)
-            parent, code = flat // M, flat % M
-            prefix = torch.cat(
-                [prefix.gather(2, parent[..., None].expand(-1, -1, -1, prefix.shape[3])), code[..., None]], 3
-            )
-            if c < C - 1:
-                g = g.gather(2, parent[..., None].expand(-1, -1, -1, g.shape[3])) + self.prefix_embedding(
-                    code + c * M
-                )
+        g = (h[:, None] + self.prefix_embedding(first))[:, :, None]  # [B, G, beam=1, d]
+        # one beam per first code over the remaining levels, keeping only its best completion
+        prefix, scores = self._extend_beams(scores[..., None], first[..., None, None], g, 1, width, 1)
         best, order = scores[..., 0].topk(k, dim=1)  # best completion per first code -> top-k first codes
         codes = prefix[:, :, 0].gather(1, order[..., None].expand(-1, -1, C))
         return codes, best
