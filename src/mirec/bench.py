@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mirec.config import toml_literal as config_toml_literal
 from mirec.utils import atomic_write_text
 
 METRICS = ["recall", "ndcg", "ndcg_comirec", "hit_rate"]
@@ -57,15 +58,7 @@ class Variant:
 
 def toml_literal(value: Any) -> str:
     """A TOML literal without spaces (for names and ``--set`` values): 8, 0.3, true, "x", [5.0,2.5,1.0]."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ",".join(toml_literal(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as a TOML literal")
+    return config_toml_literal(value, separator=",")
 
 
 def parse_literal(text: str) -> Any:

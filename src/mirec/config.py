@@ -7,6 +7,7 @@ A run config has four sections: ``[model]`` (a model-specific dataclass chosen b
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -208,19 +209,22 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, to_toml(config.to_dict()))
 
 
+def toml_literal(value: Any, separator: str = ", ") -> str:
+    """A TOML literal of a str, int, float, bool or list of those (``separator`` between list items)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + separator.join(toml_literal(v, separator) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as a TOML literal")
+
+
 def to_toml(data: dict[str, Any]) -> str:
     """Minimal TOML writer for our flat sections (str, int, float, bool, lists of those)."""
-
-    def literal(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(literal(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
+    literal = toml_literal
 
     lines = []
     for section, values in data.items():
