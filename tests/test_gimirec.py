@@ -62,7 +62,7 @@ def test_shapes_and_slow_reference():
     batch = random_batch(4, 6, 30, seed=11)
     with torch.no_grad():
         interests = model(batch)
-        E, center = model.encode(batch)
+        E, _, center = model.encode(batch)
         ref_E, ref_interests = slow_gimirec(model, batch)
     assert interests.shape == (4, 3, 16) and center.shape == (4, 16)
     torch.testing.assert_close(E, ref_E, rtol=1e-5, atol=1e-6)
@@ -73,13 +73,25 @@ def test_interests_are_attention_over_aggregation_output():
     model = make_model(seed=1).eval()
     batch = random_batch(5, 6, 30, seed=12)
     with torch.no_grad():
-        E, _ = model.encode(batch)
+        E, rows, _ = model.encode(batch)
         S2 = model.extractor.attention(E, batch.mask)
         interests = model(batch)
         raw = model.embed_items(batch.items) * batch.mask[..., None]
+    torch.testing.assert_close(rows, raw)
     torch.testing.assert_close(S2.sum(-1), torch.ones(5, 3))
     torch.testing.assert_close(interests, S2 @ E)  # Eq. 21
     assert (interests - S2 @ raw).abs().max() > 1e-3  # not PIMI's values (raw item vectors)
+    # The PIMI-style option: same attention, applied to the E_global rows; training uses the same path.
+    pimi_style = make_model(seed=1, interest_values="embedding").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pimi_style(batch), S2 @ raw)
+        vectors, _ = pimi_style.training_vectors(batch)
+        interests_raw = S2 @ raw
+        targets = pimi_style.embed_items(batch.targets)
+        best = (interests_raw * targets[:, None, :]).sum(-1).argmax(1)  # Eq. 22: argmax-interest readout
+    torch.testing.assert_close(vectors, interests_raw[torch.arange(5), best])
+    with pytest.raises(ValueError, match="interest_values"):
+        make_model(interest_values="raw")
 
 
 def test_gradient_reaches_item_table_through_global_context():

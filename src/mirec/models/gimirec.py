@@ -22,6 +22,8 @@ from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
 
+INTEREST_VALUES = ("aggregated", "embedding")
+
 
 @dataclass
 class GIMIRecConfig(ModelConfig):
@@ -37,6 +39,9 @@ class GIMIRecConfig(ModelConfig):
     position_embedding: bool = False
     # Deviation (off = PIMI_Rec behaviour): mask padded item rows out of the central node's attention.
     mask_center: bool = False
+    # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
+    # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
+    interest_values: str = "aggregated"
 
 
 class GIMIRec(MultiInterestModel):
@@ -49,6 +54,10 @@ class GIMIRec(MultiInterestModel):
 
     def __init__(self, config: GIMIRecConfig, n_items: int):
         super().__init__(config, n_items)
+        if config.interest_values not in INTEREST_VALUES:
+            raise ValueError(
+                f"GIMIRecConfig.interest_values: expected one of {INTEREST_VALUES}, got {config.interest_values!r}"
+            )
         d = config.embedding_dim
         self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
         self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None
@@ -57,8 +66,8 @@ class GIMIRec(MultiInterestModel):
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)  # W_2: 4d x d, W_3: K x 4d
 
-    def encode(self, batch: Batch, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(aggregation output E [B, L, d] (zero on padding), central node e_c^(L_layer) [B, d]).
+    def encode(self, batch: Batch, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(aggregation output E [B, L, d], masked E_global rows [B, L, d], central node e_c^(L_layer) [B, d]).
 
         ``rows`` (optional): ``embed_items(batch.items)`` already computed by the caller.
         """
@@ -82,17 +91,23 @@ class GIMIRec(MultiInterestModel):
         # Eq. 13 divides by L_rec; padded rows are zero, so as PIMI_Rec we average over the real items.
         center = hybrid.sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
         # Eq. 14-19: q^(0) = E_hyb, neighbours [q_{i-1}; e_c; q_i; e_i] with e_i the global-context row.
-        return self.star_graph(hybrid, center, e_global, mask)
+        aggregated, center = self.star_graph(hybrid, center, e_global, mask)
+        return aggregated, e_global, center
+
+    def extract(self, batch: Batch, aggregated: torch.Tensor, e_global: torch.Tensor) -> torch.Tensor:
+        """S2 = softmax(W3 tanh(W2 E^T)) (Eq. 20); interests S2 E (Eq. 21) or S2 E_global (``interest_values``)."""
+        values = e_global if self.config.interest_values == "embedding" else None
+        return self.extractor(aggregated, batch.mask, values=values)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        aggregated, _ = self.encode(batch)
-        return self.extractor(aggregated, batch.mask)  # S2 = softmax(W3 tanh(W2 E^T)), E_interest = S2 E (Eq. 20-21)
+        aggregated, e_global, _ = self.encode(batch)
+        return self.extract(batch, aggregated, e_global)
 
     def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, None]:
         """Base-class hard readout (Eq. 22-23), with ONE global-context lookup for history and target rows."""
         assert batch.targets is not None, "training batches carry targets"
         B, L = batch.items.shape
         rows = self.embed_items(torch.cat([batch.items.reshape(-1), batch.targets.reshape(-1)]))
-        aggregated, _ = self.encode(batch, rows[: B * L].view(B, L, -1))
-        interests = self.extractor(aggregated, batch.mask)
+        aggregated, e_global, _ = self.encode(batch, rows[: B * L].view(B, L, -1))
+        interests = self.extract(batch, aggregated, e_global)
         return self.readout(interests, rows[B * L :]), None
