@@ -17,6 +17,7 @@ from mirec.bench import (
     Variant,
     check_variants,
     load_grid,
+    plan,
     resolve_spec,
     shipped_grids,
     write_csv,
@@ -352,3 +353,33 @@ def test_results_csv_quotes_names_with_commas(tmp_path):
     assert back["variant"] == rows[0]["variant"] and back["sweep_value"] == "[1.0,0.0,0.0]"
     assert back["recall@50"] == "0.25" and back["users"] == ""
     assert list(back)[:5] == ["dataset", "model", "seed", "split", "sweep_value"]
+
+
+def test_plan_is_seed_major():
+    variants = [Variant("dnn", "dnn"), Variant("gru4rec", "gru4rec")]
+    cells = plan(Path("out"), {"x": "px", "y": "py"}, variants, [1, 2])
+    assert [(c.seed, c.dataset, c.variant.name) for c in cells] == [
+        (1, "x", "dnn"), (1, "x", "gru4rec"), (1, "y", "dnn"), (1, "y", "gru4rec"),
+        (2, "x", "dnn"), (2, "x", "gru4rec"), (2, "y", "dnn"), (2, "y", "gru4rec"),
+    ]
+    assert cells[5].run_dir == Path("out/x/gru4rec/seed2")
+
+
+def test_budget_cut_cells_are_in_the_csv_and_named_under_the_table(fake_grid):
+    spec, out = fake_grid
+    cut = out / "ds" / "gimirec[model.num_interests=2]" / "seed2" / "metrics.json"
+    metrics = json.loads(cut.read_text())
+    metrics["train"].update(steps=1234, best_step=1000, stop_reason="max_minutes")
+    cut.write_text(json.dumps(metrics))
+    done = out / "ds" / "gimirec[model.num_interests=4]" / "seed1" / "metrics.json"
+    metrics = json.loads(done.read_text())
+    metrics["train"].update(steps=900, best_step=300, stop_reason="patience")
+    done.write_text(json.dumps(metrics))
+    assert cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only"]) == 0
+    test = {(r["variant"], r["seed"]): r for r in csv.DictReader((out / "results.csv").open()) if r["split"] == "test"}
+    assert test[("gimirec[model.num_interests=2]", "2")]["stop_reason"] == "max_minutes"
+    assert test[("gimirec[model.num_interests=2]", "2")]["steps"] == "1234"
+    assert test[("gimirec[model.num_interests=4]", "1")]["best_step"] == "300"
+    text = (out / "results.md").read_text()
+    assert "Stopped by the wall-clock budget (still improving or not): gimirec[model.num_interests=2] seed 2 (1,234 steps)" in text
+    assert "num_interests=4] seed 1 (" not in text  # stopped by patience: not listed

@@ -249,11 +249,12 @@ class Cell:
 
 
 def plan(output: Path, datasets: dict[str, str], variants: list[Variant], seeds: list[int]) -> list[Cell]:
+    """Seed-major order: a grid cut short still leaves whole seeds (every dataset and variant) to compare."""
     return [
         Cell(ds, path, v, s, output / ds / v.name / f"seed{s}")
+        for s in seeds
         for ds, path in datasets.items()
         for v in variants
-        for s in seeds
     ]
 
 
@@ -300,9 +301,11 @@ def collect(cells: list[Cell]) -> list[dict[str, Any]]:
             continue
         m = json.loads((c.run_dir / "metrics.json").read_text())
         for split in ("valid", "test"):
+            train = m.get("train", {})
             row = {"dataset": c.dataset, "variant": c.variant.name, "model": c.variant.model, "seed": c.seed,
-                   "split": split, "train_seconds": m.get("train", {}).get("seconds"),
-                   "samples_per_second": m.get("train", {}).get("samples_per_second")}
+                   "split": split, "train_seconds": train.get("seconds"),
+                   "samples_per_second": train.get("samples_per_second"), "steps": train.get("steps"),
+                   "best_step": train.get("best_step"), "stop_reason": train.get("stop_reason")}
             if c.variant.sweep_key is not None:
                 row.update(base_variant=c.variant.base, sweep_key=c.variant.sweep_key, sweep_value=c.variant.sweep_value)
             row.update({k: v for k, v in m[split].items() if isinstance(v, int | float)})
@@ -370,6 +373,10 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
                     test = "one seed: no significance test"
                 notes.append(f"{c}: best {first} over {second} {gain:+.1f}% ({test})")
             out.append("\n" + "; ".join(notes))
+        cut = [f"{r['variant']} seed {r['seed']} ({r['steps']:,} steps)" for r in sub
+               if r.get("stop_reason") == "max_minutes" and r.get("steps") is not None]
+        if cut:
+            out.append("\nStopped by the wall-clock budget (still improving or not): " + ", ".join(cut))
         out.append("")
     return "\n".join(out)
 
