@@ -269,6 +269,21 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
     assert [r["step"] for r in history(tmp_path / "es")] == [10, 20, 30, 40, 50]
 
 
+def test_stop_reason_names_the_limit_even_when_the_last_evaluation_exhausts_patience(data_dir, tmp_path, monkeypatch):
+    """max_steps stops at 35; the final evaluation there is the 3rd without gain (> patience 2): still max_steps."""
+    values = iter([0.5, 0.4, 0.4, 0.3])
+
+    def fake_evaluate(model, dataset, split, config, *, maxlen, device, max_users=None):
+        return {"recall@10": next(values, 0.0), "users": 15}
+
+    monkeypatch.setattr(evaluator_module, "evaluate", fake_evaluate)
+    metrics = train_run(
+        data_dir, make_config(max_steps=35, eval_every=10, patience=2), tmp_path / "cap", progress=False
+    )
+    assert [r["step"] for r in history(tmp_path / "cap")] == [10, 20, 30, 35]
+    assert metrics["train"]["stop_reason"] == "max_steps" and metrics["train"]["best_step"] == 10
+
+
 def test_full_and_inbatch_losses_learn(data_dir, tmp_path):
     for loss in ("full", "inbatch"):
         train_run(

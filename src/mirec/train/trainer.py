@@ -194,7 +194,7 @@ class Trainer:
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
         else:
             st.bad_evals += 1
-            if st.bad_evals > tc.patience:
+            if st.bad_evals > tc.patience and not st.stop_reason:  # a limit's final evaluation keeps the limit's name
                 st.stop_reason = "patience"
         st.last_eval_step = st.step
         entry = {
