@@ -224,11 +224,9 @@ def toml_literal(value: Any, separator: str = ", ") -> str:
 
 def to_toml(data: dict[str, Any]) -> str:
     """Minimal TOML writer for our flat sections (str, int, float, bool, lists of those)."""
-    literal = toml_literal
-
     lines = []
     for section, values in data.items():
         lines.append(f"[{section}]")
-        lines += [f"{k} = {literal(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_literal(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)

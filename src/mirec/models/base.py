@@ -22,6 +22,13 @@ def glorot_embedding(num: int, dim: int) -> nn.Embedding:
     return table
 
 
+def check_choice(config: ModelConfig, field: str, choices: tuple[str, ...]) -> None:
+    """A config field that names one of a few variants: a clear error naming the class, field and choices."""
+    value = getattr(config, field)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{field}: expected one of {choices}, got {value!r}")
+
+
 class MultiInterestModel(nn.Module):
     """Base class: item table, optional global context, hard (argmax) label-aware readout."""
 

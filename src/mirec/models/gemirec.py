@@ -17,7 +17,7 @@ from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, check_choice
 from mirec.nn.quantizer import ENCODERS, INPUT_NORMS, UPDATES, ResidualQuantizer
 
 
@@ -190,24 +190,14 @@ class GemiRec(MultiInterestModel):
     @staticmethod
     def _check(config: GemiRecConfig) -> None:
         where = "GemiRecConfig"
-        if config.idmm_encoder not in ENCODERS:
-            raise ValueError(f"{where}.idmm_encoder: expected one of {ENCODERS}, got {config.idmm_encoder!r}")
-        if config.idmm_update not in UPDATES:
-            raise ValueError(f"{where}.idmm_update: expected one of {UPDATES}, got {config.idmm_update!r}")
-        if config.idmm_input_norm not in INPUT_NORMS:
-            raise ValueError(
-                f"{where}.idmm_input_norm: expected one of {INPUT_NORMS}, got {config.idmm_input_norm!r}"
-            )
-        if config.mipdm_input not in ("item+code", "item", "code"):
-            raise ValueError(
-                f"{where}.mipdm_input: expected item+code | item | code, got {config.mipdm_input!r}"
-            )
-        if config.mirm_fusion not in ("mlp", "gated"):
-            raise ValueError(f"{where}.mirm_fusion: expected mlp | gated, got {config.mirm_fusion!r}")
+        check_choice(config, "idmm_encoder", ENCODERS)
+        check_choice(config, "idmm_update", UPDATES)
+        check_choice(config, "idmm_input_norm", INPUT_NORMS)
+        check_choice(config, "mipdm_input", ("item+code", "item", "code"))
+        check_choice(config, "mirm_fusion", ("mlp", "gated"))
         if not 0.0 <= config.mirm_teacher_prob <= 1.0:
             raise ValueError(f"{where}.mirm_teacher_prob must be in [0, 1], got {config.mirm_teacher_prob}")
-        if config.user_encoder not in ("shared", "separate"):
-            raise ValueError(f"{where}.user_encoder: expected shared | separate, got {config.user_encoder!r}")
+        check_choice(config, "user_encoder", ("shared", "separate"))
         if config.idmm_codes**config.idmm_levels < config.num_interests:
             raise ValueError(
                 f"{where}: only {config.idmm_codes}^{config.idmm_levels} interest tuples for "

@@ -17,7 +17,7 @@ import torch
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel, glorot_embedding
+from mirec.models.base import MultiInterestModel, check_choice, glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
@@ -54,10 +54,7 @@ class GIMIRec(MultiInterestModel):
 
     def __init__(self, config: GIMIRecConfig, n_items: int):
         super().__init__(config, n_items)
-        if config.interest_values not in INTEREST_VALUES:
-            raise ValueError(
-                f"GIMIRecConfig.interest_values: expected one of {INTEREST_VALUES}, got {config.interest_values!r}"
-            )
+        check_choice(config, "interest_values", INTEREST_VALUES)
         d = config.embedding_dim
         self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
         self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None
