@@ -20,6 +20,7 @@ from mirec.bench import (
     plan,
     resolve_spec,
     shipped_grids,
+    usable_cpus,
     write_csv,
 )
 from mirec.cli import build_parser
@@ -383,3 +384,12 @@ def test_budget_cut_cells_are_in_the_csv_and_named_under_the_table(fake_grid):
     text = (out / "results.md").read_text()
     assert "Stopped by the wall-clock budget (still improving or not): gimirec[model.num_interests=2] seed 2 (1,234 steps)" in text
     assert "num_interests=4] seed 1 (" not in text  # stopped by patience: not listed
+
+
+def test_thread_share_follows_the_cpu_affinity_not_the_machine(monkeypatch):
+    # under `taskset -c 0-2` a 16-core machine offers 3 CPUs; os.cpu_count() would say 16
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert usable_cpus() == 3
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)
+    assert usable_cpus() == 16

@@ -278,10 +278,18 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int)
     return {"cell": str(cell.run_dir), "ok": ok, "reason": reason, "seconds": time.time() - started}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_grid(cells: list[Cell], common: list[str], budget_minutes: float, jobs: int, output: Path) -> list[dict]:
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    threads = max(1, usable_cpus() // max(jobs, 1))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda c: run_cell(c, common, budget_minutes, threads), todo))
     failures = [r for r in results if not r["ok"]]
