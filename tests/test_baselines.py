@@ -159,6 +159,57 @@ def test_gru4rec_tf_initialisation():
     assert g.weight_ih_l0[128:].abs().max() > math.sqrt(6 / (128 + 128))
 
 
+def test_gru4rec_remi_variant_is_a_stacked_gru_then_dense():
+    # REMI's GRU4Rec: 3 bias-free layers of hidden 2d, input dropout, Linear(2d, d) on the last valid state
+    model = make_model("gru4rec", gru_layers=3, gru_hidden=2 * D, gru_bias=False, embedding_dropout=0.1,
+                       output_dense=True)
+    g = model.gru
+    assert g.num_layers == 3 and g.hidden_size == 2 * D and g.bias is False
+    params = sum(p.numel() for p in model.parameters())
+    h = 2 * D  # 3 gates x (input + recurrent) per layer; layer 0 reads d, layers 1-2 read 2d; dense 2d x d + d
+    assert params == (N_ITEMS + 1) * D + 3 * h * (D + h) + 2 * 3 * h * (h + h) + h * D + D
+    model.eval()  # dropout off: the output is dense(top-layer state after the last valid item)
+    batch = make_batch([6, 2, 0])
+    out = model(batch)
+    E = model.item_embedding.weight.detach()
+    W = [(getattr(g, f"weight_ih_l{i}").detach(), getattr(g, f"weight_hh_l{i}").detach()) for i in range(3)]
+    for u, n in enumerate([6, 2]):
+        states = [torch.zeros(h, dtype=torch.float64) for _ in range(3)]
+        for t in range(n):  # an independent bias-free stacked recurrence
+            x = E[batch.items[u, t]]
+            for layer, (wi, wh) in enumerate(W):
+                gi, gh = wi @ x, wh @ states[layer]
+                r, z = torch.sigmoid(gi[:h] + gh[:h]), torch.sigmoid(gi[h : 2 * h] + gh[h : 2 * h])
+                states[layer] = (1 - z) * torch.tanh(gi[2 * h :] + r * gh[2 * h :]) + z * states[layer]
+                x = states[layer]
+        expected = model.dense.weight.detach() @ x + model.dense.bias.detach()
+        assert torch.allclose(out[u, 0], expected, atol=1e-10)
+    assert torch.all(out[2] == 0)
+    model.train()  # dropout on: the same batch gives another output
+    assert not torch.allclose(model(batch), out)
+
+
+def test_gru4rec_option_errors():
+    with pytest.raises(ValueError, match="output_dense"):
+        make_model("gru4rec", gru_hidden=2 * D)
+    with pytest.raises(ValueError, match="gru_layers"):
+        make_model("gru4rec", gru_layers=0)
+
+
+def test_dnn_kaiming_init_as_remi():
+    torch.manual_seed(0)
+    d, n = 64, 5000
+    glorot = YouTubeDNN(DNNConfig(embedding_dim=d), n)
+    remi = YouTubeDNN(DNNConfig(embedding_dim=d, init="kaiming", dense_bias=False), n)
+    assert remi.dense.bias is None
+    # kaiming_normal_ on [n, d]: std sqrt(2 / d); Glorot-uniform: std sqrt(2 / (n + d))
+    assert remi.item_embedding.weight.std().item() == pytest.approx(math.sqrt(2 / d), rel=0.02)
+    assert glorot.item_embedding.weight.std().item() == pytest.approx(math.sqrt(2 / (n + 1 + d)), rel=0.02)
+    assert remi.dense.weight.std().item() == pytest.approx(math.sqrt(2 / d), rel=0.05)
+    with pytest.raises(ValueError, match="init"):
+        YouTubeDNN(DNNConfig(init="normal"), n)
+
+
 def slow_mind(model: MIND, batch: Batch, logits: torch.Tensor) -> np.ndarray:
     E = model.item_embedding.weight.detach().numpy()
     W, b = model.bilinear.dense.weight.detach().numpy(), model.bilinear.dense.bias.detach().numpy()

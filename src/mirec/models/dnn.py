@@ -3,6 +3,11 @@
 User vector = dense(masked mean of the history item embeddings): ``reduce_sum(item_his_eb, 1) /
 (reduce_sum(mask, 1) + 1e-9)`` then ``tf.layers.dense(hidden_size, activation=None)`` (Glorot kernel, zero
 bias, no activation). One interest (K = 1).
+
+Option ``init = "kaiming"`` (deviation from the TF reference, default "glorot"): REMI's DNN (Tokkiu/REMI
+src/DNN.py, the public row of ../shared/docs/anchors.md) re-initialises every weight, the item table included,
+Kaiming-normal (std sqrt(2 / d) for the table: item vectors start ~12x longer than Glorot's) and its dense
+layer has no bias (``dense_bias = false``).
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, check_choice
 from mirec.nn.self_attentive import tf_dense
 
 
 @dataclass
 class DNNConfig(ModelConfig):
     name: str = "dnn"
+    init: str = "glorot"  # glorot (TF reference) | kaiming (REMI: kaiming_normal_ on every weight)
+    dense_bias: bool = True  # REMI: False
 
 
 class YouTubeDNN(MultiInterestModel):
@@ -34,7 +42,11 @@ class YouTubeDNN(MultiInterestModel):
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
-        self.dense = tf_dense(d, d)  # tf.layers.dense(hidden_size, activation=None); hidden_size = d
+        check_choice(config, "init", ("glorot", "kaiming"))
+        self.dense = tf_dense(d, d, bias=config.dense_bias)  # tf.layers.dense(hidden_size, activation=None)
+        if config.init == "kaiming":  # REMI BasicModel.reset_parameters: fan_in of [n, d] tables is d
+            for weight in (self.item_embedding.weight, self.dense.weight):
+                nn.init.kaiming_normal_(weight)
 
     @property
     def num_interests(self) -> int:

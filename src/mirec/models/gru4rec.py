@@ -28,6 +28,11 @@ from mirec.models.base import MultiInterestModel
 @dataclass
 class GRU4RecConfig(ModelConfig):
     name: str = "gru4rec"
+    gru_layers: int = 1  # ComiRec: one GRUCell; REMI: 3
+    gru_hidden: int = 0  # 0 = embedding_dim (ComiRec); REMI: 2 * embedding_dim
+    gru_bias: bool = True  # REMI: False
+    embedding_dropout: float = 0.0  # REMI: 0.1 on the input item vectors
+    output_dense: bool = False  # REMI: Linear(gru_hidden, d) on the last state; needed when gru_hidden != d
 
 
 def init_gru_like_tf(gru: nn.GRU) -> None:
@@ -56,8 +61,19 @@ class GRU4Rec(MultiInterestModel):
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
-        self.gru = nn.GRU(d, d, batch_first=True)  # GRUCell(hidden_size), hidden_size = d
-        init_gru_like_tf(self.gru)
+        hidden = config.gru_hidden or d
+        if hidden != d and not config.output_dense:
+            raise ValueError(f"GRU4RecConfig: gru_hidden={hidden} != embedding_dim={d} needs output_dense = true")
+        if config.gru_layers < 1:
+            raise ValueError(f"GRU4RecConfig.gru_layers: expected >= 1, got {config.gru_layers}")
+        self.gru = nn.GRU(d, hidden, num_layers=config.gru_layers, bias=config.gru_bias, batch_first=True)
+        if config.gru_layers == 1 and config.gru_bias:
+            init_gru_like_tf(self.gru)  # ComiRec: GRUCell(hidden_size), hidden_size = d
+        else:  # REMI's _init_weights: Glorot-uniform on the first layer's two matrices only
+            nn.init.xavier_uniform_(self.gru.weight_ih_l0)
+            nn.init.xavier_uniform_(self.gru.weight_hh_l0)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.dense = nn.Linear(hidden, d) if config.output_dense else None  # torch default init, as REMI
 
     @property
     def num_interests(self) -> int:
@@ -65,9 +81,11 @@ class GRU4Rec(MultiInterestModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         mask = batch.mask.to(self.item_embedding.weight.dtype)
-        x = self.embed_items(batch.items) * mask.unsqueeze(-1)
+        x = self.embedding_dropout(self.embed_items(batch.items)) * mask.unsqueeze(-1)
         states, _ = self.gru(x)  # [B, L, d]; left-aligned, so states up to length-1 never see padding
         length = mask.sum(dim=1).long()
         last = states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]
+        if self.dense is not None:
+            last = self.dense(last)
         last = last * (length > 0).unsqueeze(-1).to(last.dtype)  # dynamic_rnn: zero state for length 0
         return last.unsqueeze(1)  # [B, 1, d]
