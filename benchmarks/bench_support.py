@@ -343,6 +343,11 @@ def describe_machine(info: dict[str, Any]) -> str:
     )
 
 
+def auto_threads(busy: int) -> int:
+    """Threads for ``--threads 0``: the logical CPUs not used by ``busy`` other processes, at least 1."""
+    return max(1, (os.cpu_count() or 1) - busy)
+
+
 def busy_processes(min_cpu_percent: float = 50.0) -> int:
     """How many OTHER processes are using >= ``min_cpu_percent`` of a core right now (Linux /proc; 0 elsewhere).
 

@@ -29,7 +29,6 @@ Timings are wall-clock on whatever else the machine is running: the header says 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 from bench_support import (
     Result,
+    auto_threads,
     busy_processes,
     describe_machine,
     format_table,
@@ -292,11 +292,6 @@ def run_plan(comparisons: list[Comparison], threads: int, timeout: float, repeat
         if not error and c.extra_rows is not None:
             results.extend(c.extra_rows(ours))
     return results
-
-
-def auto_threads(busy: int) -> int:
-    """Threads for ``--threads 0``: the logical CPUs not used by ``busy`` other processes, at least 1."""
-    return max(1, (os.cpu_count() or 1) - busy)
 
 
 def git_revision() -> str:

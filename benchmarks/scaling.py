@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_support import (
+    auto_threads,
     busy_processes,
     describe_machine,
     format_plain_table,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     busy = busy_processes()
-    threads = args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) - busy)
+    threads = args.threads if args.threads > 0 else auto_threads(busy)
     set_thread_env(threads)
     failed = preload(("bench_prepare", "bench_gce", "bench_retrieval"))
     info = machine_info()
