@@ -4,12 +4,13 @@
     python benchmarks/bench_train_throughput.py --models mind comirec-sa --steps 50 --threads 1
     python benchmarks/bench_train_throughput.py --data prepared/amazon-grocery --device cuda
 
-Each model is built as the trainer builds it (``mirec.train.checkpoint.build_model``: a GIMIRec global
-context is attached when the model needs one) from its default config with batch 128, maxlen 20, d 64, K 4
-(``--set`` adds overrides). Batches come from ``TrainSampler`` (ComiRec's cut-and-window sampling) over a
-synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted ids) or a prepared folder.
-The loss is ``mirec.nn.sampled_softmax.sampled_softmax_loss`` with 10 x batch unique log-uniform negatives
-(TF ``sampled_softmax_loss`` as ComiRec). Prints ms/step and samples/s per model after ``--warmup`` steps.
+Each step is ``mirec.train.trainer.Trainer.train_step``, the training loop's own step, on the model's default
+config with batch 128, maxlen 20, d 64, K 4 (``--set`` adds overrides, e.g. ``train.sparse_item_grad=false``):
+a ``TrainSampler`` batch (ComiRec's cut-and-window sampling, timed as the anchors' throughputs include each
+code's batch building) over a synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted
+ids) or a prepared folder, the configured loss (default: TF ``sampled_softmax_loss`` with 10 x batch unique
+log-uniform negatives, as ComiRec), backward and the fused Adam step. Prints ms/step and samples/s per model
+after ``--warmup`` steps.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import functools
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,12 +30,9 @@ from bench_support import PeakRSS
 from bench_time_interval import dense_attention, per_sample_time_interval
 
 from mirec.config import load_config
-from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
-from mirec.nn.sampled_softmax import LogUniformSampler, sampled_softmax_loss
-from mirec.train.checkpoint import build_model
-from mirec.train.trainer import adam_optimizer
+from mirec.train.trainer import Trainer
 
 
 def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedDataset:
@@ -112,7 +111,7 @@ def measure_throughput(
     dataset: PreparedDataset | None = None,
 ) -> dict[str, Any]:
     """Training samples/s of model ``name`` (forward + sampled softmax + backward + Adam step), timed over
-    ``steps`` pre-sampled batches after ``warmup``; ``reference`` runs it under :func:`reference_approach`.
+    ``steps`` steps (each drawing its batch) after ``warmup``; ``reference`` runs it under :func:`reference_approach`.
     Peak RSS covers the timed steps (model, optimiser state and batches included)."""
     if dataset is None:
         dataset = load_dataset(data) if data else synthetic_dataset(users, items)
@@ -126,40 +125,29 @@ def measure_throughput(
             *overrides,
         ],
     )
-    torch.manual_seed(0)
     on = torch.device(device)
-    model = build_model(config, dataset).to(on)
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing before its first evaluation
+        trainer = Trainer(dataset, config, run_dir, device=on, progress=False)
+    model = trainer.model
     model.train()
-    optimizer = adam_optimizer(model, config.train.lr, config.train.weight_decay)  # the trainer's (fused) Adam
-    sampler = TrainSampler(dataset.train, config.model.maxlen, config.train.batch_size, seed=0)
-    negatives = LogUniformSampler(dataset.n_items + 1)
-    num_sampled = config.train.num_negatives_factor * config.train.batch_size
-    generator = torch.Generator().manual_seed(0)
-    batches = [sampler.sample() for _ in range(warmup + steps)]
 
-    def step(batch) -> None:
-        batch = batch.to(on)
-        vectors, aux = model.training_vectors(batch)
-        loss = sampled_softmax_loss(vectors, batch.targets, model.output_embeddings, negatives, num_sampled, generator)
-        if aux is not None:
-            loss = loss + aux
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.on_step_end(0)
+    def step() -> int:
+        """The trainer's own step: draw the batch (timed, as the anchors count batch building), forward, the
+        configured loss, zero the gradients, backward, Adam."""
+        trainer.train_step()
+        return config.train.batch_size
 
     with reference_approach(model) if reference else contextlib.nullcontext():
-        for batch in batches[:warmup]:
-            step(batch)
+        for _ in range(warmup):
+            step()
         if on.type == "cuda":
             torch.cuda.synchronize(on)
             torch.cuda.reset_peak_memory_stats(on)
         with PeakRSS() as peak:
             start = time.perf_counter()
             samples = 0
-            for batch in batches[warmup:]:
-                step(batch)
-                samples += len(batch)
+            for _ in range(steps):
+                samples += step()
             if on.type == "cuda":
                 torch.cuda.synchronize(on)
             seconds = time.perf_counter() - start

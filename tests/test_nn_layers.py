@@ -240,3 +240,25 @@ def test_self_attentive_real_positions_only_equals_the_full_masked_form():
     grads_slow = torch.autograd.grad((slow * weights).sum(), [H, ext.w1.weight, ext.w2.bias])
     for a, b in zip(grads_fast, grads_slow, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_shared_predictions_route_like_their_tiled_copies(stop_gradient):
+    """MIND's untiled [B, L, d] prediction: same capsules, weights and gradients as the tiled [B, K, L, d]."""
+    item_hat, mask, init = _routing_inputs()
+    shared = item_hat[:, 0].clone().requires_grad_(True)  # [B, L, d]
+    tiled = shared.detach().clone().requires_grad_(True)
+    routing = CapsuleRouting(3, stop_gradient=stop_gradient)
+    caps, c = routing(shared, mask, init, return_weights=True)
+    caps_t, c_t = routing(tiled[:, None].expand(-1, init.shape[1], -1, -1), mask, init, return_weights=True)
+    torch.testing.assert_close(caps, caps_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c, c_t, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(caps)
+    (grad,) = torch.autograd.grad((caps * weights).sum(), shared)
+    (grad_t,) = torch.autograd.grad((caps_t * weights).sum(), tiled)
+    torch.testing.assert_close(grad, grad_t, rtol=1e-10, atol=1e-12)
+    ref, _ = slow_routing(np.repeat(shared.detach().numpy()[:, None], init.shape[1], 1), mask.numpy(), init.numpy(), 3)
+    np.testing.assert_allclose(caps.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="needs init_logits or num_interests"):
+        routing(shared.detach(), mask)
+    assert routing(shared.detach(), mask, num_interests=2).shape == (shared.shape[0], 2, shared.shape[2])

@@ -12,8 +12,10 @@ from scipy import stats
 from mirec.nn.sampled_softmax import (
     LogUniformSampler,
     SampledCandidates,
+    UniformSampler,
     full_softmax_loss,
     inbatch_softmax_loss,
+    make_candidate_sampler,
     sampled_logits,
     sampled_softmax_loss,
 )
@@ -227,3 +229,65 @@ def test_inbatch_softmax_hand_computed_with_duplicate_targets():
     rows = [s[0, [0, 1]], s[1, [1, 0, 2]], s[2, [2, 1]]]
     expected = np.mean([np.log(np.exp(r).sum()) - r[0] for r in rows])
     assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_uniform_sampler_distribution_offset_and_factory():
+    sampler = UniformSampler(12, offset=1)  # ids 1..12
+    assert sampler.probability(torch.tensor([0, 1, 12, 13])).tolist() == [0.0, 1 / 12, 1 / 12, 0.0]
+    draws = sampler.draw(60_000, torch.Generator().manual_seed(2)).numpy()
+    assert draws.min() == 1 and draws.max() == 12
+    chi2, pvalue = stats.chisquare(np.bincount(draws - 1, minlength=12))  # expected: flat
+    assert pvalue > 1e-3, (chi2, pvalue)
+    assert isinstance(make_candidate_sampler("uniform", 5), UniformSampler)
+    assert isinstance(make_candidate_sampler("log_uniform", 5), LogUniformSampler)
+    with pytest.raises(ValueError, match="unknown negative sampler 'zipf'"):
+        make_candidate_sampler("zipf", 5)
+
+
+def test_sampling_with_replacement_keeps_repeats_and_counts_p_times_n():
+    sampler = LogUniformSampler(6)
+    true_ids = torch.tensor([0, 5])
+    out = sampler.sample(40, true_ids, torch.Generator().manual_seed(4), unique=False)
+    assert len(out.sampled) == 40 and not out.distinct and out.num_tries == 40
+    assert len(torch.unique(out.sampled)) < 40  # 40 draws from 6 ids must repeat
+    np.testing.assert_allclose(out.sampled_expected_count.numpy(), 40 * tf_probability(out.sampled.numpy(), 6))
+    np.testing.assert_allclose(out.true_expected_count.numpy(), 40 * tf_probability(np.array([0, 5]), 6))
+    same = sampler.draw(40, torch.Generator().manual_seed(4))
+    assert torch.equal(out.sampled, same)  # exactly the first 40 draws of the stream
+
+
+def test_accidental_hits_with_repeated_ids_match_a_per_row_loop():
+    torch.manual_seed(5)
+    table = torch.randn(7, 3, dtype=torch.float64)
+    users = torch.randn(4, 3, dtype=torch.float64)
+    targets = torch.tensor([2, 2, 6, 1])
+    sampled = torch.tensor([2, 6, 2, 3, 0, 6])  # 2 twice (rows 0, 1 hit twice), 6 twice (row 2)
+    q = torch.rand(6, dtype=torch.float64) + 0.1
+    q_true = torch.rand(4, dtype=torch.float64) + 0.1
+    cand = SampledCandidates(sampled, q, q_true, num_tries=6, distinct=False)
+    logits = sampled_logits(users, targets, lambda ids: table[ids], cand)
+    floor = torch.finfo(torch.float64).min
+    for row in range(4):  # TF compute_accidental_hits: every sampled copy of the label is removed
+        expected = [float(users[row] @ table[targets[row]] - torch.log(q_true[row]))]
+        for col, item in enumerate(sampled.tolist()):
+            score = float(users[row] @ table[item] - torch.log(q[col]))
+            expected.append(floor if item == int(targets[row]) else score)
+        np.testing.assert_allclose(logits[row].numpy(), expected, rtol=1e-12)
+    assert (logits == floor).sum().item() == 2 + 2 + 2 + 0
+
+
+def test_remi_uniform_loss_is_plain_softmax_over_target_and_draws():
+    """REMI's default (uniform noise, 1,280 shared draws, no hit removal): log Q is one constant, so the loss is
+    the cross-entropy of the raw scores [target, draws...] with label 0, repeats and hits included."""
+    torch.manual_seed(6)
+    table, users = torch.randn(9, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    targets = torch.tensor([1, 8, 4])
+    sampler = UniformSampler(9)
+    loss = sampled_softmax_loss(
+        users, targets, lambda ids: table[ids], sampler, 30, torch.Generator().manual_seed(7),
+        remove_accidental_hits=False, unique=False,
+    )
+    draws = sampler.draw(30, torch.Generator().manual_seed(7))
+    scores = torch.cat([(users * table[targets]).sum(1, keepdim=True), users @ table[draws].T], dim=1)
+    expected = (torch.logsumexp(scores, 1) - scores[:, 0]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)

@@ -55,6 +55,12 @@ class TrainConfig:
     num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
     # True: negatives drawn from ids 1..n_items only (TF/ComiRec draw padding 0 too)
     sampler_exclude_padding: bool = False
+    negative_sampler: str = "log_uniform"  # log_uniform (TF/ComiRec) | uniform (REMI's default)
+    negatives_unique: bool = True  # TF unique=True; REMI: False (1,280 draws with replacement)
+    remove_accidental_hits: bool = True  # TF default; REMI: False
+    # CPU: item-table gradients as sparse rows added into one kept dense buffer (same Adam update, less memory
+    # traffic than a fresh zero-filled [n_items, d] gradient per lookup); False = torch's dense embedding backward
+    sparse_item_grad: bool = True
     min_cut: int = 4  # ComiRec draws the cut position k uniformly in [4, len-1]
     seed: int = 19
     device: str = "auto"  # auto | cpu | cuda

@@ -28,10 +28,10 @@ from mirec.models.base import MultiInterestModel
 @dataclass
 class GRU4RecConfig(ModelConfig):
     name: str = "gru4rec"
-    gru_layers: int = 1  # ComiRec: one GRUCell; REMI: 3
+    gru_layers: int = 1  # ComiRec: one GRUCell; REMI: --layers (train.py default 1; GRU4Rec.__init__ default 3)
     gru_hidden: int = 0  # 0 = embedding_dim (ComiRec); REMI: 2 * embedding_dim
     gru_bias: bool = True  # REMI: False
-    embedding_dropout: float = 0.0  # REMI: 0.1 on the input item vectors
+    embedding_dropout: float = 0.0  # REMI: --dropout on the input item vectors (train.py default 0.2)
     output_dense: bool = False  # REMI: Linear(gru_hidden, d) on the last state; needed when gru_hidden != d
 
 

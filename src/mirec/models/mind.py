@@ -83,8 +83,8 @@ class MIND(MultiInterestModel):
         """Interests [B, K, d]; ``init_logits`` [B, K, L] replaces the random routing logits (tests)."""
         mask = batch.mask.to(self.item_embedding.weight.dtype)
         x = self.embed_items(batch.items) * mask.unsqueeze(-1)
-        item_hat = self.bilinear(x)  # [B, K, L, d]
-        B, _, L, _ = item_hat.shape
+        item_hat = self.bilinear.shared_predictions(x)  # [B, L, d], shared by the K interests (tf.tile)
+        B, L, _ = item_hat.shape
         if init_logits is None:
             init_logits = self.draw_routing_logits(B, L, x.device, x.dtype)
         active = self.active_interests(mask) if self.config.dynamic_interests else None

@@ -44,7 +44,12 @@ class SharedBilinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, d] -> predictions e_hat [B, K, L, d] (the same map tiled over K, ``tf.tile``)."""
-        return self.dense(x).unsqueeze(1).expand(-1, self.num_interests, -1, -1)
+        return self.shared_predictions(x).unsqueeze(1).expand(-1, self.num_interests, -1, -1)
+
+    def shared_predictions(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] -> e_hat [B, L, d], the one prediction every interest shares (untiled; CapsuleRouting
+        routes it without materialising the K copies)."""
+        return self.dense(x)
 
 
 class PerPositionBilinear(nn.Module):
@@ -68,7 +73,8 @@ class PerPositionBilinear(nn.Module):
                 f"length {L}; set model.maxlen to the batch length"
             )
         hat = torch.einsum("blc,lmc->blm", x, self.weight[:L])  # [B, L, K*d]
-        return hat.view(B, L, self.num_interests, d).transpose(1, 2)
+        # one copy to [B, K, L, d] here instead of one inside every routing einsum (forward and backward)
+        return hat.view(B, L, self.num_interests, d).transpose(1, 2).contiguous()
 
 
 class CapsuleRouting(nn.Module):
@@ -88,15 +94,26 @@ class CapsuleRouting(nn.Module):
         init_logits: torch.Tensor | None = None,
         interest_mask: torch.Tensor | None = None,
         return_weights: bool = False,
+        num_interests: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Route e_hat [B, K, L, d] (padded positions: ``mask`` [B, L] == 0) into capsules [B, K, d].
+
+        A 3-D ``item_hat`` [B, L, d] is one prediction shared by all K interests (MIND's ``tf.tile``d map);
+        K then comes from ``init_logits`` or ``num_interests``; same result as the tiled [B, K, L, d] input.
 
         ``init_logits`` [B, K, L]: the initial routing logits b (zeros when None; MIND passes its random draw);
         they are constants (``tf.stop_gradient``). ``interest_mask`` [B, K] (bool): interests outside it get
         no behaviour (their logits are -inf before the softmax over interests; MIND's dynamic interest number).
         With ``return_weights`` also returns the last iteration's coupling coefficients c [B, K, L].
         """
-        B, K, L, _ = item_hat.shape
+        shared = item_hat.dim() == 3
+        if shared:
+            K = num_interests if init_logits is None else init_logits.shape[1]
+            if K is None:
+                raise ValueError("CapsuleRouting: a shared [B, L, d] item_hat needs init_logits or num_interests")
+            B, L, _ = item_hat.shape
+        else:
+            B, K, L, _ = item_hat.shape
         if mask.shape != (B, L):
             raise ValueError(f"mask must be [B, L] = {(B, L)}, got {tuple(mask.shape)}")
         logits = item_hat.new_zeros(B, K, L) if init_logits is None else init_logits.detach()
@@ -109,11 +126,25 @@ class CapsuleRouting(nn.Module):
             b = logits if inactive is None else logits.masked_fill(inactive, float("-inf"))
             c = torch.softmax(b, dim=1).masked_fill(padded, 0.0)  # softmax over interests; 0 on padding
             if i < self.iterations - 1:
-                capsules = squash(torch.einsum("bkl,bkld->bkd", c, hat_iter))
-                logits = logits + torch.einsum("bkld,bkd->bkl", hat_iter, capsules)
+                capsules = squash(_weighted_sum(c, hat_iter))
+                logits = logits + _agreement(hat_iter, capsules)
             else:
-                capsules = squash(torch.einsum("bkl,bkld->bkd", c, item_hat))
+                capsules = squash(_weighted_sum(c, item_hat))
         return (capsules, c) if return_weights else capsules
+
+
+def _weighted_sum(c: torch.Tensor, item_hat: torch.Tensor) -> torch.Tensor:
+    """s_j = sum_i c_ij e_hat_{j|i}: [B, K, L] x ([B, K, L, d] or shared [B, L, d]) -> [B, K, d]."""
+    if item_hat.dim() == 3:
+        return torch.bmm(c, item_hat)
+    return torch.einsum("bkl,bkld->bkd", c, item_hat)
+
+
+def _agreement(item_hat: torch.Tensor, capsules: torch.Tensor) -> torch.Tensor:
+    """e_hat_{j|i} . v_j: ([B, K, L, d] or shared [B, L, d]) x [B, K, d] -> [B, K, L]."""
+    if item_hat.dim() == 3:
+        return torch.bmm(capsules, item_hat.transpose(1, 2))
+    return torch.einsum("bkld,bkd->bkl", item_hat, capsules)
 
 
 def label_aware_readout(interests: torch.Tensor, target_vectors: torch.Tensor, power: float) -> torch.Tensor:

@@ -23,39 +23,51 @@ OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
 class SampledCandidates:
     """What TF's candidate samplers return: ids and expected counts for the sampled and the true classes."""
 
-    sampled: torch.Tensor  # int64 [num_sampled], distinct, in order of first draw
+    sampled: torch.Tensor  # int64 [num_sampled], in order of (first) draw
     sampled_expected_count: torch.Tensor  # float64 [num_sampled]
     true_expected_count: torch.Tensor  # float64 [B]
     num_tries: int
+    distinct: bool = True  # False when drawn with replacement (unique=False): ids may repeat
 
 
-class LogUniformSampler:
-    """TF ``log_uniform_candidate_sampler``: P(k) = (log(k+2) - log(k+1)) / log(range_max+1), k in [0, range_max).
-
-    ``offset`` shifts the ids: with ``offset=1`` the ids ``1..range_max`` are drawn (P(id) uses ``id - 1``),
-    which keeps the padding id 0 out of the negatives (an option; TF/ComiRec sample id 0 too).
-    """
+class CandidateSampler:
+    """A TF candidate sampler over ids ``offset .. offset + range_max - 1``: ``probability`` of one draw and
+    ``draw`` (independent draws with replacement); :meth:`sample` turns them into a shared batch of negatives."""
 
     def __init__(self, range_max: int, offset: int = 0):
         if range_max < 1:
-            raise ValueError(f"LogUniformSampler: range_max must be >= 1, got {range_max}")
+            raise ValueError(f"{type(self).__name__}: range_max must be >= 1, got {range_max}")
         self.range_max = int(range_max)
         self.offset = int(offset)
-        self.log_range = math.log1p(self.range_max)  # TF range_sampler.cc: log_range_ = log1p(range)
         self._chunk_sizes: dict[int, int] = {}
 
     def probability(self, ids: torch.Tensor) -> torch.Tensor:
-        """P(id) of one draw (float64); ids outside the range get 0."""
-        k = ids.to(torch.float64) - self.offset
-        p = torch.log((k + 2.0) / (k + 1.0)) / self.log_range
-        inside = (k >= 0) & (k < self.range_max)
-        return torch.where(inside, p, torch.zeros_like(p))
+        raise NotImplementedError
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` independent draws with replacement (inverse CDF, as TF: floor(exp(u log(R+1))) - 1, mod R)."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        k = torch.exp(u * self.log_range).to(torch.int64) - 1
-        return torch.remainder(k, self.range_max) + self.offset
+        raise NotImplementedError
+
+    def sample(
+        self,
+        num_sampled: int,
+        true_ids: torch.Tensor,
+        generator: torch.Generator | None = None,
+        unique: bool = True,
+    ) -> SampledCandidates:
+        """TF ``unique=True`` (:meth:`sample_unique`) or ``unique=False``: ``num_sampled`` draws with replacement,
+        expected count ``p * num_sampled`` (TF ``ExpectedCountHelper`` with num_tries = num_sampled)."""
+        if unique:
+            return self.sample_unique(num_sampled, true_ids, generator)
+        if num_sampled < 1:
+            raise ValueError(f"sampled softmax: num_sampled must be >= 1, got {num_sampled}")
+        sampled = self.draw(num_sampled, generator)
+        return SampledCandidates(
+            sampled=sampled,
+            sampled_expected_count=self.expected_count(sampled, num_sampled, num_sampled),
+            true_expected_count=self.expected_count(true_ids.detach().cpu(), num_sampled, num_sampled),
+            num_tries=num_sampled,
+            distinct=False,
+        )
 
     def sample_unique(
         self, num_sampled: int, true_ids: torch.Tensor, generator: torch.Generator | None = None
@@ -116,6 +128,51 @@ class LogUniformSampler:
         return -torch.expm1(num_tries * torch.log1p(-p))
 
 
+
+class LogUniformSampler(CandidateSampler):
+    """TF ``log_uniform_candidate_sampler``: P(k) = (log(k+2) - log(k+1)) / log(range_max+1), k in [0, range_max).
+
+    ``offset`` shifts the ids: with ``offset=1`` the ids ``1..range_max`` are drawn (P(id) uses ``id - 1``),
+    which keeps the padding id 0 out of the negatives (an option; TF/ComiRec sample id 0 too).
+    """
+
+    def __init__(self, range_max: int, offset: int = 0):
+        super().__init__(range_max, offset)
+        self.log_range = math.log1p(self.range_max)  # TF range_sampler.cc: log_range_ = log1p(range)
+
+    def probability(self, ids: torch.Tensor) -> torch.Tensor:
+        """P(id) of one draw (float64); ids outside the range get 0."""
+        k = ids.to(torch.float64) - self.offset
+        p = torch.log((k + 2.0) / (k + 1.0)) / self.log_range
+        inside = (k >= 0) & (k < self.range_max)
+        return torch.where(inside, p, torch.zeros_like(p))
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` independent draws with replacement (inverse CDF, as TF: floor(exp(u log(R+1))) - 1, mod R)."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        k = torch.exp(u * self.log_range).to(torch.int64) - 1
+        return torch.remainder(k, self.range_max) + self.offset
+
+
+class UniformSampler(CandidateSampler):
+    """TF ``uniform_candidate_sampler``: P(id) = 1 / range_max (REMI's default noise, ``sample_prob = 0``)."""
+
+    def probability(self, ids: torch.Tensor) -> torch.Tensor:
+        k = ids.to(torch.float64) - self.offset
+        inside = (k >= 0) & (k < self.range_max)
+        return inside.to(torch.float64) / self.range_max
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randint(self.range_max, (n,), generator=generator) + self.offset
+
+
+def make_candidate_sampler(kind: str, range_max: int, offset: int = 0) -> CandidateSampler:
+    """``"log_uniform"`` (TF/ComiRec default) or ``"uniform"`` (REMI's default)."""
+    samplers = {"log_uniform": LogUniformSampler, "uniform": UniformSampler}
+    if kind not in samplers:
+        raise ValueError(f"unknown negative sampler {kind!r}; choose one of {sorted(samplers)}")
+    return samplers[kind](range_max, offset)
+
 def sampled_logits(
     user_vectors: torch.Tensor,
     target_ids: torch.Tensor,
@@ -141,7 +198,11 @@ def sampled_logits(
         sampled_logits_ = torch.addmm(-log_q[None, :], user_vectors, sampled_w.T)
     else:
         sampled_logits_ = user_vectors @ sampled_w.T
-    if remove_accidental_hits:
+    if remove_accidental_hits and not candidates.distinct:
+        # TF compute_accidental_hits with repeated ids: every copy of the row's label is a hit.
+        hits = sampled[None, :] == targets[:, None]
+        sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
+    elif remove_accidental_hits:
         # TF compute_accidental_hits: the logit of a sampled id equal to the row's label becomes -FLOAT_MAX.
         # Sampled ids are distinct, so a row has at most one hit: locate it by binary search (no [B, S] mask).
         order = torch.argsort(sampled)
@@ -160,11 +221,12 @@ def sampled_softmax_loss(
     user_vectors: torch.Tensor,
     target_ids: torch.Tensor,
     output_fn: OutputFn,
-    sampler: LogUniformSampler,
+    sampler: CandidateSampler,
     num_sampled: int,
     generator: torch.Generator | None = None,
     remove_accidental_hits: bool = True,
     subtract_log_q: bool = True,
+    unique: bool = True,
 ) -> torch.Tensor:
     """Mean of TF ``sampled_softmax_loss`` over the batch (ComiRec: ``reduce_mean(sampled_softmax_loss(...))``).
 
@@ -176,7 +238,7 @@ def sampled_softmax_loss(
             f"sampled_softmax_loss: expected user_vectors [B, d] and target_ids [B], got "
             f"{tuple(user_vectors.shape)} and {tuple(target_ids.shape)}"
         )
-    candidates = sampler.sample_unique(num_sampled, target_ids, generator)
+    candidates = sampler.sample(num_sampled, target_ids, generator, unique)
     logits = sampled_logits(
         user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
     )
@@ -219,7 +281,10 @@ def inbatch_softmax_loss(
 
 
 __all__ = [
+    "CandidateSampler",
     "LogUniformSampler",
+    "UniformSampler",
+    "make_candidate_sampler",
     "SampledCandidates",
     "sampled_logits",
     "sampled_softmax_loss",

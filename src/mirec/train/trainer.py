@@ -24,9 +24,9 @@ from mirec.config import RunConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.nn.sampled_softmax import (
-    LogUniformSampler,
     full_softmax_loss,
     inbatch_softmax_loss,
+    make_candidate_sampler,
     sampled_softmax_loss,
 )
 from mirec.train.checkpoint import (
@@ -41,6 +41,7 @@ from mirec.train.checkpoint import (
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
 LOSSES = ("sampled", "full", "inbatch")
+NEGATIVE_SAMPLERS = ("log_uniform", "uniform")
 
 
 def _evaluate_fn():
@@ -74,6 +75,26 @@ def adam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+def keep_sparse_item_grad(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Make the item table's lookups return sparse row gradients, accumulated into a dense ``.grad`` kept across
+    steps (autograd adds a sparse gradient into an existing dense one in place); returns the kept parameters.
+    Adam still sees a dense gradient with zero rows for the unused items, exactly as with dense lookups."""
+    embedding = getattr(model, "item_embedding", None)
+    if not isinstance(embedding, torch.nn.Embedding):
+        return []
+    embedding.sparse = True
+    embedding.weight.grad = torch.zeros_like(embedding.weight)
+    return [embedding.weight]
+
+
+def zero_grads(optimizer: torch.optim.Optimizer, kept: list[torch.nn.Parameter]) -> None:
+    """``zero_grad(set_to_none=True)``, except that the kept dense buffers are zeroed in place."""
+    buffers = [p.grad for p in kept]
+    optimizer.zero_grad(set_to_none=True)
+    for parameter, buffer in zip(kept, buffers, strict=True):
+        parameter.grad = buffer.zero_() if buffer is not None else torch.zeros_like(parameter)
+
+
 class Trainer:
     """One training run of ``config`` on a prepared dataset, writing the run folder ``run_dir``."""
 
@@ -90,6 +111,8 @@ class Trainer:
         tc = config.train
         if tc.loss not in LOSSES:
             raise ValueError(f"train.loss = {tc.loss!r}; expected one of {LOSSES}")
+        if tc.negative_sampler not in NEGATIVE_SAMPLERS:
+            raise ValueError(f"train.negative_sampler = {tc.negative_sampler!r}; expected one of {NEGATIVE_SAMPLERS}")
         for name in ("batch_size", "eval_every", "log_every"):
             if getattr(tc, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)}")
@@ -103,16 +126,17 @@ class Trainer:
         self.model = build_model(config, self.dataset, self._resume_graph_path())
         self.model.to(self.device)
         self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
+        self.kept_grads = keep_sparse_item_grad(self.model) if tc.sparse_item_grad and self.device.type == "cpu" else []
         self.sampler = TrainSampler(
             self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
         )
-        # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative.
-        # Option (not in TrainConfig yet): train.sampler_exclude_padding = true draws ids 1..n_items only.
-        exclude_padding = bool(getattr(tc, "sampler_exclude_padding", False))
+        # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
+        # train.sampler_exclude_padding = true draws ids 1..n_items only.
+        exclude_padding = tc.sampler_exclude_padding
         n_classes = self.dataset.n_items + (0 if exclude_padding else 1)
-        self.negatives = LogUniformSampler(n_classes, offset=1 if exclude_padding else 0)
+        self.negatives = make_candidate_sampler(tc.negative_sampler, n_classes, offset=1 if exclude_padding else 0)
         self.num_sampled = tc.num_negatives_factor * tc.batch_size
-        if tc.loss == "sampled" and self.num_sampled > n_classes:
+        if tc.loss == "sampled" and tc.negatives_unique and self.num_sampled > n_classes:
             raise ValueError(
                 f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
                 f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
@@ -134,8 +158,10 @@ class Trainer:
         output_fn = self.model.output_embeddings
         kind = self.config.train.loss
         if kind == "sampled":
+            tc = self.config.train
             return sampled_softmax_loss(
-                user_vectors, targets, output_fn, self.negatives, self.num_sampled, self.generator
+                user_vectors, targets, output_fn, self.negatives, self.num_sampled, self.generator,
+                remove_accidental_hits=tc.remove_accidental_hits, unique=tc.negatives_unique,
             )
         if kind == "full":
             return full_softmax_loss(user_vectors, targets, output_fn)
@@ -148,7 +174,7 @@ class Trainer:
         loss = self.loss(user_vectors, batch.targets)
         if aux is not None:
             loss = loss + aux
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grads(self.optimizer, self.kept_grads)
         loss.backward()
         self.optimizer.step()
         self.model.on_step_end(self.state.step + 1)
