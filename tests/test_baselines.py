@@ -189,6 +189,24 @@ def test_gru4rec_remi_variant_is_a_stacked_gru_then_dense():
     assert not torch.allclose(model(batch), out)
 
 
+@pytest.mark.parametrize("layers,hidden", [(1, D), (3, 2 * D)])
+def test_gru4rec_packed_cpu_path_equals_the_full_recurrence(layers, hidden):
+    """CPU runs the GRU on a PackedSequence of the valid steps: same states and gradients as over every position."""
+    model = make_model("gru4rec", gru_layers=layers, gru_hidden=hidden, output_dense=hidden != D)
+    batch = make_batch([6, 2, 0, 1])
+    mask = batch.mask.to(model.item_embedding.weight.dtype)
+    x1 = (model.embed_items(batch.items) * mask.unsqueeze(-1)).detach().requires_grad_(True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    length = mask.sum(1).long()
+    packed, full = model.last_states(x1, length, packed=True), model.last_states(x2, length, packed=False)
+    valid = length > 0  # an empty history's state is zeroed by forward either way
+    torch.testing.assert_close(packed[valid], full[valid], rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(packed) * valid[:, None]
+    (g1,) = torch.autograd.grad((packed * weights).sum(), x1)
+    (g2,) = torch.autograd.grad((full * weights).sum(), x2)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
 def test_gru4rec_option_errors():
     with pytest.raises(ValueError, match="output_dense"):
         make_model("gru4rec", gru_hidden=2 * D)

@@ -200,6 +200,15 @@ def test_sampled_softmax_loss_is_seeded_and_matches_its_parts():
     logits = sampled_logits(users, targets, lambda ids: table[ids], cand)
     expected = -(torch.log_softmax(logits, 1)[:, 0]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the loss never builds the [B, 1 + S] matrix; its gradient is still the cross-entropy's
+    u1, u2 = users.clone().requires_grad_(True), users.clone().requires_grad_(True)
+    fused = sampled_softmax_loss(u1, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11))
+    plain = torch.nn.functional.cross_entropy(
+        sampled_logits(u2, targets, lambda ids: table[ids], cand), torch.zeros(5, dtype=torch.int64)
+    )
+    fused.backward()
+    plain.backward()
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-7)
     again = sampled_softmax_loss(
         users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11)
     )

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
@@ -79,12 +80,23 @@ class GRU4Rec(MultiInterestModel):
     def num_interests(self) -> int:
         return 1
 
+    def last_states(self, x: torch.Tensor, length: torch.Tensor, packed: bool | None = None) -> torch.Tensor:
+        """Top-layer hidden state after the last valid item of each left-aligned history, [B, hidden].
+
+        ``packed`` (default: on CPU) runs the GRU on a PackedSequence; otherwise over every position."""
+        if x.device.type == "cpu" if packed is None else packed:
+            # CPU: run the recurrence over the valid steps only (histories are ~30% filled; same states)
+            packed = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+            _, final = self.gru(packed)  # [layers, B, hidden], back in batch order
+            return final[-1]
+        states, _ = self.gru(x)  # [B, L, hidden]; states up to length-1 never see padding
+        return states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]
+
     def forward(self, batch: Batch) -> torch.Tensor:
         mask = batch.mask.to(self.item_embedding.weight.dtype)
         x = self.embedding_dropout(self.embed_items(batch.items)) * mask.unsqueeze(-1)
-        states, _ = self.gru(x)  # [B, L, d]; left-aligned, so states up to length-1 never see padding
         length = mask.sum(dim=1).long()
-        last = states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]
+        last = self.last_states(x, length)
         if self.dense is not None:
             last = self.dense(last)
         last = last * (length > 0).unsqueeze(-1).to(last.dtype)  # dynamic_rnn: zero state for length 0

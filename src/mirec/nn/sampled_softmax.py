@@ -173,6 +173,7 @@ def make_candidate_sampler(kind: str, range_max: int, offset: int = 0) -> Candid
         raise ValueError(f"unknown negative sampler {kind!r}; choose one of {sorted(samplers)}")
     return samplers[kind](range_max, offset)
 
+
 def sampled_logits(
     user_vectors: torch.Tensor,
     target_ids: torch.Tensor,
@@ -182,6 +183,21 @@ def sampled_logits(
     subtract_log_q: bool = True,
 ) -> torch.Tensor:
     """TF ``_compute_sampled_logits`` with zero biases: [B, 1 + S] logits, the true class in column 0."""
+    true_logits, sampled_logits_ = _logit_blocks(
+        user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
+    )
+    return torch.cat([true_logits, sampled_logits_], dim=1)
+
+
+def _logit_blocks(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    candidates: SampledCandidates,
+    remove_accidental_hits: bool,
+    subtract_log_q: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sampled_logits` as its two blocks: the true logits [B, 1] and the sampled logits [B, S]."""
     device = user_vectors.device
     sampled = candidates.sampled.to(device)
     targets = target_ids.to(device)
@@ -214,7 +230,7 @@ def sampled_logits(
         sampled_logits_ = sampled_logits_.index_put_(
             (rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols])
         )
-    return torch.cat([true_logits, sampled_logits_], dim=1)
+    return true_logits, sampled_logits_
 
 
 def sampled_softmax_loss(
@@ -239,11 +255,13 @@ def sampled_softmax_loss(
             f"{tuple(user_vectors.shape)} and {tuple(target_ids.shape)}"
         )
     candidates = sampler.sample(num_sampled, target_ids, generator, unique)
-    logits = sampled_logits(
+    true_logits, sampled_logits_ = _logit_blocks(
         user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
     )
-    labels = torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
-    return F.cross_entropy(logits, labels)
+    # softmax cross-entropy with label 0 over [true, sampled], without building the [B, 1 + S] matrix
+    true_logits = true_logits[:, 0]
+    log_normaliser = torch.logaddexp(true_logits, torch.logsumexp(sampled_logits_, dim=1))
+    return (log_normaliser - true_logits).mean()
 
 
 def full_softmax_loss(
