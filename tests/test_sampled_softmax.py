@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+import mirec.nn.sampled_softmax as sampled_softmax_module
 from mirec.nn.sampled_softmax import (
     LogUniformSampler,
     SampledCandidates,
@@ -74,11 +75,13 @@ def slow_unique_reference(sampler: LogUniformSampler, num_sampled: int, seed: in
         chunk *= 2
 
 
+@pytest.mark.parametrize("path", ["scatter", "sort"])  # small id ranges: first-draw table; large: unique+argsort
 @pytest.mark.parametrize(
     ("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)]
 )
-def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed):
-    sampler = LogUniformSampler(range_max)
+def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed, path):
+    sampler = LogUniformSampler(range_max, offset=1 if seed == 2 else 0)
+    sampler.scatter_limit = range_max if path == "scatter" else 0
     out = sampler.sample_unique(num_sampled, torch.tensor([1, 2]), torch.Generator().manual_seed(seed))
     ref_ids, ref_tries = slow_unique_reference(sampler, num_sampled, seed)
     assert out.sampled.tolist() == ref_ids
@@ -133,7 +136,10 @@ def _tiny_case():
     return table, users, targets
 
 
-def test_sampled_logits_log_q_and_accidental_hits_hand_computed():
+@pytest.mark.parametrize("hit_lookup", ["table", "binary_search"])
+def test_sampled_logits_log_q_and_accidental_hits_hand_computed(hit_lookup, monkeypatch):
+    if hit_lookup == "binary_search":
+        monkeypatch.setattr(sampled_softmax_module, "HIT_TABLE_LIMIT", 0)
     table, users, targets = _tiny_case()
     sampled = torch.tensor([4, 2, 5])  # 4 is row 1's target: an accidental hit for row 1 only
     q_true = torch.tensor([0.4, 0.2], dtype=torch.float64)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
+HIT_TABLE_LIMIT = 1 << 18  # accidental hits via an id -> column table up to this many ids, else binary search
 
 
 @dataclass
@@ -40,6 +41,7 @@ class CandidateSampler:
         self.range_max = int(range_max)
         self.offset = int(offset)
         self._chunk_sizes: dict[int, int] = {}
+        self.scatter_limit = 1 << 18  # id ranges up to this use the sort-free first-draw table
 
     def probability(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -87,23 +89,38 @@ class CandidateSampler:
         chunk = self._first_chunk(num_sampled)
         while True:
             draws = torch.cat([draws, self.draw(chunk, generator)])
-            values, inverse = torch.unique(draws, return_inverse=True)
-            if len(values) >= num_sampled:
+            found = self._first_occurrences(draws, num_sampled)
+            if found is not None:
+                sampled, num_tries = found
                 break
             chunk *= 2
-        # First draw index of every distinct value; the num_sampled earliest ones are TF's batch.
-        positions = torch.arange(len(draws))
-        first = torch.full((len(values),), len(draws), dtype=torch.int64)
-        first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-        order = torch.argsort(first)[:num_sampled]
-        sampled = values[order]
-        num_tries = int(first[order[-1]]) + 1
         return SampledCandidates(
             sampled=sampled,
             sampled_expected_count=self.expected_count(sampled, num_sampled, num_tries),
             true_expected_count=self.expected_count(true_ids.detach().cpu(), num_sampled, num_tries),
             num_tries=num_tries,
         )
+
+    def _first_occurrences(self, draws: torch.Tensor, num_sampled: int) -> tuple[torch.Tensor, int] | None:
+        """The first ``num_sampled`` distinct values of ``draws`` in draw order and the number of draws they took
+        (None if there are fewer). Small id ranges: one scatter over a [range_max] table marks each id's first
+        draw (no sort); large ones: ``torch.unique`` + argsort of the first positions."""
+        positions = torch.arange(len(draws))
+        if self.range_max <= self.scatter_limit:
+            first = torch.full((self.range_max,), len(draws), dtype=torch.int64)
+            first.scatter_reduce_(0, draws - self.offset, positions, reduce="amin")
+            first_draws = torch.nonzero(first[draws - self.offset] == positions).squeeze(1)  # ascending
+            if len(first_draws) < num_sampled:
+                return None
+            taken = first_draws[:num_sampled]
+            return draws[taken], int(taken[-1]) + 1
+        values, inverse = torch.unique(draws, return_inverse=True)
+        if len(values) < num_sampled:
+            return None
+        first = torch.full((len(values),), len(draws), dtype=torch.int64)
+        first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+        order = torch.argsort(first)[:num_sampled]
+        return values[order], int(first[order[-1]]) + 1
 
     def _first_chunk(self, num_sampled: int) -> int:
         """Draws in the first chunk: 10% above the expected tries for num_sampled distinct ids (stateless,
@@ -220,12 +237,22 @@ def _logit_blocks(
         sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
     elif remove_accidental_hits:
         # TF compute_accidental_hits: the logit of a sampled id equal to the row's label becomes -FLOAT_MAX.
-        # Sampled ids are distinct, so a row has at most one hit: locate it by binary search (no [B, S] mask).
-        order = torch.argsort(sampled)
-        in_order = sampled[order]
-        position = torch.searchsorted(in_order, targets).clamp_max(len(sampled) - 1)
-        hit = in_order[position] == targets
-        rows, cols = torch.arange(len(targets), device=device), order[position]
+        # Sampled ids are distinct, so a row has at most one hit: find its column through an id -> column
+        # table (small id ranges) or by binary search (no [B, S] mask either way).
+        table_size = int(torch.maximum(sampled.max(), targets.max())) + 1
+        if table_size <= HIT_TABLE_LIMIT:
+            column = torch.full((table_size,), -1, dtype=torch.int64, device=device)
+            column[sampled] = torch.arange(len(sampled), device=device)
+            cols = column[targets]
+            hit = cols >= 0
+            cols = cols.clamp_min(0)
+        else:
+            order = torch.argsort(sampled)
+            in_order = sampled[order]
+            position = torch.searchsorted(in_order, targets).clamp_max(len(sampled) - 1)
+            hit = in_order[position] == targets
+            cols = order[position]
+        rows = torch.arange(len(targets), device=device)
         floor = torch.full_like(true_logits[:, 0], torch.finfo(sampled_logits_.dtype).min)
         sampled_logits_ = sampled_logits_.index_put_(
             (rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols])
