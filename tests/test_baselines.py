@@ -372,7 +372,7 @@ def test_parameter_counts():
     )
 
 
-@pytest.mark.parametrize("name", ["mind", "comirec-dr"])
+@pytest.mark.parametrize("name", ["mind", "comirec-dr", "comirec-sa"])
 def test_soft_readout_option(name):
     model = make_model(name, readout_power=1.0)
     batch = make_batch([6, 4], targets=True)

@@ -2,11 +2,13 @@
 
 H = masked history embeddings + a learned position embedding [L, d] (Glorot, ``tf.get_variable`` default);
 A = softmax over positions of W_2 tanh(W_1 H + b_1) + b_2 (d_a = 4d, K heads, padding set to -2^32 + 1);
-interests = A @ (masked history embeddings WITHOUT the position term). Hard readout at training.
+interests = A @ (masked history embeddings WITHOUT the position term). Hard readout at training (ComiRec-SA
+has no soft branch; ``readout_power = 1``, the softmax-weighted readout of ComiRec's capsule models, is an option).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +18,7 @@ from torch import nn
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
+from mirec.nn.capsule import check_readout_power, label_aware_readout
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 
 
@@ -23,6 +26,7 @@ from mirec.nn.self_attentive import SelfAttentiveExtractor
 class ComiRecSAConfig(ModelConfig):
     name: str = "comirec-sa"
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
+    readout_power: float = math.inf  # inf = hard readout (ComiRec-SA); 1 = softmax-weighted interests (option)
 
 
 class ComiRecSA(MultiInterestModel):
@@ -36,6 +40,7 @@ class ComiRecSA(MultiInterestModel):
     def __init__(self, config: ComiRecSAConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
+        check_readout_power(config.readout_power)
         self.position_embedding: nn.Parameter | None = None
         if config.add_pos:
             self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
@@ -55,3 +60,6 @@ class ComiRecSA(MultiInterestModel):
                 )
             H = x + self.position_embedding[:L]
         return self.extractor(H, mask, values=x)
+
+    def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
+        return label_aware_readout(interests, target_vectors, self.config.readout_power)
