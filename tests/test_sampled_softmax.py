@@ -139,7 +139,7 @@ def _tiny_case():
 @pytest.mark.parametrize("hit_lookup", ["table", "binary_search"])
 def test_sampled_logits_log_q_and_accidental_hits_hand_computed(hit_lookup, monkeypatch):
     if hit_lookup == "binary_search":
-        monkeypatch.setattr(sampled_softmax_module, "HIT_TABLE_LIMIT", 0)
+        monkeypatch.setattr(sampled_softmax_module, "SMALL_ID_RANGE", 0)
     table, users, targets = _tiny_case()
     sampled = torch.tensor([4, 2, 5])  # 4 is row 1's target: an accidental hit for row 1 only
     q_true = torch.tensor([0.4, 0.2], dtype=torch.float64)

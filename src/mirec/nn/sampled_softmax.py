@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
-HIT_TABLE_LIMIT = 1 << 18  # accidental hits via an id -> column table up to this many ids, else binary search
+# id ranges up to this size use [range] lookup tables (first draws, hit columns) instead of sorting
+SMALL_ID_RANGE = 1 << 18
 
 
 @dataclass
@@ -41,7 +42,7 @@ class CandidateSampler:
         self.range_max = int(range_max)
         self.offset = int(offset)
         self._chunk_sizes: dict[int, int] = {}
-        self.scatter_limit = 1 << 18  # id ranges up to this use the sort-free first-draw table
+        self.scatter_limit = SMALL_ID_RANGE  # sort-free first-draw table up to this range
 
     def probability(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -240,7 +241,7 @@ def _logit_blocks(
         # Sampled ids are distinct, so a row has at most one hit: find its column through an id -> column
         # table (small id ranges) or by binary search (no [B, S] mask either way).
         table_size = int(torch.maximum(sampled.max(), targets.max())) + 1
-        if table_size <= HIT_TABLE_LIMIT:
+        if table_size <= SMALL_ID_RANGE:
             column = torch.full((table_size,), -1, dtype=torch.int64, device=device)
             column[sampled] = torch.arange(len(sampled), device=device)
             cols = column[targets]
