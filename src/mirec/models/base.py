@@ -6,6 +6,7 @@ vectors it is scored against (``output_embeddings``); retrieval scores an item b
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -13,13 +14,8 @@ from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-
-
-def glorot_embedding(num: int, dim: int) -> nn.Embedding:
-    """An embedding table initialised Glorot-uniform, as TF's ``tf.get_variable`` default (ComiRec, PIMI)."""
-    table = nn.Embedding(num, dim)
-    nn.init.xavier_uniform_(table.weight)
-    return table
+from mirec.nn.capsule import check_readout_power, label_aware_readout
+from mirec.nn.init import glorot_embedding
 
 
 def check_choice(config: ModelConfig, field: str, choices: tuple[str, ...]) -> None:
@@ -42,6 +38,8 @@ class MultiInterestModel(nn.Module):
         super().__init__()
         self.config = config
         self.n_items = n_items
+        if hasattr(config, "readout_power"):  # models whose config offers the soft (label-aware) readout
+            check_readout_power(config.readout_power)
         self.item_embedding = glorot_embedding(n_items + 1, config.embedding_dim)
         # Set by mirec.graph when config.global_context: maps (ids, E_item) -> rows of A E_item.
         self.global_context: nn.Module | None = None
@@ -80,9 +78,8 @@ class MultiInterestModel(nn.Module):
         """Hook called by the trainer after each optimiser step (e.g. GemiRec's dictionary maintenance)."""
 
     def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
-        """Label-aware hard attention: the interest with the largest inner product with the target (ComiRec)."""
+        """Label-aware attention against the target's output vector: the hard argmax (ComiRec) unless the
+        config's ``readout_power`` p is finite (softmax of pow(scores, p); ComiRec's hard_readout=False: p = 1)."""
         if interests.shape[1] == 1:
             return interests[:, 0]
-        scores = torch.einsum("bkd,bd->bk", interests, target_vectors)
-        best = scores.argmax(dim=1)
-        return interests[torch.arange(len(best), device=best.device), best]
+        return label_aware_readout(interests, target_vectors, getattr(self.config, "readout_power", math.inf))

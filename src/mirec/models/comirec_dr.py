@@ -18,7 +18,7 @@ import torch
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
-from mirec.nn.capsule import CapsuleRouting, PerPositionBilinear, check_readout_power, label_aware_readout
+from mirec.nn.capsule import CapsuleRouting, PerPositionBilinear
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -41,7 +41,6 @@ class ComiRecDR(MultiInterestModel):
 
     def __init__(self, config: ComiRecDRConfig, n_items: int):
         super().__init__(config, n_items)
-        check_readout_power(config.readout_power)
         d, K = config.embedding_dim, config.num_interests
         self.bilinear = PerPositionBilinear(d, K, config.maxlen)
         self.routing = CapsuleRouting(config.routing_iterations, config.stop_gradient)
@@ -54,6 +53,3 @@ class ComiRecDR(MultiInterestModel):
         if self.proj is not None:
             capsules = torch.relu(self.proj(capsules))
         return capsules
-
-    def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
-        return label_aware_readout(interests, target_vectors, self.config.readout_power)

@@ -18,7 +18,6 @@ from torch import nn
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
-from mirec.nn.capsule import check_readout_power, label_aware_readout
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 
 
@@ -40,7 +39,6 @@ class ComiRecSA(MultiInterestModel):
     def __init__(self, config: ComiRecSAConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
-        check_readout_power(config.readout_power)
         self.position_embedding: nn.Parameter | None = None
         if config.add_pos:
             self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
@@ -60,6 +58,3 @@ class ComiRecSA(MultiInterestModel):
                 )
             H = x + self.position_embedding[:L]
         return self.extractor(H, mask, values=x)
-
-    def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
-        return label_aware_readout(interests, target_vectors, self.config.readout_power)

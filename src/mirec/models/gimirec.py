@@ -17,7 +17,8 @@ import torch
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel, check_choice, glorot_embedding
+from mirec.models.base import MultiInterestModel, check_choice
+from mirec.nn.init import glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix

@@ -26,7 +26,7 @@ import torch
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
-from mirec.nn.capsule import CapsuleRouting, SharedBilinear, check_readout_power, label_aware_readout
+from mirec.nn.capsule import CapsuleRouting, SharedBilinear
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -52,7 +52,6 @@ class MIND(MultiInterestModel):
 
     def __init__(self, config: MINDConfig, n_items: int):
         super().__init__(config, n_items)
-        check_readout_power(config.readout_power)
         if config.routing_init_std < 0:
             raise ValueError(f"model.routing_init_std must be >= 0, got {config.routing_init_std}")
         d, K = config.embedding_dim, config.num_interests
@@ -94,6 +93,3 @@ class MIND(MultiInterestModel):
         if active is not None:
             capsules = torch.where(active[:, :, None], capsules, capsules[:, :1])  # unused slots repeat interest 0
         return capsules
-
-    def readout(self, interests: torch.Tensor, target_vectors: torch.Tensor) -> torch.Tensor:
-        return label_aware_readout(interests, target_vectors, self.config.readout_power)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mirec.models.base import glorot_embedding
+from mirec.nn.init import glorot_embedding
 
 # TF reference's mask value for attention logits (PIMI_Rec model.py: -2**32 + 1).
 MASK_LOGIT = -(2.0**32) + 1.0
