@@ -84,10 +84,11 @@ class GRU4Rec(MultiInterestModel):
         """Top-layer hidden state after the last valid item of each left-aligned history, [B, hidden].
 
         ``packed`` (default: on CPU) runs the GRU on a PackedSequence; otherwise over every position."""
-        if x.device.type == "cpu" if packed is None else packed:
-            # CPU: run the recurrence over the valid steps only (histories are ~30% filled; same states)
-            packed = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-            _, final = self.gru(packed)  # [layers, B, hidden], back in batch order
+        if packed is None:  # CPU: the recurrence over the valid steps only (histories are ~30% filled)
+            packed = x.device.type == "cpu"
+        if packed:
+            sequences = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+            _, final = self.gru(sequences)  # [layers, B, hidden], back in batch order
             return final[-1]
         states, _ = self.gru(x)  # [B, L, hidden]; states up to length-1 never see padding
         return states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]

@@ -106,8 +106,7 @@ class CapsuleRouting(nn.Module):
         no behaviour (their logits are -inf before the softmax over interests; MIND's dynamic interest number).
         With ``return_weights`` also returns the last iteration's coupling coefficients c [B, K, L].
         """
-        shared = item_hat.dim() == 3
-        if shared:
+        if item_hat.dim() == 3:  # shared prediction
             K = num_interests if init_logits is None else init_logits.shape[1]
             if K is None:
                 raise ValueError("CapsuleRouting: a shared [B, L, d] item_hat needs init_logits or num_interests")

@@ -238,27 +238,30 @@ def _logit_blocks(
         sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
     elif remove_accidental_hits:
         # TF compute_accidental_hits: the logit of a sampled id equal to the row's label becomes -FLOAT_MAX.
-        # Sampled ids are distinct, so a row has at most one hit: find its column through an id -> column
-        # table (small id ranges) or by binary search (no [B, S] mask either way).
-        table_size = int(torch.maximum(sampled.max(), targets.max())) + 1
-        if table_size <= SMALL_ID_RANGE:
-            column = torch.full((table_size,), -1, dtype=torch.int64, device=device)
-            column[sampled] = torch.arange(len(sampled), device=device)
-            cols = column[targets]
-            hit = cols >= 0
-            cols = cols.clamp_min(0)
-        else:
-            order = torch.argsort(sampled)
-            in_order = sampled[order]
-            position = torch.searchsorted(in_order, targets).clamp_max(len(sampled) - 1)
-            hit = in_order[position] == targets
-            cols = order[position]
+        # Sampled ids are distinct, so a row has at most one hit (no [B, S] mask needed).
+        hit, cols = _hit_columns(sampled, targets)
         rows = torch.arange(len(targets), device=device)
         floor = torch.full_like(true_logits[:, 0], torch.finfo(sampled_logits_.dtype).min)
         sampled_logits_ = sampled_logits_.index_put_(
             (rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols])
         )
     return true_logits, sampled_logits_
+
+
+def _hit_columns(sampled: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For distinct ``sampled`` ids: whether each target was sampled, and its column (0 where not). CPU with a
+    small id range: an id -> column table; otherwise binary search (no host synchronisation on a GPU)."""
+    if sampled.device.type == "cpu":
+        table_size = int(torch.maximum(sampled.max(), targets.max())) + 1
+        if table_size <= SMALL_ID_RANGE:
+            column = torch.full((table_size,), -1, dtype=torch.int64)
+            column[sampled] = torch.arange(len(sampled))
+            cols = column[targets]
+            return cols >= 0, cols.clamp_min(0)
+    order = torch.argsort(sampled)
+    in_order = sampled[order]
+    position = torch.searchsorted(in_order, targets).clamp_max(len(sampled) - 1)
+    return in_order[position] == targets, order[position]
 
 
 def sampled_softmax_loss(
