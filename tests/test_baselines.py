@@ -228,6 +228,22 @@ def test_dnn_kaiming_init_as_remi():
         YouTubeDNN(DNNConfig(init="normal"), n)
 
 
+def test_comirec_sa_kaiming_init_as_pytorch_ports():
+    torch.manual_seed(0)
+    d, n, length = 64, 5000, 20
+    model = ComiRecSA(ComiRecSAConfig(embedding_dim=d, maxlen=length, init="kaiming"), n)
+    # kaiming_normal_ std sqrt(2 / fan_in): fan_in d for the table and W1, 4d for W2, L * d for a [1, L, d] tensor
+    assert model.item_embedding.weight.std().item() == pytest.approx(math.sqrt(2 / d), rel=0.02)
+    assert model.extractor.w1.weight.std().item() == pytest.approx(math.sqrt(2 / d), rel=0.05)
+    assert model.extractor.w2.weight.std().item() == pytest.approx(math.sqrt(2 / (4 * d)), rel=0.1)
+    assert model.position_embedding.std().item() == pytest.approx(math.sqrt(2 / (length * d)), rel=0.05)
+    assert not model.extractor.w1.bias.any() and not model.extractor.w2.bias.any()
+    default = ComiRecSA(ComiRecSAConfig(embedding_dim=d, maxlen=length), n)
+    assert default.item_embedding.weight.std().item() == pytest.approx(math.sqrt(2 / (n + 1 + d)), rel=0.02)
+    with pytest.raises(ValueError, match="init"):
+        ComiRecSA(ComiRecSAConfig(init="normal"), n)
+
+
 def slow_mind(model: MIND, batch: Batch, logits: torch.Tensor) -> np.ndarray:
     E = model.item_embedding.weight.detach().numpy()
     W, b = model.bilinear.dense.weight.detach().numpy(), model.bilinear.dense.bias.detach().numpy()

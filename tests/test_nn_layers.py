@@ -17,7 +17,8 @@ from mirec.nn.capsule import (
     label_aware_readout,
     squash,
 )
-from mirec.nn.self_attentive import MASK_LOGIT, SelfAttentiveExtractor, tf_dense
+from mirec.nn.embedding import RowGradEmbedding
+from mirec.nn.self_attentive import MASK_LOGIT, SelfAttentiveExtractor, cpu_fast_tanh, tf_dense
 
 
 def slow_routing(item_hat: np.ndarray, mask: np.ndarray, init: np.ndarray, iterations: int) -> tuple:
@@ -262,3 +263,47 @@ def test_shared_predictions_route_like_their_tiled_copies(stop_gradient):
     with pytest.raises(ValueError, match="needs init_logits or num_interests"):
         routing(shared.detach(), mask)
     assert routing(shared.detach(), mask, num_interests=2).shape == (shared.shape[0], 2, shared.shape[2])
+
+
+@pytest.mark.parametrize("grad_first", [False, True])
+def test_row_grad_embedding_accumulates_the_dense_gradient(grad_first):
+    """Lookups with accumulate_rows add exactly the dense gradient into weight.grad: repeated ids, several
+    lookups, a dense use of the weight in the same graph (GIMIRec's A E_item), and a grad already present."""
+    torch.manual_seed(0)
+    table = RowGradEmbedding(30, 5)
+    reference = torch.nn.Embedding(30, 5)
+    reference.weight.data.copy_(table.weight.data)
+    history = torch.tensor([[3, 3, 7, 0], [29, 7, 7, 1]])
+    targets = torch.tensor([3, 12])
+    mix = torch.rand(4, 30)
+    upstream = torch.randn(2, 4, 5), torch.randn(2, 5), torch.randn(4, 5)
+    start = torch.randn(30, 5)
+
+    def loss(module: torch.nn.Embedding) -> torch.Tensor:
+        parts = module(history), module(targets), mix @ module.weight
+        return sum((part * up).sum() for part, up in zip(parts, upstream, strict=True))
+
+    table.accumulate_rows = True
+    for module in (table, reference):
+        module.weight.grad = start.clone() if grad_first else None
+        loss(module).backward()
+    torch.testing.assert_close(table.weight.grad, reference.weight.grad, rtol=1e-6, atol=1e-6)
+    kept = table.weight.grad
+    loss(table).backward()  # accumulates in place into the same tensor
+    assert table.weight.grad is kept
+    with torch.no_grad():  # evaluation lookups are plain
+        torch.testing.assert_close(table(history), reference.weight[history])
+
+
+def test_cpu_fast_tanh_is_tanh():
+    x = torch.cat([torch.linspace(-20, 20, 4001), torch.tensor([0.0, 1e-30, -1e-8, 3e-4])]).requires_grad_()
+    y = cpu_fast_tanh(x)
+    reference = torch.tanh(x)
+    torch.testing.assert_close(y, reference, rtol=0, atol=3e-7)
+    upstream = torch.randn(len(x))
+    (grad,) = torch.autograd.grad((y * upstream).sum(), x)
+    (grad_reference,) = torch.autograd.grad((reference * upstream).sum(), x)
+    torch.testing.assert_close(grad, grad_reference, rtol=0, atol=1e-6)
+    # float64 inputs take torch.tanh itself
+    xd = x.detach().double()
+    assert torch.equal(cpu_fast_tanh(xd), torch.tanh(xd))

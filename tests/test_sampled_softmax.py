@@ -89,14 +89,22 @@ def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed, 
     assert len(set(out.sampled.tolist())) == num_sampled
 
 
-def test_expected_count_helper_hand_values():
+@pytest.mark.parametrize("path", ["table", "formula"])
+def test_expected_count_helper_hand_values(path):
     sampler = LogUniformSampler(9)  # log(10) denominator
+    shifted = LogUniformSampler(9, offset=1)  # ids 1..9; the padding id 0 has probability 0
+    if path == "formula":  # large id ranges compute P(id) per call instead of looking it up
+        sampler.scatter_limit = shifted.scatter_limit = 0
     ids = torch.tensor([0, 4])
     p = np.log([2.0, 6.0 / 5.0]) / np.log(10.0)
     # no repeated draw (num_tries == batch): p * batch, TF's shortcut
     np.testing.assert_allclose(sampler.expected_count(ids, 3, 3).numpy(), 3 * p, rtol=1e-12)
     # otherwise 1 - (1 - p)^num_tries
     np.testing.assert_allclose(sampler.expected_count(ids, 3, 7).numpy(), 1 - (1 - p) ** 7, rtol=1e-12)
+    shifted_p = np.array([0.0, *p])
+    np.testing.assert_allclose(shifted.expected_count(torch.tensor([0, 1, 5]), 3, 7).numpy(), 1 - (1 - shifted_p) ** 7)
+    # an id beyond the range (never drawn) has probability 0 on both paths
+    assert sampler.expected_count(torch.tensor([3, 12]), 3, 7)[1].item() == 0.0
 
 
 def test_expected_count_formula_against_brute_force():
@@ -152,7 +160,7 @@ def test_sampled_logits_log_q_and_accidental_hits_hand_computed(hit_lookup, monk
         return table[ids]
 
     logits = sampled_logits(users, targets, output_fn, cand)
-    assert len(calls) == 1 and calls[0].tolist() == [1, 2, 4, 5]  # one call on the distinct rows
+    assert len(calls) == 1 and calls[0].tolist() == [1, 4, 4, 2, 5]  # one call: the targets, then the sampled ids
     # row 0: u=(1,2): true e1 -> 2.0; sampled e4 -> 4.0, e2 -> 1.5, e5 -> -3.0
     row0 = [2.0 - math.log(0.4), 4.0 - math.log(0.2), 1.5 - math.log(0.5), -3.0 - math.log(0.1)]
     np.testing.assert_allclose(logits[0].numpy(), row0, rtol=1e-12)

@@ -58,8 +58,8 @@ class TrainConfig:
     negative_sampler: str = "log_uniform"  # log_uniform (TF/ComiRec) | uniform (REMI's default)
     negatives_unique: bool = True  # TF unique=True; REMI: False (1,280 draws with replacement)
     remove_accidental_hits: bool = True  # TF default; REMI: False
-    # CPU: item-table gradients as sparse rows added into one kept dense buffer (same Adam update, less memory
-    # traffic than a fresh zero-filled [n_items, d] gradient per lookup); False = torch's dense embedding backward
+    # CPU: each item-table lookup adds its row gradients into one kept dense buffer (index_add_; same Adam update,
+    # less memory traffic than a zero-filled [n_items, d] gradient per lookup); False = torch's dense backward
     sparse_item_grad: bool = True
     min_cut: int = 4  # ComiRec draws the cut position k uniformly in [4, len-1]
     seed: int = 19

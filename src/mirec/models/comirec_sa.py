@@ -4,6 +4,10 @@ H = masked history embeddings + a learned position embedding [L, d] (Glorot, ``t
 A = softmax over positions of W_2 tanh(W_1 H + b_1) + b_2 (d_a = 4d, K heads, padding set to -2^32 + 1);
 interests = A @ (masked history embeddings WITHOUT the position term). Hard readout at training (ComiRec-SA
 has no soft branch; ``readout_power = 1``, the softmax-weighted readout of ComiRec's capsule models, is an option).
+
+Option ``init = "kaiming"`` (deviation, default "glorot" as TF): the PyTorch ports (ShiningCosmos/pytorch_ComiRec,
+REMI) re-initialise every weight Kaiming-normal: the item table with std sqrt(2 / d), ~12x Glorot's, and the
+[1, L, d] position embedding with fan_in L * d; biases stay zero (those ports' attention layers have none).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, check_choice
+from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 
 
@@ -26,6 +31,7 @@ class ComiRecSAConfig(ModelConfig):
     name: str = "comirec-sa"
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
     readout_power: float = math.inf  # inf = hard readout (ComiRec-SA); 1 = softmax-weighted interests (option)
+    init: str = "glorot"  # glorot (TF reference) | kaiming (PyTorch ports: kaiming_normal_ on every weight)
 
 
 class ComiRecSA(MultiInterestModel):
@@ -44,6 +50,11 @@ class ComiRecSA(MultiInterestModel):
             self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
             nn.init.xavier_uniform_(self.position_embedding)  # TF Glorot on [1, L, d]: fan_in L, fan_out d
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)
+        check_choice(config, "init", ("glorot", "kaiming"))
+        if config.init == "kaiming":
+            kaiming_reinit(self)
+            if self.position_embedding is not None:  # the ports' parameter is [1, L, d]: fan_in L * d
+                nn.init.kaiming_normal_(self.position_embedding.data.unsqueeze(0))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         mask = batch.mask.to(self.item_embedding.weight.dtype)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel, check_choice
+from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -45,8 +45,7 @@ class YouTubeDNN(MultiInterestModel):
         check_choice(config, "init", ("glorot", "kaiming"))
         self.dense = tf_dense(d, d, bias=config.dense_bias)  # tf.layers.dense(hidden_size, activation=None)
         if config.init == "kaiming":  # REMI BasicModel.reset_parameters: fan_in of [n, d] tables is d
-            for weight in (self.item_embedding.weight, self.dense.weight):
-                nn.init.kaiming_normal_(weight)
+            kaiming_reinit(self)
 
     @property
     def num_interests(self) -> int:

@@ -42,7 +42,8 @@ class CandidateSampler:
         self.range_max = int(range_max)
         self.offset = int(offset)
         self._chunk_sizes: dict[int, int] = {}
-        self.scatter_limit = SMALL_ID_RANGE  # sort-free first-draw table up to this range
+        self.scatter_limit = SMALL_ID_RANGE  # sort-free first-draw table and probability tables up to this range
+        self._probability_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def probability(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -140,10 +141,23 @@ class CandidateSampler:
 
     def expected_count(self, ids: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
         """TF ``ExpectedCountHelper``: p * batch if no repeat, else 1 - (1 - p)^num_tries (stable form)."""
-        p = self.probability(ids)
-        if num_tries == num_sampled:
-            return p * num_sampled
-        return -torch.expm1(num_tries * torch.log1p(-p))
+        tables = self._tables(ids)
+        if tables is None:
+            p = self.probability(ids)
+            return p * num_sampled if num_tries == num_sampled else -torch.expm1(num_tries * torch.log1p(-p))
+        p, log1m_p = tables
+        return p[ids] * num_sampled if num_tries == num_sampled else -torch.expm1(num_tries * log1m_p[ids])
+
+    def _tables(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """P(id) and log(1 - P(id)) for every id 0 .. offset + range_max - 1 (computed once), or None for a large
+        range or ids beyond it: a step then looks its ~1,400 ids up instead of recomputing their logs."""
+        size = self.offset + self.range_max
+        if size > self.scatter_limit or ids.device.type != "cpu" or (len(ids) and int(ids.max()) >= size):
+            return None
+        if self._probability_tables is None:
+            p = self.probability(torch.arange(size))
+            self._probability_tables = p, torch.log1p(-p)
+        return self._probability_tables
 
 
 
@@ -219,11 +233,9 @@ def _logit_blocks(
     device = user_vectors.device
     sampled = candidates.sampled.to(device)
     targets = target_ids.to(device)
-    # One output_fn call on the distinct rows needed (a global-context model computes only those rows).
-    rows, inverse = torch.unique(torch.cat([targets, sampled]), return_inverse=True)
-    vectors = output_fn(rows)
-    true_w = vectors[inverse[: len(targets)]]
-    sampled_w = vectors[inverse[len(targets) :]]
+    # One output_fn call for both blocks (a global-context model dedupes the ids itself and computes each row once).
+    vectors = output_fn(torch.cat([targets, sampled]))
+    true_w, sampled_w = vectors[: len(targets)], vectors[len(targets) :]
     true_logits = (user_vectors * true_w).sum(-1, keepdim=True)
     if subtract_log_q:  # logits - log Q(y), fused into the matmul for the [B, S] block
         dtype = user_vectors.dtype

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mirec.config import RunConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.nn.embedding import RowGradEmbedding
 from mirec.nn.sampled_softmax import (
     full_softmax_loss,
     inbatch_softmax_loss,
@@ -76,13 +77,13 @@ def adam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 
 def keep_sparse_item_grad(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Make the item table's lookups return sparse row gradients, accumulated into a dense ``.grad`` kept across
-    steps (autograd adds a sparse gradient into an existing dense one in place); returns the kept parameters.
+    """Make the item table's training lookups add their row gradients into a dense ``.grad`` kept across steps
+    (:class:`~mirec.nn.embedding.RowGradEmbedding`, one ``index_add_`` per lookup); returns the kept parameters.
     Adam still sees a dense gradient with zero rows for the unused items, exactly as with dense lookups."""
     embedding = getattr(model, "item_embedding", None)
-    if not isinstance(embedding, torch.nn.Embedding):
+    if not isinstance(embedding, RowGradEmbedding):
         return []
-    embedding.sparse = True
+    embedding.accumulate_rows = True
     embedding.weight.grad = torch.zeros_like(embedding.weight)
     return [embedding.weight]
 
