@@ -314,3 +314,34 @@ def test_remi_uniform_loss_is_plain_softmax_over_target_and_draws():
     scores = torch.cat([(users * table[targets]).sum(1, keepdim=True), users @ table[draws].T], dim=1)
     expected = (torch.logsumexp(scores, 1) - scores[:, 0]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("unique", "remove_hits", "subtract_log_q"),
+    [(True, True, True), (True, False, True), (False, True, True), (False, False, False), (True, True, False)],
+)
+def test_loss_backward_matches_autograd_of_the_logits(unique, remove_hits, subtract_log_q):
+    """The loss's hand-written backward against autograd through sampled_logits + cross-entropy (float64):
+    gradients of the user vectors and of every table row, accidental hits and repeated targets included."""
+    torch.manual_seed(3)
+    table = torch.randn(12, 5, dtype=torch.float64)
+    users = torch.randn(6, 5, dtype=torch.float64)
+    targets = torch.tensor([1, 0, 3, 3, 11, 2])  # a 12-id range and 8 negatives: hits are certain
+    sampler = LogUniformSampler(12)
+    cand = sampler.sample(8, targets, torch.Generator().manual_seed(5), unique)
+    assert bool(torch.isin(targets, cand.sampled).any())
+    grads = []
+    for fused in (True, False):
+        weights, u = table.clone().requires_grad_(True), users.clone().requires_grad_(True)
+        if fused:
+            loss = sampled_softmax_loss(
+                u, targets, lambda ids, w=weights: w[ids], sampler, 8, torch.Generator().manual_seed(5),
+                remove_accidental_hits=remove_hits, subtract_log_q=subtract_log_q, unique=unique,
+            )
+        else:
+            logits = sampled_logits(u, targets, lambda ids, w=weights: w[ids], cand, remove_hits, subtract_log_q)
+            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.int64))
+        (2.5 * loss).backward()  # a non-unit upstream gradient
+        grads.append((loss.detach(), u.grad, weights.grad))
+    for fused_value, reference in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(fused_value, reference, rtol=1e-10, atol=1e-12)

@@ -221,6 +221,61 @@ def sampled_logits(
     return torch.cat([true_logits, sampled_logits_], dim=1)
 
 
+@dataclass
+class _LogitInputs:
+    """What both logit blocks are computed from: output vectors, log Q terms, ids on the user vectors' device."""
+
+    true_w: torch.Tensor  # [B, d]
+    sampled_w: torch.Tensor  # [S, d]
+    log_q_true: torch.Tensor  # [B] (zeros without subtract_log_q)
+    log_q_sampled: torch.Tensor  # [S]
+    sampled: torch.Tensor
+    targets: torch.Tensor
+
+
+def _logit_inputs(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    candidates: SampledCandidates,
+    subtract_log_q: bool,
+) -> _LogitInputs:
+    device, dtype = user_vectors.device, user_vectors.dtype
+    sampled = candidates.sampled.to(device)
+    targets = target_ids.to(device)
+    # One output_fn call for both blocks (a global-context model dedupes the ids itself and computes each row once).
+    vectors = output_fn(torch.cat([targets, sampled]))
+    if subtract_log_q:  # TF: logits - log Q(y), Q = the expected count
+        log_q_true = torch.log(candidates.true_expected_count).to(device, dtype)
+        log_q_sampled = torch.log(candidates.sampled_expected_count).to(device, dtype)
+    else:
+        log_q_true = user_vectors.new_zeros(len(targets))
+        log_q_sampled = user_vectors.new_zeros(len(sampled))
+    return _LogitInputs(vectors[: len(targets)], vectors[len(targets) :], log_q_true, log_q_sampled, sampled, targets)
+
+
+def _true_logits(user_vectors: torch.Tensor, inputs: _LogitInputs) -> torch.Tensor:
+    """[B] logits of the true classes."""
+    return (user_vectors * inputs.true_w).sum(-1) - inputs.log_q_true
+
+
+def _sampled_logits(
+    user_vectors: torch.Tensor, inputs: _LogitInputs, remove_accidental_hits: bool, distinct: bool
+) -> torch.Tensor:
+    """[B, S] logits of the sampled classes (log Q fused into the matmul), accidental hits at -FLOAT_MAX."""
+    logits = torch.addmm(-inputs.log_q_sampled[None, :], user_vectors, inputs.sampled_w.T)
+    if not remove_accidental_hits:
+        return logits
+    floor = torch.finfo(logits.dtype).min
+    sampled, targets = inputs.sampled, inputs.targets
+    if not distinct:  # TF compute_accidental_hits with repeated ids: every copy of the row's label is a hit
+        return logits.masked_fill_(sampled[None, :] == targets[:, None], floor)
+    # Sampled ids are distinct, so a row has at most one hit (no [B, S] mask needed).
+    hit, cols = _hit_columns(sampled, targets)
+    rows = torch.arange(len(targets), device=logits.device)
+    return logits.index_put_((rows, cols), torch.where(hit, logits.new_tensor(floor), logits[rows, cols]))
+
+
 def _logit_blocks(
     user_vectors: torch.Tensor,
     target_ids: torch.Tensor,
@@ -230,34 +285,38 @@ def _logit_blocks(
     subtract_log_q: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sampled_logits` as its two blocks: the true logits [B, 1] and the sampled logits [B, S]."""
-    device = user_vectors.device
-    sampled = candidates.sampled.to(device)
-    targets = target_ids.to(device)
-    # One output_fn call for both blocks (a global-context model dedupes the ids itself and computes each row once).
-    vectors = output_fn(torch.cat([targets, sampled]))
-    true_w, sampled_w = vectors[: len(targets)], vectors[len(targets) :]
-    true_logits = (user_vectors * true_w).sum(-1, keepdim=True)
-    if subtract_log_q:  # logits - log Q(y), fused into the matmul for the [B, S] block
-        dtype = user_vectors.dtype
-        true_logits = true_logits - torch.log(candidates.true_expected_count).to(device, dtype)[:, None]
-        log_q = torch.log(candidates.sampled_expected_count).to(device, dtype)
-        sampled_logits_ = torch.addmm(-log_q[None, :], user_vectors, sampled_w.T)
-    else:
-        sampled_logits_ = user_vectors @ sampled_w.T
-    if remove_accidental_hits and not candidates.distinct:
-        # TF compute_accidental_hits with repeated ids: every copy of the row's label is a hit.
-        hits = sampled[None, :] == targets[:, None]
-        sampled_logits_ = sampled_logits_.masked_fill(hits, torch.finfo(sampled_logits_.dtype).min)
-    elif remove_accidental_hits:
-        # TF compute_accidental_hits: the logit of a sampled id equal to the row's label becomes -FLOAT_MAX.
-        # Sampled ids are distinct, so a row has at most one hit (no [B, S] mask needed).
-        hit, cols = _hit_columns(sampled, targets)
-        rows = torch.arange(len(targets), device=device)
-        floor = torch.full_like(true_logits[:, 0], torch.finfo(sampled_logits_.dtype).min)
-        sampled_logits_ = sampled_logits_.index_put_(
-            (rows, cols), torch.where(hit, floor, sampled_logits_[rows, cols])
-        )
-    return true_logits, sampled_logits_
+    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q)
+    true_logits = _true_logits(user_vectors, inputs)[:, None]
+    return true_logits, _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
+
+
+class _SampledSoftmaxCrossEntropy(torch.autograd.Function):
+    """mean_b [logsumexp(true_b, sampled_b) - true_b] with a hand-written backward: the forward keeps
+    exp(logit - max) in place of the [B, S] logits and the backward scales it into the softmax gradient, where
+    autograd would recompute the exponentials and copy the [B, S] gradient through the hit masking."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, user_vectors, true_w, sampled_w, inputs: _LogitInputs, remove_accidental_hits: bool, distinct: bool
+    ) -> torch.Tensor:
+        # true_w and sampled_w are also passed on their own so that autograd routes their gradients
+        true = _true_logits(user_vectors, inputs)
+        exp_sampled = _sampled_logits(user_vectors, inputs, remove_accidental_hits, distinct)
+        shift = torch.maximum(exp_sampled.amax(dim=1), true)
+        exp_sampled.sub_(shift[:, None]).exp_()  # accidental hits: exp(-FLOAT_MAX - shift) = 0
+        exp_true = torch.exp(true - shift)
+        normaliser = exp_sampled.sum(dim=1).add_(exp_true)
+        ctx.save_for_backward(user_vectors, true_w, sampled_w, exp_sampled, exp_true, normaliser)
+        return (torch.log(normaliser) + shift - true).mean()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        user_vectors, true_w, sampled_w, exp_sampled, exp_true, normaliser = ctx.saved_tensors
+        scale = grad / len(user_vectors) / normaliser  # d mean / d logit = softmax / B
+        grad_sampled = exp_sampled.mul_(scale[:, None])  # the saved exponentials are not used again
+        grad_true = exp_true * scale - grad / len(user_vectors)  # (softmax_true - 1) / B
+        grad_user = torch.addmm(grad_true[:, None] * true_w, grad_sampled, sampled_w)
+        return grad_user, grad_true[:, None] * user_vectors, grad_sampled.T @ user_vectors, None, None, None
 
 
 def _hit_columns(sampled: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,13 +357,11 @@ def sampled_softmax_loss(
             f"{tuple(user_vectors.shape)} and {tuple(target_ids.shape)}"
         )
     candidates = sampler.sample(num_sampled, target_ids, generator, unique)
-    true_logits, sampled_logits_ = _logit_blocks(
-        user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
-    )
+    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q)
     # softmax cross-entropy with label 0 over [true, sampled], without building the [B, 1 + S] matrix
-    true_logits = true_logits[:, 0]
-    log_normaliser = torch.logaddexp(true_logits, torch.logsumexp(sampled_logits_, dim=1))
-    return (log_normaliser - true_logits).mean()
+    return _SampledSoftmaxCrossEntropy.apply(
+        user_vectors, inputs.true_w, inputs.sampled_w, inputs, remove_accidental_hits, candidates.distinct
+    )
 
 
 def full_softmax_loss(
