@@ -345,3 +345,11 @@ def test_loss_backward_matches_autograd_of_the_logits(unique, remove_hits, subtr
         grads.append((loss.detach(), u.grad, weights.grad))
     for fused_value, reference in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(fused_value, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_loss_second_backward_is_a_clear_error():
+    table, users = torch.randn(12, 5), torch.randn(3, 5, requires_grad=True)
+    loss = sampled_softmax_loss(users, torch.tensor([1, 2, 3]), lambda ids: table[ids], LogUniformSampler(12), 6)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class _GatherRows(torch.autograd.Function):
@@ -22,6 +23,7 @@ class _GatherRows(torch.autograd.Function):
         return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None]:  # type: ignore[override]
         (ids,) = ctx.saved_tensors
         weight: torch.Tensor = ctx.weight

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
 # id ranges up to this size use [range] lookup tables (first draws, hit columns) instead of sorting
@@ -310,10 +311,17 @@ class _SampledSoftmaxCrossEntropy(torch.autograd.Function):
         return (torch.log(normaliser) + shift - true).mean()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError(
+                "sampled_softmax_loss: a second backward through the same loss (retain_graph=True) is not "
+                "supported; its backward turns the saved exponentials into the gradient in place"
+            )
+        ctx.consumed = True
         user_vectors, true_w, sampled_w, exp_sampled, exp_true, normaliser = ctx.saved_tensors
         scale = grad / len(user_vectors) / normaliser  # d mean / d logit = softmax / B
-        grad_sampled = exp_sampled.mul_(scale[:, None])  # the saved exponentials are not used again
+        grad_sampled = exp_sampled.mul_(scale[:, None])  # in place: no fresh [B, S] buffer per step
         grad_true = exp_true * scale - grad / len(user_vectors)  # (softmax_true - 1) / B
         grad_user = torch.addmm(grad_true[:, None] * true_w, grad_sampled, sampled_w)
         return grad_user, grad_true[:, None] * user_vectors, grad_sampled.T @ user_vectors, None, None, None
