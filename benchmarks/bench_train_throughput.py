@@ -204,7 +204,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides, e.g. model.dropout=0")
+    parser.add_argument(
+        "--set", action="extend", nargs="+", default=[], help="config overrides (repeatable), e.g. model.dropout=0"
+    )
     parser.add_argument(
         "--reference",
         action="store_true",
