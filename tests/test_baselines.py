@@ -244,6 +244,18 @@ def test_comirec_sa_kaiming_init_as_pytorch_ports():
         ComiRecSA(ComiRecSAConfig(init="normal"), n)
 
 
+def test_comirec_sa_position_init_scale():
+    d, length = 64, 20
+    torch.manual_seed(5)
+    default = ComiRecSA(ComiRecSAConfig(embedding_dim=d, maxlen=length), 100)
+    torch.manual_seed(5)
+    scaled = ComiRecSA(ComiRecSAConfig(embedding_dim=d, maxlen=length, position_init_scale=0.1), 100)
+    # TF Glorot on [1, L, d]: uniform +-sqrt(6 / (L + d)); the option scales that draw and nothing else
+    assert default.position_embedding.abs().max().item() <= math.sqrt(6 / (length + d))
+    torch.testing.assert_close(scaled.position_embedding, 0.1 * default.position_embedding)
+    torch.testing.assert_close(scaled.item_embedding.weight, default.item_embedding.weight)
+
+
 def slow_mind(model: MIND, batch: Batch, logits: torch.Tensor) -> np.ndarray:
     E = model.item_embedding.weight.detach().numpy()
     W, b = model.bilinear.dense.weight.detach().numpy(), model.bilinear.dense.bias.detach().numpy()

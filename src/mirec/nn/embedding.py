@@ -3,7 +3,7 @@
 Why: the CPU trainer keeps one dense gradient buffer for the item table. torch's ``sparse=True`` lookups give a
 sparse gradient per lookup, which autograd first sums (sparse + sparse: a coalescing merge) and then adds into
 the buffer; a model that looks the table up three times a step (history, targets, negatives) paid ~1 ms for
-that on two cores. Here each lookup's backward is one ``index_add_`` into ``weight.grad``.
+that on two cores under load. Here each lookup's backward is one ``index_add_`` into ``weight.grad``.
 """
 
 from __future__ import annotations

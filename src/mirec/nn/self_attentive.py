@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # TF reference's mask value for attention logits (ComiRec / PIMI_Rec model.py: -2**32 + 1).
 MASK_LOGIT = -(2.0**32) + 1.0
@@ -26,7 +27,7 @@ def tf_dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linea
 
 class _SigmoidTanh(torch.autograd.Function):
     """tanh(x) as 2 sigmoid(2x) - 1 (equal up to float rounding, |difference| < 3e-7) with tanh's backward
-    (1 - y^2) g: torch's CPU tanh kernel is ~4x slower than its sigmoid kernel (benchmarks/bench_train_throughput.py)."""
+    (1 - y^2) g: torch's CPU tanh kernel is ~5x slower than its sigmoid kernel (docs/results.md 8a)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -35,6 +36,7 @@ class _SigmoidTanh(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (y,) = ctx.saved_tensors
         return torch.ops.aten.tanh_backward(grad, y)

@@ -76,7 +76,7 @@ def adam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def keep_sparse_item_grad(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+def keep_item_grad_buffer(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Make the item table's training lookups add their row gradients into a dense ``.grad`` kept across steps
     (:class:`~mirec.nn.embedding.RowGradEmbedding`, one ``index_add_`` per lookup); returns the kept parameters.
     Adam still sees a dense gradient with zero rows for the unused items, exactly as with dense lookups."""
@@ -127,7 +127,7 @@ class Trainer:
         self.model = build_model(config, self.dataset, self._resume_graph_path())
         self.model.to(self.device)
         self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
-        self.kept_grads = keep_sparse_item_grad(self.model) if tc.sparse_item_grad and self.device.type == "cpu" else []
+        self.kept_grads = keep_item_grad_buffer(self.model) if tc.sparse_item_grad and self.device.type == "cpu" else []
         self.sampler = TrainSampler(
             self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
         )
