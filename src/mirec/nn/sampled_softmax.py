@@ -216,10 +216,10 @@ def sampled_logits(
     subtract_log_q: bool = True,
 ) -> torch.Tensor:
     """TF ``_compute_sampled_logits`` with zero biases: [B, 1 + S] logits, the true class in column 0."""
-    true_logits, sampled_logits_ = _logit_blocks(
-        user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q
-    )
-    return torch.cat([true_logits, sampled_logits_], dim=1)
+    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q)
+    true_logits = _true_logits(user_vectors, inputs)[:, None]
+    sampled = _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
+    return torch.cat([true_logits, sampled], dim=1)
 
 
 @dataclass
@@ -275,20 +275,6 @@ def _sampled_logits(
     hit, cols = _hit_columns(sampled, targets)
     rows = torch.arange(len(targets), device=logits.device)
     return logits.index_put_((rows, cols), torch.where(hit, logits.new_tensor(floor), logits[rows, cols]))
-
-
-def _logit_blocks(
-    user_vectors: torch.Tensor,
-    target_ids: torch.Tensor,
-    output_fn: OutputFn,
-    candidates: SampledCandidates,
-    remove_accidental_hits: bool,
-    subtract_log_q: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sampled_logits` as its two blocks: the true logits [B, 1] and the sampled logits [B, S]."""
-    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q)
-    true_logits = _true_logits(user_vectors, inputs)[:, None]
-    return true_logits, _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
 
 
 class _SampledSoftmaxCrossEntropy(torch.autograd.Function):
