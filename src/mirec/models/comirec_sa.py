@@ -8,7 +8,7 @@ has no soft branch; ``readout_power = 1``, the softmax-weighted readout of ComiR
 Option ``init = "kaiming"`` (deviation, default "glorot" as TF): the PyTorch ports (ShiningCosmos/pytorch_ComiRec,
 REMI) re-initialise every weight Kaiming-normal: the item table with std sqrt(2 / d), ~12x Glorot's, and the
 [1, L, d] position embedding with fan_in L * d; biases stay zero (those ports' attention layers have none).
-Option ``position_init_scale`` (deviation, default 1 = TF): scales the position table's Glorot draw; TF's
+Option ``position_init_scale`` (deviation, default 1 = TF): scales the position table's initial draw; TF's
 [1, L, d] Glorot gives std ~0.15, ten times the item table's ~0.015, so at the start the attention sees
 mostly positions (0.1 puts both on the same scale; docs/results.md 1f).
 """
@@ -35,7 +35,7 @@ class ComiRecSAConfig(ModelConfig):
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
     readout_power: float = math.inf  # inf = hard readout (ComiRec-SA); 1 = softmax-weighted interests (option)
     init: str = "glorot"  # glorot (TF reference) | kaiming (PyTorch ports: kaiming_normal_ on every weight)
-    position_init_scale: float = 1.0  # multiplies the position table's Glorot init (TF: 1; std 0.15 vs items' 0.015)
+    position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
 
 
 class ComiRecSA(MultiInterestModel):
@@ -53,14 +53,14 @@ class ComiRecSA(MultiInterestModel):
         if config.add_pos:
             self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
             nn.init.xavier_uniform_(self.position_embedding)  # TF Glorot on [1, L, d]: fan_in L, fan_out d
-            with torch.no_grad():
-                self.position_embedding.mul_(config.position_init_scale)
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)
         check_choice(config, "init", ("glorot", "kaiming"))
         if config.init == "kaiming":
             kaiming_reinit(self)
             if self.position_embedding is not None:  # the ports' parameter is [1, L, d]: fan_in L * d
                 nn.init.kaiming_normal_(self.position_embedding.data.unsqueeze(0))
+        if self.position_embedding is not None:  # after either initialisation, so the option applies to both
+            self.position_embedding.data.mul_(config.position_init_scale)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         mask = batch.mask.to(self.item_embedding.weight.dtype)

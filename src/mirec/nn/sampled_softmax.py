@@ -129,9 +129,9 @@ class CandidateSampler:
         """Draws in the first chunk: 10% above the expected tries for num_sampled distinct ids (stateless,
         a function of (range_max, num_sampled) only, so resumed runs consume the generator identically)."""
         if num_sampled not in self._chunk_sizes:
-            p = self.probability(torch.arange(self.range_max) + self.offset)
+            _, log1m_p = self._probabilities(torch.arange(self.range_max) + self.offset)
             lo, hi = float(num_sampled), float(num_sampled)
-            distinct = lambda t: float(-torch.expm1(t * torch.log1p(-p)).sum())  # noqa: E731
+            distinct = lambda t: float(-torch.expm1(t * log1m_p).sum())  # noqa: E731
             while distinct(hi) < num_sampled and hi < 1e12:
                 hi *= 2
             for _ in range(50):  # bisection on E[#distinct after t draws] = num_sampled
@@ -142,24 +142,21 @@ class CandidateSampler:
 
     def expected_count(self, ids: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
         """TF ``ExpectedCountHelper``: p * batch if no repeat, else 1 - (1 - p)^num_tries (stable form)."""
-        tables = self._tables(ids)
-        if tables is None:
-            p = self.probability(ids)
-            return p * num_sampled if num_tries == num_sampled else -torch.expm1(num_tries * torch.log1p(-p))
-        p, log1m_p = tables
-        return p[ids] * num_sampled if num_tries == num_sampled else -torch.expm1(num_tries * log1m_p[ids])
+        p, log1m_p = self._probabilities(ids)
+        return p * num_sampled if num_tries == num_sampled else -torch.expm1(num_tries * log1m_p)
 
-    def _tables(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """P(id) and log(1 - P(id)) for every id 0 .. offset + range_max - 1 (computed once), or None for a large
-        range or ids beyond it: a step then looks its ~1,400 ids up instead of recomputing their logs."""
+    def _probabilities(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(id) and log(1 - P(id)). Small CPU id ranges: looked up in tables over ids 0 .. offset + range_max - 1
+        built once (a step has ~1,400 ids); large ranges, other devices or ids beyond the range: computed."""
         size = self.offset + self.range_max
         if size > self.scatter_limit or ids.device.type != "cpu" or (len(ids) and int(ids.max()) >= size):
-            return None
+            p = self.probability(ids)
+            return p, torch.log1p(-p)
         if self._probability_tables is None:
             p = self.probability(torch.arange(size))
             self._probability_tables = p, torch.log1p(-p)
-        return self._probability_tables
-
+        p_table, log1m_p_table = self._probability_tables
+        return p_table[ids], log1m_p_table[ids]
 
 
 class LogUniformSampler(CandidateSampler):

@@ -74,7 +74,7 @@ class SelfAttentiveExtractor(nn.Module):
             logits = H.new_full((*H.shape[:2], self.num_interests), MASK_LOGIT)
             logits = logits.index_put((valid,), self.w2(cpu_fast_tanh(self.w1(H[valid]))))
             return torch.softmax(logits.transpose(1, 2), dim=-1)
-        logits = self.w2(torch.tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
+        logits = self.w2(cpu_fast_tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
         logits = logits.masked_fill(~valid[:, None, :], MASK_LOGIT)
         return torch.softmax(logits, dim=-1)
 
