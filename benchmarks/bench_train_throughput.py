@@ -4,7 +4,7 @@
     python benchmarks/bench_train_throughput.py --models mind comirec-sa --steps 50 --threads 1
     python benchmarks/bench_train_throughput.py --data prepared/amazon-grocery --device cuda
 
-Each step is ``mirec.train.trainer.Trainer.train_step``, the training loop's own step, on the model's default
+Each step is ``mirec.training.trainer.Trainer.train_step``, the training loop's own step, on the model's default
 config with batch 128, maxlen 20, d 64, K 4 (``--set`` adds overrides, e.g. ``train.sparse_item_grad=false``):
 a ``TrainSampler`` batch (ComiRec's cut-and-window sampling, timed as the anchors' throughputs include each
 code's batch building) over a synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted
@@ -32,7 +32,7 @@ from bench_time_interval import dense_attention, per_sample_time_interval
 from mirec.config import load_config
 from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
-from mirec.train.trainer import Trainer
+from mirec.training.trainer import Trainer
 
 
 def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedDataset:

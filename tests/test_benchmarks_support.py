@@ -122,7 +122,7 @@ def test_reference_approach_computes_the_same_interests(name: str) -> None:
 
     from mirec.config import load_config
     from mirec.data.batching import TrainSampler
-    from mirec.train.checkpoint import build_model
+    from mirec.runs import build_model
 
     dataset = btt.synthetic_dataset(60, 50, seed=1)
     config = load_config(model=name, overrides=["model.maxlen=10", "model.embedding_dim=16"])

@@ -14,8 +14,8 @@ from mirec.data.batching import TrainSampler
 from mirec.eval.retrieval import ExactRetriever
 from mirec.graph import build_global_context
 from mirec.models import available_models
-from mirec.train.checkpoint import build_model, load_run
-from mirec.train.trainer import train_run
+from mirec.runs import build_model, load_run
+from mirec.training.trainer import train_run
 
 from .conftest import random_dataset
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from mirec.data.dataset import PreparedDataset
 from mirec.models.base import MultiInterestModel
 from mirec.nn.sampled_softmax import UniformSampler
-from mirec.train.checkpoint import load_run
-from mirec.train.trainer import Trainer, train_run
+from mirec.runs import RunFolderError, load_run
+from mirec.training.checkpoint import checkpoint_versions
+from mirec.training.trainer import Trainer, train_run
 
 from .conftest import make_split
 
@@ -139,7 +142,8 @@ def test_run_folder_and_learning(data_dir, tmp_path):
         "metrics.json",
     ):
         assert (run / name).exists(), name
-    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
+    (version,) = checkpoint_versions(run)
+    assert sorted(p.name for p in version.iterdir()) == [
         "best.safetensors",
         "model.safetensors",
         "optimizer.safetensors",
@@ -167,8 +171,14 @@ def test_run_folder_and_learning(data_dir, tmp_path):
     assert_same_weights({k: v for k, v in model.state_dict().items()}, weights(run / "model.safetensors"))
 
 
-@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+def latest(run: Path) -> Path:
+    return checkpoint_versions(run)[-1]
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt, "SIGINT", "SIGTERM"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch, interruption):
+    """A crash mid-step leaves the checkpoint of step 80; a signal is acted on at the next step boundary
+    (checkpoint of step 91, exit by KeyboardInterrupt). Either way --resume gives the uninterrupted run."""
     config = make_config()
     full = train_run(data_dir, config, tmp_path / "full", progress=False)
 
@@ -176,18 +186,21 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
 
     def crash_at_90(self):
         if self.state.step == 90:  # the last checkpoint is at step 80
-            raise interruption("simulated")
+            if isinstance(interruption, str):
+                os.kill(os.getpid(), getattr(signal, interruption))  # handled: the step still completes
+            else:
+                raise interruption("simulated")
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_90)
-    if interruption is KeyboardInterrupt:  # ComiRec: Ctrl-C evaluates the best model so far
-        partial = train_run(data_dir, config, tmp_path / "resumed", progress=False)
-        assert partial["train"]["stop_reason"] == "interrupted" and partial["train"]["steps"] == 90
-        assert partial["train"]["best_step"] in (40, 80)
-    else:
-        with pytest.raises(RuntimeError, match="simulated"):
-            train_run(data_dir, config, tmp_path / "resumed", progress=False)
-    assert json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())["step"] == 80
+    expected = RuntimeError if interruption is RuntimeError else KeyboardInterrupt
+    with pytest.raises(expected):
+        train_run(data_dir, config, tmp_path / "resumed", progress=False)
+    state = json.loads((latest(tmp_path / "resumed") / "state.json").read_text())
+    assert state["step"] == (91 if isinstance(interruption, str) else 80)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    with pytest.raises(RunFolderError, match="not empty"):  # a fresh run cannot clobber the interrupted one
+        train_run(data_dir, config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(Trainer, "train_step", original)
     resumed = train_run(data_dir, config, tmp_path / "resumed", resume=True, progress=False)
 
@@ -199,12 +212,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
         weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors")
     )
     assert_same_weights(
-        weights(tmp_path / "resumed/checkpoint/model.safetensors"),
-        weights(tmp_path / "full/checkpoint/model.safetensors"),
+        weights(latest(tmp_path / "resumed") / "model.safetensors"),
+        weights(latest(tmp_path / "full") / "model.safetensors"),
     )
     assert_same_weights(
-        weights(tmp_path / "resumed/checkpoint/optimizer.safetensors"),
-        weights(tmp_path / "full/checkpoint/optimizer.safetensors"),
+        weights(latest(tmp_path / "resumed") / "optimizer.safetensors"),
+        weights(latest(tmp_path / "full") / "optimizer.safetensors"),
     )
 
 
@@ -266,7 +279,7 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
     best = weights(tmp_path / "es/model.safetensors")
     assert_same_weights(best, snapshots[1])
     assert not torch.equal(best["item_embedding.weight"], snapshots[-1]["item_embedding.weight"])
-    assert_same_weights(weights(tmp_path / "es/checkpoint/best.safetensors"), snapshots[1])
+    assert_same_weights(weights(latest(tmp_path / "es") / "best.safetensors"), snapshots[1])
     assert [r["step"] for r in history(tmp_path / "es")] == [10, 20, 30, 40, 50]
 
 

@@ -7,6 +7,9 @@ Python API::
     mirec.train("prepared/", "gimirec", "runs/gimirec")    # -> metrics dict
     rec = mirec.load("runs/gimirec")
     rec.evaluate("test"); rec.recommend(["item-a", "item-b"], n=50)
+
+No subpackage shares a name with an API function (the trainer lives in ``mirec.training``), so importing
+one never replaces ``mirec.train`` / ``mirec.load`` / ``mirec.prepare`` with a module.
 """
 
 from typing import Any

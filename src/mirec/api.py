@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,14 @@ def resolve_data(data: str | Path) -> Path:
         return path
     if str(data) == BUNDLED:
         from mirec.data.prepare import bundled_dataset
+        from mirec.utils import exclusive_lock
 
         cache = Path.home() / ".cache" / "mirec" / "prepared" / BUNDLED
         if not (cache / "meta.json").exists():
-            bundled_dataset(cache)
+            # several processes (bench --jobs) may ask at once: the first prepares, the others wait for it
+            with exclusive_lock(cache.parent / ".bundled.lock", f"bundled dataset cache {cache}", wait=True):
+                if not (cache / "meta.json").exists():
+                    bundled_dataset(cache)
         return cache
     if path.exists():
         raise FileNotFoundError(f"{path}: not a prepared dataset (no meta.json); run `mirec prepare` first")
@@ -44,19 +47,24 @@ def train(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model`` on a prepared dataset; returns the metrics.json dict."""
-    from mirec.train.trainer import train_run
+    """Train ``model`` on a prepared dataset into the run folder ``output`` (new or empty; ``resume`` continues
+    its checkpoint, ``overwrite`` replaces an earlier run); returns the metrics.json dict."""
+    from mirec.training.trainer import train_run
 
     data_dir = resolve_data(data)
     dataset = load_dataset(data_dir)
-    config = load_config(config_file, model=model, dataset=preset_name(dataset), overrides=overrides)
-    return train_run(dataset, config, output, resume=resume, progress=progress)
+    preset = preset_name(dataset)
+    config = load_config(config_file, model=model, dataset=preset, overrides=overrides)
+    return train_run(dataset, config, output, resume=resume, overwrite=overwrite, progress=progress,
+                     preset=f"{preset}/{model}")
 
 
 def preset_name(dataset: PreparedDataset) -> str:
-    """The preset folder for a dataset: its registry name when a preset exists, else 'default'."""
+    """The preset folder for a dataset: the dataset's name (``mirec prepare --name``, else the output folder's
+    name) when a preset folder of that name exists (aliases included), else 'default'."""
     from mirec.config import PRESET_ROOT
 
     name = str(dataset.meta.get("name", ""))
@@ -131,15 +139,12 @@ class Recommender:
         }
 
 
-def load(run_dir: str | Path, device: str = "auto") -> Recommender:
-    """Load a finished (or interrupted: its best weights) run folder."""
-    from mirec.train.checkpoint import load_run
+def load(run_dir: str | Path, device: str = "auto", data: str | Path | None = None) -> Recommender:
+    """Load a finished (or interrupted: its best weights) run folder; ``data`` points at its prepared dataset
+    when that has moved (by default it is found relative to the run folder, then by its absolute path)."""
+    from mirec.runs import load_run
 
     torch_device = resolve_device(device)
-    model, dataset, config = load_run(run_dir, device=torch_device)
+    model, dataset, config = load_run(run_dir, device=torch_device, data=data)
     model.eval()
     return Recommender(model=model, dataset=dataset, config=config, run_dir=Path(run_dir), device=torch_device)
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())

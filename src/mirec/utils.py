@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import random
 import shutil
@@ -24,7 +26,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         if Path(tmp).exists():  # mkstemp makes 0600 files: give the usual umask-based mode instead
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -32,7 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -51,6 +53,7 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a prepared folder should be as readable as any other
     try:
         yield tmp
         if path.exists():
@@ -63,6 +66,60 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk, so a rename after it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock of a run folder or a dataset output."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` for the block; fail at once, naming the holder's PID
+    (``wait=True``: block until the holder is done instead).
+
+    The kernel releases the lock when its holder dies (even by kill -9). The file is removed on release while
+    still locked; a process that opened it before the removal sees, once it gets the lock, that the path no
+    longer names its file and starts over, so two processes never both hold "the" lock.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise LockedError(
+                f"{what} is in use by another mirec process (PID {holder}, lock {lock_file}); "
+                "wait for it to finish or stop it"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_file))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder we waited for removed this file: lock the current one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_file)
+        os.close(fd)  # closing releases the flock
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -132,6 +132,16 @@ class PreparedDataset:
         return path
 
 
+def is_prepared_dataset(path: str | Path) -> bool:
+    """True when ``path`` holds a dataset mirec prepared (a meta.json with our format version)."""
+    meta_file = Path(path) / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "splits" in meta
+
+
 def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
     """Load a prepared folder; the big arrays are memory-mapped."""
     path = Path(path)

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences
+from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, is_prepared_dataset
 from mirec.data.readers import Interactions, read_interactions
+from mirec.utils import exclusive_lock
 
 DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
+TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+EARLIEST_PLAUSIBLE = 631_152_000  # 1990-01-01: no public interaction log starts earlier
+
+
+def detect_timestamp_unit(ts: np.ndarray) -> str:
+    """The unit of positive epoch timestamps from the median's magnitude: seconds of the years 1973-5138
+    are 1e8..1e11, the same instants in ms / us / ns are 1e3 / 1e6 / 1e9 times larger."""
+    if len(ts) == 0:
+        return "s"
+    median = float(np.median(ts))
+    for unit, lower in (("ns", 1e17), ("us", 1e14), ("ms", 1e11)):
+        if median >= lower:
+            return unit
+    return "s"
+
+
+def check_time_range(ts_seconds: np.ndarray, unit: str, detected: bool) -> str | None:
+    """A warning text when the converted timestamps do not look like real dates (None when they do)."""
+    if len(ts_seconds) == 0:
+        return None
+    first, last = int(ts_seconds.min()), int(ts_seconds.max())
+    now = int(time.time()) + 86_400
+    if first >= EARLIEST_PLAUSIBLE and last <= now:
+        return None
+    span = f"{time.strftime('%Y-%m-%d', time.gmtime(first))} .. {time.strftime('%Y-%m-%d', time.gmtime(min(last, 2**37)))}"
+    how = "detected" if detected else "given"
+    return (f"timestamps read as {unit} ({how}) span {span}: dates before 1990 or in the future; "
+            "is the timestamp column right (--reader-option timestamp=...) and its unit (--timestamp-unit)?")
 
 
 class EmptyDatasetError(ValueError):
@@ -169,9 +199,16 @@ def prepare_log(
     seed: int = DEFAULT_SEED,
     reader_options: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    timestamp_unit: str = "auto",
 ) -> PreparedDataset:
     """Clean, filter, split and remap a log (an :class:`Interactions`, or input files of format ``fmt``, read
-    first); nothing is written. ``meta['clean']`` holds the cleaning counts, ``meta['read']`` the read report."""
+    first); nothing is written. ``meta['clean']`` holds the cleaning counts, ``meta['read']`` the read report.
+
+    Timestamps are stored in Unix seconds: ``timestamp_unit`` (s | ms | us | ns, or auto = detected from their
+    magnitude) converts them; the order within a user follows the raw values. The unit is recorded in
+    ``meta['timestamp_unit']``; an implausible date range warns and is recorded in ``meta['clean']``."""
+    if timestamp_unit != "auto" and timestamp_unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp unit {timestamp_unit!r}; expected auto or one of {list(TIMESTAMP_UNITS)}")
     if not isinstance(log, Interactions):
         if fmt is None:
             raise ValueError("prepare_log: give the format (fmt) of the input files")
@@ -188,6 +225,8 @@ def prepare_log(
     ts = pc.fill_null(ts_col, 0).to_numpy().astype(np.int64, copy=False)
     missing_id = (user < 0) | (item < 0)
     illegal_ts = ~ts_valid | (ts <= 0)
+    unit = detect_timestamp_unit(ts[~illegal_ts]) if timestamp_unit == "auto" else timestamp_unit
+    ts_raw, ts = ts, ts // TIMESTAMP_UNITS[unit]  # raw values keep sub-second order; seconds are stored
     if options.min_timestamp is not None:
         illegal_ts |= ts < options.min_timestamp
     if options.max_timestamp is not None:
@@ -207,6 +246,11 @@ def prepare_log(
         clean["dropped_duplicates"] = int(dup.sum())
     if not keep.any():
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
+    clean["timestamp_unit"] = unit
+    range_warning = check_time_range(ts[keep], unit, detected=timestamp_unit == "auto")
+    if range_warning:
+        clean["timestamp_warning"] = range_warning
+        warnings.warn(f"{name or 'dataset'}: {range_warning}", stacklevel=2)
 
     # 2. k-core filter (items, then users); the comirec format keeps its own split, so no filter.
     if split_given:
@@ -226,7 +270,7 @@ def prepare_log(
             f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); "
             f"{int(keep.sum())} rows before filtering"
         )
-    user, item, ts = user[rows], item[rows], ts[rows]
+    user, item, ts, ts_raw = user[rows], item[rows], ts[rows], ts_raw[rows]
     category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
 
     # 3. internal users 0..U-1 in first-appearance order (compaction, no sort); sort (user, time) stably.
@@ -234,7 +278,7 @@ def prepare_log(
     user_codes = np.flatnonzero(user_present)
     user = (np.cumsum(user_present) - 1)[user]
     n_users = len(user_codes)
-    order = _stable_user_time_order(user, ts)
+    order = _stable_user_time_order(user, ts_raw)
     user, item, ts, rows = user[order], item[order], ts[order], rows[order]
     lengths = np.bincount(user, minlength=n_users)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
@@ -314,6 +358,7 @@ def prepare_log(
         name=name or dataset_meta.get("name") or "dataset",
         options=dataclasses.asdict(options),
         seed=seed,
+        timestamp_unit=unit,
         read=log.report,
         clean=clean,
         n_interactions=int(len(rows)),
@@ -353,6 +398,40 @@ def _filter_subset(user: np.ndarray, item: np.ndarray, keep: np.ndarray, options
     return out, passes
 
 
+def check_output_folder(output: str | Path, inputs: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse an output that would destroy data mirec did not create (raises ``FileExistsError``).
+
+    An output that is or contains an input is always refused; an existing folder must be empty, or a
+    prepared dataset of ours (its meta.json) replaced only with ``overwrite``.
+    """
+    out = Path(output).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if source == out or out in source.parents:
+            raise FileExistsError(f"--output {output} contains the input {given}; choose another output folder")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--output {output} exists and is not a folder; choose another output folder")
+    if is_prepared_dataset(out):
+        if not overwrite:
+            raise FileExistsError(
+                f"--output {output} already holds a prepared dataset; pass --overwrite to replace it"
+            )
+        return
+    if any(out.iterdir()):
+        raise FileExistsError(
+            f"--output {output} exists and is not a mirec dataset (no meta.json of ours); "
+            "refusing to replace it: choose an empty or new folder"
+        )
+
+
+def output_lock_file(output: str | Path) -> Path:
+    """The lock file of a dataset output (beside it: the folder itself is replaced by a rename)."""
+    output = Path(output).resolve()
+    return output.parent / f".{output.name}.lock"
+
+
 def prepare(
     inputs: Sequence[str | Path] | str | Path,
     fmt: str,
@@ -363,24 +442,33 @@ def prepare(
     on_bad_rows: str = "error",
     seed: int = DEFAULT_SEED,
     reader_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    timestamp_unit: str = "auto",
 ) -> PrepareReport:
-    """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically."""
+    """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically.
+
+    ``output`` must be new, empty, or (with ``overwrite``) a prepared dataset; it is locked for the whole
+    run so two prepares into one folder cannot interleave. ``timestamp_unit``: auto | s | ms | us | ns.
+    """
     paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
     options = options or PrepareOptions()
     name = name or Path(output).name
-    t0 = time.perf_counter()
-    log = read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
-    t1 = time.perf_counter()
-    sources = []
-    for path in paths:
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        sources.extend({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files)
-    meta = {"name": name, "format": fmt, "sources": sources, "reader_options": dict(reader_options or {}),
-            "on_bad_rows": on_bad_rows}
-    dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta)
-    t2 = time.perf_counter()
-    dataset.save(output)
-    t3 = time.perf_counter()
+    check_output_folder(output, paths, overwrite)  # before reading: fail in a second, not after the read
+    with exclusive_lock(output_lock_file(output), f"dataset output {output}"):
+        check_output_folder(output, paths, overwrite)  # again under the lock: another process may have written
+        t0 = time.perf_counter()
+        log = read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
+        t1 = time.perf_counter()
+        sources = []
+        for path in paths:
+            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+            sources.extend({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files)
+        meta = {"name": name, "format": fmt, "sources": sources, "reader_options": dict(reader_options or {}),
+                "on_bad_rows": on_bad_rows}
+        dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
+        t2 = time.perf_counter()
+        dataset.save(output, overwrite=overwrite)
+        t3 = time.perf_counter()
     return PrepareReport(
         name=name,
         output=str(output),

@@ -13,6 +13,7 @@ A malformed row raises :class:`MalformedRowError` naming the file, the line and 
 from __future__ import annotations
 
 import ast
+import codecs
 import gzip
 import io
 import json
@@ -46,9 +47,20 @@ class MalformedRowError(ValueError):
     def __init__(self, path: str | Path, line: int | None, problem: str):
         self.path = Path(path)
         self.line = line
-        self.problem = problem
-        where = f"{self.path.name} line {line}" if line is not None else f"{self.path.name}"
-        super().__init__(f"MalformedRowError: {where}: {problem} (file {self.path}; pass on_bad_rows='skip' to skip such rows)")
+        self.problem = printable(problem)
+        where = f"{self.path} line {line}" if line is not None else f"{self.path}"
+        hint = " (--on-bad-rows skip skips such rows)" if line is not None else ""
+        super().__init__(f"{where}: {self.problem}{hint}")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """One line of printable text: control and undecodable characters escaped, cut at ``limit``."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class EncodingError(MalformedRowError):
+    """A line of a text input is not valid in the file's encoding."""
 
 
 @dataclass
@@ -77,17 +89,64 @@ class Interactions:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
 
 
-def _first_line(path: Path) -> str:
-    with _open_text(path) as f:
-        return f.readline().rstrip("\r\n")
+def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    return io.TextIOWrapper(_open_binary(path), encoding=encoding, errors="replace", newline="")
+
+
+def _first_line(path: Path, encoding: str = "utf-8") -> str:
+    with _open_text(path, encoding) as f:
+        line = f.readline()
+        if not line.strip() and not f.read(1):
+            raise MalformedRowError(path, None, "empty file (no header and no rows)")
+        return line.rstrip("\r\n")
+
+
+def invalid_utf8_lines(path: Path, limit: int | None = None, chunk_size: int = 1 << 24) -> list[tuple[int, str]]:
+    """(1-based line number, problem) of the lines that are not valid UTF-8, at most ``limit`` of them.
+
+    A streaming pass at the codec's C speed: complete lines of each chunk are decoded at once, and only on
+    an error is the failing line located (by counting newlines before the error's offset)."""
+    found: list[tuple[int, str]] = []
+    lines_before = 0
+    pending = b""
+    with _open_binary(path) as f:
+        while True:
+            block = f.read(chunk_size)
+            data = pending + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            complete, pending = data[:cut], data[cut:]
+            start = 0
+            while start < len(complete):
+                try:
+                    complete[start:].decode("utf-8")
+                    break
+                except UnicodeDecodeError as exc:
+                    offset = start + exc.start
+                    line = lines_before + complete.count(b"\n", 0, offset) + 1
+                    column = offset - (complete.rfind(b"\n", 0, offset) + 1) + 1
+                    found.append((line, f"invalid UTF-8 (byte 0x{complete[offset]:02x} at column {column}); "
+                                        "give the file's encoding with --encoding, e.g. latin-1"))
+                    if limit is not None and len(found) >= limit:
+                        return found
+                    next_line = complete.find(b"\n", offset)
+                    start = len(complete) if next_line < 0 else next_line + 1
+            lines_before += complete.count(b"\n")
+            if not block:
+                return found
+
+
+def _without_lines(path: Path, drop: set[int]) -> pa.BufferReader:
+    """The file's bytes (decompressed) without the given 1-based lines, as an in-memory Arrow stream."""
+    with _open_binary(path) as f:
+        lines = f.read().split(b"\n")
+    kept = b"\n".join(line for number, line in enumerate(lines, start=1) if number not in drop)
+    return pa.BufferReader(kept)
 
 
 def _input_stream(path: Path) -> pa.NativeFile:
@@ -96,9 +155,9 @@ def _input_stream(path: Path) -> pa.NativeFile:
     return pa.input_stream(str(path), compression="gzip" if magic == b"\x1f\x8b" else None)
 
 
-def _find_line(path: Path, text: str, header_lines: int) -> int | None:
+def _find_line(path: Path, text: str, header_lines: int, encoding: str = "utf-8") -> int | None:
     """1-based physical line number of the first data line equal to ``text`` (re-scan, only on error)."""
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         for number, line in enumerate(f, start=1):
             if number > header_lines and line.rstrip("\r\n") == text:
                 return number
@@ -152,23 +211,35 @@ def _read_delimited(
     keep: dict[str, str | int],
     on_bad_rows: str,
     string_columns: Sequence[str] = (),
+    encoding: str = "utf-8",
 ) -> tuple[pa.Table, int]:
-    """pyarrow.csv read of ``path``; ``keep`` maps output name -> column name or index. Returns (table, skipped)."""
+    """pyarrow.csv read of ``path``; ``keep`` maps output name -> column name or index. Returns (table, skipped).
+
+    UTF-8 input is checked first (one streaming pass): an invalid line is an error naming it, or skipped
+    with ``on_bad_rows="skip"``; another ``encoding`` is transcoded by pyarrow."""
     bad_rows: list[Any] = []
 
     def handler(row: Any) -> str:
         bad_rows.append(row)
         return "skip"
 
+    first = _first_line(path, encoding)
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    arrow_encoding = "utf8" if utf8 else encoding  # pyarrow transcodes anything but its own spelling of UTF-8
+    undecodable = invalid_utf8_lines(path, limit=1 if on_bad_rows == "error" else None) if utf8 else []
+    if undecodable and on_bad_rows == "error":
+        raise EncodingError(path, *undecodable[0])
+    if undecodable and 1 in {n for n, _ in undecodable} and header:
+        raise EncodingError(path, 1, "the header line is not valid UTF-8")
     if header:
-        names = [n.strip() for n in _first_line(path).split(delimiter)]
-        read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24)
+        names = [n.strip() for n in first.split(delimiter)]
+        read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24, encoding=arrow_encoding)
     else:
         if column_names is None:
-            n_fields = len(_first_line(path).split(delimiter))
+            n_fields = len(first.split(delimiter))
             column_names = [f"f{i}" for i in range(n_fields)]
         names = list(column_names)
-        read_options = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
+        read_options = pacsv.ReadOptions(column_names=names, block_size=1 << 24, encoding=arrow_encoding)
     resolved: dict[str, str] = {}
     for out, spec in keep.items():
         if isinstance(spec, int):
@@ -193,7 +264,8 @@ def _read_delimited(
             include_columns=include, column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
         )
         parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler)
-        with _input_stream(path) as stream:
+        source = _without_lines(path, {n for n, _ in undecodable}) if undecodable else _input_stream(path)
+        with source as stream:
             return pacsv.read_csv(stream, read_options=read_options, parse_options=parse, convert_options=convert)
 
     try:
@@ -207,10 +279,10 @@ def _read_delimited(
         raise MalformedRowError(path, None, str(exc)) from exc
     if bad_rows and on_bad_rows == "error":
         row = bad_rows[0]
-        line = _find_line(path, row.text, 1 if header else 0)
+        line = _find_line(path, row.text, 1 if header else 0, encoding)
         raise MalformedRowError(path, line, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}")
     columns = {out: table.column(name) for out, name in resolved.items()}
-    return pa.table(columns), len(bad_rows)
+    return pa.table(columns), len(bad_rows) + len(undecodable)
 
 
 def _finish(table: pa.Table, path: Path) -> tuple[pa.Table, int]:
@@ -262,6 +334,7 @@ def read_csv(
     timestamp: str | int | None = None,
     category: str | int | None = None,
     column_names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Generic CSV/TSV (gzip or not, header or not, delimiter auto or given, columns by name or index).
 
@@ -270,7 +343,7 @@ def read_csv(
     """
     path = Path(path)
     header = _as_bool(header)
-    first = _first_line(path)
+    first = _first_line(path, encoding)
     delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}.get(delimiter or "", delimiter) or _sniff_delimiter(first)
     fields = [f.strip().lower() for f in first.split(delimiter)]
     if header is None:
@@ -291,13 +364,16 @@ def read_csv(
     if missing:
         raise MalformedRowError(path, 1, f"cannot find column(s) {missing} in header {fields}; pass them explicitly")
     table, skipped = _read_delimited(
-        path, delimiter=delimiter, column_names=column_names, header=header, keep=keep, on_bad_rows=on_bad_rows
+        path, delimiter=delimiter, column_names=column_names, header=header, keep=keep, on_bad_rows=on_bad_rows,
+        encoding=encoding,
     )
     table, bad_ts = _finish(table, path)
     return table, _file_report(path, "csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
 
 
-def read_amazon_ratings(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+def read_amazon_ratings(
+    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
+) -> tuple[pa.Table, dict[str, Any]]:
     """Amazon 2014 ratings-only CSV ``user,item,rating,timestamp`` (no header)."""
     path = Path(path)
     table, skipped = _read_delimited(
@@ -307,13 +383,14 @@ def read_amazon_ratings(path: str | Path, *, on_bad_rows: str = "error") -> tupl
         header=False,
         keep={"user": "user", "item": "item", "timestamp": "timestamp"},
         on_bad_rows=on_bad_rows,
+        encoding=encoding,
     )
     table, bad_ts = _finish(table, path)
     return table, _file_report(path, "amazon-ratings", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
 
 
 def read_taobao(
-    path: str | Path, *, on_bad_rows: str = "error", behaviors: Sequence[str] | str = ("pv",)
+    path: str | Path, *, on_bad_rows: str = "error", behaviors: Sequence[str] | str = ("pv",), encoding: str = "utf-8"
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Tianchi UserBehavior.csv ``user,item,category,behavior,timestamp`` (no header); keeps ``behaviors``.
 
@@ -328,10 +405,11 @@ def read_taobao(
         keep={"user": "user", "item": "item", "category": "category", "behavior": "behavior", "timestamp": "timestamp"},
         on_bad_rows=on_bad_rows,
         string_columns=("behavior",),
+        encoding=encoding,
     )
     n = table.num_rows
-    if behaviors != "all":
-        wanted = behaviors.split(",") if isinstance(behaviors, str) else list(behaviors)
+    wanted = behaviors.split(",") if isinstance(behaviors, str) else list(behaviors)
+    if "all" not in wanted:
         table = table.filter(pc.is_in(table.column("behavior"), value_set=pa.array(wanted, pa.string())))
     filtered = n - table.num_rows
     table, bad_ts = _finish(table.drop_columns(["behavior"]), path)
@@ -341,7 +419,9 @@ def read_taobao(
     )
 
 
-def read_movielens_dat(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+def read_movielens_dat(
+    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
+) -> tuple[pa.Table, dict[str, Any]]:
     """MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp`` (split on ':' -> 7 fields)."""
     path = Path(path)
     table, skipped = _read_delimited(
@@ -351,12 +431,15 @@ def read_movielens_dat(path: str | Path, *, on_bad_rows: str = "error") -> tuple
         header=False,
         keep={"user": "user", "item": "item", "timestamp": "timestamp"},
         on_bad_rows=on_bad_rows,
+        encoding=encoding,
     )
     table, bad_ts = _finish(table, path)
     return table, _file_report(path, "movielens-dat", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
 
 
-def read_movielens_csv(path: str | Path, *, on_bad_rows: str = "error") -> tuple[pa.Table, dict[str, Any]]:
+def read_movielens_csv(
+    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
+) -> tuple[pa.Table, dict[str, Any]]:
     """MovieLens ``ratings.csv`` with header ``userId,movieId,rating,timestamp``."""
     path = Path(path)
     table, skipped = _read_delimited(
@@ -366,6 +449,7 @@ def read_movielens_csv(path: str | Path, *, on_bad_rows: str = "error") -> tuple
         header=True,
         keep={"user": "userId", "item": "movieId", "timestamp": "timestamp"},
         on_bad_rows=on_bad_rows,
+        encoding=encoding,
     )
     table, bad_ts = _finish(table, path)
     return table, _file_report(path, "movielens-csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
@@ -379,12 +463,18 @@ def read_parquet(
     item: str = "item",
     timestamp: str = "timestamp",
     category: str | None = None,
+    encoding: str = "utf-8",
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Parquet with user/item/timestamp[/category] columns (names configurable)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    names = pq.read_schema(path).names
+    if codecs.lookup(encoding).name != "utf-8":
+        raise ValueError(f"{path}: Parquet strings are always UTF-8; --encoding {encoding} does not apply")
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise MalformedRowError(path, None, f"not a readable Parquet file ({exc})") from None
     wanted = {"user": user, "item": item, "timestamp": timestamp}
     if category is not None or "category" in names:
         wanted["category"] = category or "category"
@@ -396,11 +486,16 @@ def read_parquet(
     return table, _file_report(path, "parquet", table.num_rows, 0, non_numeric_timestamps=bad_ts)
 
 
-def _iter_json_records(path: Path, literal: bool) -> Iterator[tuple[int, str, Any]]:
-    """(line number, text, parsed record or None) per non-empty line; strict JSON, else Python literal."""
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
+def _iter_json_records(path: Path, literal: bool, encoding: str = "utf-8") -> Iterator[tuple[int, str, Any]]:
+    """(line number, text, parsed record or None) per non-empty line; strict JSON, else Python literal.
+    A line that does not decode in ``encoding`` yields (number, problem text, ``UNDECODABLE``)."""
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode(encoding).strip()
+            except UnicodeDecodeError as exc:
+                yield number, f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", UNDECODABLE
+                continue
             if not text:
                 continue
             try:
@@ -415,16 +510,23 @@ def _iter_json_records(path: Path, literal: bool) -> Iterator[tuple[int, str, An
             yield number, text, record
 
 
+UNDECODABLE = object()  # marker of a line that is not valid in the file's encoding
+
+
 def _read_json_lines(
-    path: Path, fmt: str, *, on_bad_rows: str, literal: bool, category: str | None
+    path: Path, fmt: str, *, on_bad_rows: str, literal: bool, category: str | None, encoding: str = "utf-8"
 ) -> tuple[pa.Table, dict[str, Any]]:
     users: list[str] = []
     items: list[str] = []
     times: list[Any] = []
     skipped = 0
-    for number, text, record in _iter_json_records(path, literal):
+    if path.stat().st_size == 0:
+        raise MalformedRowError(path, None, "empty file (no records)")
+    for number, text, record in _iter_json_records(path, literal, encoding):
         problem = None
-        if not isinstance(record, dict):
+        if record is UNDECODABLE:
+            problem = text + "; give the file's encoding with --encoding, e.g. latin-1"
+        elif not isinstance(record, dict):
             problem = "not a JSON object" + (" or Python literal" if literal else "") + f": {text[:80]!r}"
         else:
             missing = [k for k in ("reviewerID", "asin", "unixReviewTime") if k not in record]
@@ -461,7 +563,7 @@ def _file_category(path: Path, category: str | bool | None) -> str | None:
 
 
 def read_amazon_reviews(
-    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None
+    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None, encoding: str = "utf-8"
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Amazon 2014 review files (5-core ``reviews_*_5.json[.gz]``): one record per line, strict JSON or the
     Python-literal style (single quotes) those dumps use; keys reviewerID, asin, unixReviewTime.
@@ -469,15 +571,17 @@ def read_amazon_reviews(
     ``category=True`` tags every row with the file's category (for merged sets such as Amazon-Hybrid).
     """
     path = Path(path)
-    return _read_json_lines(path, "amazon-reviews", on_bad_rows=on_bad_rows, literal=True, category=_file_category(path, category))
+    return _read_json_lines(path, "amazon-reviews", on_bad_rows=on_bad_rows, literal=True,
+                            category=_file_category(path, category), encoding=encoding)
 
 
 def read_amazon_2018(
-    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None
+    path: str | Path, *, on_bad_rows: str = "error", category: str | bool | None = None, encoding: str = "utf-8"
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Amazon 2018 JSON lines (same keys reviewerID, asin, unixReviewTime)."""
     path = Path(path)
-    return _read_json_lines(path, "amazon-2018", on_bad_rows=on_bad_rows, literal=False, category=_file_category(path, category))
+    return _read_json_lines(path, "amazon-2018", on_bad_rows=on_bad_rows, literal=False,
+                            category=_file_category(path, category), encoding=encoding)
 
 
 FileReader = Callable[..., tuple[pa.Table, dict[str, Any]]]
@@ -522,7 +626,7 @@ def _comirec_files(inputs: Sequence[Path]) -> tuple[dict[str, Path], Path | None
     return {p: found[p] for p in ("train", "valid", "test")}, found.get("item_cate"), names.pop()
 
 
-def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error") -> Interactions:
+def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error", encoding: str = "utf-8") -> Interactions:
     """Pre-split ComiRec/PIMI files ``<name>_{train,valid,test}.txt[.gz]`` (lines ``user,item,time``) plus the
     optional ``<name>_item_cate.txt`` (``item,cate``); the user split is kept as is (column ``split``)."""
     _check_on_bad_rows(on_bad_rows)
@@ -533,6 +637,7 @@ def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error") ->
         table, skipped = _read_delimited(
             path, delimiter=",", column_names=["user", "item", "timestamp"], header=False,
             keep={"user": "user", "item": "item", "timestamp": "timestamp"}, on_bad_rows=on_bad_rows,
+            encoding=encoding,
         )
         table, bad_ts = _finish(table, path)
         table = table.append_column("split", pa.array(np.full(table.num_rows, SPLIT_CODES[part], np.int8)))
@@ -542,7 +647,7 @@ def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error") ->
     if cate_file is not None:
         cate, skipped = _read_delimited(
             cate_file, delimiter=",", column_names=["item", "category"], header=False,
-            keep={"item": "item", "category": "category"}, on_bad_rows=on_bad_rows,
+            keep={"item": "item", "category": "category"}, on_bad_rows=on_bad_rows, encoding=encoding,
         )
         reports.append(_file_report(cate_file, "comirec-item-cate", cate.num_rows + skipped, skipped))
         index = pc.index_in(table.column("item"), value_set=cate.column("item"))

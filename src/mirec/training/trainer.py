@@ -5,14 +5,21 @@ Faithful points (reference-notes 2.4, 3.1, 6): batches as ComiRec's DataIterator
 TF ``sampled_softmax_loss`` with 10 x batch unique log-uniform negatives over the table (ids 0..n_items),
 log Q subtracted, accidental hits removed; early stopping as ComiRec (``recall > best`` resets the counter,
 stop once ``trials > patience``). Additions: a wall-clock budget, a final evaluation of the last partial
-interval when stopped by ``max_steps``/``max_minutes``, and exact resumption from ``checkpoint/``.
+interval when stopped by ``max_steps``/``max_minutes``, and exact resumption from ``checkpoints/``.
+
+The run folder's rules (refuse a non-empty folder unless resuming or overwriting, one process per folder,
+resume only with a matching config and dataset) are :mod:`mirec.runs`'; a Trainer holds the folder's lock
+from its construction until :meth:`Trainer.fit` returns (or :meth:`Trainer.close`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,14 +37,22 @@ from mirec.nn.sampled_softmax import (
     make_candidate_sampler,
     sampled_softmax_loss,
 )
-from mirec.train.checkpoint import (
-    TrainState,
+from mirec.runs import (
+    RunFolderError,
     build_model,
+    check_resume,
+    load_state,
+    prepare_run_folder,
+    run_lock,
+    write_data_json,
+)
+from mirec.training.checkpoint import (
+    TrainState,
+    latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     save_checkpoint,
     save_tensors,
-    write_data_json,
 )
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
@@ -96,6 +111,37 @@ def zero_grads(optimizer: torch.optim.Optimizer, kept: list[torch.nn.Parameter])
         parameter.grad = buffer.zero_() if buffer is not None else torch.zeros_like(parameter)
 
 
+class _StopRequested(Exception):
+    """Raised at a step boundary after SIGINT/SIGTERM (never mid-step, so the checkpoint is consistent)."""
+
+
+class StopSignal:
+    """While active (a ``with`` block in the main thread), the first SIGINT or SIGTERM only sets ``requested``:
+    the loop stops at the next step boundary. A second SIGINT interrupts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopSignal:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 class Trainer:
     """One training run of ``config`` on a prepared dataset, writing the run folder ``run_dir``."""
 
@@ -108,7 +154,31 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         resume: bool = False,
+        overwrite: bool = False,
     ):
+        self.run_dir = Path(run_dir)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(run_lock(self.run_dir))  # first: a second process fails before any work
+        try:
+            self._setup(data, config, device, progress, resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (fit does it when it returns or fails)."""
+        self._lock.close()
+
+    def _setup(
+        self,
+        data: str | Path | PreparedDataset,
+        config: RunConfig,
+        device: str | torch.device | None,
+        progress: bool,
+        resume: bool,
+        overwrite: bool,
+    ) -> None:
+        self.folder_notes = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
         tc = config.train
         if tc.loss not in LOSSES:
             raise ValueError(f"train.loss = {tc.loss!r}; expected one of {LOSSES}")
@@ -118,8 +188,8 @@ class Trainer:
             if getattr(tc, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)}")
         self.config = config
-        self.run_dir = Path(run_dir)
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
+        self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume else []
         self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
         self.progress = progress
         self.resume = resume
@@ -146,13 +216,14 @@ class Trainer:
         self.state = TrainState()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
-        self.logger = logging.getLogger(f"mirec.train.{id(self)}")
+        self.logger = logging.getLogger(f"mirec.training.{id(self)}")
+        self._stop_signal = StopSignal()
 
     # ------------------------------------------------------------------ pieces
     def _resume_graph_path(self) -> Path | None:
         """A resumed run reloads its saved global context graph instead of rebuilding it."""
         path = self.run_dir / "graph.safetensors"
-        return path if self.resume and (self.run_dir / "checkpoint").exists() and path.exists() else None
+        return path if self.resume and latest_checkpoint(self.run_dir) is not None and path.exists() else None
 
     def loss(self, user_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The configured softmax loss (mean over the batch)."""
@@ -243,7 +314,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
         save_checkpoint(
-            self.run_dir / "checkpoint",
+            self.run_dir,
             model_state=self.model.state_dict(),
             best_state=self.best_state,
             optimizer=self.optimizer,
@@ -252,12 +323,12 @@ class Trainer:
         )
 
     def restore_checkpoint(self) -> bool:
-        """Load ``run_dir/checkpoint``; False when there is none."""
-        path = self.run_dir / "checkpoint"
-        if not (path / "state.json").exists():
+        """Load the run folder's latest checkpoint; False when there is none."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
             return False
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt.model_state)
+        load_state(self.model, ckpt.model_state, path / "model.safetensors")
         optimizer_from_tensors(self.optimizer, ckpt.optimizer_tensors, ckpt.optimizer_rest)
         self.best_state = ckpt.best_state
         self.state = ckpt.state
@@ -284,20 +355,27 @@ class Trainer:
     def fit(self, resume: bool | None = None) -> dict[str, Any]:
         """Train (or continue), then evaluate the best weights on valid and test; returns metrics.json."""
         resume = self.resume if resume is None else resume
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = resume and self.restore_checkpoint()
-        if resumed and self.state.stop_reason in ("max_steps", "max_minutes"):
+        try:
+            resumed = resume and self.restore_checkpoint()
+            if resume and not resumed:
+                raise RunFolderError(f"{self.run_dir}: --resume found no checkpoint")
+            return self._fit(resumed)
+        finally:
+            self.close()
+
+    def _fit(self, resumed: bool) -> dict[str, Any]:
+        if resumed and self.state.stop_reason in ("max_steps", "max_minutes", "interrupted"):
             self.state.stop_reason = ""  # the limits are re-checked against the (maybe raised) config
         handler = self._open_log(append=resumed)
         try:
+            for note in self.folder_notes:
+                self.logger.info(note)
             if resumed:
                 self.logger.info(f"resumed from step {self.state.step}")
+                for change in self.resume_changes:
+                    self.logger.info(f"resume applies {change}")
             else:
-                if resume:
-                    self.logger.info("no checkpoint found: starting a fresh run")
                 self.history = []
-                for stale in ("history.jsonl", "metrics.json", "model.safetensors", "graph.safetensors"):
-                    (self.run_dir / stale).unlink(missing_ok=True)
             save_config(self.config, self.run_dir / "config.toml")
             write_data_json(self.run_dir, self.dataset)
             if self.model.global_context is not None and not resumed:
@@ -313,6 +391,10 @@ class Trainer:
             handler.close()
 
     def _loop(self) -> None:
+        with self._stop_signal:
+            self._loop_steps()
+
+    def _loop_steps(self) -> None:
         st, tc = self.state, self.config.train
         self.model.train()
         budget = tc.max_minutes * 60.0
@@ -324,13 +406,15 @@ class Trainer:
             dynamic_ncols=True,
             desc=f"train {self.config.model.name}",
         )
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.full((), st.interval_loss_sum, device=self.device)
         log_sum = torch.zeros((), device=self.device)
-        interval_steps = log_steps = 0
+        interval_steps, log_steps = st.interval_steps, 0
         log_start, log_train_seconds = time.perf_counter(), st.train_seconds
         try:
             try:
                 while not st.stop_reason:
+                    if self._stop_signal.requested:
+                        raise _StopRequested
                     st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
                     if st.step >= tc.max_steps:
                         st.stop_reason = "max_steps"
@@ -367,18 +451,21 @@ class Trainer:
                     every = tc.checkpoint_every
                     if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
                         st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+                        st.interval_loss_sum, st.interval_steps = float(loss_sum), interval_steps
                         self.save_checkpoint()
-            except KeyboardInterrupt:
-                # ComiRec train.py: Ctrl-C ends training and the best model so far is evaluated. The checkpoint
-                # stays at the last evaluation, so --resume continues exactly as if never interrupted.
-                if self.best_state is None:
-                    raise
+            except _StopRequested:
+                # Ctrl-C / SIGTERM, acted on between two whole steps: checkpoint this step, then stop non-zero;
+                # --resume continues exactly as if never interrupted.
+                st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+                st.interval_loss_sum, st.interval_steps = float(loss_sum), interval_steps
                 st.stop_reason = "interrupted"
-                self.logger.info(f"interrupted at step {st.step}; checkpoint left at the last evaluation")
-                return
+                self.save_checkpoint()
+                self.logger.info(f"interrupted at step {st.step}; checkpoint written, continue with --resume")
+                raise KeyboardInterrupt from None
             if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
                 self._validate(float(loss_sum) / max(interval_steps, 1))
             st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+            st.interval_loss_sum, st.interval_steps = 0.0, 0
             self.save_checkpoint()
         finally:
             bar.close()
@@ -418,11 +505,18 @@ def train_run(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` (resuming from ``run_dir/checkpoint`` if asked); returns metrics.json."""
-    trainer = Trainer(data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume)
+    """Train ``config`` into ``run_dir`` (a new or empty folder; ``resume`` continues its checkpoint,
+    ``overwrite`` replaces an earlier run); returns metrics.json."""
+    trainer = Trainer(
+        data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume, overwrite=overwrite
+    )
+    if preset:
+        trainer.folder_notes.append(f"presets: {preset} (mirec config show --data ... --model ... prints them)")
     return trainer.fit()
 
 

@@ -1,6 +1,7 @@
-"""Run-folder persistence without pickle: weights, optimiser state and RNG states in safetensors, scalars in JSON.
+"""Resume state without pickle: weights, optimiser state and RNG states in safetensors, scalars in JSON.
 
-``checkpoint/`` (the last training state, for ``--resume``) holds::
+``checkpoints/NNNNNNNN/`` (the last training state, for ``--resume``; the highest number is the current one)
+holds::
 
     model.safetensors      current weights
     best.safetensors       best weights so far (absent before the first evaluation)
@@ -9,27 +10,34 @@
     state.json             step, best metric, patience counter, clocks, the TrainSampler's numpy state,
                            optimiser param_groups and non-tensor state
 
-The folder is built under a temporary name and renamed into place (``mirec.utils.atomic_directory``).
+Crash safety: a version is written under ``checkpoints/.NNNNNNNN.*.tmp`` (files fsynced), renamed into place
+in one atomic step, and only then are the older versions removed; so at every instant the highest complete
+number is a whole checkpoint, whatever the moment of a kill or power cut. Stale ``.tmp`` folders are removed
+by :func:`clean_stale_files` under the run lock. Run folders of earlier mirec versions hold one ``checkpoint/``
+folder; it is still read, and recovered from its moved-aside copy when a crash hit its two-rename swap.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import warnings
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mirec.config import RunConfig, load_config
-from mirec.data.dataset import PreparedDataset, load_dataset
-from mirec.models import MultiInterestModel, get_model_class
-from mirec.utils import atomic_directory, atomic_path, atomic_write_text
+from mirec.utils import atomic_path, current_umask, fsync_path
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_DIR = "checkpoints"
+LEGACY_CHECKPOINT_DIR = "checkpoint"  # mirec < 0.2: one folder swapped by two renames
+_VERSION = re.compile(r"^\d{8}$")
 
 
 def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,10 +54,14 @@ def save_tensors(
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt file is an error naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing")
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -93,11 +105,51 @@ class TrainState:
     eval_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     sampler_state: dict[str, Any] = field(default_factory=dict)  # numpy bit_generator.state (JSON ints)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # the loss of the steps since the last evaluation (a checkpoint taken between evaluations, e.g. on Ctrl-C)
+    interval_loss_sum: float = 0.0
+    interval_steps: int = 0
+
+
+def checkpoint_versions(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoint versions of a run folder, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``--resume`` continues from: the newest version, else an earlier mirec's ``checkpoint/``."""
+    versions = checkpoint_versions(run_dir)
+    if versions:
+        return versions[-1]
+    legacy = Path(run_dir) / LEGACY_CHECKPOINT_DIR
+    return legacy if (legacy / "state.json").exists() else None
+
+
+def clean_stale_files(run_dir: str | Path) -> list[str]:
+    """Remove what killed writers left (temporary names of ours only); recover an earlier mirec's checkpoint
+    from its moved-aside copy when a crash hit between its two renames. Call it holding the run lock."""
+    run_dir = Path(run_dir)
+    removed: list[str] = []
+    legacy = run_dir / LEGACY_CHECKPOINT_DIR
+    moved_aside = sorted(run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.old-*"))
+    if moved_aside and not legacy.exists():
+        os.replace(moved_aside.pop(), legacy)
+        removed.append(f"recovered {legacy.name}/ from its moved-aside copy")
+    stale = [*moved_aside, *run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.*.tmp"), *run_dir.glob(f"{CHECKPOINT_DIR}/.*.tmp")]
+    stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()]  # mirec.utils.atomic_path leftovers
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def save_checkpoint(
-    path: str | Path,
+    run_dir: str | Path,
     *,
     model_state: dict[str, torch.Tensor],
     best_state: dict[str, torch.Tensor] | None,
@@ -105,8 +157,9 @@ def save_checkpoint(
     negative_generator: torch.Generator,
     state: TrainState,
 ) -> Path:
-    """Write the checkpoint folder atomically (a new folder renamed over the old one)."""
-    path = Path(path)
+    """Write a new checkpoint version of ``run_dir`` crash-safely; returns its folder."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_rest = optimizer_to_tensors(optimizer)
     rng = {"torch_cpu": torch.get_rng_state(), "negatives": negative_generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -114,14 +167,31 @@ def save_checkpoint(
     payload = dict(state.__dict__)
     payload["best_metric"] = None if state.best_metric == float("-inf") else state.best_metric
     payload.update(format=CHECKPOINT_FORMAT, optimizer=opt_rest, has_best=best_state is not None)
-    with atomic_directory(path) as tmp:
-        save_file(_cpu_copy(model_state), str(tmp / "model.safetensors"))
+    older = checkpoint_versions(run_dir)
+    name = f"{int(older[-1].name) + 1 if older else 1:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    try:
+        files = {"model.safetensors": model_state, "optimizer.safetensors": opt_tensors, "rng.safetensors": rng}
         if best_state is not None:
-            save_file(_cpu_copy(best_state), str(tmp / "best.safetensors"))
-        save_file(_cpu_copy(opt_tensors), str(tmp / "optimizer.safetensors"))
-        save_file(_cpu_copy(rng), str(tmp / "rng.safetensors"))
+            files["best.safetensors"] = best_state
+        for file_name, tensors in files.items():
+            save_file(_cpu_copy(tensors), str(tmp / file_name))
         (tmp / "state.json").write_text(json.dumps(payload, indent=1))
-    return path
+        for child in tmp.iterdir():
+            fsync_path(child)
+        os.chmod(tmp, 0o777 & ~current_umask())
+        fsync_path(tmp)
+        os.rename(tmp, root / name)  # the one atomic step: before it the old version is current, after it the new
+        fsync_path(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+    legacy = Path(run_dir) / LEGACY_CHECKPOINT_DIR
+    if (legacy / "state.json").exists():
+        shutil.rmtree(legacy, ignore_errors=True)  # an earlier mirec's checkpoint, superseded by this version
+    return root / name
 
 
 @dataclass
@@ -140,7 +210,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state_file = path / "state.json"
     if not state_file.exists():
         raise FileNotFoundError(f"{state_file}: no checkpoint to resume from")
-    payload = json.loads(state_file.read_text())
+    try:
+        payload = json.loads(state_file.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{state_file}: not valid JSON ({exc})") from None
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{state_file}: checkpoint format {payload.get('format')} != {CHECKPOINT_FORMAT}")
     names = set(TrainState.__dataclass_fields__)
@@ -157,76 +230,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
-    """data.json: the prepared folder the run used and the checksum of its meta.json."""
-    info: dict[str, Any] = {
-        "path": None,
-        "meta_sha256": None,
-        "name": dataset.name,
-        "n_items": dataset.n_items,
-    }
-    if dataset.path is not None:
-        info["path"] = str(Path(dataset.path).resolve())
-        if (Path(dataset.path) / "meta.json").exists():
-            info["meta_sha256"] = file_sha256(Path(dataset.path) / "meta.json")
-    atomic_write_text(Path(run_dir) / "data.json", json.dumps(info, indent=2))
-
-
-def build_model(
-    config: RunConfig, dataset: PreparedDataset, graph_path: str | Path | None = None
-) -> MultiInterestModel:
-    """The configured model, with its GIMIRec global context attached when needed (loaded or built)."""
-    model = get_model_class(config.model.name)(config.model, dataset.n_items)
-    if model.requires_global_context or config.model.global_context:
-        from mirec.graph import GlobalContext, build_global_context
-
-        if graph_path is not None and Path(graph_path).exists():
-            model.global_context = GlobalContext.load(graph_path)
-        else:
-            model.global_context = build_global_context(dataset, config.graph)
-    return model
-
-
-def load_run(
-    run_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MultiInterestModel, PreparedDataset, RunConfig]:
-    """Rebuild a trained run: config.toml, data.json (dataset), model.safetensors (+ graph.safetensors)."""
-    run_dir = Path(run_dir)
-    for name in ("config.toml", "data.json", "model.safetensors"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a finished mirec run folder?")
-    config = load_config(run_dir / "config.toml")
-    data = json.loads((run_dir / "data.json").read_text())
-    if not data.get("path"):
-        raise ValueError(f"{run_dir / 'data.json'}: the run was trained on an in-memory dataset (no path)")
-    dataset = load_dataset(data["path"])
-    meta = Path(data["path"]) / "meta.json"
-    if data.get("meta_sha256") and file_sha256(meta) != data["meta_sha256"]:
-        warnings.warn(
-            f"{meta}: checksum differs from {run_dir / 'data.json'} (data re-prepared?)", stacklevel=2
-        )
-    graph = run_dir / "graph.safetensors"
-    model = build_model(config, dataset, graph if graph.exists() else None)
-    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
-    model.to(device)
-    model.eval()
-    return model, dataset, config
-
-
 __all__ = [
     "TrainState",
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "latest_checkpoint",
+    "checkpoint_versions",
+    "clean_stale_files",
     "save_tensors",
     "load_tensors",
     "optimizer_to_tensors",
     "optimizer_from_tensors",
-    "write_data_json",
-    "build_model",
-    "load_run",
 ]

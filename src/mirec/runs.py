@@ -1,0 +1,259 @@
+"""Run folders: what a training run writes, who may write it, and how a finished run is rebuilt.
+
+A run folder holds ``config.toml``, ``data.json`` (the prepared dataset: a path relative to the run folder,
+the absolute path and the checksum of its meta.json), ``model.safetensors`` (best weights),
+``graph.safetensors`` (global context), ``checkpoints/`` (resume state, :mod:`mirec.training.checkpoint`),
+``train.log``, ``history.jsonl``, ``metrics.json`` and ``.lock``. Rules that keep a user's data safe:
+
+- a fresh run refuses a folder that holds anything; ``overwrite`` removes only the files named above;
+- ``resume`` needs a checkpoint and a config / dataset that match it (the options in :data:`RESUME_SAFE`
+  may change and are logged);
+- one process at a time: :func:`run_lock` holds an exclusive lock on ``.lock`` for the whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mirec.config import RunConfig, load_config
+from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.models import MultiInterestModel, get_model_class
+from mirec.training.checkpoint import (
+    CHECKPOINT_DIR,
+    LEGACY_CHECKPOINT_DIR,
+    clean_stale_files,
+    latest_checkpoint,
+    load_tensors,
+)
+from mirec.utils import atomic_write_text, exclusive_lock
+
+LOCK_FILE = ".lock"
+RUN_FILES = (
+    "config.toml", "data.json", "model.safetensors", "graph.safetensors", "train.log", "history.jsonl",
+    "metrics.json",
+)
+RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR)
+# Options a resumed run may change: budgets, cadence, placement and evaluation speed, not what is learnt.
+RESUME_SAFE = frozenset({
+    "train.max_steps", "train.max_minutes", "train.patience", "train.eval_every", "train.log_every",
+    "train.checkpoint_every", "train.device", "eval.batch_size",
+})
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked (it holds another run, has no checkpoint, or does not match)."""
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Exclusive lock of a run folder for one process (a second one fails at once, naming the first's PID)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"):
+        yield
+
+
+def run_entries(run_dir: str | Path) -> list[str]:
+    """Names in a run folder other than its lock file."""
+    run_dir = Path(run_dir)
+    return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+
+
+def prepare_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """Check (and for ``overwrite`` clear) a run folder before training; call it holding :func:`run_lock`.
+
+    Returns notes for the log (stale temporary files removed, files replaced)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is not a folder")
+    notes = [f"removed stale {name}" for name in clean_stale_files(run_dir)] if run_dir.is_dir() else []
+    if resume:
+        if latest_checkpoint(run_dir) is None:
+            raise RunFolderError(
+                f"{run_dir}: --resume found no checkpoint ({CHECKPOINT_DIR}/ is absent or empty); "
+                "start a fresh run without --resume"
+            )
+        return notes
+    entries = run_entries(run_dir)
+    if not entries:
+        return notes
+    if not overwrite:
+        raise RunFolderError(
+            f"{run_dir}: the run folder is not empty ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); "
+            "pass --resume to continue its run or --overwrite to replace it"
+        )
+    ours = [name for name in entries if name in RUN_FILES or name in RUN_FOLDERS]
+    for name in ours:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    notes.append(f"--overwrite removed {', '.join(ours) or 'nothing of an earlier run'}")
+    foreign = sorted(set(entries) - set(ours))
+    if foreign:
+        notes.append(f"left alone (not written by mirec): {', '.join(foreign)}")
+    return notes
+
+
+def _flatten(config: RunConfig) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+
+
+def resume_differences(old: RunConfig, new: RunConfig) -> tuple[list[str], list[str]]:
+    """(refused, applied) differences between a run's saved config and the one it is resumed with."""
+    before, after = _flatten(old), _flatten(new)
+    refused, applied = [], []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key, "<absent>") == after.get(key, "<absent>"):
+            continue
+        line = f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
+        (applied if key in RESUME_SAFE else refused).append(line)
+    return refused, applied
+
+
+def check_resume(run_dir: str | Path, config: RunConfig, dataset: PreparedDataset) -> list[str]:
+    """Refuse to resume with another model, dataset or learning config; returns the applied safe changes."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.toml"
+    if not config_file.exists():
+        raise RunFolderError(f"{config_file}: missing; the checkpoint cannot be matched to a config")
+    refused, applied = resume_differences(load_config(config_file), config)
+    if refused:
+        raise RunFolderError(
+            f"{run_dir}: --resume with a different config ({'; '.join(refused)}); only "
+            f"{', '.join(sorted(RESUME_SAFE))} may change on resume. Use the run's own options, or a new run folder"
+        )
+    data_file = run_dir / "data.json"
+    if data_file.exists():
+        data = json.loads(data_file.read_text())
+        checksum = dataset_checksum(dataset)
+        if data.get("meta_sha256") and checksum and checksum != data["meta_sha256"]:
+            raise RunFolderError(
+                f"{run_dir}: --resume on another dataset ({dataset.path}: meta.json checksum differs from the one "
+                f"in {data_file}); resume with the dataset the run started on"
+            )
+        if data.get("n_items") not in (None, dataset.n_items):
+            raise RunFolderError(f"{run_dir}: --resume on a dataset with {dataset.n_items} items, the run has {data['n_items']}")
+    return applied
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def dataset_checksum(dataset: PreparedDataset) -> str | None:
+    if dataset.path is None or not (Path(dataset.path) / "meta.json").exists():
+        return None
+    return file_sha256(Path(dataset.path) / "meta.json")
+
+
+def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
+    """data.json: the prepared folder (relative to the run folder and absolute) and its meta.json checksum."""
+    info: dict[str, Any] = {"path": None, "relative_path": None, "meta_sha256": dataset_checksum(dataset),
+                            "name": dataset.name, "n_items": dataset.n_items}
+    if dataset.path is not None:
+        absolute = Path(dataset.path).resolve()
+        info["path"] = str(absolute)
+        info["relative_path"] = os.path.relpath(absolute, Path(run_dir).resolve())
+    atomic_write_text(Path(run_dir) / "data.json", json.dumps(info, indent=2))
+
+
+def resolve_run_data(run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """The prepared dataset of a run: ``data`` when given, else data.json's path relative to the run folder
+    (it survives moving both together), else its absolute path. The error says what is missing."""
+    run_dir = Path(run_dir)
+    data_file = run_dir / "data.json"
+    info = json.loads(data_file.read_text()) if data_file.exists() else {}
+    if data is not None:
+        candidates = [Path(data)]
+    else:
+        if not info.get("path"):
+            raise FileNotFoundError(f"{data_file}: no dataset recorded (trained on an in-memory dataset?); pass --data DIR")
+        candidates = [(run_dir / info["relative_path"]).resolve()] if info.get("relative_path") else []
+        candidates.append(Path(info["path"]))
+    for path in candidates:
+        if (path / "meta.json").exists():
+            checksum = file_sha256(path / "meta.json")
+            if info.get("meta_sha256") and checksum != info["meta_sha256"]:
+                warnings.warn(f"{path / 'meta.json'}: checksum differs from {data_file} (data re-prepared?)", stacklevel=2)
+            return path
+    tried = " or ".join(str(p) for p in candidates)
+    raise FileNotFoundError(
+        f"{run_dir}: its prepared dataset is not at {tried} (moved or deleted?); pass --data DIR to point at it"
+    )
+
+
+def build_model(
+    config: RunConfig, dataset: PreparedDataset, graph_path: str | Path | None = None
+) -> MultiInterestModel:
+    """The configured model, with its GIMIRec global context attached when needed (loaded or built)."""
+    model = get_model_class(config.model.name)(config.model, dataset.n_items)
+    if model.requires_global_context or config.model.global_context:
+        from mirec.graph import GlobalContext, build_global_context
+
+        if graph_path is not None and Path(graph_path).exists():
+            model.global_context = GlobalContext.load(graph_path)
+        else:
+            model.global_context = build_global_context(dataset, config.graph)
+    return model
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``load_state_dict`` with a one-line error naming the file when the weights belong to another model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        expected, given = set(model.state_dict()), set(state)
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        shapes = [k for k in expected & given if model.state_dict()[k].shape != state[k].shape]
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"other shapes for {sorted(shapes)[:3]}" if shapes else "",
+        ) if part) or str(exc).splitlines()[0]
+        raise ValueError(f"{source}: the weights do not fit model {type(model).__name__} ({detail})") from None
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", data: str | Path | None = None
+) -> tuple[MultiInterestModel, PreparedDataset, RunConfig]:
+    """Rebuild a trained run: config.toml, data.json (dataset; ``data`` overrides its place), model.safetensors
+    (+ graph.safetensors)."""
+    run_dir = Path(run_dir)
+    for name in ("config.toml", "data.json", "model.safetensors"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name}: missing; is {run_dir} a finished mirec run folder?")
+    config = load_config(run_dir / "config.toml")
+    dataset = load_dataset(resolve_run_data(run_dir, data))
+    graph = run_dir / "graph.safetensors"
+    model = build_model(config, dataset, graph if graph.exists() else None)
+    load_state(model, load_tensors(run_dir / "model.safetensors"), run_dir / "model.safetensors")
+    model.to(device)
+    model.eval()
+    return model, dataset, config
+
+
+__all__ = [
+    "RUN_FILES",
+    "RESUME_SAFE",
+    "RunFolderError",
+    "run_lock",
+    "prepare_run_folder",
+    "check_resume",
+    "resume_differences",
+    "write_data_json",
+    "resolve_run_data",
+    "build_model",
+    "load_state",
+    "load_run",
+]
