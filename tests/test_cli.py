@@ -29,7 +29,8 @@ def run_dir(log_file, tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     assert main(["prepare", str(log_file), "--format", "csv", "--output", str(base / "data")]) == 0
     code = main(["train", "--data", str(base / "data"), "--model", "comirec-sa", "--output", str(base / "run"),
-                 "--max-steps", "60", "--set", "train.eval_every=30", "--set", "train.batch_size=32", "--set", "train.num_negatives_factor=1", "--quiet"])
+                 "--max-steps", "60", "--set", "train.eval_every=30", "--set", "train.batch_size=32", "--set", "train.num_negatives_factor=1",
+                 "--set", "eval.topk=[10,20]", "--set", "eval.early_stop_metric=recall@20", "--quiet"])  # 40 items: a cut-off of 50 would be refused
     assert code == 0
     return base / "run"
 
@@ -37,12 +38,12 @@ def run_dir(log_file, tmp_path_factory):
 def test_train_writes_metrics_contract(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("valid", "test"):
-        for n in (20, 50):
+        for n in (10, 20):
             for name in ("recall", "ndcg", "ndcg_comirec", "hit_rate"):
                 value = metrics[split][f"{name}@{n}"]
                 assert 0.0 <= value <= 1.0
-    # 40 items in 4 clusters of 10: the top 20 of a user's own cluster model must beat chance (20/40)
-    assert metrics["test"]["hit_rate@20"] > 0.5
+    # 40 items in 4 clusters of 10: the top 10 must beat chance (10/40 of a user's targets)
+    assert metrics["test"]["recall@10"] > 0.4
 
 
 def test_evaluate_prints_same_metrics_and_dumps_original_ids(run_dir, capsys, tmp_path):
@@ -50,7 +51,7 @@ def test_evaluate_prints_same_metrics_and_dumps_original_ids(run_dir, capsys, tm
     assert main(["evaluate", str(run_dir), "--split", "test", "--dump-recs", str(dump)]) == 0
     printed = json.loads(capsys.readouterr().out)
     stored = json.loads((run_dir / "metrics.json").read_text())["test"]
-    assert printed["recall@50"] == pytest.approx(stored["recall@50"])
+    assert printed["recall@20"] == pytest.approx(stored["recall@20"])
     lines = [json.loads(line) for line in dump.read_text().splitlines()]
     assert lines and all(str(u["user"]).startswith("u") for u in lines)
     assert all(i.startswith("i") for u in lines for i in u["history"] + u["targets"] + u["recommendations"])
@@ -97,4 +98,4 @@ def test_python_api_matches_cli(run_dir, capsys):
     cli = json.loads(capsys.readouterr().out)
     assert api["recommendations"] == cli["recommendations"] and len(api["recommendations"]) == 7
     assert api["scores"] == sorted(api["scores"], reverse=True)
-    assert rec.evaluate("test")["recall@50"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["recall@50"])
+    assert rec.evaluate("test")["recall@20"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["recall@20"])

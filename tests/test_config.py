@@ -10,7 +10,7 @@ def test_parse_override_types():
 
 
 def test_overrides_and_bare_keys(tmp_path):
-    config = from_dict(apply_overrides({}, ["lr=0.01", "graph.hop_weights=[1, 2.5]", "eval.topk=[10]"]))
+    config = from_dict(apply_overrides({}, ["lr=0.01", "graph.hop_weights=[1, 2.5]", "eval.topk=[10]", "eval.early_stop_metric=recall@10"]))
     assert config.train.lr == 0.01
     assert config.graph.hop_weights == [1.0, 2.5]
     assert config.eval.topk == [10]

@@ -487,7 +487,7 @@ def test_maintenance_schedule_refreshes_catalogue_codes():
 def test_presets_load(dataset):
     config = load_config(model="gemirec", dataset=dataset)
     assert isinstance(config.model, GemiRecConfig)
-    GemiRec._check(config.model)
+    config.model.check()
 
 
 def test_bad_config_is_rejected_with_a_clear_message():

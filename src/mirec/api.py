@@ -87,6 +87,9 @@ class Recommender:
 
         from mirec.eval.evaluator import evaluate
 
+        if "topk" in eval_overrides and "early_stop_metric" not in eval_overrides:
+            # the stop metric is training's; at evaluation it only has to name a computed cut-off
+            eval_overrides["early_stop_metric"] = f"recall@{max(eval_overrides['topk'])}"
         eval_config = replace(self.config.eval, **eval_overrides)
         return evaluate(
             self.model,

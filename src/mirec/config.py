@@ -8,19 +8,53 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 PRESET_ROOT = Path(__file__).parent / "configs"
+# the evaluator's per-cut-off metrics (mirec.eval.metrics.METRIC_NAMES, plus diversity), for eval.early_stop_metric
+EARLY_STOP_METRICS = ("recall", "ndcg", "ndcg_comirec", "hit_rate", "diversity")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class CheckedConfig:
+    """Checks a config section when it is built (from TOML, ``--set`` or in code): every ``Literal`` field
+    against its choices, then the section's own ranges and cross-field rules in :meth:`check`."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            annotation = hints[f.name]
+            if typing.get_origin(annotation) is Literal:
+                value, choices = getattr(self, f.name), typing.get_args(annotation)
+                if value not in choices:
+                    raise ConfigError(f"{self.section}.{f.name} = {value!r}; expected one of {list(choices)}")
+        self.check()
+
+    def check(self) -> None:
+        """Ranges and cross-field rules; raise :class:`ConfigError` via :meth:`require`."""
+
+    def require(self, condition: bool, name: str, rule: str) -> None:
+        if not condition:
+            raise ConfigError(f"{self.section}.{name} = {getattr(self, name)!r}; must be {rule}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(CheckedConfig):
     """Options shared by every model; each model extends it with its own dataclass."""
 
+    section: ClassVar[str] = "model"
     name: str = "dnn"
     embedding_dim: int = 64
     num_interests: int = 4
@@ -28,9 +62,16 @@ class ModelConfig:
     # Replace the item-embedding lookup by E_global = A E_item (GIMIRec's transplantable GCE).
     global_context: bool = False
 
+    def check(self) -> None:
+        for name in ("embedding_dim", "num_interests", "maxlen"):
+            self.require(getattr(self, name) >= 1, name, ">= 1")
+        for f in dataclasses.fields(self):  # every model's dropout-like rate is a probability
+            if "dropout" in f.name and isinstance(getattr(self, f.name), float):
+                self.require(0.0 <= getattr(self, f.name) < 1.0, f.name, "in [0, 1)")
+
 
 @dataclass
-class GraphConfig:
+class GraphConfig(CheckedConfig):
     """Global context extraction (GIMIRec Eq. 1-7); used when the model asks for a global context."""
 
     l_time: float = 64.0  # days; pairs further apart are dropped (Eq. 1)
@@ -40,10 +81,16 @@ class GraphConfig:
     count_pairs: bool = True  # False = GIMIRec-IN: q = 1 for a present pair
     use_threshold: bool = True  # False = GIMIRec-INT: no L_time threshold
     self_pairs: bool = True  # keep <i, i> pairs (same item n and n+k), as Eq. 1-4 do; False drops them
+    section: ClassVar[str] = "graph"
+
+    def check(self) -> None:
+        self.require(self.l_time > 0, "l_time", "> 0 (days)")
+        self.require(len(self.hop_weights) >= 1, "hop_weights", "a non-empty list (one weight per hop)")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
+    section: ClassVar[str] = "train"
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -51,11 +98,11 @@ class TrainConfig:
     eval_every: int = 1000
     patience: int = 10  # evaluations without a better valid Recall@50
     max_minutes: float = 0.0  # 0 = no wall-clock budget
-    loss: str = "sampled"  # sampled | full | inbatch
+    loss: Literal["sampled", "full", "inbatch"] = "sampled"
     num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
     # True: negatives drawn from ids 1..n_items only (TF/ComiRec draw padding 0 too)
     sampler_exclude_padding: bool = False
-    negative_sampler: str = "log_uniform"  # log_uniform (TF/ComiRec) | uniform (REMI's default)
+    negative_sampler: Literal["log_uniform", "uniform"] = "log_uniform"  # TF/ComiRec | REMI's default
     negatives_unique: bool = True  # TF unique=True; REMI: False (1,280 draws with replacement)
     remove_accidental_hits: bool = True  # TF default; REMI: False
     # CPU: each item-table lookup adds its row gradients into one kept dense buffer (index_add_; same Adam update,
@@ -68,15 +115,35 @@ class TrainConfig:
     log_every: int = 100
     eval_users: int = 0  # 0 = all valid users during training evaluations
 
+    def check(self) -> None:
+        for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
+            self.require(getattr(self, name) >= 1, name, ">= 1")
+        for name in ("max_steps", "patience", "checkpoint_every", "eval_users", "weight_decay", "max_minutes"):
+            self.require(getattr(self, name) >= 0, name, ">= 0")
+        self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
+        self.require(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(CheckedConfig):
+    section: ClassVar[str] = "eval"
     topk: list[int] = field(default_factory=lambda: [20, 50])
-    backend: str = "torch"  # torch | faiss
+    backend: Literal["torch", "faiss"] = "torch"  # identical rankings; faiss is faster on CPU for big catalogues
     exclude_history: bool = False  # ComiRec keeps history items in the ranking
     diversity_lambda: float = 0.0
     batch_size: int = 1024
-    early_stop_metric: str = "recall@50"
+    # METRIC@N with METRIC in EARLY_STOP_METRICS and N in topk; "" = recall at the largest cut-off (ComiRec: @50)
+    early_stop_metric: str = ""
+
+    def check(self) -> None:
+        self.require(len(self.topk) >= 1 and all(k >= 1 for k in self.topk), "topk", "a non-empty list of cut-offs >= 1")
+        self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
+        self.require(self.batch_size >= 1, "batch_size", ">= 1")
+        self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
+        metric, _, cut = self.early_stop_metric.partition("@")
+        valid = metric in EARLY_STOP_METRICS and cut.isdigit() and int(cut) in self.topk
+        self.require(valid, "early_stop_metric",
+                     f"METRIC@N with METRIC in {list(EARLY_STOP_METRICS)} and N in eval.topk {self.topk}")
 
 
 @dataclass
@@ -88,10 +155,6 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _model_config_class(name: str) -> type[ModelConfig]:

@@ -18,13 +18,6 @@ from mirec.nn.capsule import check_readout_power, label_aware_readout
 from mirec.nn.init import glorot_embedding
 
 
-def check_choice(config: ModelConfig, field: str, choices: tuple[str, ...]) -> None:
-    """A config field that names one of a few variants: a clear error naming the class, field and choices."""
-    value = getattr(config, field)
-    if value not in choices:
-        raise ValueError(f"{type(config).__name__}.{field}: expected one of {choices}, got {value!r}")
-
-
 class MultiInterestModel(nn.Module):
     """Base class: item table, optional global context, hard (argmax) label-aware readout."""
 

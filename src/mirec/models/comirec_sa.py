@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel, check_choice
+from mirec.models.base import MultiInterestModel
 from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 
@@ -34,7 +34,7 @@ class ComiRecSAConfig(ModelConfig):
     name: str = "comirec-sa"
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
     readout_power: float = math.inf  # inf = hard readout (ComiRec-SA); 1 = softmax-weighted interests (option)
-    init: str = "glorot"  # glorot (TF reference) | kaiming (PyTorch ports: kaiming_normal_ on every weight)
+    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (PyTorch ports: kaiming_normal_ on every weight)
     position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
 
 
@@ -54,7 +54,6 @@ class ComiRecSA(MultiInterestModel):
             self.position_embedding = nn.Parameter(torch.empty(config.maxlen, d))
             nn.init.xavier_uniform_(self.position_embedding)  # TF Glorot on [1, L, d]: fan_in L, fan_out d
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)
-        check_choice(config, "init", ("glorot", "kaiming"))
         if config.init == "kaiming":
             kaiming_reinit(self)
             if self.position_embedding is not None:  # the ports' parameter is [1, L, d]: fan_in L * d

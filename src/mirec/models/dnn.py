@@ -13,13 +13,13 @@ layer has no bias (``dense_bias = false``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel, check_choice
+from mirec.models.base import MultiInterestModel
 from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import tf_dense
 
@@ -27,7 +27,7 @@ from mirec.nn.self_attentive import tf_dense
 @dataclass
 class DNNConfig(ModelConfig):
     name: str = "dnn"
-    init: str = "glorot"  # glorot (TF reference) | kaiming (REMI: kaiming_normal_ on every weight)
+    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (REMI: kaiming_normal_ on every weight)
     dense_bias: bool = True  # REMI: False
 
 
@@ -42,7 +42,6 @@ class YouTubeDNN(MultiInterestModel):
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
-        check_choice(config, "init", ("glorot", "kaiming"))
         self.dense = tf_dense(d, d, bias=config.dense_bias)  # tf.layers.dense(hidden_size, activation=None)
         if config.init == "kaiming":  # REMI BasicModel.reset_parameters: fan_in of [n, d] tables is d
             kaiming_reinit(self)

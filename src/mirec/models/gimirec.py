@@ -12,18 +12,17 @@ base class (``output_embeddings`` -> ``embed_items`` -> global context) and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel, check_choice
+from mirec.models.base import MultiInterestModel
 from mirec.nn.init import glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
-
-INTEREST_VALUES = ("aggregated", "embedding")
 
 
 @dataclass
@@ -42,7 +41,7 @@ class GIMIRecConfig(ModelConfig):
     mask_center: bool = False
     # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
     # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
-    interest_values: str = "aggregated"
+    interest_values: Literal["aggregated", "embedding"] = "aggregated"
 
 
 class GIMIRec(MultiInterestModel):
@@ -55,7 +54,6 @@ class GIMIRec(MultiInterestModel):
 
     def __init__(self, config: GIMIRecConfig, n_items: int):
         super().__init__(config, n_items)
-        check_choice(config, "interest_values", INTEREST_VALUES)
         d = config.embedding_dim
         self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
         self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None

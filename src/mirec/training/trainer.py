@@ -56,9 +56,6 @@ from mirec.training.checkpoint import (
 )
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
-LOSSES = ("sampled", "full", "inbatch")
-NEGATIVE_SAMPLERS = ("log_uniform", "uniform")
-
 
 def _evaluate_fn():
     try:
@@ -179,16 +176,11 @@ class Trainer:
         overwrite: bool,
     ) -> None:
         self.folder_notes = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
-        tc = config.train
-        if tc.loss not in LOSSES:
-            raise ValueError(f"train.loss = {tc.loss!r}; expected one of {LOSSES}")
-        if tc.negative_sampler not in NEGATIVE_SAMPLERS:
-            raise ValueError(f"train.negative_sampler = {tc.negative_sampler!r}; expected one of {NEGATIVE_SAMPLERS}")
-        for name in ("batch_size", "eval_every", "log_every"):
-            if getattr(tc, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(tc, name)}")
+        tc = config.train  # choices and ranges were checked when the config was built (mirec.config)
         self.config = config
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
+        if max(config.eval.topk) > self.dataset.n_items:
+            raise ValueError(f"eval.topk = {config.eval.topk}: a cut-off above the catalogue's {self.dataset.n_items} items")
         self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume else []
         self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
         self.progress = progress
@@ -520,4 +512,4 @@ def train_run(
     return trainer.fit()
 
 
-__all__ = ["Trainer", "train_run", "LOSSES"]
+__all__ = ["Trainer", "train_run", "StopSignal"]
