@@ -264,8 +264,13 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int)
            "--output", str(cell.run_dir), "--seed", str(cell.seed), "--quiet"]
     for text in [*common, *cell.variant.overrides] + ([f"train.max_minutes={budget_minutes}"] if budget_minutes else []):
         cmd += ["--set", text]
-    if (cell.run_dir / "checkpoint").exists():
+    from mirec.runs import run_entries
+    from mirec.training.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(cell.run_dir) is not None:
         cmd.append("--resume")
+    elif run_entries(cell.run_dir):
+        cmd.append("--overwrite")  # the grid's own cell, cut before its first checkpoint
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.time()
     timeout = budget_minutes * 60 * 1.5 + 600 if budget_minutes else None
@@ -389,13 +394,30 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
     return "\n".join(out)
 
 
+def parse_data_args(texts: list[str], check: bool = True) -> dict[str, str]:
+    """``NAME=DIR`` pairs; with ``check`` each DIR must be a prepared dataset (or the bundled name), so a typo
+    fails before any cell runs (``--tables-only`` reads finished cells and needs no data)."""
+    from mirec.api import BUNDLED
+    from mirec.data.dataset import is_prepared_dataset
+
+    datasets: dict[str, str] = {}
+    for text in texts:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--data {text!r}: expected NAME=DIR")
+        if check and path != BUNDLED and not is_prepared_dataset(path):
+            raise FileNotFoundError(f"--data {text}: {path} is not a prepared dataset (no meta.json); run mirec prepare")
+        datasets[name] = path
+    return datasets
+
+
 def main_bench(args: Any) -> None:
     output = Path(args.output)
     if getattr(args, "plots", False):
         from mirec.plots import require_matplotlib
 
         require_matplotlib()  # fail before hours of training, not after
-    datasets = dict(text.split("=", 1) for text in args.data)
+    datasets = parse_data_args(args.data, check=not args.tables_only)
     spec = resolve_spec(args)
     variants = spec.expanded()
     check_variants(variants, spec.set)
@@ -404,13 +426,16 @@ def main_bench(args: Any) -> None:
         print(f"note: grid {spec.name!r} was run in the paper on {', '.join(spec.datasets)}; "
               f"also running on {', '.join(unused)}", file=sys.stderr)
     cells = plan(output, datasets, variants, spec.seeds)
+    results: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     if not args.tables_only:
         grid = {"grid": spec.name, "datasets": datasets, "seeds": spec.seeds, "set": spec.set,
                 "budget_minutes": spec.budget_minutes,
                 "variants": [{"name": v.name, "model": v.model, "overrides": v.overrides, "base": v.base,
                               "sweep_key": v.sweep_key, "sweep_value": v.sweep_value} for v in variants]}
         atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
-        run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output)
+        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output)
+        failed = [r for r in results if not r["ok"]]
     rows = collect(cells)
     write_csv(rows, output / "results.csv")
     ks = [int(k) for k in args.topk.split(",")]
@@ -425,3 +450,5 @@ def main_bench(args: Any) -> None:
                     "run_dir": c.run_dir} for c in cells if c.done]
         written = plot_grid(records, output / "plots", k=ks[-1])
         print(f"{len(written)} plots in {output / 'plots'}", file=sys.stderr)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         reader_options[key] = value
     if args.behaviors:
         reader_options["behaviors"] = args.behaviors.split(",")
+    if args.encoding:
+        reader_options["encoding"] = args.encoding
     inputs, fmt, name = list(args.inputs), args.format, args.name
     if fmt is None:
         from mirec.data import registry
@@ -48,8 +51,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         on_bad_rows=args.on_bad_rows,
         seed=args.seed,
         reader_options=reader_options or None,
+        overwrite=args.overwrite,
+        timestamp_unit=args.timestamp_unit,
     )
-    _print_json(report.to_dict() if hasattr(report, "to_dict") else report)
+    _print_json(report.to_dict())
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -62,6 +67,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides.append(f"train.seed={args.seed}")
     if args.device is not None:
         overrides.append(f'train.device="{args.device}"')
+    from mirec.api import preset_name, resolve_data
+    from mirec.data.dataset import load_dataset
+
+    preset = preset_name(load_dataset(resolve_data(args.data)))
+    print(f"mirec train: presets {preset}/{args.model} (from the dataset's name; `mirec config show` prints the "
+          "resolved config)", file=sys.stderr)
     metrics = train(
         args.data,
         args.model,
@@ -69,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config_file=args.config,
         overrides=overrides,
         resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     _print_json(metrics)
@@ -77,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mirec.api import load
 
-    rec = load(args.run_dir, device=args.device)
+    rec = load(args.run_dir, device=args.device, data=args.data)
     overrides: dict[str, Any] = {}
     if args.exclude_history:
         overrides["exclude_history"] = True
@@ -98,7 +110,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     run_dir = args.run_dir or args.run_option
     if not run_dir:
         raise ValueError("mirec recommend needs a run folder: mirec recommend RUN_DIR --items a,b,c")
-    rec = load(run_dir, device=args.device)
+    rec = load(run_dir, device=args.device, data=args.data)
     items = [s for s in args.items.split(",") if s]
     stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
     result = rec.recommend(
@@ -147,15 +159,29 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    from mirec.config import describe_options
     from mirec.models import MODEL_PATHS, get_model_class
 
-    out = {}
-    for name in MODEL_PATHS:
-        try:
-            out[name] = get_model_class(name).paper
-        except ValueError as exc:
-            out[name] = f"(unavailable: {exc})"
-    _print_json(out)
+    if args.name is None:
+        _print_json({name: get_model_class(name).paper for name in MODEL_PATHS})
+        return
+    model = get_model_class(args.name)
+    _print_json({"name": args.name, "paper": model.paper, "options": describe_options(model.config_class)})
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from mirec.config import load_config, to_toml
+
+    preset = "default"
+    if args.data is not None:
+        from mirec.api import preset_name, resolve_data
+        from mirec.data.dataset import load_dataset
+
+        preset = preset_name(load_dataset(resolve_data(args.data)))
+    config = load_config(args.config, model=args.model, dataset=preset, overrides=list(args.set))
+    print(f"# presets: {preset}/{args.model}" + (f", then {args.config}" if args.config else "")
+          + (f", then --set {' '.join(args.set)}" if args.set else ""))
+    print(to_toml(config.to_dict()), end="")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -172,17 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
     p.add_argument("--format", default=None, help="omit for a registry name (mirec datasets); csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
                    "taobao, movielens-dat, movielens-csv, comirec")
-    p.add_argument("--output", required=True)
-    p.add_argument("--name", default=None, help="dataset name (selects presets: amazon-books, taobao-buy, ...)")
+    p.add_argument("--output", required=True, help="a new or empty folder (or, with --overwrite, a prepared dataset)")
+    p.add_argument("--overwrite", action="store_true", help="replace the prepared dataset already in --output")
+    p.add_argument("--name", default=None, help="dataset name, which selects the presets (amazon-books, taobao-buy, "
+                   "...; see `mirec config show`); default: the --output folder's name")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--encoding", default=None, help="text encoding of the inputs (default utf-8), e.g. latin-1")
+    p.add_argument("--timestamp-unit", choices=["auto", "s", "ms", "us", "ns"], default="auto",
+                   help="unit of the timestamps (auto: detected from their magnitude; stored as seconds)")
     p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
     p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
     p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)
-    p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy or pv,cart")
+    p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy, pv,cart or all")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="reader options, e.g. sep=, header=true user=0 item=1 timestamp=3")
+                   help="a reader option, repeated per key: --reader-option delimiter=, --reader-option header=true "
+                        "--reader-option user=0 --reader-option item=1 --reader-option timestamp=3")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model; ends with a test evaluation and writes metrics.json")
@@ -195,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in --output (its files and checkpoints; nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -207,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diversity-lambda", type=float, default=None)
     p.add_argument("--topk", default=None, help="comma-separated cut-offs, e.g. 20,50")
     p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-N items (original ids) for an ad-hoc history")
@@ -218,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--diversity-lambda", type=float, default=0.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("graph-stats", help="inspect a global-context graph (of a run, or built from data)")
@@ -250,14 +286,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
     p.set_defaults(func=cmd_datasets)
-    p = sub.add_parser("models", help="the model zoo")
+    p = sub.add_parser("models", help="the model zoo; with a NAME, that model's options, defaults and choices")
+    p.add_argument("name", nargs="?", default=None)
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("config", help="`mirec config show`: the resolved config a `mirec train` would use")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=None, help="prepared folder (its name selects the presets); default presets without")
+    p.add_argument("--config", default=None, help="TOML file applied over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config_show)
+    for subparser in sub.choices.values():  # accepted after the subcommand too
+        subparser.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
 
 
+THREADS_HELP = "torch CPU threads (default: torch's choice)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 1 with a one-line reason on stderr, 130 on Ctrl-C)."""
     parser = build_parser()
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -267,16 +317,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("graph-stats needs a RUN_DIR or --data DIR (one of them)")
     try:
         args.func(args)
+    except BrokenPipeError:  # the reader went away (`mirec models | head`): nothing left to say
+        return 141
     except KeyboardInterrupt:
-        print("mirec: interrupted (a training run can continue with --resume)", file=sys.stderr)
+        print(f"mirec {args.command}: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # one-line reason on stderr, non-zero status (the CLI contract)
-        if "MIREC_DEBUG" in __import__("os").environ:
+        if "MIREC_DEBUG" in os.environ:
             raise
-        print(f"mirec {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        reason = " ".join(str(exc).split()) or "(no message)"
+        print(f"mirec {args.command}: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     return 0
 
 
+def console_main() -> None:
+    """The ``mirec`` console script: :func:`main`, then an immediate exit once the output is flushed.
+
+    Exiting through the interpreter's teardown could end in "terminate called without an active exception"
+    (exit 134) when native thread pools (pyarrow's, torch's) were still alive; ``os._exit`` after flushing
+    gives the status main() chose, every time. Nothing of ours needs teardown: outputs are written atomically
+    and locks are released by the kernel."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

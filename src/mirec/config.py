@@ -157,6 +157,23 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def describe_options(model_config: type[ModelConfig]) -> dict[str, dict[str, Any]]:
+    """Every option of a model's run config: ``{"model.x": {"default": ..., "type": ..., "choices": [...]}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in (("model", model_config), ("graph", GraphConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        hints = typing.get_type_hints(cls)
+        defaults = dataclasses.asdict(cls())
+        for f in dataclasses.fields(cls):
+            annotation = hints[f.name]
+            entry: dict[str, Any] = {"default": defaults[f.name]}
+            if typing.get_origin(annotation) is Literal:
+                entry["choices"] = list(typing.get_args(annotation))
+            else:
+                entry["type"] = getattr(annotation, "__name__", str(annotation))
+            out[f"{section}.{f.name}"] = entry
+    return out
+
+
 def _model_config_class(name: str) -> type[ModelConfig]:
     from mirec.models import get_model_class
 
