@@ -298,13 +298,16 @@ def test_empty_history_gives_zero_interests_and_finite_gradients():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("neighbours,mask_center", [(PIMI_NEIGHBOURS, False), (("prev", "center", "self", "extra"), True)])
-def test_fast_star_graph_equals_stacked_form_in_training(neighbours, mask_center):
+@pytest.mark.parametrize("neighbours,mask_center,activation", [
+    (PIMI_NEIGHBOURS, False, "relu"), (("prev", "center", "self", "extra"), True, "relu"), (PIMI_NEIGHBOURS, False, "none"),
+])
+def test_fast_star_graph_equals_stacked_form_in_training(neighbours, mask_center, activation):
     """forward (per-node projections) == forward_stacked (K/V over [B, L, 4, d]) with dropout ON and the same
     seed: same dropout masks, same outputs and same parameter/input gradients."""
     torch.manual_seed(10)
     d, B, L = 16, 5, 7
-    graph = StarGraph(d, num_layers=3, num_heads=4, dropout=0.3, neighbours=neighbours, mask_center=mask_center)
+    graph = StarGraph(d, num_layers=3, num_heads=4, dropout=0.3, neighbours=neighbours, mask_center=mask_center,
+                      activation=activation)
     for p in graph.parameters():  # non-zero biases, so the bias split (m xW + b) is exercised
         torch.nn.init.normal_(p, std=0.3)
     mask = (torch.arange(L)[None] < torch.tensor([7, 3, 1, 5, 2])[:, None]).float()
@@ -321,3 +324,24 @@ def test_fast_star_graph_equals_stacked_form_in_training(neighbours, mask_center
         results.append([out_h, out_s, h.grad, s.grad, e.grad, *grads])
     for ref, got in zip(*results, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * max(1.0, ref.abs().max().item()))
+
+
+def test_star_activation_none_is_the_plain_attention_of_eq_17_and_19():
+    """activation="none": one layer's satellite output is the attention itself (signed); "relu" clips it at 0,
+    and both are the same layer otherwise (relu(none) == relu)."""
+    torch.manual_seed(3)
+    d, B, L = 8, 4, 6
+    mask = (torch.arange(L)[None] < torch.tensor([6, 4, 2, 5])[:, None]).float()
+    h, s, e = torch.randn(B, L, d) * mask[..., None], torch.randn(B, d), torch.randn(B, L, d) * mask[..., None]
+    plain = StarGraph(d, num_layers=1, num_heads=2, dropout=0.0, activation="none").eval()
+    relu = StarGraph(d, num_layers=1, num_heads=2, dropout=0.0, activation="relu").eval()
+    relu.load_state_dict(plain.state_dict())
+    context = plain.satellite_context(h, s, e, mask)
+    expected_h = plain.layers[0](h, context) * mask[..., None]  # Eq. 16-17 without an activation
+    out_plain, _ = plain(h, s, e, mask)
+    out_relu, _ = relu(h, s, e, mask)
+    torch.testing.assert_close(out_plain, expected_h, rtol=1e-5, atol=1e-6)
+    assert (out_plain < 0).any() and (out_relu >= 0).all()
+    torch.testing.assert_close(out_relu, torch.relu(out_plain))
+    with pytest.raises(ValueError, match="activation"):
+        StarGraph(d, activation="tanh")

@@ -467,7 +467,7 @@ def prepare(
                 "on_bad_rows": on_bad_rows}
         dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
         t2 = time.perf_counter()
-        dataset.save(output, overwrite=overwrite)
+        dataset.save(output, overwrite=True)  # check_output_folder allowed it: new, empty, or ours with overwrite
         t3 = time.perf_counter()
     return PrepareReport(
         name=name,

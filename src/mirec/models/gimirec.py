@@ -39,6 +39,8 @@ class GIMIRecConfig(ModelConfig):
     position_embedding: bool = False
     # Deviation (off = PIMI_Rec behaviour): mask padded item rows out of the central node's attention.
     mask_center: bool = False
+    # Activation after each star-graph attention: Eq. 17 and 19 have none; "relu" is PIMI_Rec's code.
+    star_activation: Literal["relu", "none"] = "relu"
     # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
     # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
     interest_values: Literal["aggregated", "embedding"] = "aggregated"
@@ -58,7 +60,8 @@ class GIMIRec(MultiInterestModel):
         self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
         self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None
         self.star_graph = StarGraph(
-            d, config.num_layers, config.num_heads, config.dropout, GIMIREC_NEIGHBOURS, config.mask_center
+            d, config.num_layers, config.num_heads, config.dropout, GIMIREC_NEIGHBOURS, config.mask_center,
+            config.star_activation,
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)  # W_2: 4d x d, W_3: K x 4d
 

@@ -6,6 +6,7 @@ ComiRec-SA multi-interest extraction. Faithful to the official TF code ChenGaoDe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -27,6 +28,7 @@ class PIMIConfig(ModelConfig):
     dropout: float = 0.1  # attention-weight dropout, training only
     # Deviation (off = reference): mask padded item rows out of the central node's attention.
     mask_center: bool = False
+    star_activation: Literal["relu", "none"] = "relu"  # PIMI_Rec model.py: tf.nn.relu after each attention
 
 
 def parameter_count_reference(item_count: int, dim: int = 64, maxlen: int = 20, time_span: int = 64,
@@ -55,7 +57,8 @@ class PIMI(MultiInterestModel):
         self.position_embedding = glorot_embedding(config.maxlen, d)  # learned absolute positions P
         self.time_attention = TimeIntervalAttention(d, config.time_span)
         self.star_graph = StarGraph(
-            d, config.num_layers, config.num_heads, config.dropout, PIMI_NEIGHBOURS, config.mask_center
+            d, config.num_layers, config.num_heads, config.dropout, PIMI_NEIGHBOURS, config.mask_center,
+            config.star_activation,
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)
 

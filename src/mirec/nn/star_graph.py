@@ -33,7 +33,7 @@ def _dense(dim: int) -> nn.Linear:
 class StarMultiHeadAttention(nn.Module):
     """PIMI_Rec ``modules.multihead_attention``: Q/K/V/O dense with bias, scaled dot product, attention dropout.
 
-    No residual, no LayerNorm, no FFN; the caller applies ReLU. ``key_mask`` (optional, [..., n] bool, True =
+    No residual, no LayerNorm, no FFN; the caller applies the activation (ReLU or none). ``key_mask`` (optional, [..., n] bool, True =
     keep) is NOT used by the reference; it backs the ``mask_center`` deviation.
     """
 
@@ -74,6 +74,13 @@ class StarMultiHeadAttention(nn.Module):
         return self.attend(self.query(query), self.key(context), self.value(context), key_mask)
 
 
+STAR_ACTIVATIONS = ("relu", "none")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class StarGraph(nn.Module):
     """L rounds of star-graph attention (PIMI_Rec model.py ``for i in range(3)``; GIMIRec Eq. 14-19)."""
 
@@ -85,8 +92,13 @@ class StarGraph(nn.Module):
         dropout: float = 0.1,
         neighbours: Sequence[str] = PIMI_NEIGHBOURS,
         mask_center: bool = False,
+        activation: str = "relu",
     ):
         super().__init__()
+        if activation not in STAR_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {STAR_ACTIVATIONS}, got {activation!r}")
+        # PIMI_Rec applies ReLU after each star-graph attention; GIMIRec Eq. 17 and 19 have no activation.
+        self.activation = torch.relu if activation == "relu" else _identity
         if sorted(neighbours) != sorted(PIMI_NEIGHBOURS):
             raise ValueError(f"neighbours must order {PIMI_NEIGHBOURS}, got {tuple(neighbours)}")
         self.neighbours = tuple(neighbours)
@@ -128,11 +140,11 @@ class StarGraph(nn.Module):
             # than one fused [2d, d] kernel: no slice backward).
             k_h, k_c, k_e = (F.linear(x, w_k) for x in (h, center, extra))
             v_h, v_c, v_e = (F.linear(x, w_v) for x in (h, center, extra))
-            # Satellite update: h_i = ReLU(MHA(h_i, C_i)) then h * mask (PIMI_Rec; GIMIRec Eq. 16-17).
+            # Satellite update: h_i = act(MHA(h_i, C_i)) then h * mask (PIMI_Rec: act = ReLU; GIMIRec Eq. 16-17: none).
             h_new = self._satellite(attention, h, (k_h, k_c, k_e), (v_h, v_c, v_e), m)
-            h_new = torch.relu(h_new) * m[:, :, None]
+            h_new = self.activation(h_new) * m[:, :, None]
             # Central update with the SAME module over [s; h^(t)] of the updated items (GIMIRec Eq. 18-19).
-            center = torch.relu(self._central(attention, center, k_c, v_c, h_new, key_mask))
+            center = self.activation(self._central(attention, center, k_c, v_c, h_new, key_mask))
             h = h_new
         return h, center
 
@@ -213,6 +225,6 @@ class StarGraph(nn.Module):
             key_mask = torch.cat([m.new_ones(m.shape[0], 1), m], dim=1) > 0
         for attention in self.layers:
             context = self.satellite_context(h, center, extra, m)  # [B, L, 4, d]
-            h = torch.relu(attention(h, context)) * m[:, :, None]
-            center = torch.relu(attention(center, torch.cat([center[:, None, :], h], dim=1), key_mask))
+            h = self.activation(attention(h, context)) * m[:, :, None]
+            center = self.activation(attention(center, torch.cat([center[:, None, :], h], dim=1), key_mask))
         return h, center

@@ -178,6 +178,7 @@ def save_checkpoint(
             save_file(_cpu_copy(tensors), str(tmp / file_name))
         (tmp / "state.json").write_text(json.dumps(payload, indent=1))
         for child in tmp.iterdir():
+            os.chmod(child, 0o666 & ~current_umask())  # safetensors writes 0600: a team should read a checkpoint
             fsync_path(child)
         os.chmod(tmp, 0o777 & ~current_umask())
         fsync_path(tmp)
