@@ -47,6 +47,18 @@ def random_dataset(n_users: int = 60, n_items: int = 40, seed: int = 0, min_len:
     )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models run faster without oversubscribing the 2 CI cores, and
+    runs in child processes started with one thread are bit-identical to the test's own."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_dataset() -> PreparedDataset:
     return random_dataset()

@@ -34,6 +34,8 @@ TINY = ["model.embedding_dim=8", "train.batch_size=16", "train.num_negatives_fac
         "train.max_steps=120", "train.log_every=10", "train.device=\"cpu\"", "eval.topk=[5,10]",
         "eval.early_stop_metric=recall@10"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, bit-identical to child processes
+
 
 def write_log(path: Path, n_users: int = 90, seed: int = 0, scale: int = 1) -> Path:
     """A TSV log (header user_id item_id timestamp) of clustered users; timestamps in seconds * ``scale``."""
@@ -58,15 +60,6 @@ def data_dir(log_file, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prep") / "data"
     prepare([log_file], "csv", out)
     return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Child processes run with one thread too, so parent and child runs are bit-identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(*extra: str):

@@ -50,18 +50,11 @@ class MeanLast(MultiInterestModel):
         self.steps_seen = step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (tests only)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def register_test_model(monkeypatch):
     monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLast")
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, bit-identical to child processes
 
 
 def cycle_dataset(n_items: int = 120, n_users: int = 150, seed: int = 0) -> PreparedDataset:
