@@ -7,6 +7,7 @@ Python API::
     mirec.train("prepared/", "gimirec", "runs/gimirec")    # -> metrics dict
     rec = mirec.load("runs/gimirec")
     rec.evaluate("test"); rec.recommend(["item-a", "item-b"], n=50)
+    served = mirec.load_bundle("bundle/")                  # after `mirec export`: no dataset needed
 
 No subpackage shares a name with an API function (the trainer lives in ``mirec.training``), so importing
 one never replaces ``mirec.train`` / ``mirec.load`` / ``mirec.prepare`` with a module.
@@ -15,7 +16,7 @@ one never replaces ``mirec.train`` / ``mirec.load`` / ``mirec.prepare`` with a m
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "train", "prepare", "load_dataset", "__version__"]
+__all__ = ["load", "train", "prepare", "load_dataset", "load_bundle", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from mirec.data.prepare import prepare
 
         return prepare
+    if name == "load_bundle":
+        from mirec.serving.bundle import load_bundle
+
+        return load_bundle
     if name == "load_dataset":
         from mirec.data.dataset import load_dataset
 

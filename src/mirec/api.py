@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mirec.config import RunConfig, load_config
@@ -81,6 +80,7 @@ class Recommender:
     config: RunConfig
     run_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _serving: Any = field(default=None, repr=False)
 
     def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:
         from dataclasses import replace
@@ -109,37 +109,32 @@ class Recommender:
         exclude_history: bool = False,
         diversity_lambda: float = 0.0,
     ) -> dict[str, Any]:
-        """Top-n original item ids for a history of original ids (oldest first); unknown ids are reported."""
-        from mirec.eval.evaluator import recommend
+        """Top-n original item ids for a history of original ids (oldest first); unknown ids are reported.
+        Served by :class:`mirec.serving.ServingModel` (built on the first call, then reused)."""
+        from mirec.serving.model import RecommendRequest, UnknownItemsError
 
-        index = self.dataset.item_index()
-        known = [(i, str(item)) for i, item in enumerate(items) if str(item) in index]
-        unknown = [str(item) for item in items if str(item) not in index]
-        if not known:
-            raise ValueError(f"none of the given items is known to this model: {unknown[:10]}")
-        internal = [index[item] for _, item in known]
-        days = None
-        if timestamps is not None:
-            if len(timestamps) != len(items):
-                raise ValueError(f"{len(timestamps)} timestamps for {len(items)} items")
-            stamps = np.array([timestamps[i] for i, _ in known], dtype=np.int64)
-            days = list(np.rint((stamps - stamps.min()) / 86400).astype(np.int64) + 1)
-        ids, scores = recommend(
-            self.model,
-            internal,
-            days,
-            n,
-            exclude_history=exclude_history,
-            diversity_lambda=diversity_lambda,
-            categories=self.dataset.item_categories if diversity_lambda > 0 else None,
-            backend=self.config.eval.backend,
-        )
-        original = self.dataset.item_original_ids
-        return {
-            "recommendations": [str(original[i]) for i in ids if i > 0],
-            "scores": [float(s) for i, s in zip(ids, scores, strict=True) if i > 0],
-            "unknown_items": unknown,
-        }
+        request = RecommendRequest([str(i) for i in items], None if timestamps is None else list(timestamps), n,
+                                   exclude_history, diversity_lambda)
+        try:
+            (result,) = self.serving().recommend([request])
+        except UnknownItemsError:
+            raise ValueError(f"none of the given items is known to this model: {[str(i) for i in items][:10]}") from None
+        return {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
+                "unknown_items": result.unknown_items}
+
+    def serving(self):
+        """The run's :class:`mirec.serving.ServingModel` (exact search), built once."""
+        if self._serving is None:
+            from mirec.serving.index import ItemIndex
+            from mirec.serving.model import ServingModel
+
+            with torch.no_grad():
+                vectors = self.model.output_embeddings().detach().float().cpu()
+            self._serving = ServingModel(self.model, self.config, self.dataset.item_original_ids, ItemIndex(vectors),
+                                         item_categories=self.dataset.item_categories,
+                                         manifest={"model": self.config.model.name, "model_version": "run",
+                                                   "index_version": "exact"})
+        return self._serving
 
 
 def load(run_dir: str | Path, device: str = "auto", data: str | Path | None = None) -> Recommender:

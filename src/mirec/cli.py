@@ -103,22 +103,82 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from mirec.api import load
-
     if args.run_dir and args.run_option and args.run_dir != args.run_option:
         raise ValueError(f"two run folders given: {args.run_dir} and --run {args.run_option}")
-    run_dir = args.run_dir or args.run_option
-    if not run_dir:
-        raise ValueError("mirec recommend needs a run folder: mirec recommend RUN_DIR --items a,b,c")
-    rec = load(run_dir, device=args.device, data=args.data)
-    items = [s for s in args.items.split(",") if s]
-    stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
-    result = rec.recommend(
-        items, stamps, n=args.n, exclude_history=args.exclude_history, diversity_lambda=args.diversity_lambda
-    )
-    if result["unknown_items"]:
-        print(f"unknown items (ignored): {','.join(result['unknown_items'])}", file=sys.stderr)
-    _print_json(result)
+    source = args.run_dir or args.run_option
+    if not source:
+        raise ValueError("mirec recommend needs a run folder or a bundle: mirec recommend RUN_DIR --items a,b,c")
+    modes = [bool(args.items), bool(args.input), bool(args.split)]
+    if sum(modes) != 1:
+        raise ValueError("give exactly one of --items (one history), --input FILE or --data DIR --split SPLIT")
+    from mirec.serving.bundle import is_bundle, load_serving
+
+    if args.items:
+        if is_bundle(source):
+            serving = load_serving(source, args.device)
+            from mirec.serving.model import RecommendRequest
+
+            items = [s for s in args.items.split(",") if s]
+            stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+            (result,) = serving.recommend([RecommendRequest(items, stamps, args.n, args.exclude_history,
+                                                            args.diversity_lambda)])
+            out = {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
+                   "unknown_items": result.unknown_items}
+        else:
+            from mirec.api import load
+
+            rec = load(source, device=args.device, data=args.data)
+            items = [s for s in args.items.split(",") if s]
+            stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+            out = rec.recommend(items, stamps, n=args.n, exclude_history=args.exclude_history,
+                                diversity_lambda=args.diversity_lambda)
+        if out["unknown_items"]:
+            print(f"unknown items (ignored): {','.join(out['unknown_items'])}", file=sys.stderr)
+        _print_json(out)
+        return
+    if not args.output:
+        raise ValueError("--input / --split write a Parquet file: give --output recs.parquet")
+    from mirec.serving.batch import recommend_dataset, recommend_file
+
+    serving = load_serving(source, args.device, data=args.data if not is_bundle(source) else None)
+    if args.input:
+        report = recommend_file(serving, args.input, args.output, n=args.n, progress=not args.quiet)
+    else:
+        if not args.data:
+            raise ValueError("--split needs --data DIR (the prepared dataset whose users to serve)")
+        from mirec.api import resolve_data
+        from mirec.data.dataset import load_dataset
+
+        report = recommend_dataset(serving, load_dataset(resolve_data(args.data)), args.split, args.output,
+                                   n=args.n, progress=not args.quiet)
+    _print_json({"output": args.output, **report})
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mirec.serving.bundle import export_bundle
+    from mirec.serving.index import IndexParams
+
+    params = IndexParams(kind=args.index, hnsw_m=args.hnsw_m, hnsw_ef_search=args.hnsw_ef_search,
+                         ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe)
+    manifest = export_bundle(args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite)
+    if args.onnx:
+        from mirec.serving.onnx_export import export_onnx
+
+        manifest["onnx"] = export_onnx(args.output)
+    _print_json({k: v for k, v in manifest.items() if k != "files"})
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from mirec.serving.app import ServeSettings, serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mirec serve: binding to {args.host}, reachable beyond this machine"
+              + ("" if args.token_file else " WITHOUT authentication (--token-file)"), file=sys.stderr)
+    settings = ServeSettings(max_history=args.max_history, max_n=args.max_n, max_batch=args.max_batch,
+                             max_body_bytes=args.max_body_bytes, microbatch_size=args.microbatch_size,
+                             microbatch_wait_ms=args.microbatch_wait_ms)
+    serve(args.bundle, host=args.host, port=args.port, token_file=args.token_file, settings=settings,
+          device=args.device)
 
 
 def cmd_graph_stats(args: argparse.Namespace) -> None:
@@ -244,17 +304,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="top-N items (original ids) for an ad-hoc history")
-    p.add_argument("run_dir", nargs="?", default=None)
+    p = sub.add_parser("recommend", help="top-N items (original ids) for one history, a file of them, or a dataset")
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR|BUNDLE")
     p.add_argument("--run", dest="run_option", default=None, metavar="RUN_DIR", help="same as the positional RUN_DIR")
-    p.add_argument("--items", required=True, help="comma-separated original item ids, oldest first")
+    p.add_argument("--items", default=None, help="one history: comma-separated original item ids, oldest first")
     p.add_argument("--timestamps", default=None, help="comma-separated Unix seconds, one per item")
+    p.add_argument("--input", default=None, metavar="FILE", help="histories.parquet or .jsonl (user, history[, timestamps])")
+    p.add_argument("--split", default=None, choices=["train", "valid", "test", "all"],
+                   help="with --data: every user of that split of a prepared dataset")
+    p.add_argument("--output", default=None, metavar="RECS.parquet", help="rows user, rank, item, score, interest")
     p.add_argument("-n", type=int, default=50)
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--diversity-lambda", type=float, default=0.0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
+    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset (if moved), or the users' one with --split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="a self-contained bundle of a trained run (weights, id map, item index)")
+    p.add_argument("run_dir")
+    p.add_argument("--output", required=True, metavar="BUNDLE")
+    p.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="exact")
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--hnsw-ef-search", type=int, default=0, help="0 = max(128, 2 x candidates)")
+    p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")
+    p.add_argument("--ivf-nprobe", type=int, default=0, help="0 = max(8, nlist / 16)")
+    p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
+    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
+    p.add_argument("--overwrite", action="store_true", help="replace the bundle already in --output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service of a bundle (needs mirec[serve]); loopback by default")
+    p.add_argument("bundle", metavar="BUNDLE|RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", default=None, help="bearer token required on every route but /healthz, /readyz")
+    p.add_argument("--max-history", type=int, default=1000)
+    p.add_argument("--max-n", type=int, default=1000)
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--microbatch-size", type=int, default=64)
+    p.add_argument("--microbatch-wait-ms", type=float, default=2.0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("graph-stats", help="inspect a global-context graph (of a run, or built from data)")
     p.add_argument("run_dir", nargs="?", default=None)

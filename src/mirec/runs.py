@@ -194,17 +194,26 @@ def resolve_run_data(run_dir: str | Path, data: str | Path | None = None) -> Pat
 
 
 def build_model(
-    config: RunConfig, dataset: PreparedDataset, graph_path: str | Path | None = None
+    config: RunConfig,
+    dataset: PreparedDataset | None,
+    graph_path: str | Path | None = None,
+    n_items: int | None = None,
 ) -> MultiInterestModel:
-    """The configured model, with its GIMIRec global context attached when needed (loaded or built)."""
-    model = get_model_class(config.model.name)(config.model, dataset.n_items)
+    """The configured model, with its GIMIRec global context attached when needed: loaded from ``graph_path``,
+    else built from ``dataset``. A bundle has no dataset: it gives ``n_items`` and its saved graph."""
+    n_items = dataset.n_items if dataset is not None else n_items
+    if n_items is None:
+        raise ValueError("build_model needs a dataset or n_items")
+    model = get_model_class(config.model.name)(config.model, n_items)
     if model.requires_global_context or config.model.global_context:
         from mirec.graph import GlobalContext, build_global_context
 
         if graph_path is not None and Path(graph_path).exists():
             model.global_context = GlobalContext.load(graph_path)
-        else:
+        elif dataset is not None:
             model.global_context = build_global_context(dataset, config.graph)
+        else:
+            raise FileNotFoundError(f"{graph_path}: the model needs its global-context graph and it is missing")
     return model
 
 

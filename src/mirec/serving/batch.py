@@ -1,0 +1,178 @@
+"""Batch recommendation: top-n lists for a file of histories or every user of a prepared dataset, streamed in
+chunks (bounded memory whatever the number of users) into a Parquet file written atomically.
+
+Output rows: ``user`` (original id), ``rank`` (1..n), ``item`` (original id), ``score``, ``interest``.
+Input files: Parquet or JSON lines with ``user``, ``history`` (list of original item ids, oldest first) and
+optionally ``timestamps`` (Unix seconds, one per item).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from mirec.data.batching import Batch
+from mirec.data.dataset import SECONDS_PER_DAY, PreparedDataset
+from mirec.serving.model import RecommendRequest, ServingModel
+from mirec.utils import atomic_path
+
+OUTPUT_SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
+                           ("score", pa.float32()), ("interest", pa.int16())])
+
+
+def _rows(users: np.ndarray, ids: torch.Tensor, scores: torch.Tensor, source: torch.Tensor,
+          item_names: np.ndarray) -> pa.RecordBatch:
+    """Flatten [U, n] results into output rows (empty slots dropped), vectorised."""
+    ids_np, keep = ids.numpy(), ids.numpy() > 0
+    n = ids_np.shape[1]
+    ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.int32), ids_np.shape)[keep]
+    user_col = np.repeat(np.asarray(users, dtype=object), keep.sum(1))
+    return pa.record_batch([
+        pa.array(user_col.astype(str)), pa.array(ranks), pa.array(item_names[ids_np[keep]].astype(str)),
+        pa.array(scores.numpy()[keep].astype(np.float32)), pa.array(source.numpy()[keep].astype(np.int16)),
+    ], schema=OUTPUT_SCHEMA)
+
+
+def _write(chunks: Iterator[pa.RecordBatch], output: str | Path) -> int:
+    rows = 0
+    with atomic_path(output) as tmp, pq.ParquetWriter(tmp, OUTPUT_SCHEMA) as writer:
+        for chunk in chunks:
+            writer.write_batch(chunk)
+            rows += chunk.num_rows
+    return rows
+
+
+def dataset_histories(dataset: PreparedDataset, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per split of ``split`` (valid | test | train | all): (user codes, indptr, items, timestamps) of the
+    sequences used as histories: the history part of valid/test users (what evaluation feeds the model), the
+    whole sequence of train users (and of every user with ``all``)."""
+    names = ("train", "valid", "test") if split == "all" else (split,)
+    for name in names:
+        seq = dataset.split(name)
+        if split == "all" or seq.history_len is None:
+            yield seq.users, seq.indptr, seq.items, seq.timestamps
+        else:
+            keep = seq.history_mask()
+            indptr = np.concatenate([[0], np.cumsum(seq.history_len)]).astype(np.int64)
+            yield seq.users, indptr, np.asarray(seq.items)[keep], np.asarray(seq.timestamps)[keep]
+
+
+def window_batch(indptr: np.ndarray, items: np.ndarray, stamps: np.ndarray, rows: np.ndarray, maxlen: int) -> Batch:
+    """The last ``maxlen`` items of each selected CSR row, left-aligned, with PIMI days; vectorised."""
+    ends = indptr[rows + 1]
+    lengths = np.minimum(ends - indptr[rows], maxlen)
+    starts = ends - lengths
+    col = np.arange(maxlen)
+    valid = col[None, :] < lengths[:, None]
+    index = np.where(valid, starts[:, None] + col[None, :], 0)
+    ids = np.where(valid, np.asarray(items)[index], 0).astype(np.int64)
+    t = np.asarray(stamps)[index]
+    first = np.asarray(stamps)[indptr[rows]][:, None]  # days from the history's first item, as Recommender.recommend
+    days = np.where(valid, np.rint((t - first) / SECONDS_PER_DAY).astype(np.int64) + 1, 0)
+    return Batch(torch.from_numpy(ids), torch.from_numpy(valid.astype(np.float32)), torch.from_numpy(days))
+
+
+def recommend_dataset(serving: ServingModel, dataset: PreparedDataset, split: str, output: str | Path, n: int = 50,
+                      chunk: int = 2048, progress: bool = True) -> dict[str, Any]:
+    """Top-n for every user of a prepared dataset's ``split`` (valid | test | train | all) into ``output``."""
+    if split not in ("train", "valid", "test", "all"):
+        raise ValueError(f"split {split!r}; expected train, valid, test or all")
+    if dataset.n_items != serving.n_items or not np.array_equal(dataset.item_original_ids, serving.item_original_ids):
+        raise ValueError("the dataset's item ids are not the model's (a bundle of another dataset?)")
+    total = sum(len(u) for u, *_ in dataset_histories(dataset, split))
+    started = time.perf_counter()
+
+    def chunks() -> Iterator[pa.RecordBatch]:
+        with tqdm(total=total, unit="user", disable=not progress, desc="recommend") as bar:
+            for users, indptr, items, stamps in dataset_histories(dataset, split):
+                for lo in range(0, len(users), chunk):
+                    rows = np.arange(lo, min(lo + chunk, len(users)))
+                    batch = window_batch(indptr, items, stamps, rows, serving.maxlen)
+                    ids, scores, source = serving.search_batch(batch, n)
+                    yield _rows(dataset.user_original_ids[users[rows]], ids, scores, source, serving.item_original_ids)
+                    bar.update(len(rows))
+
+    written = _write(chunks(), output)
+    seconds = time.perf_counter() - started
+    return {"users": total, "rows": written, "seconds": round(seconds, 3), "users_per_second": total / max(seconds, 1e-9)}
+
+
+def read_requests(path: str | Path, chunk: int) -> Iterator[tuple[list[str], list[RecommendRequest]]]:
+    """(users, requests) chunks of a Parquet or JSON-lines histories file."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        for record in pq.ParquetFile(path).iter_batches(batch_size=chunk):
+            table = record.to_pydict()
+            if "user" not in table or "history" not in table:
+                raise ValueError(f"{path}: needs columns user and history, has {list(table)}")
+            stamps = table.get("timestamps") or [None] * len(table["user"])
+            yield ([str(u) for u in table["user"]],
+                   [RecommendRequest([str(i) for i in h], s) for h, s in zip(table["history"], stamps, strict=True)])
+        return
+    users: list[str] = []
+    requests: list[RecommendRequest] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                users.append(str(record["user"]))
+                requests.append(RecommendRequest([str(i) for i in record["history"]], record.get("timestamps")))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path} line {number}: expected {{\"user\", \"history\"[, \"timestamps\"]}} ({exc})") from None
+            if len(users) == chunk:
+                yield users, requests
+                users, requests = [], []
+    if users:
+        yield users, requests
+
+
+def recommend_file(serving: ServingModel, input_path: str | Path, output: str | Path, n: int = 50,
+                   chunk: int = 2048, progress: bool = True) -> dict[str, Any]:
+    """Top-n for each history of a file; users none of whose items is known are counted and left out."""
+    started = time.perf_counter()
+    counts = {"users": 0, "skipped_unknown": 0}
+
+    def chunks() -> Iterator[pa.RecordBatch]:
+        with tqdm(unit="user", disable=not progress, desc="recommend") as bar:
+            for users, requests in read_requests(input_path, chunk):
+                lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=len(requests))
+                known = serving.lookup([i for r in requests for i in r.history]) > 0
+                any_known = np.add.reduceat(known, np.concatenate([[0], np.cumsum(lengths)[:-1]])) > 0 \
+                    if len(known) else np.zeros(len(requests), bool)
+                any_known &= lengths > 0
+                counts["users"] += len(requests)
+                counts["skipped_unknown"] += int((~any_known).sum())
+                keep = np.flatnonzero(any_known)
+                if len(keep):
+                    kept = [requests[i] for i in keep]
+                    for r in kept:
+                        r.n = n
+                    results = serving.recommend(kept)
+                    user_col = np.repeat(np.asarray([users[i] for i in keep], dtype=object), [len(r.items) for r in results])
+                    yield pa.record_batch([
+                        pa.array(user_col.astype(str)),
+                        pa.array(np.concatenate([np.arange(1, len(r.items) + 1) for r in results]).astype(np.int32)),
+                        pa.array([i for r in results for i in r.items], pa.string()),
+                        pa.array(np.concatenate([r.scores for r in results]).astype(np.float32)),
+                        pa.array(np.concatenate([r.interests for r in results]).astype(np.int16)),
+                    ], schema=OUTPUT_SCHEMA)
+                bar.update(len(requests))
+
+    written = _write(chunks(), output)
+    seconds = time.perf_counter() - started
+    return {**counts, "rows": written, "seconds": round(seconds, 3),
+            "users_per_second": counts["users"] / max(seconds, 1e-9)}
+
+
+__all__ = ["recommend_dataset", "recommend_file", "window_batch", "OUTPUT_SCHEMA"]

@@ -1,0 +1,184 @@
+"""Model bundles: a versioned folder that serves a trained run with nothing else (no dataset, no run folder).
+
+Layout (every file listed with its size and SHA-256 in ``manifest.json``; loading verifies them all)::
+
+    manifest.json             bundle format, model name, mirec version, creation time, training data checksum,
+                              model_version (hash of config + weights), index_version (hash of index files),
+                              n_items, dim, num_interests, files
+    config.toml               the run's resolved config
+    model.safetensors         weights
+    graph.safetensors         the global context (models that have one)
+    item_vectors.safetensors  the [n_items + 1, d] vectors the model scores against (row 0 = padding)
+    items.parquet             row i = internal item i + 1: original_id, category (-1 = none)
+    index.json, index.faiss   the item index (Faiss's own format; never pickle)
+
+Nothing is unpickled: tensors are safetensors, tables Parquet, settings TOML/JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+
+import mirec
+from mirec.config import load_config, save_config
+from mirec.runs import build_model, dataset_checksum, load_run, load_state
+from mirec.serving.index import IndexParams, ItemIndex
+from mirec.serving.model import ServingModel
+from mirec.training.checkpoint import load_tensors
+from mirec.utils import atomic_directory, exclusive_lock, resolve_device
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, tampered with, truncated or of another format (the message names the file)."""
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_bundle(path: str | Path) -> bool:
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("bundle_format") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def export_bundle(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    index: IndexParams | None = None,
+    data: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the bundle of a finished run; returns its manifest. ``output`` must be new, empty, or (with
+    ``overwrite``) a bundle."""
+    output = Path(output)
+    if output.exists():
+        if not output.is_dir() or (any(output.iterdir()) and not is_bundle(output)):
+            raise FileExistsError(f"{output}: exists and is not a mirec bundle; choose a new or empty folder")
+        if is_bundle(output) and not overwrite:
+            raise FileExistsError(f"{output}: already holds a bundle; pass --overwrite to replace it")
+    model, dataset, config = load_run(run_dir, "cpu", data)
+    params = (index or IndexParams()).resolved(dataset.n_items)
+    started = time.perf_counter()
+    with torch.no_grad():
+        vectors = model.output_embeddings().detach().float().cpu().contiguous()
+    item_index = ItemIndex(vectors, params)
+    build_seconds = time.perf_counter() - started
+    lock = output.resolve().parent / f".{output.name}.lock"
+    with exclusive_lock(lock, f"bundle output {output}"), atomic_directory(output) as tmp:
+        save_config(config, tmp / "config.toml")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        if model.global_context is not None:
+            model.global_context.save(tmp / "graph.safetensors")
+        save_file({"item_vectors": vectors}, str(tmp / "item_vectors.safetensors"))
+        categories = dataset.item_categories if dataset.item_categories is not None else np.full(dataset.n_items + 1, -1)
+        pq.write_table(pa.table({
+            "original_id": pa.array(dataset.item_original_ids[1:].astype(str)),
+            "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
+        }), tmp / "items.parquet")
+        index_files = item_index.save(tmp)
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(tmp.iterdir())}
+        model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
+        index_hash = hashlib.sha256("".join(files[f]["sha256"] for f in index_files).encode())
+        manifest = {
+            "bundle_format": BUNDLE_FORMAT,
+            "model": config.model.name,
+            "mirec_version": mirec.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source_run": str(Path(run_dir).resolve()),
+            "dataset": {"name": dataset.name, "meta_sha256": dataset_checksum(dataset)},
+            "model_version": model_hash.hexdigest()[:16],
+            "index_version": index_hash.hexdigest()[:16],
+            "index": {**params.__dict__, "build_seconds": round(build_seconds, 3)},
+            "n_items": dataset.n_items,
+            "dim": int(vectors.shape[1]),
+            "num_interests": int(config.model.num_interests),
+            "maxlen": int(config.model.maxlen),
+            "has_categories": dataset.item_categories is not None,
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Read the manifest and check every listed file's size and SHA-256; raises :class:`BundleError`."""
+    path = Path(path)
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+        raise BundleError(f"{manifest_file}: missing; is {path} a mirec bundle (mirec export)?")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except ValueError as exc:
+        raise BundleError(f"{manifest_file}: not valid JSON ({exc})") from None
+    if manifest.get("bundle_format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_file}: bundle format {manifest.get('bundle_format')!r}, expected {BUNDLE_FORMAT}")
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing from the bundle")
+        if file.stat().st_size != expected["bytes"]:
+            raise BundleError(f"{file}: {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)")
+        if sha256_of(file) != expected["sha256"]:
+            raise BundleError(f"{file}: checksum differs from the manifest (modified or corrupt)")
+    return manifest
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ServingModel:
+    """The serving model of a bundle, after verifying every file against the manifest."""
+    path = Path(path)
+    manifest = verify_bundle(path)
+    device = resolve_device(str(device))
+    config = load_config(path / "config.toml")
+    graph = path / "graph.safetensors"
+    model = build_model(config, None, graph if graph.exists() else None, n_items=int(manifest["n_items"]))
+    load_state(model, load_tensors(path / "model.safetensors"), path / "model.safetensors")
+    model.to(device).eval()
+    vectors = load_tensors(path / "item_vectors.safetensors")["item_vectors"]
+    items = pq.read_table(path / "items.parquet")
+    original = np.array([""] + items.column("original_id").to_pylist(), dtype=object)
+    categories = np.concatenate([[-1], items.column("category").to_numpy()]).astype(np.int64)
+    return ServingModel(
+        model, config, original, ItemIndex.load(path, vectors),
+        item_categories=categories if manifest.get("has_categories") else None, manifest=manifest,
+    )
+
+
+def serving_model_of_run(run_dir: str | Path, device: str = "cpu", data: str | Path | None = None,
+                         index: IndexParams | None = None) -> ServingModel:
+    """The serving model of a run folder (its dataset's id map; exact search unless ``index`` says otherwise)."""
+    model, dataset, config = load_run(run_dir, resolve_device(device), data)
+    with torch.no_grad():
+        vectors = model.output_embeddings().detach().float().cpu()
+    manifest = {"model": config.model.name, "source_run": str(Path(run_dir).resolve()), "model_version": "run",
+                "index_version": (index or IndexParams()).kind}
+    return ServingModel(model, config, dataset.item_original_ids, ItemIndex(vectors, index),
+                        item_categories=dataset.item_categories, manifest=manifest)
+
+
+def load_serving(path: str | Path, device: str = "cpu", data: str | Path | None = None) -> ServingModel:
+    """A bundle or a run folder, whichever ``path`` is."""
+    return load_bundle(path, device) if is_bundle(path) else serving_model_of_run(path, device, data)
+
+
+__all__ = ["export_bundle", "load_bundle", "verify_bundle", "load_serving", "serving_model_of_run", "BundleError",
+           "is_bundle", "BUNDLE_FORMAT"]

@@ -1,0 +1,186 @@
+"""The serving model: a trained model, its item vectors and index, built once, answering batches of histories.
+
+One path serves every caller: ``Recommender.recommend`` (Python API), ``mirec recommend`` (one history or a
+file of millions), and the HTTP service. A batch is encoded into one left-aligned tensor, the model runs once,
+the index is searched once for every interest of every user, then each user's K lists are merged (ComiRec's
+max over interests, or its diversity-controlled greedy) exactly as the offline evaluation merges them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mirec.config import RunConfig
+from mirec.data.batching import Batch
+from mirec.data.dataset import SECONDS_PER_DAY
+from mirec.eval.diversity import diverse_aggregate
+from mirec.eval.retrieval import merge_interests_full
+from mirec.models import MultiInterestModel
+from mirec.serving.index import ItemIndex
+
+
+@dataclass
+class RecommendRequest:
+    """One user: original item ids oldest first, optional Unix-second timestamps (one per item)."""
+
+    history: list[str]
+    timestamps: list[int] | None = None
+    n: int = 50
+    exclude_history: bool = False
+    diversity_lambda: float = 0.0
+
+
+@dataclass
+class Recommendation:
+    items: list[str]
+    scores: list[float]
+    interests: list[int]  # which interest retrieved each item (its best score)
+    unknown_items: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": [{"id": i, "score": s, "interest": k}
+                      for i, s, k in zip(self.items, self.scores, self.interests, strict=True)],
+            "unknown_items": self.unknown_items,
+        }
+
+
+class UnknownItemsError(ValueError):
+    """No item of a history is known to the model."""
+
+
+class ServingModel:
+    """Model + item id map + item index; :meth:`recommend` takes a batch of requests."""
+
+    def __init__(
+        self,
+        model: MultiInterestModel,
+        config: RunConfig,
+        item_original_ids: np.ndarray,
+        index: ItemIndex,
+        item_categories: np.ndarray | None = None,
+        manifest: dict[str, Any] | None = None,
+    ):
+        self.model = model.eval()
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.maxlen = int(config.model.maxlen)
+        self.item_original_ids = np.asarray(item_original_ids, dtype=object)  # [n_items + 1], 0 = ""
+        names = self.item_original_ids[1:].astype(str)
+        self._sorted_order = np.argsort(names, kind="stable")
+        self._sorted_names = names[self._sorted_order]
+        self.index = index
+        self.item_categories = item_categories
+        self.manifest = dict(manifest or {})
+        self.n_items = int(len(self.item_original_ids) - 1)
+
+    # ------------------------------------------------------------------ ids
+    def lookup(self, original: list[str]) -> np.ndarray:
+        """Original ids -> internal ids (0 where unknown), one vectorised binary search for the whole list."""
+        if not original:
+            return np.zeros(0, dtype=np.int64)
+        query = np.asarray([str(x) for x in original])
+        pos = np.searchsorted(self._sorted_names, query)
+        pos_clipped = np.minimum(pos, len(self._sorted_names) - 1)
+        found = self._sorted_names[pos_clipped] == query
+        return np.where(found, self._sorted_order[pos_clipped] + 1, 0).astype(np.int64)
+
+    def encode(self, requests: list[RecommendRequest]) -> tuple[Batch, list[np.ndarray], list[list[str]]]:
+        """(batch of the last ``maxlen`` known items per user, each user's known internal ids, unknown ids)."""
+        lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=len(requests))
+        flat = self.lookup([item for r in requests for item in r.history])
+        stamps = np.zeros(len(flat), dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        items = np.zeros((len(requests), self.maxlen), dtype=np.int64)
+        days = np.zeros((len(requests), self.maxlen), dtype=np.int64)
+        known_ids: list[np.ndarray] = []
+        unknown: list[list[str]] = []
+        for row, request in enumerate(requests):  # per user (not per item): slicing and small numpy ops
+            ids = flat[offsets[row]: offsets[row + 1]]
+            known = ids > 0
+            if request.timestamps is not None:
+                if len(request.timestamps) != len(request.history):
+                    raise ValueError(f"{len(request.timestamps)} timestamps for {len(request.history)} items")
+                stamps[offsets[row]: offsets[row + 1]] = request.timestamps
+            unknown.append([str(x) for x in np.asarray(request.history, dtype=object)[~known]])
+            if not known.any():
+                raise UnknownItemsError(f"none of the {len(request.history)} items is known to this model")
+            kept = ids[known][-self.maxlen:]
+            items[row, : len(kept)] = kept
+            if request.timestamps is not None:
+                t = stamps[offsets[row]: offsets[row + 1]][known]
+                days[row, : len(kept)] = (np.rint((t - t.min()) / SECONDS_PER_DAY).astype(np.int64) + 1)[-self.maxlen:]
+            else:
+                days[row, : len(kept)] = 1
+            known_ids.append(ids[known])
+        mask = (items > 0).astype(np.float32)
+        batch = Batch(torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(days)).to(self.device)
+        return batch, known_ids, unknown
+
+    # ------------------------------------------------------------------ retrieval
+    @torch.no_grad()
+    def interests(self, requests: list[RecommendRequest]) -> torch.Tensor:
+        """The K interest vectors [U, K, d] of each request's history (float32, CPU)."""
+        batch, _, _ = self.encode(requests)
+        return self.model(batch).float().cpu()
+
+    @torch.no_grad()
+    def search_batch(
+        self, batch: Batch, n: int, exclude: list[np.ndarray] | None = None, diversity_lambda: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass, one index search, the merge: (ids [U, n], scores [U, n], interest [U, n]) in
+        internal ids, -1 in empty slots. The bulk path (``mirec recommend --data``) calls it directly."""
+        interests = self.model(batch.to(self.device)).float().cpu()
+        scores, ids = self.index.search(interests, n, exclude)
+        if diversity_lambda > 0:
+            if self.item_categories is None:
+                raise ValueError("diversity_lambda > 0 needs item categories, and this model has none")
+            return diverse_aggregate(scores, ids, n, self.item_categories, diversity_lambda)
+        return merge_interests_full(scores, ids, n)
+
+    @torch.no_grad()
+    def recommend(self, requests: list[RecommendRequest]) -> list[Recommendation]:
+        """One forward pass and one index search per distinct diversity setting; each request gets its own n."""
+        if not requests:
+            return []
+        batch, known_ids, unknown = self.encode(requests)
+        n_max = max(r.n for r in requests)
+        out: list[Recommendation | None] = [None] * len(requests)
+        for lam in sorted({float(r.diversity_lambda) for r in requests}):  # usually one group
+            rows = [i for i, r in enumerate(requests) if float(r.diversity_lambda) == lam]
+            sel = torch.tensor(rows)
+            sub = Batch(batch.items[sel], batch.mask[sel], batch.days[sel])
+            exclude = None
+            if any(requests[i].exclude_history for i in rows):
+                exclude = [known_ids[i] if requests[i].exclude_history else np.zeros(0, np.int64) for i in rows]
+            merged_ids, merged_s, source = self.search_batch(sub, n_max, exclude, lam)
+            for j, row in enumerate(rows):
+                take = merged_ids[j] > 0
+                n = requests[row].n
+                item_ids = merged_ids[j][take][:n].numpy()
+                out[row] = Recommendation(
+                    items=[str(x) for x in self.item_original_ids[item_ids]],
+                    scores=merged_s[j][take][:n].tolist(),
+                    interests=source[j][take][:n].tolist(),
+                    unknown_items=unknown[row],
+                )
+        return [r for r in out if r is not None]
+
+    @torch.no_grad()
+    def similar(self, item: str, n: int = 20) -> list[dict[str, Any]]:
+        """The n items whose vectors have the largest inner product with this item's (itself excluded)."""
+        (internal,) = self.lookup([item])
+        if internal == 0:
+            raise KeyError(item)
+        query = self.index.item_table[internal][None, None, :]
+        scores, ids = self.index.search(query, n, [np.array([internal])])
+        keep = ids[0, 0] > 0
+        return [{"id": str(self.item_original_ids[i]), "score": float(s)}
+                for i, s in zip(ids[0, 0][keep].tolist(), scores[0, 0][keep].tolist(), strict=True)]
+
+
+__all__ = ["ServingModel", "RecommendRequest", "Recommendation", "UnknownItemsError"]

@@ -1,0 +1,375 @@
+"""The retrieval stage: bundles (round trip, tampering), ANN indexes against exact search, the HTTP service
+(routes, bad input, limits, auth, micro-batching, reload under traffic, a real server), batch recommendation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import mirec
+from mirec.config import load_config
+from mirec.data.prepare import prepare
+from mirec.serving.app import ServeSettings, create_app
+from mirec.serving.batch import recommend_dataset, recommend_file
+from mirec.serving.bundle import BundleError, export_bundle, load_bundle, load_serving
+from mirec.serving.index import IndexParams, ItemIndex, augment_items, augment_queries
+from mirec.serving.model import RecommendRequest
+from mirec.training.trainer import train_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = ["model.embedding_dim=16", "train.batch_size=32", "train.num_negatives_factor=1", "train.eval_every=40",
+         "train.max_steps=80", 'train.device="cpu"', "eval.topk=[10,20]", "eval.early_stop_metric=recall@20"]
+HISTORIES = [["i100", "i101", "i102"], ["i130", "i131"], ["i115", "i150", "i116", "i117"], ["i149"]]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["user_id\titem_id\ttimestamp\tcategory"]
+    for user in range(240):
+        start = 1_300_000_000 + int(rng.integers(0, 10_000_000))
+        for step in range(int(rng.integers(8, 16))):
+            item = 100 + (user % 4) * 15 + int(rng.integers(0, 15))
+            rows.append(f"u{user}\ti{item}\t{start + step * 86400}\t{item % 5}")
+    base = tmp_path_factory.mktemp("serving")
+    (base / "log.tsv").write_text("\n".join(rows) + "\n")
+    prepare([base / "log.tsv"], "csv", base / "data")
+    return base / "data"
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "comirec-sa"
+    train_run(data_dir, load_config(model="comirec-sa", overrides=SMALL), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "exact"
+    export_bundle(run_dir, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ bundles
+
+
+def test_bundle_round_trip_gives_the_run_folders_recommendations(run_dir, bundle):
+    served = mirec.load_bundle(bundle)
+    rec = mirec.load(run_dir, device="cpu")
+    for history in HISTORIES:
+        for exclude in (False, True):
+            want = rec.recommend(history, n=15, exclude_history=exclude)
+            (got,) = served.recommend([RecommendRequest(history, n=15, exclude_history=exclude)])
+            assert got.items == want["recommendations"] and got.interests == want["interests"]
+            np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-6)
+            if exclude:
+                assert not set(got.items) & set(history)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"] == "comirec-sa" and manifest["n_items"] == served.n_items == 60
+    assert {"config.toml", "model.safetensors", "item_vectors.safetensors", "items.parquet", "index.json"} <= set(manifest["files"])
+    assert len(manifest["model_version"]) == 16 and manifest["dataset"]["meta_sha256"]
+
+
+def test_bundle_of_a_model_with_a_global_context_needs_no_dataset(data_dir, tmp_path):
+    run = tmp_path / "gimirec"
+    train_run(data_dir, load_config(model="gimirec", overrides=[*SMALL, "train.max_steps=20", "train.eval_every=20"]),
+              run, progress=False)
+    export_bundle(run, tmp_path / "bundle")
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "bundle").rename(moved)
+    data_dir_copy = tmp_path / "gone"
+    assert not data_dir_copy.exists()
+    (got,) = load_bundle(moved).recommend([RecommendRequest(["i100", "i101"], [1_300_000_000, 1_300_086_400], n=5)])
+    want = mirec.load(run, device="cpu").recommend(["i100", "i101"], [1_300_000_000, 1_300_086_400], n=5)
+    assert got.items == want["recommendations"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "manifest"])
+def test_a_tampered_bundle_is_refused_naming_the_file(bundle, tmp_path, damage):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    target = copy / ("manifest.json" if damage == "manifest" else "model.safetensors")
+    data = bytearray(target.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(bytes(data[:-10]))
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_text("{not json")
+    with pytest.raises(BundleError, match=target.name):
+        load_bundle(copy)
+
+
+def test_export_refuses_foreign_folders_and_needs_overwrite(run_dir, bundle, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a mirec bundle"):
+        export_bundle(run_dir, foreign)
+    assert (foreign / "keep.txt").read_text() == "x"
+    copy = tmp_path / "copy"
+    export_bundle(run_dir, copy)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_bundle(run_dir, copy)
+    export_bundle(run_dir, copy, index=IndexParams(kind="hnsw"), overwrite=True)
+    assert json.loads((copy / "manifest.json").read_text())["index"]["kind"] == "hnsw"
+
+
+# ------------------------------------------------------------------------------------------------ indexes
+
+
+def skewed_table(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Item vectors with very unequal norms (log-normal), the case where plain HNSW on inner product fails."""
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(n + 1, d, generator=g) * torch.exp(torch.randn(n + 1, 1, generator=g))
+    vectors[0] = 0
+    return vectors
+
+
+def test_inner_product_to_l2_transform_preserves_the_order():
+    table = skewed_table(50, 6)[1:].numpy()
+    x, top = augment_items(table)
+    q = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    l2 = ((augment_queries(q)[:, None, :] - x[None]) ** 2).sum(-1)
+    ip = q @ table.T
+    np.testing.assert_allclose(l2, (q**2).sum(1)[:, None] + top**2 - 2 * ip, rtol=1e-4, atol=1e-3)
+    assert (np.argsort(l2, 1)[:, :10] == np.argsort(-ip, 1)[:, :10]).all()
+
+
+def clustered_table(n: int, d: int, clusters: int = 30, seed: int = 0) -> torch.Tensor:
+    """Items around cluster centres (as trained item tables are), with log-normal norms."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=g)
+    vectors = centres[torch.randint(clusters, (n + 1,), generator=g)] + 0.5 * torch.randn(n + 1, d, generator=g)
+    vectors *= torch.exp(0.5 * torch.randn(n + 1, 1, generator=g))
+    vectors[0] = 0
+    return vectors
+
+
+@pytest.mark.parametrize("kind,metric", [("hnsw", "ip"), ("hnsw", "l2"), ("ivf", "ip"), ("ivf", "l2")])
+def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
+    table = clustered_table(3000, 16)
+    queries = torch.randn(20, 3, 16, generator=torch.Generator().manual_seed(2))
+    exact = ItemIndex(table)
+    ann = ItemIndex(table, IndexParams(kind=kind, metric=metric, hnsw_ef_search=256, ivf_nprobe=16))
+    s_exact, i_exact = exact.search(queries, 20)
+    s_ann, i_ann = ann.search(queries, 20)
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 20
+                       for a, b in zip(i_ann.reshape(-1, 20), i_exact.reshape(-1, 20), strict=True)])
+    assert overlap >= 0.9, overlap
+    # scores are exact inner products of the returned ids
+    torch.testing.assert_close(s_ann, torch.einsum("ukd,uknd->ukn", queries, table[i_ann]), rtol=1e-5, atol=1e-4)
+    # exclusions hold, saved and reloaded with Faiss's reader, the same answers
+    ex = [np.asarray(i_exact[u, 0, :5]) for u in range(20)]
+    _, i_ex = ann.search(queries, 20, ex)
+    assert all(not set(ex[u].tolist()) & set(i_ex[u].reshape(-1).tolist()) for u in range(20))
+    ann.save(tmp_path)
+    again = ItemIndex.load(tmp_path, table)
+    assert torch.equal(again.search(queries, 20)[1], i_ann)
+    if kind == "ivf":  # probing every list is exhaustive: exactly the exact search
+        full = ItemIndex(table, IndexParams(kind="ivf", metric=metric, ivf_nlist=8, ivf_nprobe=8))
+        assert torch.equal(full.search(queries, 20)[1], i_exact)
+
+
+# ------------------------------------------------------------------------------------------------ service
+
+
+@pytest.fixture(scope="module")
+def served(bundle):
+    return load_bundle(bundle)
+
+
+def client_of(served, **settings) -> TestClient:
+    return TestClient(create_app(served, ServeSettings(**settings)))
+
+
+def test_recommend_route_answers_as_the_serving_model(served):
+    with client_of(served) as client:
+        response = client.post("/v1/recommend", json={"history": ["i100", "i101", "nope"], "n": 7})
+        assert response.status_code == 200
+        body = response.json()
+        (want,) = served.recommend([RecommendRequest(["i100", "i101", "nope"], n=7)])
+        assert [i["id"] for i in body["items"]] == want.items and body["unknown_items"] == ["nope"]
+        assert [i["interest"] for i in body["items"]] == want.interests
+        assert body["model_version"] == served.manifest["model_version"] and body["index_version"]
+        batch = client.post("/v1/recommend/batch", json={"requests": [{"history": h, "n": 5} for h in HISTORIES]})
+        assert [[i["id"] for i in r["items"]] for r in batch.json()["results"]] == \
+            [r.items for r in served.recommend([RecommendRequest(h, n=5) for h in HISTORIES])]
+        interests = client.post("/v1/interests", json={"history": ["i100", "i101"]}).json()["interests"]
+        assert np.array(interests).shape == (4, 16)
+        similar = client.get("/v1/items/i100/similar?n=4").json()["items"]
+        assert len(similar) == 4 and "i100" not in [s["id"] for s in similar]
+        assert client.get("/v1/items/nope/similar").status_code == 404
+        meta = client.get("/v1/metadata").json()
+        assert meta["limits"]["max_n"] == 1000 and meta["manifest"]["model"] == "comirec-sa"
+        text = client.get("/metrics").text
+        assert 'mirec_requests_total{route="/v1/recommend",status="200"} 1' in text
+        assert "mirec_request_seconds_bucket" in text and "mirec_batch_size_count" in text
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{not json", 422),
+    ({"history": "i100"}, 422),
+    ({"history": [], "n": 5}, 422),
+    ({"history": ["nope", "nada"]}, 422),
+    ({"history": ["i100"], "n": 0}, 422),
+    ({"history": ["i100"], "n": 51}, 422),
+    ({"history": ["i100"] * 11}, 413),
+    ({"history": ["i100", "i101"], "timestamps": [1]}, 422),
+    ({"history": ["i100"], "diversity_lambda": -1}, 422),
+])
+def test_bad_input_gets_a_json_4xx_and_nothing_breaks(served, body, status):
+    with client_of(served, max_n=50, max_history=10) as client:
+        kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+        response = client.post("/v1/recommend", **kwargs)
+        assert response.status_code == status and "error" in response.json(), response.text
+        assert client.post("/v1/recommend", json={"history": ["i100"]}).status_code == 200
+
+
+def test_limits_on_body_and_batch_size(served):
+    with client_of(served, max_body_bytes=300, max_batch=2) as client:
+        big = {"history": ["i100"] * 200}
+        assert client.post("/v1/recommend", json=big).status_code == 413
+        many = {"requests": [{"history": ["i100"]}] * 3}
+        assert client.post("/v1/recommend/batch", json=many).status_code == 413
+        assert client.post("/v1/recommend/batch", json={"requests": [{"history": ["i100"]}] * 2}).status_code == 200
+
+
+def test_bearer_token_guards_all_but_health(served):
+    with client_of(served, token="s3cret") as client:
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            assert client.post("/v1/recommend", json={"history": ["i100"]}, headers=headers).status_code == 401
+            assert client.get("/metrics", headers=headers).status_code == 401
+        ok = client.post("/v1/recommend", json={"history": ["i100"]}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_concurrent_requests_are_micro_batched_with_the_same_answers(served):
+    requests = [{"history": HISTORIES[i % len(HISTORIES)], "n": 5 + i % 3} for i in range(24)]
+    want = [[i for i in r.items] for r in served.recommend([RecommendRequest(r["history"], n=r["n"]) for r in requests])]
+    with client_of(served, microbatch_wait_ms=100, microbatch_size=64) as client:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda r: client.post("/v1/recommend", json=r).json(), requests))
+        text = client.get("/metrics").text
+    assert [[i["id"] for i in g["items"]] for g in got] == want
+    count = int(next(line.split()[-1] for line in text.splitlines() if line.startswith("mirec_batch_size_count")))
+    assert count < len(requests), "some requests shared a forward pass"
+
+
+def test_reload_under_traffic_loses_no_request(run_dir, bundle, tmp_path):
+    other = tmp_path / "hnsw"
+    export_bundle(run_dir, other, index=IndexParams(kind="hnsw"))
+    versions = {load_bundle(bundle).manifest["index_version"], load_bundle(other).manifest["index_version"]}
+    app = create_app(load_bundle(bundle), ServeSettings(token="t"), bundle, loader=load_bundle)
+    failures, seen, stop = [], set(), threading.Event()
+    with TestClient(app) as client:
+        auth = {"Authorization": "Bearer t"}
+
+        def traffic():
+            while not stop.is_set():
+                r = client.post("/v1/recommend", json={"history": ["i100", "i101"], "n": 5}, headers=auth)
+                if r.status_code != 200 or len(r.json()["items"]) != 5:
+                    failures.append(r.text)
+                else:
+                    seen.add(r.json()["index_version"])
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for path in (other, bundle, other):
+                assert client.post("/admin/reload", json={"path": str(path)}, headers=auth).status_code == 200
+                time.sleep(0.05)
+            missing = client.post("/admin/reload", json={"path": str(tmp_path / "missing")}, headers=auth)
+            assert missing.status_code == 422, missing.text
+            assert client.post("/admin/reload", json={}).status_code == 401
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert client.get("/v1/metadata", headers=auth).json()["reloads"] == 3
+    assert not failures and seen <= versions and len(seen) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_real_server_on_loopback(bundle, served, tmp_path):
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    proc = subprocess.Popen([sys.executable, "-m", "mirec", "serve", str(bundle), "--port", str(port),
+                             "--token-file", str(token)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json={"history": ["i100", "i101"], "n": 6},
+                       headers={"Authorization": "Bearer abc"}, timeout=10)
+        assert r.status_code == 200
+        assert [i["id"] for i in r.json()["items"]] == served.recommend([RecommendRequest(["i100", "i101"], n=6)])[0].items
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------ batch
+
+
+def test_batch_recommendation_from_files_and_for_a_dataset(run_dir, bundle, data_dir, tmp_path, served):
+    jsonl = tmp_path / "h.jsonl"
+    jsonl.write_text("".join(json.dumps({"user": f"x{i}", "history": h}) + "\n" for i, h in enumerate(HISTORIES))
+                     + json.dumps({"user": "ghost", "history": ["nope"]}) + "\n")
+    report = recommend_file(served, jsonl, tmp_path / "a.parquet", n=5, chunk=3, progress=False)
+    assert report["users"] == 5 and report["skipped_unknown"] == 1 and report["rows"] == 20
+    table = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    first = [r["item"] for r in table if r["user"] == "x0"]
+    assert first == served.recommend([RecommendRequest(HISTORIES[0], n=5)])[0].items
+    assert [r["rank"] for r in table if r["user"] == "x0"] == [1, 2, 3, 4, 5]
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"user": ["x0", "x1"], "history": [HISTORIES[0], HISTORIES[1]]}), tmp_path / "h.parquet")
+    recommend_file(served, tmp_path / "h.parquet", tmp_path / "b.parquet", n=5, progress=False)
+    assert [r["item"] for r in pq.read_table(tmp_path / "b.parquet").to_pylist() if r["user"] == "x0"] == first
+    dataset = mirec.load_dataset(data_dir)
+    report = recommend_dataset(served, dataset, "test", tmp_path / "c.parquet", n=10, chunk=7, progress=False)
+    assert report["users"] == len(dataset.test)
+    rows = pq.read_table(tmp_path / "c.parquet").to_pylist()
+    seq = dataset.test
+    user0 = dataset.user_original_ids[seq.users[0]]
+    history = [str(dataset.item_original_ids[i]) for i in seq.items[seq.indptr[0]: seq.indptr[0] + seq.history_len[0]]]
+    stamps = seq.timestamps[seq.indptr[0]: seq.indptr[0] + seq.history_len[0]].tolist()
+    want = served.recommend([RecommendRequest(history, stamps, n=10)])[0].items
+    assert [r["item"] for r in rows if r["user"] == user0] == want
+    cli = subprocess.run([sys.executable, "-m", "mirec", "recommend", str(bundle), "--data", str(data_dir), "--split",
+                          "test", "--output", str(tmp_path / "d.parquet"), "-n", "10", "--quiet"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert pq.read_table(tmp_path / "d.parquet").to_pylist() == rows
+    assert load_serving(run_dir).recommend([RecommendRequest(history, stamps, n=10)])[0].items == want
