@@ -252,6 +252,12 @@ def test_limits_on_body_and_batch_size(served):
         many = {"requests": [{"history": ["i100"]}] * 3}
         assert client.post("/v1/recommend/batch", json=many).status_code == 413
         assert client.post("/v1/recommend/batch", json={"requests": [{"history": ["i100"]}] * 2}).status_code == 200
+        chunked = client.post("/v1/recommend", content=iter([json.dumps(big).encode()]),
+                              headers={"content-type": "application/json"})  # no Content-Length
+        assert chunked.status_code == 413 and "error" in chunked.json()
+        small = client.post("/v1/recommend", content=iter([b'{"history": ["i100"]}']),
+                            headers={"content-type": "application/json"})
+        assert small.status_code == 200
 
 
 def test_bearer_token_guards_all_but_health(served):

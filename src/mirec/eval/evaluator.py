@@ -73,9 +73,12 @@ def evaluate(
     max_users: int | None = None,
     dump_path: str | Path | None = None,
     per_user: bool = False,
+    retriever: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (already on ``device``) on the ``split`` users; returns the metric dict.
 
+    ``retriever``: any object with ``search(interests, n, exclude) -> (scores, ids)``, e.g. a serving
+    :class:`mirec.serving.index.ItemIndex` (ANN), to measure what serving returns; default exact search.
     ``max_users`` evaluates only the first users of the split (in split order); ``dump_path`` writes one JSON
     line per user with original ids (user, full history part, targets, final top-max(N) list);
     ``per_user=True`` adds ``"per_user"``: {metric: [U] array, "rows": split rows}.
@@ -103,8 +106,8 @@ def evaluate(
     seen = 0
     try:
         with torch.no_grad():
-            item_table = model.output_embeddings()  # once per evaluation
-            retriever = ExactRetriever(item_table, config.backend)
+            if retriever is None:
+                retriever = ExactRetriever(model.output_embeddings(), config.backend)  # once per evaluation
             for eb in iter_eval_batches(sequences, maxlen, config.batch_size):
                 size = len(eb.rows)
                 if max_users is not None:

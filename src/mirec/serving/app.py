@@ -182,12 +182,79 @@ class MicroBatcher:
                 future.set_result((result, model.manifest))
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware (Starlette's ``@app.middleware`` costs a task per request): refuses bodies over the
+    byte limit with 413 (by Content-Length, or while streaming a chunked body) and records every response's
+    route, status and latency. Exposes the wrapped app's ``state`` so callers keep one handle."""
+
+    def __init__(self, app: FastAPI, max_body_bytes: int, metrics: Metrics):
+        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+        self.state = app.state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path = scope["path"]
+        route = "/v1/items/{id}/similar" if path.startswith("/v1/items/") else path
+        status = {"code": 500}
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_big = length is not None and (not length.isdigit() or int(length) > self.max_body_bytes)
+        try:
+            if too_big:
+                raise BodyTooLarge
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                receive = await self._buffered(receive)  # chunked: read (up to the limit) before routing
+            await self.app(scope, receive, send_and_record)
+        except BodyTooLarge:
+            response = _error(413, f"request body over {self.max_body_bytes} bytes")
+            await response(scope, receive, send_and_record)
+        self.metrics.observe(route, status["code"], time.perf_counter() - started)
+
+    async def _buffered(self, receive):
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                raise BodyTooLarge
+            if not message.get("more_body", False):
+                break
+        return await _replay(messages)
+
+
+async def _replay(messages: list[dict]):
+    """A receive callable that hands back already-read request messages, then waits like the real one."""
+    queue = list(messages)
+
+    async def receive():
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()  # never: the app reads the body once
+
+    return receive
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
 def create_app(model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None,
-               loader=None) -> FastAPI:
+               loader=None) -> LimitsAndMetrics:
     """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload."""
     settings = settings or ServeSettings()
     metrics = Metrics()
@@ -211,22 +278,6 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(given.encode(), settings.token.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token")
-
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        route = request.url.path if not request.url.path.startswith("/v1/items/") else "/v1/items/{id}/similar"
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = _error(413, f"request body over {settings.max_body_bytes} bytes")
-        elif length is None and request.method == "POST":
-            body = await request.body()  # chunked: read it, refuse when too big
-            response = (_error(413, f"request body over {settings.max_body_bytes} bytes")
-                        if len(body) > settings.max_body_bytes else await call_next(request))
-        else:
-            response = await call_next(request)
-        metrics.observe(route, response.status_code, time.perf_counter() - started)
-        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -335,7 +386,7 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
             raise HTTPException(422, f"reload failed, the old model keeps serving: {exc}") from None
 
     app.state.reload = reload
-    return app
+    return LimitsAndMetrics(app, settings.max_body_bytes, metrics)  # type: ignore[return-value]
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,

@@ -174,15 +174,17 @@ class ItemIndex:
     @classmethod
     def load(cls, folder: str | Path, item_table: torch.Tensor) -> ItemIndex:
         folder = Path(folder)
-        params = IndexParams(**json.loads((folder / "index.json").read_text()))
+        values = json.loads((folder / "index.json").read_text())
         faiss_index = None
-        if params.kind != "exact":
+        if values.get("kind", "exact") != "exact":
             import faiss
 
             faiss_index = faiss.read_index(str(folder / "index.faiss"))
-            if faiss_index.ntotal != int(item_table.shape[0]) - 1:
-                raise ValueError(f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for "
-                                 f"{int(item_table.shape[0]) - 1} items")
+            # index.json written before the metric option: the dimension tells (d + 1 = the L2 transform)
+            values.setdefault("metric", "l2" if faiss_index.d == int(item_table.shape[1]) + 1 else "ip")
+        params = IndexParams(**values)
+        if faiss_index is not None and faiss_index.ntotal != int(item_table.shape[0]) - 1:
+            raise ValueError(f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for {int(item_table.shape[0]) - 1} items")
         return cls(item_table, params, faiss_index)
 
 

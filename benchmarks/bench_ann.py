@@ -1,0 +1,149 @@
+"""ANN item indexes against exact search: overlap of the top-50 lists, queries/s, and (on trained runs) the
+ComiRec-protocol metrics with ANN vs exact retrieval.
+
+    python benchmarks/bench_ann.py --synthetic 1000000            # a 1M-item catalogue, d = 64, K = 4
+    python benchmarks/bench_ann.py --run grocery=runs/gc-comirec-sa --run beauty=runs/b-gimirec
+
+Synthetic catalogue: items around 2,000 cluster centres (trained item tables are clustered) with log-normal
+norms (un-normalised, as trained tables are); queries are K = 4 interests per user, each a noisy mean of a few
+items of one cluster. Exact search is Faiss ``IndexFlatIP`` (the reference, timed in the same run). For each
+index setting: build seconds, overlap@50 with the exact top-50 per interest, queries/s (one interest = one
+query, searched in batches of 4,000) and the speed-up over exact. Both Faiss metrics are measured: direct inner
+product (``ip``) and the inner-product-to-L2 transform (``l2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_support import describe_machine, machine_info  # noqa: E402
+
+from mirec.serving.index import IndexParams, ItemIndex  # noqa: E402
+
+
+def synthetic(n_items: int, dim: int, n_queries: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    clusters = 2000
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    assign = rng.integers(clusters, size=n_items + 1)
+    table = centres[assign] + 0.6 * rng.normal(size=(n_items + 1, dim)).astype(np.float32)
+    table *= np.exp(0.5 * rng.normal(size=(n_items + 1, 1))).astype(np.float32)
+    table[0] = 0
+    picks = rng.integers(1, n_items + 1, size=(n_queries * k, 3))
+    queries = table[picks].mean(1) + 0.3 * rng.normal(size=(n_queries * k, dim)).astype(np.float32)
+    return torch.from_numpy(table), torch.from_numpy(queries.reshape(n_queries, k, dim))
+
+
+def timed_search(index: ItemIndex, queries: torch.Tensor, n: int, block: int = 1000) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    ids = torch.cat([index.search(queries[i: i + block], n)[1] for i in range(0, len(queries), block)])
+    return ids, time.perf_counter() - started
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.reshape(-1, a.shape[-1]).numpy(), b.reshape(-1, b.shape[-1]).numpy()
+    hits = (a[:, :, None] == b[:, None, :]).any(-1) & (a > 0)
+    return float(hits.sum(1).mean() / a.shape[1])
+
+
+def settings(n_items: int) -> list[IndexParams]:
+    out = [IndexParams(kind="hnsw", metric=m, hnsw_ef_search=ef) for m in ("ip", "l2") for ef in (64, 128, 256)]
+    nlist = IndexParams(kind="ivf").resolved(n_items).ivf_nlist
+    out += [IndexParams(kind="ivf", metric=m, ivf_nprobe=p) for m in ("ip", "l2") for p in (8, 32, min(128, nlist))]
+    return out
+
+
+def bench_synthetic(args: argparse.Namespace) -> list[dict]:
+    table, queries = synthetic(args.synthetic, args.dim, args.queries, args.k)
+    exact = ItemIndex(table, IndexParams(kind="exact"))
+    import faiss
+
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(np.ascontiguousarray(table[1:].numpy()))
+    started = time.perf_counter()
+    _, positions = flat.search(np.ascontiguousarray(queries.reshape(-1, args.dim).numpy()), args.n)
+    exact_seconds = time.perf_counter() - started
+    exact_ids = torch.from_numpy(positions + 1).reshape(len(queries), args.k, args.n)
+    n_q = queries.shape[0] * queries.shape[1]
+    rows = [{"index": "exact (faiss IndexFlatIP)", "build_s": 0.0, "overlap@50": 1.0, "qps": n_q / exact_seconds,
+             "speedup": 1.0}]
+    print(f"exact: {n_q / exact_seconds:,.0f} queries/s", flush=True)
+    built: dict[tuple, ItemIndex] = {}
+    for params in settings(args.synthetic):
+        key = (params.kind, params.metric)
+        started = time.perf_counter()
+        if key not in built:  # one build per kind and metric; search settings vary on it
+            built[key] = ItemIndex(table, IndexParams(kind=params.kind, metric=params.metric))
+        build = time.perf_counter() - started
+        index = built[key]
+        index.params = params.resolved(args.synthetic)
+        index._configure()
+        ids, seconds = timed_search(index, queries, args.n)
+        row = {"index": f"{params.kind}-{params.metric} " + (f"efSearch={params.hnsw_ef_search}" if params.kind == "hnsw"
+                                                              else f"nprobe={params.ivf_nprobe}"),
+               "build_s": build, "overlap@50": overlap(ids, exact_ids), "qps": n_q / seconds,
+               "speedup": exact_seconds / seconds}
+        rows.append(row)
+        print(f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
+              f"build {build:.0f} s", flush=True)
+    del exact
+    return rows
+
+
+def bench_runs(args: argparse.Namespace) -> list[dict]:
+    from mirec.eval.evaluator import evaluate
+    from mirec.runs import load_run
+
+    rows = []
+    for text in args.run:
+        name, _, path = text.partition("=")
+        model, dataset, config = load_run(path)
+        with torch.no_grad():
+            table = model.output_embeddings().float()
+        exact_metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen)
+        for params in [IndexParams(kind="hnsw"), IndexParams(kind="hnsw", metric="l2"), IndexParams(kind="ivf"),
+                       IndexParams(kind="ivf", metric="l2")]:
+            index = ItemIndex(table, params)
+            metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen, retriever=index)
+            row = {"run": name, "model": config.model.name, "index": f"{params.kind}-{params.metric}",
+                   "recall@50 exact": exact_metrics["recall@50"], "recall@50 ann": metrics["recall@50"],
+                   "relative loss": 1 - metrics["recall@50"] / exact_metrics["recall@50"],
+                   "ndcg@50 exact": exact_metrics["ndcg@50"], "ndcg@50 ann": metrics["ndcg@50"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--synthetic", type=int, default=0, help="catalogue size (0 = skip)")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=1000, help="users (x K interests)")
+    parser.add_argument("-n", type=int, default=50)
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        import faiss
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    print(describe_machine(machine_info()), flush=True)
+    out = {"synthetic": bench_synthetic(args) if args.synthetic else [], "runs": bench_runs(args) if args.run else []}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
