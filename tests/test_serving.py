@@ -379,3 +379,33 @@ def test_batch_recommendation_from_files_and_for_a_dataset(run_dir, bundle, data
     assert cli.returncode == 0, cli.stderr
     assert pq.read_table(tmp_path / "d.parquet").to_pylist() == rows
     assert load_serving(run_dir).recommend([RecommendRequest(history, stamps, n=10)])[0].items == want
+
+
+# ------------------------------------------------------------------------------------------------ onnx
+
+
+@pytest.mark.parametrize("model", ["dnn", "comirec-sa", "comirec-dr", "pimi", "gimirec", "gru4rec", "mind", "gemirec"])
+def test_onnx_user_tower_matches_torch_or_says_why_not(model, data_dir, tmp_path):
+    from mirec.serving.onnx_export import NOT_EXPORTABLE, export_onnx
+
+    run = tmp_path / "run"
+    overrides = [*SMALL, "train.max_steps=10", "train.eval_every=10"]
+    train_run(data_dir, load_config(model=model, overrides=overrides), run, progress=False)
+    export_bundle(run, tmp_path / "bundle")
+    if model in NOT_EXPORTABLE:
+        with pytest.raises(ValueError, match=model):
+            export_onnx(tmp_path / "bundle")
+        return
+    entry = export_onnx(tmp_path / "bundle")
+    assert entry["max_abs_diff"] < 1e-4 and entry["max_abs_diff_batch1"] < 1e-4 and entry["max_abs_diff_batch3"] < 1e-4
+    served = load_bundle(tmp_path / "bundle")  # the manifest lists the new file with its checksum
+    assert served.manifest["onnx"]["file"] == "user_tower.onnx"
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "user_tower.onnx"))
+    batch, _, _ = served.encode([RecommendRequest(h, [1_300_000_000 + 86400 * i for i in range(len(h))]) for h in HISTORIES])
+    feed = {"items": batch.items.numpy(), "mask": batch.mask.numpy(), "days": batch.days.numpy()}
+    names = {i.name for i in session.get_inputs()}
+    out = session.run(None, {k: v for k, v in feed.items() if k in names})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, served.model(batch).numpy(), atol=1e-4)

@@ -158,8 +158,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mirec.serving.bundle import export_bundle
     from mirec.serving.index import IndexParams
 
-    params = IndexParams(kind=args.index, hnsw_m=args.hnsw_m, hnsw_ef_search=args.hnsw_ef_search,
-                         ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe)
+    params = IndexParams(kind=args.index, metric=args.metric, hnsw_m=args.hnsw_m,
+                         hnsw_ef_search=args.hnsw_ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe)
+    if args.onnx:  # before any writing: a model that cannot be exported fails in a second
+        from mirec.config import load_config
+        from mirec.serving.onnx_export import NOT_EXPORTABLE, require_onnx
+
+        require_onnx()
+        name = load_config(Path(args.run_dir) / "config.toml").model.name
+        if name in NOT_EXPORTABLE:
+            raise ValueError(f"--onnx: {name}: {NOT_EXPORTABLE[name]}")
     manifest = export_bundle(args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite)
     if args.onnx:
         from mirec.serving.onnx_export import export_onnx
@@ -325,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, metavar="BUNDLE")
     p.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="exact")
+    p.add_argument("--metric", choices=["ip", "l2"], default="ip",
+                   help="ANN on inner product (default) or on the inner-product-to-L2 transform")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-ef-search", type=int, default=0, help="0 = max(128, 2 x candidates)")
     p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")

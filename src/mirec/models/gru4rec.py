@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
+from mirec.nn.fastpath import use_cpu_fast_path
 
 
 @dataclass
@@ -85,7 +86,7 @@ class GRU4Rec(MultiInterestModel):
 
         ``packed`` (default: on CPU) runs the GRU on a PackedSequence; otherwise over every position."""
         if packed is None:  # CPU: the recurrence over the valid steps only (histories are ~30% filled)
-            packed = x.device.type == "cpu"
+            packed = use_cpu_fast_path(x)
         if packed:
             sequences = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
             _, final = self.gru(sequences)  # [layers, B, hidden], back in batch order

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from mirec.nn.fastpath import use_cpu_fast_path
+
 # TF reference's mask value for attention logits (ComiRec / PIMI_Rec model.py: -2**32 + 1).
 MASK_LOGIT = -(2.0**32) + 1.0
 
@@ -44,7 +46,7 @@ class _SigmoidTanh(torch.autograd.Function):
 
 def cpu_fast_tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh; on CPU in float32 through the sigmoid kernel (:class:`_SigmoidTanh`)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
+    if use_cpu_fast_path(x) and x.dtype == torch.float32:
         return _SigmoidTanh.apply(x)
     return torch.tanh(x)
 
@@ -68,7 +70,7 @@ class SelfAttentiveExtractor(nn.Module):
         if H.dim() != 3 or mask.shape != H.shape[:2]:
             raise ValueError(f"H must be [B, L, d] and mask [B, L]; got {tuple(H.shape)} and {tuple(mask.shape)}")
         valid = mask != 0
-        if H.device.type == "cpu" and not bool(valid.all()):
+        if use_cpu_fast_path(H) and not bool(valid.all()):
             # CPU: W_1, tanh, W_2 on the real positions only (training windows are ~30% filled; tanh is
             # the costliest op here); padded logits are the mask value either way, so the result is the same
             logits = H.new_full((*H.shape[:2], self.num_interests), MASK_LOGIT)
