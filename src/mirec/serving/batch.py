@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mirec.data.batching import Batch
 from mirec.data.dataset import SECONDS_PER_DAY, PreparedDataset
-from mirec.serving.model import RecommendRequest, ServingModel
+from mirec.serving.model import ServingModel
 from mirec.utils import atomic_path
 
 OUTPUT_SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
@@ -106,68 +106,87 @@ def recommend_dataset(serving: ServingModel, dataset: PreparedDataset, split: st
     return {"users": total, "rows": written, "seconds": round(seconds, 3), "users_per_second": total / max(seconds, 1e-9)}
 
 
-def read_requests(path: str | Path, chunk: int) -> Iterator[tuple[list[str], list[RecommendRequest]]]:
-    """(users, requests) chunks of a Parquet or JSON-lines histories file."""
+def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(users, history offsets [U + 1], flat original item ids, flat timestamps or None) per chunk of a Parquet
+    file (list columns read as flat arrays: no Python object per user) or a JSON-lines file."""
     path = Path(path)
     if path.suffix == ".parquet":
         for record in pq.ParquetFile(path).iter_batches(batch_size=chunk):
-            table = record.to_pydict()
-            if "user" not in table or "history" not in table:
-                raise ValueError(f"{path}: needs columns user and history, has {list(table)}")
-            stamps = table.get("timestamps") or [None] * len(table["user"])
-            yield ([str(u) for u in table["user"]],
-                   [RecommendRequest([str(i) for i in h], s) for h, s in zip(table["history"], stamps, strict=True)])
+            names = record.schema.names
+            if "user" not in names or "history" not in names:
+                raise ValueError(f"{path}: needs columns user and history, has {names}")
+            history = record.column("history")
+            offsets = history.offsets.to_numpy().astype(np.int64)
+            flat = history.values.to_numpy(zero_copy_only=False)[offsets[0]: offsets[-1]]
+            stamps = None
+            if "timestamps" in names:
+                column = record.column("timestamps")
+                stamps = column.values.to_numpy()[column.offsets.to_numpy()[0]: column.offsets.to_numpy()[-1]]
+                if len(stamps) != len(flat):
+                    raise ValueError(f"{path}: timestamps and history differ in length")
+            yield (np.asarray(record.column("user").to_pylist(), dtype=object), offsets - offsets[0], flat,
+                   None if stamps is None else stamps.astype(np.int64))
         return
     users: list[str] = []
-    requests: list[RecommendRequest] = []
+    histories: list[list[str]] = []
+    stamps_list: list[list[int] | None] = []
+
+    def emit():
+        lengths = [len(h) for h in histories]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.asarray([i for h in histories for i in h], dtype=object)
+        stamps = None
+        if any(s is not None for s in stamps_list):
+            stamps = np.asarray([t for h, s in zip(histories, stamps_list, strict=True) for t in (s or [0] * len(h))],
+                                dtype=np.int64)
+        return np.asarray(users, dtype=object), offsets, flat, stamps
+
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                users.append(str(record["user"]))
-                requests.append(RecommendRequest([str(i) for i in record["history"]], record.get("timestamps")))
+                history = [str(i) for i in record["history"]]
+                stamps = record.get("timestamps")
+                if stamps is not None and len(stamps) != len(history):
+                    raise ValueError(f"{len(stamps)} timestamps for {len(history)} items")
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path} line {number}: expected {{\"user\", \"history\"[, \"timestamps\"]}} ({exc})") from None
+            users.append(str(record["user"]))
+            histories.append(history)
+            stamps_list.append(stamps)
             if len(users) == chunk:
-                yield users, requests
-                users, requests = [], []
+                yield emit()
+                users, histories, stamps_list = [], [], []
     if users:
-        yield users, requests
+        yield emit()
 
 
 def recommend_file(serving: ServingModel, input_path: str | Path, output: str | Path, n: int = 50,
-                   chunk: int = 2048, progress: bool = True) -> dict[str, Any]:
-    """Top-n for each history of a file; users none of whose items is known are counted and left out."""
+                   chunk: int = 4096, progress: bool = True) -> dict[str, Any]:
+    """Top-n for each history of a file; users none of whose items is known are counted and left out.
+    Vectorised per chunk: ids looked up at once, windows cut from the flat arrays, one search per chunk."""
     started = time.perf_counter()
     counts = {"users": 0, "skipped_unknown": 0}
 
     def chunks() -> Iterator[pa.RecordBatch]:
         with tqdm(unit="user", disable=not progress, desc="recommend") as bar:
-            for users, requests in read_requests(input_path, chunk):
-                lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=len(requests))
-                known = serving.lookup([i for r in requests for i in r.history]) > 0
-                any_known = np.add.reduceat(known, np.concatenate([[0], np.cumsum(lengths)[:-1]])) > 0 \
-                    if len(known) else np.zeros(len(requests), bool)
-                any_known &= lengths > 0
-                counts["users"] += len(requests)
-                counts["skipped_unknown"] += int((~any_known).sum())
-                keep = np.flatnonzero(any_known)
-                if len(keep):
-                    kept = [requests[i] for i in keep]
-                    for r in kept:
-                        r.n = n
-                    results = serving.recommend(kept)
-                    user_col = np.repeat(np.asarray([users[i] for i in keep], dtype=object), [len(r.items) for r in results])
-                    yield pa.record_batch([
-                        pa.array(user_col.astype(str)),
-                        pa.array(np.concatenate([np.arange(1, len(r.items) + 1) for r in results]).astype(np.int32)),
-                        pa.array([i for r in results for i in r.items], pa.string()),
-                        pa.array(np.concatenate([r.scores for r in results]).astype(np.float32)),
-                        pa.array(np.concatenate([r.interests for r in results]).astype(np.int16)),
-                    ], schema=OUTPUT_SCHEMA)
-                bar.update(len(requests))
+            for users, offsets, flat, stamps in read_chunks(input_path, chunk):
+                ids = serving.lookup(flat)
+                known = ids > 0
+                segment = np.repeat(np.arange(len(users)), np.diff(offsets))
+                known_per_user = np.bincount(segment[known], minlength=len(users))
+                indptr = np.concatenate([[0], np.cumsum(known_per_user)]).astype(np.int64)
+                times = np.zeros(int(known.sum()), np.int64) if stamps is None else stamps[known]
+                rows = np.flatnonzero(known_per_user > 0)
+                counts["users"] += len(users)
+                counts["skipped_unknown"] += len(users) - len(rows)
+                if len(rows):
+                    batch = window_batch(indptr, ids[known], times, rows, serving.maxlen)
+                    merged, scores, source = serving.search_batch(batch, n)
+                    yield _rows(users[rows], merged, scores, source, serving.item_original_ids)
+                bar.update(len(users))
 
     written = _write(chunks(), output)
     seconds = time.perf_counter() - started

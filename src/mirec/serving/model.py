@@ -79,11 +79,11 @@ class ServingModel:
         self.n_items = int(len(self.item_original_ids) - 1)
 
     # ------------------------------------------------------------------ ids
-    def lookup(self, original: list[str]) -> np.ndarray:
+    def lookup(self, original: list[str] | np.ndarray) -> np.ndarray:
         """Original ids -> internal ids (0 where unknown), one vectorised binary search for the whole list."""
-        if not original:
+        if len(original) == 0:
             return np.zeros(0, dtype=np.int64)
-        query = np.asarray([str(x) for x in original])
+        query = np.asarray(original, dtype=object).astype(str)
         pos = np.searchsorted(self._sorted_names, query)
         pos_clipped = np.minimum(pos, len(self._sorted_names) - 1)
         found = self._sorted_names[pos_clipped] == query
