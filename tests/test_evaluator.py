@@ -22,7 +22,7 @@ from mirec.eval.diversity import (
     interest_shares,
     topk_jaccard,
 )
-from mirec.eval.evaluator import evaluate, recommend
+from mirec.eval.evaluator import evaluate
 from mirec.eval.retrieval import merge_interests
 from mirec.models.base import MultiInterestModel
 
@@ -78,6 +78,22 @@ def make_dataset(seed: int = 0, categories: bool = True) -> PreparedDataset:
 def make_model(seed: int = 0, k: int = K) -> MeanPlusOffsets:
     torch.manual_seed(seed)
     return MeanPlusOffsets(ModelConfig(embedding_dim=D, num_interests=k, maxlen=MAXLEN), N_ITEMS)
+
+
+def recommend(model, history, n, exclude_history=False, diversity_lambda=0.0, categories=None):
+    """Internal ids in, internal ids and scores out, through the serving path (ServingModel, exact index)."""
+    from mirec.config import RunConfig
+    from mirec.serving.index import ItemIndex
+    from mirec.serving.model import RecommendRequest, ServingModel
+
+    names = np.array([""] + [f"it{i * 7}" for i in range(1, N_ITEMS + 1)], dtype=object)
+    with torch.no_grad():
+        table = model.output_embeddings()
+    serving = ServingModel(model, RunConfig(model=model.config), names, ItemIndex(table), item_categories=categories)
+    (result,) = serving.recommend([RecommendRequest([names[i] for i in history], n=n, exclude_history=exclude_history,
+                                                    diversity_lambda=diversity_lambda)])
+    position = {name: i for i, name in enumerate(names)}
+    return np.array([position[i] for i in result.items]), np.array(result.scores, dtype=np.float32)
 
 
 def comirec_greedy(pairs: list[tuple[int, float]], n: int, cats: np.ndarray, coef: float) -> list[int]:
@@ -161,7 +177,7 @@ def test_evaluate_matches_slow_reference(backend, exclude, coef):
     assert got["users"] == users == len(dataset.valid) - 1
     for name, value in ref.items():
         assert got[name] == pytest.approx(value, abs=1e-9), name
-    assert set(got["collapse"]) == {"interest_cosine", "topk_jaccard", "interest_share"}
+    assert set(got["collapse"]) == {"interest_cosine", "topk_jaccard", "interest_share", "dead_dims"}
     assert sum(got["collapse"]["interest_share"]) == pytest.approx(1.0)
     assert model.training  # mode restored
 
@@ -222,8 +238,10 @@ def test_recommend_scores_and_exclusion():
         if iid not in {i for i, _ in unique}:
             unique.append((iid, sc))
     assert div.tolist() == comirec_greedy(unique, 10, dataset.item_categories, 1.0)
-    with pytest.raises(ValueError, match="1..60"):
-        recommend(model, [0, 3], n=5)
+    from mirec.serving.model import UnknownItemsError
+
+    with pytest.raises(UnknownItemsError):  # id 0 is padding: no item has its name
+        recommend(model, [0], n=5)
 
 
 def test_diversity_greedy_hand_case():
@@ -299,3 +317,14 @@ def test_collapse_diagnostics_hand_cases():
     _, _, source = merge_interests_full(scores, torch.tensor([[[1, 2, 3]] * 3]), 3)
     assert interest_shares(source, 3).tolist() == [[1.0, 0.0, 0.0]]
     assert interest_shares(torch.tensor([[2, 0, 2, -1]]), 3).tolist() == [pytest.approx([2 / 3, 1 / 3, 0.0])]
+
+
+def test_dead_dims_counts_dimensions_zero_for_every_user_and_interest():
+    from mirec.eval.diversity import collapse_per_user, summarize_collapse
+
+    # dimension 1 is zero everywhere; dimension 2 only in user 0; dimension 0 never
+    interests = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.0, 0.0]], [[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]])
+    ids = torch.tensor([[[1, 2], [2, 3]], [[1, 4], [4, 5]]])
+    per_user = collapse_per_user(interests, ids, torch.tensor([[0, 1], [1, 0]]))
+    assert per_user["active_dims"].tolist() == [[True, False, False], [True, False, True]]
+    assert summarize_collapse(per_user)["dead_dims"] == 1
