@@ -32,3 +32,15 @@ def test_toml_roundtrip(tmp_path):
     path.write_text(to_toml(config.to_dict()))
     again = load_config(path)
     assert again == config
+
+
+def test_a_recipe_is_its_model_with_its_options_and_user_overrides_win():
+    from mirec.config import RECIPES, load_config
+
+    config = load_config(model="comirec-sa+gc", dataset="amazon-beauty")
+    plain = load_config(model="comirec-sa", dataset="amazon-beauty")
+    assert config.model.name == "comirec-sa" and config.model.global_context is True
+    assert {**config.to_dict()["model"], "global_context": False} == plain.to_dict()["model"]
+    assert config.train == plain.train  # the preset of the recipe's model
+    assert load_config(model="comirec-sa+gc", overrides=["model.global_context=false"]).model.global_context is False
+    assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc"}

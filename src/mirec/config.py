@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 PRESET_ROOT = Path(__file__).parent / "configs"
+# Named recipes: a model plus options, usable wherever a model name is (train, bench, config show).
+# "comirec-sa+gc" is the most accurate configuration measured (docs/results.md sections 4 and 4b: recall@50
+# 0.1696 Grocery ComiRec split, 0.1626 Beauty, 0.1711 Yelp-B, 3 seeds each, +11% / +25% / +21% over GIMIRec).
+RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
+    "pimi+gc": ("pimi", ("model.global_context=true",)),
+}
 # the evaluator's per-cut-off metrics (mirec.eval.metrics.METRIC_NAMES, plus diversity), for eval.early_stop_metric
 EARLY_STOP_METRICS = ("recall", "ndcg", "ndcg_comirec", "hit_rate", "diversity")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -265,7 +272,11 @@ def load_config(
     dataset: str | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """Build a RunConfig from (in order) the preset for (dataset, model), a TOML file, and overrides."""
+    """Build a RunConfig from (in order) the preset for (dataset, model), a TOML file, and overrides.
+    ``model`` may name a recipe (:data:`RECIPES`): its model's preset, then the recipe's options."""
+    if model in RECIPES:
+        model, recipe = RECIPES[model]
+        overrides = [*recipe, *(overrides or [])]
     data: dict[str, Any] = {}
     if dataset and model and preset_path(dataset, model).exists():
         data = _merge(data, tomllib.loads(preset_path(dataset, model).read_text()))
