@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mirec.config import RunConfig, save_config
+from mirec.config import RunConfig, TrainConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.nn.embedding import RowGradEmbedding
@@ -303,6 +303,16 @@ class Trainer:
             f"@{st.best_step} trials={st.bad_evals}"
         )
 
+    def _validation_status(self) -> dict[str, str]:
+        """Progress-bar fields: evaluations done, the best valid metric and its step, evaluations left before
+        early stopping."""
+        st = self.state
+        if not self.history:
+            return {}
+        left = self.config.train.patience - st.bad_evals
+        return {"evals": str(len(self.history)), self.config.eval.early_stop_metric: f"{st.best_metric:.4f}@{st.best_step}",
+                "patience_left": str(max(left, 0))}
+
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
         save_checkpoint(
@@ -391,8 +401,10 @@ class Trainer:
         self.model.train()
         budget = tc.max_minutes * 60.0
         session_start, elapsed_before = time.perf_counter(), st.elapsed_seconds
+        # Early stopping usually ends a run long before the default step cap: show a total (and an ETA) only for
+        # a cap the user set; the postfix carries the validation state instead.
         bar = tqdm(
-            total=tc.max_steps,
+            total=tc.max_steps if tc.max_steps < TrainConfig.max_steps else None,
             initial=st.step,
             disable=not self.progress,
             dynamic_ncols=True,
@@ -428,7 +440,7 @@ class Trainer:
                         if not math.isfinite(mean):
                             raise FloatingPointError(f"step {st.step}: training loss is {mean}")
                         rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
-                        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}")
+                        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
                         self.logger.info(
                             f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
                             f"wall={time.perf_counter() - log_start:.1f}s"
@@ -438,6 +450,7 @@ class Trainer:
                     evaluated = st.step % tc.eval_every == 0
                     if evaluated:
                         self._validate(float(loss_sum) / max(interval_steps, 1))
+                        bar.set_postfix(**self._validation_status())
                         loss_sum.zero_()
                         interval_steps = 0
                     every = tc.checkpoint_every
