@@ -507,3 +507,20 @@ def test_gzip_input_with_bad_bytes_names_the_line(log_file, tmp_path, capsys):
     gz.write_bytes(gzip.compress(bad.read_bytes()))
     assert main(["prepare", str(gz), "--format", "csv", "--output", str(tmp_path / "a")]) == 1
     assert "latin.tsv.gz line 6" in capsys.readouterr().err
+
+
+def test_replacing_a_folder_is_one_atomic_exchange(tmp_path, monkeypatch):
+    """--overwrite of a dataset swaps old and new in one renameat2 call: a crash at any point leaves a whole
+    folder at the path (old before the swap, new after); here the clean-up after the swap is made to fail."""
+    from mirec import utils
+
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "meta.json").write_text("old")
+    removed = []
+    monkeypatch.setattr(utils.shutil, "rmtree", lambda path, ignore_errors=False: removed.append(Path(path)))
+    with utils.atomic_directory(target) as tmp:
+        (tmp / "meta.json").write_text("new")
+    assert (target / "meta.json").read_text() == "new"
+    (old,) = removed  # the old folder was swapped to the temporary name, never missing from the path
+    assert (old / "meta.json").read_text() == "old" and old.name.startswith(".data.")

@@ -60,7 +60,10 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            if exchange_paths(tmp, path):  # one atomic step: the old folder now sits at the temporary name
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")  # no renameat2: two renames
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -69,6 +72,20 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
+    return result == 0
 
 
 def fsync_path(path: str | Path) -> None:

@@ -6,7 +6,8 @@ import importlib
 
 from mirec.models.base import MultiInterestModel
 
-# name -> "module:Class"; imported lazily so a broken optional model never breaks the others.
+# name -> "module:Class"; imported when first asked for (importing torch models is slow), and a model that fails
+# to import is an error, never silently dropped.
 MODEL_PATHS: dict[str, str] = {
     "dnn": "mirec.models.dnn:YouTubeDNN",
     "gru4rec": "mirec.models.gru4rec:GRU4Rec",
@@ -23,21 +24,14 @@ def get_model_class(name: str) -> type[MultiInterestModel]:
     if name not in MODEL_PATHS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_PATHS)}")
     module, cls = MODEL_PATHS[name].split(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model {name!r} is not available yet ({exc})") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def available_models() -> list[str]:
-    out = []
+    """Every registered model (each one imported, so a broken model fails here rather than being skipped)."""
     for name in MODEL_PATHS:
-        try:
-            get_model_class(name)
-            out.append(name)
-        except ValueError:
-            pass
-    return out
+        get_model_class(name)
+    return list(MODEL_PATHS)
 
 
 __all__ = ["MultiInterestModel", "get_model_class", "available_models", "MODEL_PATHS"]
