@@ -13,7 +13,6 @@ from mirec.nn.capsule import (
     CapsuleRouting,
     PerPositionBilinear,
     SharedBilinear,
-    check_readout_power,
     label_aware_readout,
     squash,
 )
@@ -217,11 +216,13 @@ def test_label_aware_readout():
     assert torch.allclose(label_aware_readout(interests, target, 2), (w2[:, None] * interests[0]).sum(0))
     uniform = label_aware_readout(interests, target, 0)  # p = 0: uniform attention (MIND Fig. 3)
     assert torch.allclose(uniform, interests.mean(1))
-    for bad in (0.5, -1.0, -math.inf):
+    from mirec.config import ModelConfig
+
+    for bad in (0.5, -1.0, -math.inf):  # checked when the config is built, for every model
         with pytest.raises(ValueError, match="readout_power"):
-            check_readout_power(bad)
+            ModelConfig(readout_power=bad)
     for good in (0.0, 1.0, 3.0, math.inf):
-        check_readout_power(good)
+        assert ModelConfig(readout_power=good).readout_power == good
 
 
 def test_self_attentive_real_positions_only_equals_the_full_masked_form():

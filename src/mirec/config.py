@@ -68,10 +68,16 @@ class ModelConfig(CheckedConfig):
     maxlen: int = 20
     # Replace the item-embedding lookup by E_global = A E_item (GIMIRec's transplantable GCE).
     global_context: bool = False
+    # Training readout over the K interests, label-aware attention pow(scores, p) (MIND Eq. 7): inf = the hard
+    # argmax of ComiRec's code (every multi-interest model's default); 1 = ComiRec's hard_readout=False
+    readout_power: float = math.inf
 
     def check(self) -> None:
         for name in ("embedding_dim", "num_interests", "maxlen"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
+        power = self.readout_power
+        self.require((math.isinf(power) and power > 0) or (power >= 0 and float(power).is_integer()),
+                     "readout_power", "inf (hard readout) or a non-negative integer")
         for f in dataclasses.fields(self):  # every model's dropout-like rate is a probability
             if "dropout" in f.name and isinstance(getattr(self, f.name), float):
                 self.require(0.0 <= getattr(self, f.name) < 1.0, f.name, "in [0, 1)")

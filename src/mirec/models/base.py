@@ -6,7 +6,6 @@ vectors it is scored against (``output_embeddings``); retrieval scores an item b
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
-from mirec.nn.capsule import check_readout_power, label_aware_readout
+from mirec.nn.capsule import label_aware_readout
 from mirec.nn.init import glorot_embedding
 
 
@@ -31,8 +30,6 @@ class MultiInterestModel(nn.Module):
         super().__init__()
         self.config = config
         self.n_items = n_items
-        if hasattr(config, "readout_power"):  # models whose config offers the soft (label-aware) readout
-            check_readout_power(config.readout_power)
         self.item_embedding = glorot_embedding(n_items + 1, config.embedding_dim)
         # Set by mirec.graph when config.global_context: maps (ids, E_item) -> rows of A E_item.
         self.global_context: nn.Module | None = None
@@ -75,4 +72,4 @@ class MultiInterestModel(nn.Module):
         config's ``readout_power`` p is finite (softmax of pow(scores, p); ComiRec's hard_readout=False: p = 1)."""
         if interests.shape[1] == 1:
             return interests[:, 0]
-        return label_aware_readout(interests, target_vectors, getattr(self.config, "readout_power", math.inf))
+        return label_aware_readout(interests, target_vectors, self.config.readout_power)

@@ -9,7 +9,6 @@ lr 5e-3 (ComiRec README).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,7 +27,6 @@ class ComiRecDRConfig(ModelConfig):
     relu_layer: bool = False  # Model_ComiRec_DR default
     routing_iterations: int = 3
     stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
-    readout_power: float = math.inf  # inf = hard readout (ComiRec); 1 = ComiRec's hard_readout=False
 
 
 class ComiRecDR(MultiInterestModel):

@@ -15,7 +15,6 @@ mostly positions (0.1 puts both on the same scale; docs/results.md 1f).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -33,7 +32,6 @@ from mirec.nn.self_attentive import SelfAttentiveExtractor
 class ComiRecSAConfig(ModelConfig):
     name: str = "comirec-sa"
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
-    readout_power: float = math.inf  # inf = hard readout (ComiRec-SA); 1 = softmax-weighted interests (option)
     init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (PyTorch ports: kaiming_normal_ on every weight)
     position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
 

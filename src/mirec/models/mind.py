@@ -17,7 +17,6 @@ would score 0 for every item and could outrank the real interests. ``active_inte
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,7 +37,6 @@ class MINDConfig(ModelConfig):
     routing_init_std: float = 1.0  # b_ij ~ TruncatedNormal(0, std^2); MIND chose sigma = 1
     stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
     dynamic_interests: bool = False  # MIND Eq. 9 (off in ComiRec's MIND)
-    readout_power: float = math.inf  # label-aware attention pow(., p); inf = hard readout (ComiRec)
 
 
 class MIND(MultiInterestModel):

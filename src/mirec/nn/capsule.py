@@ -158,8 +158,3 @@ def label_aware_readout(interests: torch.Tensor, target_vectors: torch.Tensor, p
         return interests[torch.arange(len(best), device=best.device), best]
     weights = torch.softmax(scores.pow(power), dim=1)
     return torch.einsum("bk,bkd->bd", weights, interests)
-
-
-def check_readout_power(power: float) -> None:
-    if not (math.isinf(power) and power > 0) and not (power >= 0 and float(power).is_integer()):
-        raise ValueError(f"model.readout_power must be inf (hard readout) or a non-negative integer, got {power}")
