@@ -64,11 +64,11 @@ def train(
 def preset_name(dataset: PreparedDataset) -> str:
     """The preset folder for a dataset: the dataset's name (``mirec prepare --name``, else the output folder's
     name) when a preset folder of that name exists (aliases included), else 'default'."""
-    from mirec.config import PRESET_ROOT
+    from mirec.config import preset_datasets
 
     name = str(dataset.meta.get("name", ""))
     name = PRESET_ALIASES.get(name, name)
-    return name if name and (PRESET_ROOT / name).is_dir() else "default"
+    return name if name in preset_datasets() else "default"
 
 
 @dataclass

@@ -72,6 +72,9 @@ class ModelConfig(CheckedConfig):
     # argmax of ComiRec's code (every multi-interest model's default); 1 = ComiRec's hard_readout=False
     readout_power: float = math.inf
 
+    def check_with(self, run: RunConfig) -> None:
+        """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model overrides it."""
+
     def check(self) -> None:
         for name in ("embedding_dim", "num_interests", "maxlen"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
@@ -165,6 +168,9 @@ class RunConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.model.check_with(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -267,8 +273,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def preset_path(dataset: str, model: str) -> Path:
-    return PRESET_ROOT / dataset / f"{model}.toml"
+def preset_layers(dataset: str, model: str) -> list[Path]:
+    """The preset files of a (dataset, model) pair, in the order they apply (RecBole's layering): the model's
+    defaults (the paper's values, ``configs/models/``), the dataset's settings (batch size, maxlen, evaluation
+    cadence, graph values; ``configs/datasets/``), then a per-pair override only where a paper gives one
+    (``configs/pairs/<dataset>/``). Missing layers are skipped."""
+    layers = [PRESET_ROOT / "models" / f"{model}.toml", PRESET_ROOT / "datasets" / f"{dataset}.toml",
+              PRESET_ROOT / "pairs" / dataset / f"{model}.toml"]
+    return [path for path in layers if path.exists()]
+
+
+def preset_datasets() -> list[str]:
+    """Dataset names that have settings of their own (others use ``default``)."""
+    return sorted(p.stem for p in (PRESET_ROOT / "datasets").glob("*.toml"))
 
 
 def load_config(
@@ -278,14 +295,15 @@ def load_config(
     dataset: str | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """Build a RunConfig from (in order) the preset for (dataset, model), a TOML file, and overrides.
-    ``model`` may name a recipe (:data:`RECIPES`): its model's preset, then the recipe's options."""
+    """Build a RunConfig from (in order) the preset layers of (dataset, model), a TOML file, and overrides.
+    ``model`` may name a recipe (:data:`RECIPES`): its model's presets, then the recipe's options."""
     if model in RECIPES:
         model, recipe = RECIPES[model]
         overrides = [*recipe, *(overrides or [])]
     data: dict[str, Any] = {}
-    if dataset and model and preset_path(dataset, model).exists():
-        data = _merge(data, tomllib.loads(preset_path(dataset, model).read_text()))
+    if dataset and model:
+        for layer in preset_layers(dataset, model):
+            data = _merge(data, tomllib.loads(layer.read_text()))
     if path is not None:
         try:
             data = _merge(data, tomllib.loads(Path(path).read_text()))

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from mirec.config import ModelConfig
+from mirec.config import ConfigError, ModelConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.init import glorot_embedding
@@ -44,6 +44,12 @@ class GIMIRecConfig(ModelConfig):
     # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
     # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
     interest_values: Literal["aggregated", "embedding"] = "aggregated"
+
+    def check_with(self, run) -> None:
+        # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip
+        if run.graph.use_threshold and float(self.time_span) != float(run.graph.l_time):
+            raise ConfigError(f"model.time_span = {self.time_span} and graph.l_time = {run.graph.l_time} must be equal "
+                              "(both are GIMIRec's L_time); set both, e.g. --set model.time_span=7 --set graph.l_time=7")
 
 
 class GIMIRec(MultiInterestModel):
