@@ -1,10 +1,10 @@
 """Clean, filter, split and remap a raw log into a :class:`~mirec.data.dataset.PreparedDataset`.
 
-Follows ComiRec/PIMI_Rec ``preprocess/data.py`` (reference-notes section 2.1): items with >= 5 interactions
+Follows ComiRec/PIMI_Rec ``preprocess/data.py`` (docs/models.md section 2.1): items with >= 5 interactions
 kept, then users with >= 5 kept interactions (one pass; iterative k-core is an option); users shuffled with
 seed 1230 and split 8:1:1; per user time-sorted sequences; for a valid/test user the first
 ``int(0.8 * len)`` items infer the interests (PIMI_Rec data_iterator ``k = int(len*0.8)``), the rest are the
-targets. Our decision (reference-notes section 6): item ids 1..N by descending *training* popularity (train
+targets. Our decision (docs/models.md section 6): item ids 1..N by descending *training* popularity (train
 users + valid/test history parts, never targets), ties broken by first appearance in the input (as
 ComiRec's stable sort over its insertion-ordered counter). Everything is vectorised numpy / pyarrow.
 """

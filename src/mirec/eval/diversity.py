@@ -1,5 +1,5 @@
-"""ComiRec's controllable diversity aggregation and Diversity@N (reference-notes section 3.2), and
-interest-collapse diagnostics for K > 1 models (reference-notes section 5.3 item 6).
+"""ComiRec's controllable diversity aggregation and Diversity@N (docs/models.md section 3.2), and
+interest-collapse diagnostics for K > 1 models (docs/models.md section 5.3).
 
 Categories: ``item_categories`` is [n_items + 1] int64 indexed by item id, -1 = unknown. An unknown category
 is treated as one more category (all unknown items share it), so it neither escapes the diversity penalty

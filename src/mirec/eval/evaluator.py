@@ -1,4 +1,4 @@
-"""Full-catalogue evaluation of a multi-interest model under the ComiRec protocol (reference-notes 3.2-3.3, 6).
+"""Full-catalogue evaluation of a multi-interest model under the ComiRec protocol (docs/models.md 3.2-3.3, 6).
 
 For every valid/test user the last ``maxlen`` items of the history part (first 80%) infer K interests; each
 interest retrieves its exact top-N over items 1..n_items; the K lists are merged by max score (lambda = 0)

@@ -1,4 +1,4 @@
-"""Top-N metrics of the ComiRec protocol, vectorised over users (reference-notes sections 3.3 and 6).
+"""Top-N metrics of the ComiRec protocol, vectorised over users (docs/models.md sections 3.3 and 6).
 
 Inputs: ``recs`` [U, N] int recommended ids in rank order (-1 = empty slot) and each user's targets (time
 order, repeats kept), as a list of per-user arrays or a :class:`CSRTargets`. All metrics of several
@@ -10,7 +10,7 @@ Definitions (per user u, T_u = the target list, S_N = set of the first N recomme
   count once per occurrence, in the numerator and the denominator.
 - ``hit_rate@N``: [#hits > 0] (ComiRec).
 - ``ndcg@N``: textbook NDCG: DCG = sum_{r<N} [rec_r in set(T_u)] / log2(r+2) over the recommended list,
-  IDCG = sum_{r < min(|set(T_u)|, N)} 1/log2(r+2) (our decision, reference-notes section 6).
+  IDCG = sum_{r < min(|set(T_u)|, N)} 1/log2(r+2) (our decision, docs/models.md section 6).
 - ``ndcg_comirec@N``: ComiRec ``paper`` branch = PIMI_Rec HEAD (variant (a)): iterate the ground-truth list
   in time order; DCG = sum over hit positions ``no`` of 1/log2(no+2), IDCG = sum_{r<#hits} 1/log2(r+2),
   0 without hits. This is the variant the published ComiRec / PIMI / GIMIRec NDCG tables used.

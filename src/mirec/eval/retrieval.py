@@ -1,4 +1,4 @@
-"""Exact full-catalogue retrieval per interest and the ComiRec merge (reference-notes sections 1 Eq. 24, 3.2).
+"""Exact full-catalogue retrieval per interest and the ComiRec merge (docs/models.md sections 1 Eq. 24, 3.2).
 
 Every interest vector of a user retrieves its own top-n items by inner product over the whole catalogue
 (item ids 1..n_items; id 0 is padding and never retrieved), as ComiRec's Faiss ``IndexFlatIP`` search in

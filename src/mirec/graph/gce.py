@@ -5,7 +5,7 @@ A = D^{-1/2} (I + sum_k w_k (q^k + q^k^T)) D^{-1/2}; ``build_global_context`` do
 ``PreparedDataset`` without reading valid/test targets; ``GlobalContext`` is the ``nn.Module``
 ``(ids, item_weight) -> rows of A @ item_weight`` (E_global = A E_item, Eq. 7).
 
-Decisions where the paper is silent (reference-notes.md section 6; each one is a switch or documented):
+Decisions where the paper is silent (docs/models.md section 6; each one is a switch or documented):
 
 * Self-pairs (the same item at n and n+k): kept by default (``GraphConfig.self_pairs = True``), as Eq. 1-4
   define pairs by position, not by item identity; they add 2 q^k_ii to the diagonal of A' on top of I (a
@@ -189,7 +189,7 @@ def _history_csr(split: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     items, stamps = np.asarray(split.items), np.asarray(split.timestamps)
     if split.history_len is None:
         return lengths, items, stamps
-    mask = split.history_mask()  # never the targets (reference-notes section 6)
+    mask = split.history_mask()  # never the targets (docs/models.md section 6)
     return np.minimum(lengths, np.asarray(split.history_len, dtype=np.int64)), items[mask], stamps[mask]
 
 

@@ -1,6 +1,6 @@
 """GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (Wu et al., arXiv 2510.14626).
 
-Only the abstract and a partial method paragraph are public (docs/reference-notes.md section 5); this file
+Only the abstract and a partial method paragraph are public (docs/models.md section 5); this file
 builds the labelled reference design of section 5.3. Labels: [PAPER] abstract, [SECONDARY] third-party
 reviews, [OURS] our interpretation (each a config switch in :class:`GemiRecConfig`). Three [OURS] defaults
 depart from a literal reading of section 5.3 because it collapsed the K interests (see :class:`GemiRec`);

@@ -1,6 +1,6 @@
 """PIMI (Chen et al., IJCAI 2021): periodicity (time-interval attention) + interactivity (star graph) +
 ComiRec-SA multi-interest extraction. Faithful to the official TF code ChenGaoDe/PIMI_Rec @330017b
-(``model.py`` class ``Model_PIMIRec``); see docs/reference-notes.md section 2.
+(``model.py`` class ``Model_PIMIRec``); see docs/models.md section 2.
 """
 
 from __future__ import annotations

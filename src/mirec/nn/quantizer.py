@@ -1,6 +1,6 @@
 """Residual quantizer (RQ-VAE style) for GemiRec's Interest Dictionary Maintenance Module (IDMM).
 
-Provenance labels (see docs/reference-notes.md section 5): [PAPER] the GemiRec abstract, [SECONDARY] the
+Provenance labels (see docs/models.md section 5): [PAPER] the GemiRec abstract, [SECONDARY] the
 third-party reviews of the method (section 5.1), [OURS] our engineering choices (section 5.3), each a switch.
 
 - [SECONDARY] r_1 = z_enc(sg[v]); m_c = argmin_j ||r_c - e_c^j||^2; r_{c+1} = r_c - sg[e_c^{m_c}];

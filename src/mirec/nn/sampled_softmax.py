@@ -3,7 +3,7 @@
 ComiRec and PIMI call ``tf.nn.sampled_softmax_loss(weights=item_table, biases=zeros, labels=target,
 inputs=user_vec, num_sampled=10 * batch, num_classes=n_items + 1)`` with TF's defaults: a
 ``log_uniform_candidate_sampler(unique=True, range_max=num_classes)`` shared by the whole batch,
-``subtract_log_q=True`` and ``remove_accidental_hits=True`` (reference-notes sections 2.4, 3.1, 6).
+``subtract_log_q=True`` and ``remove_accidental_hits=True`` (docs/models.md sections 2.4, 3.1, 6).
 :func:`sampled_softmax_loss` reproduces ``_compute_sampled_logits`` + ``softmax_cross_entropy`` + the mean.
 """
 

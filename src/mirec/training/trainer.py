@@ -1,7 +1,7 @@
 """The training loop of ComiRec/PIMI ``train.py``: sampled softmax + Adam, validate every ``eval_every`` steps,
 keep the best model on valid Recall@50, stop after ``patience`` evaluations without improvement.
 
-Faithful points (reference-notes 2.4, 3.1, 6): batches as ComiRec's DataIterator (``TrainSampler``); loss =
+Faithful points (docs/models.md 2.4, 3.1, 6): batches as ComiRec's DataIterator (``TrainSampler``); loss =
 TF ``sampled_softmax_loss`` with 10 x batch unique log-uniform negatives over the table (ids 0..n_items),
 log Q subtracted, accidental hits removed; early stopping as ComiRec (``recall > best`` resets the counter,
 stop once ``trials > patience``). Additions: a wall-clock budget, a final evaluation of the last partial
