@@ -55,7 +55,7 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def settings(n_items: int) -> list[IndexParams]:
-    out = [IndexParams(kind="hnsw", metric=m, hnsw_ef_search=ef) for m in ("ip", "l2") for ef in (64, 128, 256)]
+    out = [IndexParams(kind="hnsw", metric=m, hnsw_ef_search=ef) for m in ("ip", "l2") for ef in (64, 128, 256, 512)]
     nlist = IndexParams(kind="ivf").resolved(n_items).ivf_nlist
     out += [IndexParams(kind="ivf", metric=m, ivf_nprobe=p) for m in ("ip", "l2") for p in (8, 32, min(128, nlist))]
     return out
@@ -99,6 +99,7 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
 
 
 def bench_runs(args: argparse.Namespace) -> list[dict]:
+    from mirec.data.batching import iter_eval_batches
     from mirec.eval.evaluator import evaluate
     from mirec.runs import load_run
 
@@ -108,12 +109,27 @@ def bench_runs(args: argparse.Namespace) -> list[dict]:
         model, dataset, config = load_run(path)
         with torch.no_grad():
             table = model.output_embeddings().float()
+            queries = torch.cat([model(eb.batch) for eb in iter_eval_batches(dataset.test, config.model.maxlen, 512)])
+        exact_ids = ItemIndex(table).search(queries, args.n)[1]
         exact_metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen)
-        for params in [IndexParams(kind="hnsw"), IndexParams(kind="hnsw", metric="l2"), IndexParams(kind="ivf"),
+        from mirec.serving.bundle import validation_interests
+        from mirec.serving.index import calibrate
+
+        valid = validation_interests(model, dataset, config)
+        for params in [IndexParams(kind="hnsw", metric="ip"), IndexParams(kind="hnsw", metric="l2"),
+                       IndexParams(kind="hnsw", metric="auto"), IndexParams(kind="ivf", metric="ip"),
                        IndexParams(kind="ivf", metric="l2")]:
-            index = ItemIndex(table, params)
+            if params.metric == "auto":  # what `mirec export --index hnsw` builds: chosen on validation users
+                index, report = calibrate(table, params, valid)
+                params = IndexParams(kind="hnsw", metric="auto")
+                print(json.dumps({"run": name, "calibration": report}), flush=True)
+            else:
+                index = ItemIndex(table, params)
             metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen, retriever=index)
-            row = {"run": name, "model": config.model.name, "index": f"{params.kind}-{params.metric}",
+            label = f"{params.kind}-{params.metric}" if params.metric != "auto" else \
+                f"hnsw-auto ({index.params.metric}, efSearch {index.params.hnsw_ef_search})"
+            row = {"run": name, "model": config.model.name, "index": label,
+                   "overlap@50": overlap(index.search(queries, args.n)[1], exact_ids),
                    "recall@50 exact": exact_metrics["recall@50"], "recall@50 ann": metrics["recall@50"],
                    "relative loss": 1 - metrics["recall@50"] / exact_metrics["recall@50"],
                    "ndcg@50 exact": exact_metrics["ndcg@50"], "ndcg@50 ann": metrics["ndcg@50"]}

@@ -190,6 +190,21 @@ def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
         assert torch.equal(full.search(queries, 20)[1], i_exact)
 
 
+def test_calibration_keeps_the_metric_that_agrees_more_with_exact_search():
+    from mirec.serving.index import calibrate, overlap
+
+    table = skewed_table(3000, 16)  # log-normal norms, no clusters: raw inner product does better here
+    queries = torch.randn(30, 3, 16, generator=torch.Generator().manual_seed(3))
+    index, report = calibrate(table, IndexParams(kind="hnsw"), queries, n=20, target=1.01)  # try every efSearch
+    by_metric = {m: max(v for k, v in report["overlap"].items() if k.startswith(m)) for m in ("ip", "l2")}
+    assert index.params.metric == max(by_metric, key=by_metric.get) == report["chosen"]["metric"]
+    exact = ItemIndex(table).search(queries, 20)[1]
+    assert overlap(index.search(queries, 20)[1], exact) == pytest.approx(report["chosen"]["overlap"], abs=1e-4)
+    assert overlap(exact, exact) == 1.0
+    fixed, fixed_report = calibrate(table, IndexParams(kind="hnsw", metric="l2", hnsw_ef_search=64), queries, n=20)
+    assert fixed.params.metric == "l2" and list(fixed_report["overlap"]) == ["l2 efSearch=64"]
+
+
 # ------------------------------------------------------------------------------------------------ service
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 import mirec
 from mirec.config import load_config, save_config
 from mirec.runs import build_model, dataset_checksum, load_run, load_state
-from mirec.serving.index import IndexParams, ItemIndex
+from mirec.serving.index import IndexParams, ItemIndex, calibrate
 from mirec.serving.model import ServingModel
 from mirec.training.checkpoint import load_tensors
 from mirec.utils import atomic_directory, exclusive_lock, resolve_device
@@ -81,7 +81,11 @@ def export_bundle(
     started = time.perf_counter()
     with torch.no_grad():
         vectors = model.output_embeddings().detach().float().cpu().contiguous()
-    item_index = ItemIndex(vectors, params)
+    calibration: dict[str, Any] = {}
+    if params.kind == "exact":
+        item_index = ItemIndex(vectors, params)
+    else:  # the metric and search depth measured on the run's own validation users (never test)
+        item_index, calibration = calibrate(vectors, params, validation_interests(model, dataset, config))
     build_seconds = time.perf_counter() - started
     lock = output.resolve().parent / f".{output.name}.lock"
     with exclusive_lock(lock, f"bundle output {output}"), atomic_directory(output) as tmp:
@@ -108,7 +112,8 @@ def export_bundle(
             "dataset": {"name": dataset.name, "meta_sha256": dataset_checksum(dataset)},
             "model_version": model_hash.hexdigest()[:16],
             "index_version": index_hash.hexdigest()[:16],
-            "index": {**params.__dict__, "build_seconds": round(build_seconds, 3)},
+            "index": {**item_index.params.__dict__, "build_seconds": round(build_seconds, 3),
+                      "calibration": calibration},
             "n_items": dataset.n_items,
             "dim": int(vectors.shape[1]),
             "num_interests": int(config.model.num_interests),
@@ -118,6 +123,20 @@ def export_bundle(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def validation_interests(model, dataset, config, max_users: int = 2000) -> torch.Tensor:
+    """Interest vectors [U, K, d] of up to ``max_users`` validation users (their history parts)."""
+    from mirec.data.batching import iter_eval_batches
+
+    out, seen = [], 0
+    with torch.no_grad():
+        for eb in iter_eval_batches(dataset.valid, config.model.maxlen, 512):
+            out.append(model(eb.batch).float().cpu())
+            seen += len(eb.rows)
+            if seen >= max_users:
+                break
+    return torch.cat(out)[:max_users]
 
 
 def verify_bundle(path: str | Path) -> dict[str, Any]:

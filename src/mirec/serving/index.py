@@ -4,15 +4,18 @@ Every index answers ``search(queries [U, K, d], n, exclude) -> (scores [U, K, n]
 internal item ids 1..n_items and exact inner-product scores, as :class:`mirec.eval.retrieval.ExactRetriever`,
 so the ComiRec merge and the diversity aggregation apply unchanged.
 
-Inner product on un-normalised vectors is not a metric, and graph indexes are built for metrics; the usual
-answer is the inner-product-to-L2 transform (Bachrach et al., RecSys 2014): x' = [x, sqrt(M^2 - |x|^2)] with M
-the largest item norm, q' = [q, 0], so |q' - x'|^2 = |q|^2 + M^2 - 2 q.x and the nearest neighbours in L2 are
-the largest inner products (``metric = "l2"``). Measured (benchmarks/bench_ann.py), Faiss's HNSW and IVF run
-directly on inner product (``metric = "ip"``, the default) reach a higher overlap with exact search at the same
-speed on both our trained item tables and synthetic ones with log-normal norms: the transform's extra coordinate
-dominates the small-norm items, which crowds the graph and the coarse quantizer. Candidates are re-scored
-exactly (q.x) before they are returned, so scores are comparable across a user's interests. Indexes are saved
-with Faiss's own writer/reader (never pickle).
+Inner product on un-normalised vectors is not a metric, and graph indexes are built for metrics. Two answers
+are offered: Faiss's own inner-product indexes (``metric = "ip"``) and the inner-product-to-L2 transform
+(Bachrach et al., RecSys 2014; ``metric = "l2"``): x' = [x, sqrt(M^2 - |x|^2)] with M the largest item norm,
+q' = [q, 0], so |q' - x'|^2 = |q|^2 + M^2 - 2 q.x and the nearest neighbours in L2 are the largest inner
+products. Measured (benchmarks/bench_ann.py, docs/results.md section 11), neither wins everywhere: on GIMIRec's
+trained tables HNSW on raw inner product keeps only 48-70% of the exact top-50 (the known trap) and the
+transform 92-97%; on ComiRec-SA's table and on synthetic tables with log-normal norms it is the other way round.
+So the default, ``metric = "auto"``, is decided when a bundle is exported, on the run's own validation users:
+both are built, each is searched with their interests, and the one whose top-n agrees more with exact search
+is kept (with the smallest ``efSearch`` that reaches the target overlap), the measured overlaps recorded in the
+manifest. Candidates are re-scored exactly (q.x) before they are returned, so scores are comparable across a
+user's interests. Indexes are saved with Faiss's own writer/reader (never pickle).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ class IndexParams:
     benchmarks/bench_ann.py)."""
 
     kind: IndexKind = "exact"
-    metric: Literal["ip", "l2"] = "ip"  # ip: Faiss's inner-product index; l2: the inner-product-to-L2 transform
+    # ip: Faiss's inner-product index; l2: the inner-product-to-L2 transform; auto: measured at export (l2 without
+    # validation queries)
+    metric: Literal["auto", "ip", "l2"] = "auto"
     hnsw_m: int = 32  # graph degree
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 0  # 0 = max(128, 2 * candidates)
@@ -50,8 +55,8 @@ class IndexParams:
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"index kind {self.kind!r}; expected one of {list(INDEX_KINDS)}")
-        if self.metric not in ("ip", "l2"):
-            raise ValueError(f"index metric {self.metric!r}; expected ip or l2")
+        if self.metric not in ("auto", "ip", "l2"):
+            raise ValueError(f"index metric {self.metric!r}; expected auto, ip or l2")
         for name in ("hnsw_m", "hnsw_ef_construction", "candidates_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"index {name} must be >= 1, got {getattr(self, name)}")
@@ -86,6 +91,8 @@ class ItemIndex:
 
     def __init__(self, item_table: torch.Tensor, params: IndexParams | None = None, faiss_index=None):
         self.params = (params or IndexParams()).resolved(int(item_table.shape[0]) - 1)
+        if self.params.metric == "auto":  # no validation queries here (see calibrate): the transform
+            self.params.metric = "l2"
         self.item_table = item_table.detach().float().cpu().contiguous()  # [n_items + 1, d], row 0 padding
         self.n_items, self.dim = int(item_table.shape[0]) - 1, int(item_table.shape[1])
         self.exact = ExactRetriever(self.item_table, "torch")
@@ -188,4 +195,41 @@ class ItemIndex:
         return cls(item_table, params, faiss_index)
 
 
-__all__ = ["IndexParams", "ItemIndex", "INDEX_KINDS", "augment_items", "augment_queries"]
+def overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean share of the exact top-n ids (per query row) that ``found`` also returns."""
+    a, b = found.reshape(-1, found.shape[-1]), exact.reshape(-1, exact.shape[-1])
+    hits = (a[:, :, None] == b[:, None, :]).any(-1) & (a > 0)
+    return float(hits.sum(1).float().mean() / b.shape[1])
+
+
+def calibrate(item_table: torch.Tensor, params: IndexParams, queries: torch.Tensor, n: int = 50,
+              target: float = 0.95) -> tuple[ItemIndex, dict]:
+    """Build the ANN index for real queries (e.g. validation users' interests [U, K, d]): with ``metric =
+    "auto"`` both metrics are built and the one agreeing more with exact search is kept; for HNSW with
+    ``hnsw_ef_search = 0`` the smallest efSearch of 64..1024 reaching ``target`` overlap is chosen (the largest
+    tried if none does). Returns the index and a report of every overlap measured."""
+    params = params.resolved(int(item_table.shape[0]) - 1)
+    if params.kind == "exact":
+        return ItemIndex(item_table, params), {}
+    exact = ItemIndex(item_table, IndexParams(kind="exact")).search(queries, n)[1]
+    report: dict = {"queries": int(queries.shape[0] * queries.shape[1]), "n": n, "target": target, "overlap": {}}
+    best: tuple[float, ItemIndex] | None = None
+    for metric in (("ip", "l2") if params.metric == "auto" else (params.metric,)):
+        index = ItemIndex(item_table, IndexParams(**{**params.__dict__, "metric": metric}))
+        searches = [params.hnsw_ef_search] if params.kind != "hnsw" or params.hnsw_ef_search else [64, 128, 256, 512, 1024]
+        for ef in searches:
+            if params.kind == "hnsw":
+                index.params.hnsw_ef_search = ef
+            value = overlap(index.search(queries, n)[1], exact)
+            report["overlap"][f"{metric}" + (f" efSearch={ef}" if params.kind == "hnsw" else "")] = round(value, 4)
+            if value >= target:
+                break
+        if best is None or value > best[0]:
+            best = (value, index)
+    assert best is not None
+    report["chosen"] = {"metric": best[1].params.metric, "hnsw_ef_search": best[1].params.hnsw_ef_search,
+                        "overlap": round(best[0], 4)}
+    return best[1], report
+
+
+__all__ = ["IndexParams", "ItemIndex", "INDEX_KINDS", "augment_items", "augment_queries", "calibrate", "overlap"]
