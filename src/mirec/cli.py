@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with exact search on the run's validation users")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-ef-search", type=int, default=0,
-                   help="0 = the smallest of 64..1024 reaching 0.95 overlap on validation users")
+                   help="0 = the smallest of 64..1024 reaching 0.97 overlap on validation users")
     p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")
     p.add_argument("--ivf-nprobe", type=int, default=0, help="0 = max(8, nlist / 16)")
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
