@@ -186,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                              max_body_bytes=args.max_body_bytes, microbatch_size=args.microbatch_size,
                              microbatch_wait_ms=args.microbatch_wait_ms)
     serve(args.bundle, host=args.host, port=args.port, token_file=args.token_file, settings=settings,
-          device=args.device)
+          device=args.device, threads=getattr(args, "threads", None) or 1)
 
 
 def cmd_graph_stats(args: argparse.Namespace) -> None:
