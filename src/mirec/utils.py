@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -86,6 +87,24 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     result = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
     return result == 0
+
+
+def read_format_json(
+    file: str | Path, key: str, expected: int, missing: str, error: type[Exception] = ValueError
+) -> dict:
+    """A JSON file that names its format version under ``key``; one-line errors naming the file when it is
+    missing (``missing`` says what the file should have been), not JSON, or of another version."""
+    file = Path(file)
+    if not file.exists():
+        raise error(f"{file}: {missing}")
+    try:
+        payload = json.loads(file.read_text())
+    except ValueError as exc:
+        raise error(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(payload, dict) or payload.get(key) != expected:
+        found = payload.get(key) if isinstance(payload, dict) else None
+        raise error(f"{file}: {key} {found!r}, expected {expected}")
+    return payload
 
 
 def fsync_path(path: str | Path) -> None:

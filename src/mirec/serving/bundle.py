@@ -35,7 +35,7 @@ from mirec.runs import build_model, dataset_checksum, load_run, load_state
 from mirec.serving.index import IndexParams, ItemIndex, calibrate
 from mirec.serving.model import ServingModel
 from mirec.training.checkpoint import load_tensors
-from mirec.utils import atomic_directory, exclusive_lock, resolve_device
+from mirec.utils import atomic_directory, exclusive_lock, read_format_json, resolve_device
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -142,15 +142,8 @@ def validation_interests(model, dataset, config, max_users: int = 2000) -> torch
 def verify_bundle(path: str | Path) -> dict[str, Any]:
     """Read the manifest and check every listed file's size and SHA-256; raises :class:`BundleError`."""
     path = Path(path)
-    manifest_file = path / MANIFEST
-    if not manifest_file.exists():
-        raise BundleError(f"{manifest_file}: missing; is {path} a mirec bundle (mirec export)?")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except ValueError as exc:
-        raise BundleError(f"{manifest_file}: not valid JSON ({exc})") from None
-    if manifest.get("bundle_format") != BUNDLE_FORMAT:
-        raise BundleError(f"{manifest_file}: bundle format {manifest.get('bundle_format')!r}, expected {BUNDLE_FORMAT}")
+    manifest = read_format_json(path / MANIFEST, "bundle_format", BUNDLE_FORMAT,
+                                f"missing; is {path} a mirec bundle (mirec export)?", BundleError)
     for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():

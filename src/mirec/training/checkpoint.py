@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mirec.utils import atomic_path, current_umask, fsync_path
+from mirec.utils import atomic_path, current_umask, fsync_path, read_format_json
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -208,15 +208,9 @@ class Checkpoint:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint folder (CPU tensors); raises FileNotFoundError / ValueError naming the file."""
     path = Path(path)
-    state_file = path / "state.json"
-    if not state_file.exists():
-        raise FileNotFoundError(f"{state_file}: no checkpoint to resume from")
-    try:
-        payload = json.loads(state_file.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{state_file}: not valid JSON ({exc})") from None
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{state_file}: checkpoint format {payload.get('format')} != {CHECKPOINT_FORMAT}")
+    if not (path / "state.json").exists():
+        raise FileNotFoundError(f"{path / 'state.json'}: no checkpoint to resume from")
+    payload = read_format_json(path / "state.json", "format", CHECKPOINT_FORMAT, "no checkpoint to resume from")
     names = set(TrainState.__dataclass_fields__)
     state = TrainState(**{k: v for k, v in payload.items() if k in names})
     if state.best_metric is None:
