@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_support import describe_machine, machine_info  # noqa: E402
 
-from mirec.serving.index import IndexParams, ItemIndex  # noqa: E402
+from mirec.serving.index import IndexParams, ItemIndex, overlap  # noqa: E402
 
 
 def synthetic(n_items: int, dim: int, n_queries: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +46,6 @@ def timed_search(index: ItemIndex, queries: torch.Tensor, n: int, block: int = 1
     started = time.perf_counter()
     ids = torch.cat([index.search(queries[i: i + block], n)[1] for i in range(0, len(queries), block)])
     return ids, time.perf_counter() - started
-
-
-def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.reshape(-1, a.shape[-1]).numpy(), b.reshape(-1, b.shape[-1]).numpy()
-    hits = (a[:, :, None] == b[:, None, :]).any(-1) & (a > 0)
-    return float(hits.sum(1).mean() / a.shape[1])
 
 
 def settings(n_items: int) -> list[IndexParams]:

@@ -125,15 +125,9 @@ class Recommender:
     def serving(self):
         """The run's :class:`mirec.serving.ServingModel` (exact search), built once."""
         if self._serving is None:
-            from mirec.serving.index import ItemIndex
             from mirec.serving.model import ServingModel
 
-            with torch.no_grad():
-                vectors = self.model.output_embeddings().detach().float().cpu()
-            self._serving = ServingModel(self.model, self.config, self.dataset.item_original_ids, ItemIndex(vectors),
-                                         item_categories=self.dataset.item_categories,
-                                         manifest={"model": self.config.model.name, "model_version": "run",
-                                                   "index_version": "exact"})
+            self._serving = ServingModel.of_run(self.model, self.dataset, self.config, source=str(self.run_dir))
         return self._serving
 
 

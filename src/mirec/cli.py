@@ -114,24 +114,18 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from mirec.serving.bundle import is_bundle, load_serving
 
     if args.items:
-        if is_bundle(source):
-            serving = load_serving(source, args.device)
-            from mirec.serving.model import RecommendRequest
+        from mirec.serving.model import RecommendRequest, UnknownItemsError
 
-            items = [s for s in args.items.split(",") if s]
-            stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+        serving = load_serving(source, args.device, data=args.data if not is_bundle(source) else None)
+        items = [s for s in args.items.split(",") if s]
+        stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+        try:
             (result,) = serving.recommend([RecommendRequest(items, stamps, args.n, args.exclude_history,
                                                             args.diversity_lambda)])
-            out = {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
-                   "unknown_items": result.unknown_items}
-        else:
-            from mirec.api import load
-
-            rec = load(source, device=args.device, data=args.data)
-            items = [s for s in args.items.split(",") if s]
-            stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
-            out = rec.recommend(items, stamps, n=args.n, exclude_history=args.exclude_history,
-                                diversity_lambda=args.diversity_lambda)
+        except UnknownItemsError:
+            raise ValueError(f"none of the given items is known to this model: {items[:10]}") from None
+        out = {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
+               "unknown_items": result.unknown_items}
         if out["unknown_items"]:
             print(f"unknown items (ignored): {','.join(out['unknown_items'])}", file=sys.stderr)
         _print_json(out)

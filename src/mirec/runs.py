@@ -13,7 +13,6 @@ the absolute path and the checksum of its meta.json), ``model.safetensors`` (bes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from mirec.training.checkpoint import (
     latest_checkpoint,
     load_tensors,
 )
-from mirec.utils import atomic_write_text, exclusive_lock
+from mirec.utils import atomic_write_text, exclusive_lock, sha256_file
 
 LOCK_FILE = ".lock"
 RUN_FILES = (
@@ -147,14 +146,10 @@ def check_resume(run_dir: str | Path, config: RunConfig, dataset: PreparedDatase
     return applied
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def dataset_checksum(dataset: PreparedDataset) -> str | None:
     if dataset.path is None or not (Path(dataset.path) / "meta.json").exists():
         return None
-    return file_sha256(Path(dataset.path) / "meta.json")
+    return sha256_file(Path(dataset.path) / "meta.json")
 
 
 def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
@@ -183,7 +178,7 @@ def resolve_run_data(run_dir: str | Path, data: str | Path | None = None) -> Pat
         candidates.append(Path(info["path"]))
     for path in candidates:
         if (path / "meta.json").exists():
-            checksum = file_sha256(path / "meta.json")
+            checksum = sha256_file(path / "meta.json")
             if info.get("meta_sha256") and checksum != info["meta_sha256"]:
                 warnings.warn(f"{path / 'meta.json'}: checksum differs from {data_file} (data re-prepared?)", stacklevel=2)
             return path

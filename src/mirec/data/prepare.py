@@ -12,7 +12,6 @@ ComiRec's stable sort over its insertion-ordered counter). Everything is vectori
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 import warnings
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 
 from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, is_prepared_dataset
 from mirec.data.readers import Interactions, read_interactions
-from mirec.utils import exclusive_lock
+from mirec.utils import exclusive_lock, sha256_file
 
 DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
 TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -111,12 +110,6 @@ class PrepareReport:
         return self.to_json()
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:

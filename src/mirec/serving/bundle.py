@@ -35,7 +35,7 @@ from mirec.runs import build_model, dataset_checksum, load_run, load_state
 from mirec.serving.index import IndexParams, ItemIndex, calibrate
 from mirec.serving.model import ServingModel
 from mirec.training.checkpoint import load_tensors
-from mirec.utils import atomic_directory, exclusive_lock, read_format_json, resolve_device
+from mirec.utils import atomic_directory, exclusive_lock, read_format_json, resolve_device, sha256_file
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -43,14 +43,6 @@ MANIFEST = "manifest.json"
 
 class BundleError(ValueError):
     """A bundle is missing, tampered with, truncated or of another format (the message names the file)."""
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -100,7 +92,7 @@ def export_bundle(
             "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
         }), tmp / "items.parquet")
         index_files = item_index.save(tmp)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
         index_hash = hashlib.sha256("".join(files[f]["sha256"] for f in index_files).encode())
         manifest = {
@@ -150,7 +142,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"{file}: missing from the bundle")
         if file.stat().st_size != expected["bytes"]:
             raise BundleError(f"{file}: {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)")
-        if sha256_of(file) != expected["sha256"]:
+        if sha256_file(file) != expected["sha256"]:
             raise BundleError(f"{file}: checksum differs from the manifest (modified or corrupt)")
     return manifest
 
@@ -179,12 +171,7 @@ def serving_model_of_run(run_dir: str | Path, device: str = "cpu", data: str | P
                          index: IndexParams | None = None) -> ServingModel:
     """The serving model of a run folder (its dataset's id map; exact search unless ``index`` says otherwise)."""
     model, dataset, config = load_run(run_dir, resolve_device(device), data)
-    with torch.no_grad():
-        vectors = model.output_embeddings().detach().float().cpu()
-    manifest = {"model": config.model.name, "source_run": str(Path(run_dir).resolve()), "model_version": "run",
-                "index_version": (index or IndexParams()).kind}
-    return ServingModel(model, config, dataset.item_original_ids, ItemIndex(vectors, index),
-                        item_categories=dataset.item_categories, manifest=manifest)
+    return ServingModel.of_run(model, dataset, config, index, source=str(Path(run_dir).resolve()))
 
 
 def load_serving(path: str | Path, device: str = "cpu", data: str | Path | None = None) -> ServingModel:

@@ -78,6 +78,20 @@ class ServingModel:
         self.manifest = dict(manifest or {})
         self.n_items = int(len(self.item_original_ids) - 1)
 
+    @classmethod
+    def of_run(cls, model: MultiInterestModel, dataset: Any, config: RunConfig, index_params: Any = None,
+               source: str | None = None) -> ServingModel:
+        """The serving model of a trained run held in memory: its dataset's id map and categories, the model's
+        item vectors in an index (exact unless ``index_params`` says otherwise)."""
+        from mirec.serving.index import IndexParams
+
+        with torch.no_grad():
+            vectors = model.output_embeddings().detach().float().cpu()
+        params = index_params or IndexParams()
+        manifest = {"model": config.model.name, "source_run": source, "model_version": "run", "index_version": params.kind}
+        return cls(model, config, dataset.item_original_ids, ItemIndex(vectors, params),
+                   item_categories=dataset.item_categories, manifest=manifest)
+
     # ------------------------------------------------------------------ ids
     def lookup(self, original: list[str] | np.ndarray) -> np.ndarray:
         """Original ids -> internal ids (0 where unknown), one vectorised binary search for the whole list."""

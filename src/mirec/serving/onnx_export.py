@@ -24,7 +24,8 @@ from torch import nn
 
 from mirec.data.batching import Batch
 from mirec.nn.fastpath import reference_paths
-from mirec.serving.bundle import MANIFEST, load_bundle, sha256_of
+from mirec.serving.bundle import MANIFEST, load_bundle
+from mirec.utils import sha256_file
 
 NOT_EXPORTABLE = {
     "gemirec": "GemiRec's beam search over the interest dictionary is data-dependent control flow; "
@@ -115,7 +116,7 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
              "max_abs_diff_batch3": float(np.abs(small - torch_out[:3]).max()),
              "max_abs_diff_batch1": float(np.abs(single - torch_out[:1]).max())}
     manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest["onnx"] = entry
     tmp = bundle / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
