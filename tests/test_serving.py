@@ -424,3 +424,13 @@ def test_onnx_user_tower_matches_torch_or_says_why_not(model, data_dir, tmp_path
     out = session.run(None, {k: v for k, v in feed.items() if k in names})[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, served.model(batch).numpy(), atol=1e-4)
+
+
+def test_a_history_of_unknown_items_fails_alone(served):
+    requests = [RecommendRequest(HISTORIES[0], n=5), RecommendRequest(["nope"], n=5), RecommendRequest(HISTORIES[1], n=5)]
+    got = served.recommend(requests, skip_unknown=True)
+    assert got[1] is None
+    assert [r.items for r in (got[0], got[2])] == [r.items for r in served.recommend([requests[0], requests[2]])]
+    with client_of(served) as client:
+        batch = client.post("/v1/recommend/batch", json={"requests": [{"history": h} for h in (["i100"], ["nope"])]})
+        assert batch.status_code == 422 and "requests.1" in batch.json()["error"]

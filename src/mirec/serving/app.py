@@ -162,24 +162,19 @@ class MicroBatcher:
     async def _serve(self, items: list[tuple[RecommendRequest, asyncio.Future]]) -> None:
         model = self.get_model()  # one model for the whole batch, even if a reload swaps it meanwhile
         self.metrics.observe_batch(len(items))
-        known, failed = [], []
-        for request, future in items:  # a history with no known item fails alone, not the batch
-            lookup = model.lookup(request.history)
-            (known if (lookup > 0).any() else failed).append((request, future))
-        for _, future in failed:
-            if not future.done():
-                future.set_exception(UnknownItemsError("none of the given items is known to this model"))
-        if not known:
-            return
         try:
-            results = await asyncio.to_thread(model.recommend, [r for r, _ in known])
+            results = await asyncio.to_thread(model.recommend, [r for r, _ in items], True)
         except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-            for _, future in known:
+            for _, future in items:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(known, results, strict=True):
-            if not future.done():
+        for (_, future), result in zip(items, results, strict=True):
+            if future.done():
+                continue
+            if result is None:  # a history with no known item fails alone, not the batch
+                future.set_exception(UnknownItemsError("none of the given items is known to this model"))
+            else:
                 future.set_result((result, model.manifest))
 
 
@@ -325,14 +320,14 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
             raise HTTPException(413, f"batch of {len(body.requests)} requests over the limit {settings.max_batch}")
         requests = [check(r) for r in body.requests]
         model = state["model"]
-        for i, r in enumerate(requests):
-            if not (model.lookup(r.history) > 0).any():
-                raise HTTPException(422, f"requests.{i}: none of the given items is known to this model")
         metrics.observe_batch(len(requests))
         try:
-            results = await asyncio.to_thread(model.recommend, requests)
+            results = await asyncio.to_thread(model.recommend, requests, True)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        unknown = [i for i, r in enumerate(results) if r is None]
+        if unknown:
+            raise HTTPException(422, f"requests.{unknown[0]}: none of the given items is known to this model")
         return fast_json({"results": [answer(r, model.manifest) for r in results]})
 
     @app.post("/v1/interests", dependencies=[Depends(authorised)])

@@ -103,8 +103,11 @@ class ServingModel:
         found = self._sorted_names[pos_clipped] == query
         return np.where(found, self._sorted_order[pos_clipped] + 1, 0).astype(np.int64)
 
-    def encode(self, requests: list[RecommendRequest]) -> tuple[Batch, list[np.ndarray], list[list[str]]]:
-        """(batch of the last ``maxlen`` known items per user, each user's known internal ids, unknown ids)."""
+    def encode(self, requests: list[RecommendRequest], skip_unknown: bool = False
+               ) -> tuple[Batch, list[np.ndarray], list[list[str]]]:
+        """(batch of the last ``maxlen`` known items per user, each user's known internal ids, unknown ids).
+        A history with no known item raises :class:`UnknownItemsError`, or with ``skip_unknown`` leaves an
+        empty row (all padding) for the caller to drop."""
         lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=len(requests))
         flat = self.lookup([item for r in requests for item in r.history])
         stamps = np.zeros(len(flat), dtype=np.int64)
@@ -122,7 +125,10 @@ class ServingModel:
                 stamps[offsets[row]: offsets[row + 1]] = request.timestamps
             unknown.append([str(x) for x in np.asarray(request.history, dtype=object)[~known]])
             if not known.any():
-                raise UnknownItemsError(f"none of the {len(request.history)} items is known to this model")
+                if not skip_unknown:
+                    raise UnknownItemsError(f"none of the {len(request.history)} items is known to this model")
+                known_ids.append(ids[known])
+                continue
             kept = ids[known][-self.maxlen:]
             items[row, : len(kept)] = kept
             if request.timestamps is not None:
@@ -157,15 +163,19 @@ class ServingModel:
         return merge_interests_full(scores, ids, n)
 
     @torch.no_grad()
-    def recommend(self, requests: list[RecommendRequest]) -> list[Recommendation]:
-        """One forward pass and one index search per distinct diversity setting; each request gets its own n."""
+    def recommend(self, requests: list[RecommendRequest], skip_unknown: bool = False) -> list[Recommendation | None]:
+        """One forward pass and one index search per distinct diversity setting; each request gets its own n.
+        ``skip_unknown``: a request none of whose items is known gets None instead of failing the batch."""
         if not requests:
             return []
-        batch, known_ids, unknown = self.encode(requests)
+        batch, known_ids, unknown = self.encode(requests, skip_unknown)
         n_max = max(r.n for r in requests)
         out: list[Recommendation | None] = [None] * len(requests)
+        served = [len(ids) > 0 for ids in known_ids]
         for lam in sorted({float(r.diversity_lambda) for r in requests}):  # usually one group
-            rows = [i for i, r in enumerate(requests) if float(r.diversity_lambda) == lam]
+            rows = [i for i, r in enumerate(requests) if float(r.diversity_lambda) == lam and served[i]]
+            if not rows:
+                continue
             sel = torch.tensor(rows)
             sub = Batch(batch.items[sel], batch.mask[sel], batch.days[sel])
             exclude = None
@@ -182,7 +192,7 @@ class ServingModel:
                     interests=source[j][take][:n].tolist(),
                     unknown_items=unknown[row],
                 )
-        return [r for r in out if r is not None]
+        return out
 
     @torch.no_grad()
     def similar(self, item: str, n: int = 20) -> list[dict[str, Any]]:
