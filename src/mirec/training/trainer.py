@@ -38,7 +38,6 @@ from mirec.nn.sampled_softmax import (
     sampled_softmax_loss,
 )
 from mirec.runs import (
-    RunFolderError,
     build_model,
     check_resume,
     load_state,
@@ -354,14 +353,11 @@ class Trainer:
         return handler
 
     # ------------------------------------------------------------------ run
-    def fit(self, resume: bool | None = None) -> dict[str, Any]:
-        """Train (or continue), then evaluate the best weights on valid and test; returns metrics.json."""
-        resume = self.resume if resume is None else resume
+    def fit(self) -> dict[str, Any]:
+        """Train (or continue: the folder's checkpoint was found when the Trainer was built), then evaluate the
+        best weights on valid and test; returns metrics.json."""
         try:
-            resumed = resume and self.restore_checkpoint()
-            if resume and not resumed:
-                raise RunFolderError(f"{self.run_dir}: --resume found no checkpoint")
-            return self._fit(resumed)
+            return self._fit(self.resume and self.restore_checkpoint())
         finally:
             self.close()
 
@@ -410,6 +406,12 @@ class Trainer:
             dynamic_ncols=True,
             desc=f"train {self.config.model.name}",
         )
+        def checkpoint(interval_loss: float, interval_steps: int) -> None:
+            """The resume state of this step, with the loss of the steps since the last evaluation."""
+            st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
+            st.interval_loss_sum, st.interval_steps = interval_loss, interval_steps
+            self.save_checkpoint()
+
         loss_sum = torch.full((), st.interval_loss_sum, device=self.device)
         log_sum = torch.zeros((), device=self.device)
         interval_steps, log_steps = st.interval_steps, 0
@@ -455,23 +457,17 @@ class Trainer:
                         interval_steps = 0
                     every = tc.checkpoint_every
                     if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
-                        st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                        st.interval_loss_sum, st.interval_steps = float(loss_sum), interval_steps
-                        self.save_checkpoint()
+                        checkpoint(float(loss_sum), interval_steps)
             except _StopRequested:
                 # Ctrl-C / SIGTERM, acted on between two whole steps: checkpoint this step, then stop non-zero;
                 # --resume continues exactly as if never interrupted.
-                st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                st.interval_loss_sum, st.interval_steps = float(loss_sum), interval_steps
                 st.stop_reason = "interrupted"
-                self.save_checkpoint()
+                checkpoint(float(loss_sum), interval_steps)
                 self.logger.info(f"interrupted at step {st.step}; checkpoint written, continue with --resume")
                 raise KeyboardInterrupt from None
             if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
                 self._validate(float(loss_sum) / max(interval_steps, 1))
-            st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-            st.interval_loss_sum, st.interval_steps = 0.0, 0
-            self.save_checkpoint()
+            checkpoint(0.0, 0)
         finally:
             bar.close()
         self.logger.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
