@@ -107,13 +107,16 @@ def _first_line(path: Path, encoding: str = "utf-8") -> str:
         return line.rstrip("\r\n")
 
 
-def invalid_utf8_lines(path: Path, limit: int | None = None, chunk_size: int = 1 << 24) -> list[tuple[int, str]]:
-    """(1-based line number, problem) of the lines that are not valid UTF-8, at most ``limit`` of them.
+def invalid_utf8_lines(
+    path: Path, limit: int | None = None, chunk_size: int = 1 << 24
+) -> list[tuple[int, str, int, int]]:
+    """(1-based line number, problem, first byte, end byte incl. its newline) of the lines that are not valid
+    UTF-8, at most ``limit`` of them (byte offsets in the decompressed content).
 
     A streaming pass at the codec's C speed: complete lines of each chunk are decoded at once, and only on
     an error is the failing line located (by counting newlines before the error's offset)."""
-    found: list[tuple[int, str]] = []
-    lines_before = 0
+    found: list[tuple[int, str, int, int]] = []
+    lines_before = bytes_before = 0
     pending = b""
     with _open_binary(path) as f:
         while True:
@@ -129,24 +132,31 @@ def invalid_utf8_lines(path: Path, limit: int | None = None, chunk_size: int = 1
                 except UnicodeDecodeError as exc:
                     offset = start + exc.start
                     line = lines_before + complete.count(b"\n", 0, offset) + 1
-                    column = offset - (complete.rfind(b"\n", 0, offset) + 1) + 1
-                    found.append((line, f"invalid UTF-8 (byte 0x{complete[offset]:02x} at column {column}); "
-                                        "give the file's encoding with --encoding, e.g. latin-1"))
-                    if limit is not None and len(found) >= limit:
-                        return found
+                    line_start = complete.rfind(b"\n", 0, offset) + 1
                     next_line = complete.find(b"\n", offset)
                     start = len(complete) if next_line < 0 else next_line + 1
+                    found.append((line, f"invalid UTF-8 (byte 0x{complete[offset]:02x} at column "
+                                        f"{offset - line_start + 1}); give the file's encoding with --encoding, "
+                                        "e.g. latin-1", bytes_before + line_start, bytes_before + start))
+                    if limit is not None and len(found) >= limit:
+                        return found
             lines_before += complete.count(b"\n")
+            bytes_before += len(complete)
             if not block:
                 return found
 
 
-def _without_lines(path: Path, drop: set[int]) -> pa.BufferReader:
-    """The file's bytes (decompressed) without the given 1-based lines, as an in-memory Arrow stream."""
+def _without_spans(path: Path, spans: list[tuple[int, int]]) -> pa.BufferReader:
+    """The file's bytes (decompressed) without the given [start, end) byte spans (whole lines), in memory;
+    one slice per kept stretch, not one Python step per line."""
     with _open_binary(path) as f:
-        lines = f.read().split(b"\n")
-    kept = b"\n".join(line for number, line in enumerate(lines, start=1) if number not in drop)
-    return pa.BufferReader(kept)
+        data = f.read()
+    kept, previous = [], 0
+    for start, end in spans:  # sorted, disjoint: one per undecodable line
+        kept.append(data[previous:start])
+        previous = end
+    kept.append(data[previous:])
+    return pa.BufferReader(b"".join(kept))
 
 
 def _input_stream(path: Path) -> pa.NativeFile:
@@ -228,8 +238,8 @@ def _read_delimited(
     arrow_encoding = "utf8" if utf8 else encoding  # pyarrow transcodes anything but its own spelling of UTF-8
     undecodable = invalid_utf8_lines(path, limit=1 if on_bad_rows == "error" else None) if utf8 else []
     if undecodable and on_bad_rows == "error":
-        raise EncodingError(path, *undecodable[0])
-    if undecodable and 1 in {n for n, _ in undecodable} and header:
+        raise EncodingError(path, *undecodable[0][:2])
+    if undecodable and undecodable[0][0] == 1 and header:
         raise EncodingError(path, 1, "the header line is not valid UTF-8")
     if header:
         names = [n.strip() for n in first.split(delimiter)]
@@ -264,7 +274,7 @@ def _read_delimited(
             include_columns=include, column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
         )
         parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler)
-        source = _without_lines(path, {n for n, _ in undecodable}) if undecodable else _input_stream(path)
+        source = _without_spans(path, [(a, b) for *_, a, b in undecodable]) if undecodable else _input_stream(path)
         with source as stream:
             return pacsv.read_csv(stream, read_options=read_options, parse_options=parse, convert_options=convert)
 
