@@ -68,3 +68,46 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
         dataset, model = pair.split("/")
         got = plain(load_config(model=model, dataset=dataset).to_dict())
         assert got == expected, pair
+
+
+def test_the_option_registry_and_the_model_registry_name_the_same_models():
+    from mirec.config import MODEL_CONFIGS
+    from mirec.models import MODEL_PATHS, get_model_class
+
+    assert list(MODEL_CONFIGS) == list(MODEL_PATHS)
+    for name, options in MODEL_CONFIGS.items():
+        assert get_model_class(name).config_class is options
+        assert options().name == name
+    with pytest.raises(ConfigError, match="expected one of"):
+        from_dict({"model": {"name": "comirec-sb"}})
+
+
+def test_a_config_is_built_without_importing_torch_or_any_model():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mirec.config import load_config; "
+            "load_config(model='gimirec', dataset='amazon-grocery', overrides=['model.dropout=0.2']); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mirec.models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_misspelled_choice_fails_before_the_dataset_is_read(tmp_path, monkeypatch, capsys):
+    import json
+
+    import mirec.data.dataset
+    from mirec.cli import main
+
+    (tmp_path / "meta.json").write_text(json.dumps({"name": "amazon-grocery"}))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataset was read before the config was checked")
+
+    monkeypatch.setattr(mirec.data.dataset, "load_dataset", refuse)
+    code = main(["train", "--data", str(tmp_path), "--model", "gimirec", "--set", "eval.backend=fiass",
+                 "--output", str(tmp_path / "run")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "eval.backend = 'fiass'; expected one of ['torch', 'faiss']" in err
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mirec.eval.evaluator as evaluator_module
+import mirec.config as config_module
 import mirec.models as models_module
 from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from mirec.data.dataset import PreparedDataset
@@ -53,6 +54,7 @@ class MeanLast(MultiInterestModel):
 @pytest.fixture(autouse=True)
 def register_test_model(monkeypatch):
     monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLast")
+    monkeypatch.setitem(config_module.MODEL_CONFIGS, "meanlast", ModelConfig)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, bit-identical to child processes
 

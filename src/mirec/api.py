@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mirec.config import RunConfig, load_config
-from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.config import RunConfig, dataset_preset, load_config
 from mirec.utils import resolve_device
 
+if TYPE_CHECKING:  # torch and the data arrays load only when a model or a dataset is used
+    import torch
+
+    from mirec.data.dataset import PreparedDataset
+
 BUNDLED = "amazon-grocery"
-# Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
-PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 
 
 def resolve_data(data: str | Path) -> Path:
@@ -51,24 +52,22 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` on a prepared dataset into the run folder ``output`` (new or empty; ``resume`` continues
     its checkpoint, ``overwrite`` replaces an earlier run); returns the metrics.json dict."""
+    data_dir = resolve_data(data)
+    preset = preset_of(data_dir)
+    # the config is built and checked before torch, the dataset or the model is loaded
+    config = load_config(config_file, model=model, dataset=preset, overrides=overrides)
+    from mirec.data.dataset import load_dataset
     from mirec.training.trainer import train_run
 
-    data_dir = resolve_data(data)
-    dataset = load_dataset(data_dir)
-    preset = preset_name(dataset)
-    config = load_config(config_file, model=model, dataset=preset, overrides=overrides)
-    return train_run(dataset, config, output, resume=resume, overwrite=overwrite, progress=progress,
+    return train_run(load_dataset(data_dir), config, output, resume=resume, overwrite=overwrite, progress=progress,
                      preset=f"{preset}/{model}")
 
 
-def preset_name(dataset: PreparedDataset) -> str:
-    """The preset folder for a dataset: the dataset's name (``mirec prepare --name``, else the output folder's
-    name) when a preset folder of that name exists (aliases included), else 'default'."""
-    from mirec.config import preset_datasets
-
-    name = str(dataset.meta.get("name", ""))
-    name = PRESET_ALIASES.get(name, name)
-    return name if name in preset_datasets() else "default"
+def preset_of(data_dir: str | Path) -> str:
+    """The preset folder for a prepared dataset: its name (``mirec prepare --name``, else the output folder's
+    name) when settings of that name exist (aliases included), else 'default'. Reads only meta.json."""
+    meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    return dataset_preset(str(meta.get("name", "")))
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Recommender:
     dataset: PreparedDataset
     config: RunConfig
     run_dir: Path
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device | None = None
     _serving: Any = field(default=None, repr=False)
 
     def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:

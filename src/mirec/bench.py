@@ -224,15 +224,18 @@ def resolve_spec(args: Any) -> GridSpec:
     return spec
 
 
-def check_variants(variants: list[Variant], common: list[str]) -> None:
-    """Build each variant's RunConfig (no data) so an unknown key or a wrong type fails before any training."""
+def check_variants(variants: list[Variant], common: list[str], presets: list[str] | None = None) -> None:
+    """Build each cell's RunConfig (each variant on each dataset's presets; no data read) so an unknown key, a
+    misspelled choice or a cross-field conflict fails before the first cell trains."""
     from mirec.config import ConfigError, load_config
 
-    for v in variants:
-        try:
-            load_config(model=v.model, overrides=[*common, *v.overrides])
-        except (ConfigError, ValueError) as exc:
-            raise ValueError(f"variant {v.name!r}: {exc}") from None
+    for preset in presets or [None]:
+        for v in variants:
+            try:
+                load_config(model=v.model, dataset=preset, overrides=[*common, *v.overrides])
+            except (ConfigError, ValueError) as exc:
+                where = f" on the {preset!r} presets" if preset else ""
+                raise ValueError(f"variant {v.name!r}{where}: {exc}") from None
 
 
 @dataclass
@@ -420,7 +423,10 @@ def main_bench(args: Any) -> None:
     datasets = parse_data_args(args.data, check=not args.tables_only)
     spec = resolve_spec(args)
     variants = spec.expanded()
-    check_variants(variants, spec.set)
+    if not args.tables_only:
+        from mirec.api import BUNDLED, preset_of
+
+        check_variants(variants, spec.set, sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()}))
     unused = sorted(set(datasets) - set(spec.datasets)) if spec.datasets else []
     if unused:
         print(f"note: grid {spec.name!r} was run in the paper on {', '.join(spec.datasets)}; "

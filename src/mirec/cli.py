@@ -67,10 +67,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides.append(f"train.seed={args.seed}")
     if args.device is not None:
         overrides.append(f'train.device="{args.device}"')
-    from mirec.api import preset_name, resolve_data
-    from mirec.data.dataset import load_dataset
+    from mirec.api import preset_of, resolve_data
 
-    preset = preset_name(load_dataset(resolve_data(args.data)))
+    preset = preset_of(resolve_data(args.data))
     print(f"mirec train: presets {preset}/{args.model} (from the dataset's name; `mirec config show` prints the "
           "resolved config)", file=sys.stderr)
     metrics = train(
@@ -246,10 +245,9 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
     preset = "default"
     if args.data is not None:
-        from mirec.api import preset_name, resolve_data
-        from mirec.data.dataset import load_dataset
+        from mirec.api import preset_of, resolve_data
 
-        preset = preset_name(load_dataset(resolve_data(args.data)))
+        preset = preset_of(resolve_data(args.data))
     config = load_config(args.config, model=args.model, dataset=preset, overrides=list(args.set))
     print(f"# presets: {preset}/{args.model}" + (f", then {args.config}" if args.config else "")
           + (f", then --set {' '.join(args.set)}" if args.set else ""))

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 PRESET_ROOT = Path(__file__).parent / "configs"
+# Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
+PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 # Named recipes: a model plus options, usable wherever a model name is (train, bench, config show).
 # "comirec-sa+gc" is the most accurate configuration measured (docs/results.md sections 4 and 4b: recall@50
 # 0.1696 Grocery ComiRec split, 0.1626 Beauty, 0.1711 Yelp-B, 3 seeds each, +11% / +25% / +21% over GIMIRec).
@@ -162,6 +164,158 @@ class EvalConfig(CheckedConfig):
                      f"METRIC@N with METRIC in {list(EARLY_STOP_METRICS)} and N in eval.topk {self.topk}")
 
 
+# ---------------------------------------------------------------- model options
+# One dataclass per model, here rather than in the model files so that a config is built and checked without
+# importing torch or any model (a misspelled choice fails before anything is loaded); the model classes name
+# theirs as ``config_class``. Each field's comment says where its default comes from (docs/models.md).
+
+@dataclass
+class DNNConfig(ModelConfig):
+    name: str = "dnn"
+    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (REMI: kaiming_normal_ on every weight)
+    dense_bias: bool = True  # REMI: False
+
+
+@dataclass
+class GRU4RecConfig(ModelConfig):
+    name: str = "gru4rec"
+    gru_layers: int = 1  # ComiRec: one GRUCell; REMI: --layers (train.py default 1; GRU4Rec.__init__ default 3)
+    gru_hidden: int = 0  # 0 = embedding_dim (ComiRec); REMI: 2 * embedding_dim
+    gru_bias: bool = True  # REMI: False
+    embedding_dropout: float = 0.0  # REMI: --dropout on the input item vectors (train.py default 0.2)
+    output_dense: bool = False  # REMI: Linear(gru_hidden, d) on the last state; needed when gru_hidden != d
+
+
+@dataclass
+class MINDConfig(ModelConfig):
+    name: str = "mind"
+    relu_layer: bool = True  # ComiRec Model_MIND default; train.py turns it off for Taobao
+    routing_iterations: int = 3  # MIND: "repeated three times"
+    routing_init_std: float = 1.0  # b_ij ~ TruncatedNormal(0, std^2); MIND chose sigma = 1
+    stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
+    dynamic_interests: bool = False  # MIND Eq. 9 (off in ComiRec's MIND)
+
+
+@dataclass
+class ComiRecDRConfig(ModelConfig):
+    name: str = "comirec-dr"
+    relu_layer: bool = False  # Model_ComiRec_DR default
+    routing_iterations: int = 3
+    stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
+
+
+@dataclass
+class ComiRecSAConfig(ModelConfig):
+    name: str = "comirec-sa"
+    add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
+    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (PyTorch ports: kaiming_normal_ on every weight)
+    position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
+
+
+@dataclass
+class PIMIConfig(ModelConfig):
+    name: str = "pimi"
+    time_span: int = 64  # days; T_ij = min(|t_i - t_j|, time_span) (PIMI_Rec --time_span, README: 64)
+    num_heads: int = 4  # star-graph attention heads (PIMI_Rec multihead_attention default)
+    num_layers: int = 3  # star-graph rounds (PIMI_Rec ``for i in range(3)``)
+    dropout: float = 0.1  # attention-weight dropout, training only
+    # Deviation (off = reference): mask padded item rows out of the central node's attention.
+    mask_center: bool = False
+    star_activation: Literal["relu", "none"] = "relu"  # PIMI_Rec model.py: tf.nn.relu after each attention
+
+
+@dataclass
+class GIMIRecConfig(ModelConfig):
+    """L_rec is ``maxlen`` (20 Amazon, 50 Taobao-Buy); time_span is L_time, keep it equal to graph.l_time."""
+
+    name: str = "gimirec"
+    num_interests: int = 4
+    time_span: int = 64  # L_time in days (Eq. 8; Table 2: 64 Amazon, 7 Taobao-Buy)
+    num_layers: int = 3  # L_layer (Figure 4: 3 is best)
+    num_heads: int = 4  # paper silent: PIMI_Rec's 4 heads
+    dropout: float = 0.1  # section 4.6; applied, as PIMI_Rec, to the attention weights
+    # Paper silent (Eq. 12 has no position term): off. On = add PIMI's learned position table to E_hyb.
+    position_embedding: bool = False
+    # Deviation (off = PIMI_Rec behaviour): mask padded item rows out of the central node's attention.
+    mask_center: bool = False
+    # Activation after each star-graph attention: Eq. 17 and 19 have none; "relu" is PIMI_Rec's code.
+    star_activation: Literal["relu", "none"] = "relu"
+    # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
+    # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
+    interest_values: Literal["aggregated", "embedding"] = "aggregated"
+
+    def check_with(self, run: RunConfig) -> None:
+        # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip
+        if run.graph.use_threshold and float(self.time_span) != float(run.graph.l_time):
+            raise ConfigError(f"model.time_span = {self.time_span} and graph.l_time = {run.graph.l_time} must be equal "
+                              "(both are GIMIRec's L_time); set both, e.g. --set model.time_span=7 --set graph.l_time=7")
+
+
+@dataclass
+class GemiRecConfig(ModelConfig):
+    name: str = "gemirec"
+    # IDMM: residual quantizer over sg[item embeddings] [SECONDARY: RQ, C levels, concat form]
+    idmm_levels: int = 2  # C [OURS: not published]
+    idmm_codes: int = 64  # M per level [OURS: suited to ~10k-item catalogues]
+    idmm_code_dim: int = 32  # per-level code width; interest embedding = C * code_dim [OURS]
+    # z_enc: mlp | linear | identity (identity needs code_dim == embedding_dim) [OURS]
+    idmm_encoder: Literal["mlp", "linear", "identity"] = "mlp"
+    idmm_update: Literal["ema", "grad"] = "ema"  # codebook updates [OURS]
+    idmm_decay: float = 0.99  # EMA decay [OURS]
+    idmm_beta: float = 0.25  # commitment weight [OURS: VQ-VAE default]
+    idmm_kmeans_iters: int = 10  # Lloyd iterations of the first-batch k-means init [OURS]
+    idmm_dead_threshold: float = 1.0  # EMA usage below which a code is re-seeded; 0 = never [OURS]
+    idmm_recon_weight: float = 1.0  # RQ-VAE decoder reconstruction of sg[v]; 0 = no decoder [OURS]
+    # sg[v] rescaled to norm sqrt(D) before z_enc (and as the decoder's target) [OURS]; "none" lets the small
+    # Glorot-scale table collapse level 1 onto one code (docs/results.md section 10)
+    idmm_input_norm: Literal["none", "l2"] = "l2"
+    # extra catalogue items drawn uniformly per step for the IDMM update (0 = batch items only) [OURS]
+    idmm_uniform_items: int = 0
+    maintenance_every: int = 1000  # steps between catalogue item->interest re-assignments; 0 = only first use
+    # re-assign the catalogue at the first eval forward after training steps [OURS]
+    refresh_on_eval: bool = True
+    # MIPDM: causal Transformer predicting the next item's code tuple level by level [SECONDARY: GPT]
+    mipdm_layers: int = 2  # [OURS: the third party's reproduction uses 6]
+    mipdm_heads: int = 2
+    mipdm_dropout: float = 0.1
+    mipdm_input: Literal["item+code", "item", "code"] = "item+code"  # what each history position feeds [OURS]
+    mipdm_all_positions: bool = False  # CE at every position (GPT style) instead of the last only [OURS]
+    beam_width: int = 16  # serving beam over levels; >= num_interests [OURS]
+    # the K served tuples are the best ones with pairwise-distinct first-level codes, not the K best overall,
+    # which mostly share their first code (near-duplicate interests; docs/results.md section 10) [OURS]
+    beam_distinct_prefix: bool = True
+    # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
+    mirm_fusion: Literal["mlp", "gated"] = "mlp"  # on the concatenation | gated sum [OURS]
+    # share of training rows whose user vector is built from the target's own tuple (teacher forcing); the rest
+    # use the hard readout over the K generated interests [OURS]; 0 is best measured (docs/results.md section 10)
+    mirm_teacher_prob: float = 0.0
+    # u_seq from the MIPDM transformer (shared) or from a separate one [OURS]
+    user_encoder: Literal["shared", "separate"] = "shared"
+    # total loss = retrieval + lambda_mipdm * CE + lambda_idmm * IDMM loss [OURS: lambdas not published]
+    lambda_mipdm: float = 1.0
+    lambda_idmm: float = 1.0
+
+    def check(self) -> None:
+        super().check()
+        self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
+        self.require(self.idmm_codes**self.idmm_levels >= self.num_interests, "idmm_codes",
+                     f"such that idmm_codes^idmm_levels >= num_interests ({self.num_interests}) interest tuples")
+        if self.beam_distinct_prefix:
+            self.require(self.idmm_codes >= self.num_interests, "idmm_codes",
+                         f">= num_interests ({self.num_interests}) for beam_distinct_prefix (distinct first-level codes)")
+        self.require(self.beam_width >= self.num_interests, "beam_width", f">= num_interests ({self.num_interests})")
+        self.require(self.mipdm_heads >= 1 and self.embedding_dim % self.mipdm_heads == 0, "mipdm_heads",
+                     f"a divisor of embedding_dim ({self.embedding_dim})")
+
+
+# model name -> its options; mirec.models maps the same names to the model classes (a test keeps them in step)
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
+    cls.name: cls
+    for cls in (DNNConfig, GRU4RecConfig, MINDConfig, ComiRecDRConfig, ComiRecSAConfig, PIMIConfig, GIMIRecConfig,
+                GemiRecConfig)
+}
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,9 +348,9 @@ def describe_options(model_config: type[ModelConfig]) -> dict[str, dict[str, Any
 
 
 def _model_config_class(name: str) -> type[ModelConfig]:
-    from mirec.models import get_model_class
-
-    return get_model_class(name).config_class
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"model.name = {name!r}; expected one of {list(MODEL_CONFIGS)}")
+    return MODEL_CONFIGS[name]
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -286,6 +440,13 @@ def preset_layers(dataset: str, model: str) -> list[Path]:
 def preset_datasets() -> list[str]:
     """Dataset names that have settings of their own (others use ``default``)."""
     return sorted(p.stem for p in (PRESET_ROOT / "datasets").glob("*.toml"))
+
+
+def dataset_preset(name: str) -> str:
+    """The preset folder of a prepared dataset called ``name`` (``mirec prepare --name``): itself, or the dataset
+    it is an alias of, when settings of that name exist; else ``default``."""
+    name = PRESET_ALIASES.get(name, name)
+    return name if name in preset_datasets() else "default"
 
 
 def load_config(

@@ -22,7 +22,7 @@ class MultiInterestModel(nn.Module):
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    config_class = ModelConfig
     # True for models built around the global context (GIMIRec): the trainer always attaches one.
     requires_global_context: ClassVar[bool] = False
 

@@ -9,24 +9,15 @@ lr 5e-3 (ComiRec README).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mirec.config import ModelConfig
+from mirec.config import ComiRecDRConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, PerPositionBilinear
 from mirec.nn.self_attentive import tf_dense
-
-
-@dataclass
-class ComiRecDRConfig(ModelConfig):
-    name: str = "comirec-dr"
-    relu_layer: bool = False  # Model_ComiRec_DR default
-    routing_iterations: int = 3
-    stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
 
 
 class ComiRecDR(MultiInterestModel):
@@ -35,7 +26,7 @@ class ComiRecDR(MultiInterestModel):
         "Yukuo Cen, Jianwei Zhang, Xu Zou, Chang Zhou, Hongxia Yang, Jie Tang. Controllable Multi-Interest "
         "Framework for Recommendation. KDD 2020 (ComiRec-DR; code THUDM/ComiRec)"
     )
-    config_class: ClassVar[type[ModelConfig]] = ComiRecDRConfig
+    config_class = ComiRecDRConfig
 
     def __init__(self, config: ComiRecDRConfig, n_items: int):
         super().__init__(config, n_items)

@@ -15,25 +15,16 @@ mostly positions (0.1 puts both on the same scale; docs/results.md 1f).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from mirec.config import ModelConfig
+from mirec.config import ComiRecSAConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import SelfAttentiveExtractor
-
-
-@dataclass
-class ComiRecSAConfig(ModelConfig):
-    name: str = "comirec-sa"
-    add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
-    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (PyTorch ports: kaiming_normal_ on every weight)
-    position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
 
 
 class ComiRecSA(MultiInterestModel):
@@ -42,7 +33,7 @@ class ComiRecSA(MultiInterestModel):
         "Yukuo Cen, Jianwei Zhang, Xu Zou, Chang Zhou, Hongxia Yang, Jie Tang. Controllable Multi-Interest "
         "Framework for Recommendation. KDD 2020 (ComiRec-SA; code THUDM/ComiRec)"
     )
-    config_class: ClassVar[type[ModelConfig]] = ComiRecSAConfig
+    config_class = ComiRecSAConfig
 
     def __init__(self, config: ComiRecSAConfig, n_items: int):
         super().__init__(config, n_items)

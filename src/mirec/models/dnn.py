@@ -12,23 +12,15 @@ layer has no bias (``dense_bias = false``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
-from mirec.config import ModelConfig
+from mirec.config import DNNConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.init import kaiming_reinit
 from mirec.nn.self_attentive import tf_dense
-
-
-@dataclass
-class DNNConfig(ModelConfig):
-    name: str = "dnn"
-    init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (REMI: kaiming_normal_ on every weight)
-    dense_bias: bool = True  # REMI: False
 
 
 class YouTubeDNN(MultiInterestModel):
@@ -37,9 +29,9 @@ class YouTubeDNN(MultiInterestModel):
         "Paul Covington, Jay Adams, Emre Sargin. Deep Neural Networks for YouTube Recommendations. "
         "RecSys 2016 (as re-implemented by ComiRec, Cen et al., KDD 2020, THUDM/ComiRec Model_DNN)"
     )
-    config_class: ClassVar[type[ModelConfig]] = DNNConfig
+    config_class = DNNConfig
 
-    def __init__(self, config: ModelConfig, n_items: int):
+    def __init__(self, config: DNNConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
         self.dense = tf_dense(d, d, bias=config.dense_bias)  # tf.layers.dense(hidden_size, activation=None)

@@ -9,78 +9,14 @@ depart from a literal reading of section 5.3 because it collapsed the K interest
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirec.config import ModelConfig
+from mirec.config import GemiRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.quantizer import ResidualQuantizer
-
-
-@dataclass
-class GemiRecConfig(ModelConfig):
-    name: str = "gemirec"
-    # IDMM: residual quantizer over sg[item embeddings] [SECONDARY: RQ, C levels, concat form]
-    idmm_levels: int = 2  # C [OURS: not published]
-    idmm_codes: int = 64  # M per level [OURS: suited to ~10k-item catalogues]
-    idmm_code_dim: int = 32  # per-level code width; interest embedding = C * code_dim [OURS]
-    # z_enc: mlp | linear | identity (identity needs code_dim == embedding_dim) [OURS]
-    idmm_encoder: Literal["mlp", "linear", "identity"] = "mlp"
-    idmm_update: Literal["ema", "grad"] = "ema"  # codebook updates [OURS]
-    idmm_decay: float = 0.99  # EMA decay [OURS]
-    idmm_beta: float = 0.25  # commitment weight [OURS: VQ-VAE default]
-    idmm_kmeans_iters: int = 10  # Lloyd iterations of the first-batch k-means init [OURS]
-    idmm_dead_threshold: float = 1.0  # EMA usage below which a code is re-seeded; 0 = never [OURS]
-    idmm_recon_weight: float = 1.0  # RQ-VAE decoder reconstruction of sg[v]; 0 = no decoder [OURS]
-    # none | l2: sg[v] rescaled to norm sqrt(D) before z_enc (and as the decoder's target) [OURS]. With "none"
-    # the Glorot-scale table (norm ~0.12) puts every Grocery item on ONE level-1 code from step ~3 to ~300
-    # (perplexity 1.0 of 32) until dead-code re-seeding catches up; with "l2" all codes stay in use.
-    idmm_input_norm: Literal["none", "l2"] = "l2"
-    # extra catalogue items drawn uniformly per step for the IDMM update (0 = batch items only) [OURS]
-    idmm_uniform_items: int = 0
-    maintenance_every: int = 1000  # steps between catalogue item->interest re-assignments; 0 = only first use
-    # re-assign the catalogue at the first eval forward after training steps [OURS]
-    refresh_on_eval: bool = True
-    # MIPDM: causal Transformer predicting the next item's code tuple level by level [SECONDARY: GPT]
-    mipdm_layers: int = 2  # [OURS: the third party's reproduction uses 6]
-    mipdm_heads: int = 2
-    mipdm_dropout: float = 0.1
-    mipdm_input: Literal["item+code", "item", "code"] = "item+code"  # what each history position feeds [OURS]
-    mipdm_all_positions: bool = False  # CE at every position (GPT style) instead of the last only [OURS]
-    beam_width: int = 16  # serving beam over levels; >= num_interests [OURS]
-    # the K served tuples are the best ones with pairwise-distinct first-level codes, not the K best overall
-    # [OURS]: on Grocery the plain top-K shares m_1 in 30-70% of the pairs after 2000 steps (near-duplicate
-    # interests), in all of them while level 1 is collapsed
-    beam_distinct_prefix: bool = True
-    # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
-    mirm_fusion: Literal["mlp", "gated"] = "mlp"  # on the concatenation | gated sum [OURS]
-    # share of training rows whose user vector is built from the target's own tuple (teacher forcing, the
-    # reference design 5.3 item 4); the rest use the hard readout over the K generated interests [OURS].
-    # Teacher forcing makes u_m a pointer to tuple m (Grocery, 2000 steps: hit@50 0.54-0.88 when fused with the
-    # target's own tuple) while the MIPDM has the target's tuple in its top-4 for 5-7% of users: served
-    # recall@50 0.081 (0.052 with distinct prefixes) against 0.109-0.116 with the readout.
-    mirm_teacher_prob: float = 0.0
-    user_encoder: Literal["shared", "separate"] = "shared"  # u_seq from the MIPDM transformer (shared) or a separate one [OURS]
-    # total loss = retrieval + lambda_mipdm * CE + lambda_idmm * IDMM loss [OURS: lambdas not published]
-    lambda_mipdm: float = 1.0
-    lambda_idmm: float = 1.0
-
-    def check(self) -> None:
-        super().check()
-        self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
-        self.require(self.idmm_codes**self.idmm_levels >= self.num_interests, "idmm_codes",
-                     f"such that idmm_codes^idmm_levels >= num_interests ({self.num_interests}) interest tuples")
-        if self.beam_distinct_prefix:
-            self.require(self.idmm_codes >= self.num_interests, "idmm_codes",
-                         f">= num_interests ({self.num_interests}) for beam_distinct_prefix (distinct first-level codes)")
-        self.require(self.beam_width >= self.num_interests, "beam_width", f">= num_interests ({self.num_interests})")
-        self.require(self.mipdm_heads >= 1 and self.embedding_dim % self.mipdm_heads == 0, "mipdm_heads",
-                     f"a divisor of embedding_dim ({self.embedding_dim})")
 
 
 class CausalEncoder(nn.Module):

@@ -13,45 +13,15 @@ base class (``output_embeddings`` -> ``embed_items`` -> global context) and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from mirec.config import ConfigError, ModelConfig
+from mirec.config import GIMIRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.init import glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
-
-
-@dataclass
-class GIMIRecConfig(ModelConfig):
-    """L_rec is ``maxlen`` (20 Amazon, 50 Taobao-Buy); time_span is L_time, keep it equal to graph.l_time."""
-
-    name: str = "gimirec"
-    num_interests: int = 4
-    time_span: int = 64  # L_time in days (Eq. 8; Table 2: 64 Amazon, 7 Taobao-Buy)
-    num_layers: int = 3  # L_layer (Figure 4: 3 is best)
-    num_heads: int = 4  # paper silent: PIMI_Rec's 4 heads
-    dropout: float = 0.1  # section 4.6; applied, as PIMI_Rec, to the attention weights
-    # Paper silent (Eq. 12 has no position term): off. On = add PIMI's learned position table to E_hyb.
-    position_embedding: bool = False
-    # Deviation (off = PIMI_Rec behaviour): mask padded item rows out of the central node's attention.
-    mask_center: bool = False
-    # Activation after each star-graph attention: Eq. 17 and 19 have none; "relu" is PIMI_Rec's code.
-    star_activation: Literal["relu", "none"] = "relu"
-    # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
-    # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
-    interest_values: Literal["aggregated", "embedding"] = "aggregated"
-
-    def check_with(self, run) -> None:
-        # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip
-        if run.graph.use_threshold and float(self.time_span) != float(run.graph.l_time):
-            raise ConfigError(f"model.time_span = {self.time_span} and graph.l_time = {run.graph.l_time} must be equal "
-                              "(both are GIMIRec's L_time); set both, e.g. --set model.time_span=7 --set graph.l_time=7")
 
 
 class GIMIRec(MultiInterestModel):

@@ -14,27 +14,16 @@ biases 1.0, candidate bias 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from mirec.config import ModelConfig
+from mirec.config import GRU4RecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.fastpath import use_cpu_fast_path
-
-
-@dataclass
-class GRU4RecConfig(ModelConfig):
-    name: str = "gru4rec"
-    gru_layers: int = 1  # ComiRec: one GRUCell; REMI: --layers (train.py default 1; GRU4Rec.__init__ default 3)
-    gru_hidden: int = 0  # 0 = embedding_dim (ComiRec); REMI: 2 * embedding_dim
-    gru_bias: bool = True  # REMI: False
-    embedding_dropout: float = 0.0  # REMI: --dropout on the input item vectors (train.py default 0.2)
-    output_dense: bool = False  # REMI: Linear(gru_hidden, d) on the last state; needed when gru_hidden != d
 
 
 def init_gru_like_tf(gru: nn.GRU) -> None:
@@ -58,9 +47,9 @@ class GRU4Rec(MultiInterestModel):
         "with Recurrent Neural Networks. ICLR 2016 (as re-implemented by ComiRec, Cen et al., KDD 2020, "
         "THUDM/ComiRec Model_GRU4REC)"
     )
-    config_class: ClassVar[type[ModelConfig]] = GRU4RecConfig
+    config_class = GRU4RecConfig
 
-    def __init__(self, config: ModelConfig, n_items: int):
+    def __init__(self, config: GRU4RecConfig, n_items: int):
         super().__init__(config, n_items)
         d = config.embedding_dim
         hidden = config.gru_hidden or d

@@ -17,26 +17,15 @@ would score 0 for every item and could outrank the real interests. ``active_inte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mirec.config import ModelConfig
+from mirec.config import MINDConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, SharedBilinear
 from mirec.nn.self_attentive import tf_dense
-
-
-@dataclass
-class MINDConfig(ModelConfig):
-    name: str = "mind"
-    relu_layer: bool = True  # ComiRec Model_MIND default; train.py turns it off for Taobao
-    routing_iterations: int = 3  # MIND: "repeated three times"
-    routing_init_std: float = 1.0  # b_ij ~ TruncatedNormal(0, std^2); MIND chose sigma = 1
-    stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
-    dynamic_interests: bool = False  # MIND Eq. 9 (off in ComiRec's MIND)
 
 
 class MIND(MultiInterestModel):
@@ -46,7 +35,7 @@ class MIND(MultiInterestModel):
         "Dik Lun Lee. Multi-Interest Network with Dynamic Routing for Recommendation at Tmall. CIKM 2019 (as "
         "re-implemented by ComiRec, Cen et al., KDD 2020, THUDM/ComiRec Model_MIND)"
     )
-    config_class: ClassVar[type[ModelConfig]] = MINDConfig
+    config_class = MINDConfig
 
     def __init__(self, config: MINDConfig, n_items: int):
         super().__init__(config, n_items)

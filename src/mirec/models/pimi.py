@@ -5,30 +5,15 @@ ComiRec-SA multi-interest extraction. Faithful to the official TF code ChenGaoDe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from mirec.config import ModelConfig
+from mirec.config import PIMIConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.init import glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import PIMI_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
-
-
-@dataclass
-class PIMIConfig(ModelConfig):
-    name: str = "pimi"
-    time_span: int = 64  # days; T_ij = min(|t_i - t_j|, time_span) (PIMI_Rec --time_span, README: 64)
-    num_heads: int = 4  # star-graph attention heads (PIMI_Rec multihead_attention default)
-    num_layers: int = 3  # star-graph rounds (PIMI_Rec ``for i in range(3)``)
-    dropout: float = 0.1  # attention-weight dropout, training only
-    # Deviation (off = reference): mask padded item rows out of the central node's attention.
-    mask_center: bool = False
-    star_activation: Literal["relu", "none"] = "relu"  # PIMI_Rec model.py: tf.nn.relu after each attention
 
 
 def parameter_count_reference(item_count: int, dim: int = 64, maxlen: int = 20, time_span: int = 64,
