@@ -16,13 +16,12 @@ from mirec.data.dataset import PreparedDataset, SplitSequences
 from mirec.eval.diversity import (
     NoCategoriesError,
     diverse_aggregate,
-    diversity_at_n,
-    diversity_per_user,
     interest_cosine,
     interest_shares,
     topk_jaccard,
 )
 from mirec.eval.evaluator import evaluate
+from mirec.eval.metrics import compute_metrics, per_user_metrics
 from mirec.eval.retrieval import merge_interests
 from mirec.models.base import MultiInterestModel
 
@@ -264,6 +263,13 @@ def test_diversity_greedy_hand_case():
     )
 
 
+def diversity_per_user(recs: np.ndarray, cats: np.ndarray) -> np.ndarray:
+    """The registered diversity metric at the lists' full length (targets are irrelevant to it)."""
+    recs = np.asarray(recs)
+    return per_user_metrics(recs, [np.array([1])] * len(recs), [recs.shape[1]], categories=cats,
+                            names=["diversity"])[f"diversity@{recs.shape[1]}"]
+
+
 def test_diversity_random_equals_literal_greedy():
     rng = np.random.default_rng(5)
     cats = rng.integers(0, 4, size=41)
@@ -291,15 +297,16 @@ def test_diversity_metric_unknown_category_and_empty_slots():
     # row 0: items 3, 4 share the unknown category; row 1: two filled slots of different categories
     recs = np.array([[1, 3, 4, 5], [2, 5, -1, -1], [2, -1, -1, -1]])
     assert diversity_per_user(recs, cats) == pytest.approx([5 / 6, 1.0, 0.0])
-    assert diversity_at_n(recs, cats) == pytest.approx((5 / 6 + 1) / 3)
+    summary = compute_metrics(recs, [np.array([1])] * 3, [4], categories=cats)
+    assert summary["diversity@4"] == pytest.approx((5 / 6 + 1) / 3)
 
 
 def test_missing_categories_give_a_clear_error():
     dataset, model = make_dataset(4, categories=False), make_model(4)
     with pytest.raises(NoCategoriesError, match="has none"):
         evaluate(model, dataset, "valid", EvalConfig(topk=[5], diversity_lambda=1.0), maxlen=MAXLEN)
-    with pytest.raises(NoCategoriesError, match="no 'category' column"):
-        diversity_at_n(np.array([[1, 2]]), None)
+    with pytest.raises(ValueError, match="diversity needs categories"):
+        per_user_metrics(np.array([[1, 2]]), [np.array([1])], [2], names=["diversity"])
     plain = evaluate(model, dataset, "valid", EvalConfig(topk=[5]), maxlen=MAXLEN)
     assert "diversity@5" not in plain and "recall@5" in plain
 

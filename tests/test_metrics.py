@@ -108,3 +108,19 @@ def test_matches_literal_reference_on_random_lists():
             ref = comirec_paper_branch(recs[u].tolist(), targets[u].tolist(), n)
             for name, value in ref.items():
                 assert out[f"{name}@{n}"][u] == pytest.approx(value), (name, n, u)
+
+
+def test_a_registered_metric_is_reported_and_accepted_as_the_early_stop_metric(monkeypatch):
+    from mirec.config import ConfigError, EvalConfig
+    from mirec.eval.metrics import METRICS, Metric, register_metric
+
+    # precision@k = recommended target entries / k: user 0 has targets 3 and 9, list [3, 5] -> 1/2
+    monkeypatch.setitem(METRICS, "precision", Metric("precision", lambda lists, k: lists.hits(k) / k))
+    out = per_user_metrics(np.array([[3, 5], [7, 9]]), [np.array([3, 9]), np.array([1])], [2])
+    assert list(out) == ["recall@2", "ndcg@2", "ndcg_comirec@2", "hit_rate@2", "precision@2"]
+    assert out["precision@2"].tolist() == [0.5, 0.0]
+    assert EvalConfig(topk=[2], early_stop_metric="precision@2").early_stop_metric == "precision@2"
+    with pytest.raises(ConfigError, match="precision"):
+        EvalConfig(topk=[2], early_stop_metric="precison@2")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_metric("recall")(lambda lists, k: lists.hits(k))

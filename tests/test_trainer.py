@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import mirec.eval.evaluator as evaluator_module
 import mirec.config as config_module
+import mirec.eval.evaluator as evaluator_module
 import mirec.models as models_module
 from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from mirec.data.dataset import PreparedDataset

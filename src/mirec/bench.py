@@ -32,8 +32,6 @@ import numpy as np
 from mirec.config import toml_literal as config_toml_literal
 from mirec.utils import atomic_write_text
 
-METRICS = ["recall", "ndcg", "ndcg_comirec", "hit_rate"]
-
 
 @dataclass
 class Variant:
@@ -348,12 +346,15 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
     """Per dataset: mean ± std over seeds, best in bold, improvement of best over second, paired t-test."""
     from scipy import stats
 
+    from mirec.eval.metrics import METRICS
+
     out = []
     rows = [r for r in rows if r["split"] == split]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == dataset]
         variants = list(dict.fromkeys(r["variant"] for r in sub))
-        cols = [f"{m}@{k}" for k in ks for m in METRICS]
+        # every registered metric the cells reported (diversity only where the dataset has categories)
+        cols = [c for c in (f"{m}@{k}" for k in ks for m in METRICS) if any(r.get(c) is not None for r in sub)]
         values = {v: {c: {r["seed"]: r.get(c) for r in sub if r["variant"] == v and r.get(c) is not None}
                       for c in cols} for v in variants}
         out.append(f"### {dataset} ({split}, mean ± std over seeds; n = seeds per row)\n")

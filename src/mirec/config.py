@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from mirec.eval.metrics import METRICS
+
 PRESET_ROOT = Path(__file__).parent / "configs"
 # Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
 PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
@@ -26,8 +28,6 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
 }
-# the evaluator's per-cut-off metrics (mirec.eval.metrics.METRIC_NAMES, plus diversity), for eval.early_stop_metric
-EARLY_STOP_METRICS = ("recall", "ndcg", "ndcg_comirec", "hit_rate", "diversity")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -150,7 +150,8 @@ class EvalConfig(CheckedConfig):
     exclude_history: bool = False  # ComiRec keeps history items in the ranking
     diversity_lambda: float = 0.0
     batch_size: int = 1024
-    # METRIC@N with METRIC in EARLY_STOP_METRICS and N in topk; "" = recall at the largest cut-off (ComiRec: @50)
+    # METRIC@N with METRIC a registered metric (mirec.eval.metrics) and N in topk; "" = recall at the largest
+    # cut-off (ComiRec: @50)
     early_stop_metric: str = ""
 
     def check(self) -> None:
@@ -159,9 +160,9 @@ class EvalConfig(CheckedConfig):
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
         metric, _, cut = self.early_stop_metric.partition("@")
-        valid = metric in EARLY_STOP_METRICS and cut.isdigit() and int(cut) in self.topk
+        valid = metric in METRICS and cut.isdigit() and int(cut) in self.topk
         self.require(valid, "early_stop_metric",
-                     f"METRIC@N with METRIC in {list(EARLY_STOP_METRICS)} and N in eval.topk {self.topk}")
+                     f"METRIC@N with METRIC in {list(METRICS)} and N in eval.topk {self.topk}")
 
 
 # ---------------------------------------------------------------- model options

@@ -1,4 +1,5 @@
-"""ComiRec's controllable diversity aggregation and Diversity@N (docs/models.md section 3.2), and
+"""ComiRec's controllable diversity aggregation (docs/models.md section 3.2; Diversity@N is a registered metric
+in :mod:`mirec.eval.metrics`), and
 interest-collapse diagnostics for K > 1 models (docs/models.md section 5.3).
 
 Categories: ``item_categories`` is [n_items + 1] int64 indexed by item id, -1 = unknown. An unknown category
@@ -70,32 +71,6 @@ def diverse_aggregate(
         count += ((cats == cats[rows, j][:, None]) & ok[:, None]).float()
         cand[rows, j] = float("-inf")
     return out_ids, out_s, source
-
-
-def diversity_per_user(recs: np.ndarray, item_categories: np.ndarray | torch.Tensor | None) -> np.ndarray:
-    """ComiRec ``compute_diversity``: sum_{j<k} [cat(i_j) != cat(i_k)] / (N(N-1)/2) per user, N = the number
-    of filled slots (ids >= 1) in the row; 0 for rows with fewer than 2 items."""
-    cats_all = _categories(item_categories, "Diversity@N")
-    recs = np.asarray(recs, dtype=np.int64)
-    if recs.ndim != 2:
-        raise ValueError(f"recs must be [users, N], got shape {recs.shape}")
-    valid = recs > 0
-    n_users = recs.shape[0]
-    cats = cats_all[np.where(valid, recs, 0)][valid] + 1  # unknown -1 -> category 0
-    user = np.broadcast_to(np.arange(n_users)[:, None], recs.shape)[valid]
-    base = int(cats.max(initial=0)) + 1
-    groups, counts = np.unique(user * base + cats, return_counts=True)
-    group_user = groups // base
-    same = np.bincount(group_user, weights=counts * (counts - 1) / 2.0, minlength=n_users)
-    size = valid.sum(1)
-    pairs = size * (size - 1) / 2.0
-    return np.divide(pairs - same, pairs, out=np.zeros(n_users), where=pairs > 0)
-
-
-def diversity_at_n(recs: np.ndarray, item_categories: np.ndarray | torch.Tensor | None) -> float:
-    """Diversity@N averaged over users (ComiRec ``compute_diversity``)."""
-    values = diversity_per_user(recs, item_categories)
-    return float(values.mean()) if len(values) else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ interest retrieves its exact top-N over items 1..n_items; the K lists are merged
 or by ComiRec's category-diversity greedy (``config.diversity_lambda > 0``); the remaining 20% are the
 targets. Metrics are in :mod:`mirec.eval.metrics`.
 
-Reported keys: ``recall@N``, ``ndcg@N``, ``ndcg_comirec@N``, ``hit_rate@N`` for N in ``config.topk``;
-``diversity@N`` whenever the dataset has item categories (whatever lambda: it is cheap and makes the
-accuracy/diversity trade-off visible); ``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard
+Reported keys: every registered metric (:data:`mirec.eval.metrics.METRICS`) as ``NAME@N`` for N in
+``config.topk``: ``recall``, ``ndcg``, ``ndcg_comirec``, ``hit_rate``, and ``diversity`` whenever the dataset
+has item categories (whatever lambda: it is cheap and makes the accuracy/diversity trade-off visible); ``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard
 overlap of the per-interest top-max(N) lists and the mean sorted per-interest share of the final
 top-max(N) list; ``users``: the number of users evaluated.
 """
@@ -29,7 +29,6 @@ from mirec.eval.diversity import (
     NoCategoriesError,
     collapse_per_user,
     diverse_aggregate,
-    diversity_per_user,
     summarize_collapse,
 )
 from mirec.eval.metrics import per_user_metrics
@@ -139,10 +138,8 @@ def evaluate(
     result: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     recs = {k: np.concatenate(lists[k]) for k in ks}
-    for k in ks:
-        arrays.update(per_user_metrics(recs[k], targets, [k]))
-        if categories is not None:
-            arrays[f"diversity@{k}"] = diversity_per_user(recs[k], categories)
+    for k in ks:  # one pre-pass per list: the diversity greedy's lists are not prefixes of each other
+        arrays.update(per_user_metrics(recs[k], targets, [k], categories=categories))
     result.update({name: float(values.mean()) for name, values in arrays.items()})
     result["users"] = seen
     if collapse:

@@ -15,17 +15,25 @@ Definitions (per user u, T_u = the target list, S_N = set of the first N recomme
   in time order; DCG = sum over hit positions ``no`` of 1/log2(no+2), IDCG = sum_{r<#hits} 1/log2(r+2),
   0 without hits. This is the variant the published ComiRec / PIMI / GIMIRec NDCG tables used.
 
+- ``diversity@N`` (needs item categories): ComiRec ``compute_diversity``, the share of pairs among the
+  filled slots whose categories differ; an unknown category (-1) counts as one more category.
+
 Users are identified by their row; averages are plain means over rows (ComiRec divides by the user count).
+
+Each metric is a small function of a :class:`RankedLists` (one shared, lazily computed vectorised pre-pass
+over the lists and targets: the rank at which each target is recommended, the relevance of each slot) and a
+cut-off, registered in :data:`METRICS` with the dataset facts it needs; adding a metric = one function with
+``@register_metric`` + one test. ``eval.early_stop_metric``, ``mirec bench`` and the plots read the names here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
-
-METRIC_NAMES = ("recall", "ndcg", "ndcg_comirec", "hit_rate")
 
 
 class CSRTargets(NamedTuple):
@@ -56,90 +64,231 @@ def to_csr(targets: Targets) -> CSRTargets:
     return CSRTargets(indptr, items)
 
 
-def _discount_cumsum(length: int) -> np.ndarray:
-    """c[h] = sum_{r<h} 1/log2(r+2), h = 0..length (the ideal DCG of h hits)."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(length) + 2.0))])
+class RankedLists:
+    """U users' ranked lists and targets, with the pre-pass every metric reads (each part computed on first use).
+
+    ``recs`` [U, N] int ids in rank order (-1 = empty slot); ``categories`` [n_items + 1] int64 indexed by item
+    id (-1 = unknown) where the dataset has them."""
+
+    def __init__(self, recs: np.ndarray, targets: Targets, *, categories: np.ndarray | None = None):
+        recs = np.asarray(recs)
+        if recs.ndim != 2:
+            raise ValueError(f"recs must be [users, N], got shape {recs.shape}")
+        if not np.issubdtype(recs.dtype, np.integer):
+            raise ValueError(f"recs must hold integer item ids, got dtype {recs.dtype}")
+        self.recs = recs.astype(np.int64)
+        self.n_users, self.depth = self.recs.shape
+        self.targets = to_csr(targets)
+        if len(self.targets.indptr) - 1 != self.n_users:
+            raise ValueError(f"{len(self.targets.indptr) - 1} target lists for {self.n_users} recommended lists")
+        self.lengths = np.diff(self.targets.indptr)
+        if self.n_users and self.lengths.min() == 0:
+            raise ValueError(f"user row {int(np.argmin(self.lengths))} has no targets; recall is undefined for it")
+        self.categories = None if categories is None else np.asarray(categories, dtype=np.int64)
+        self._hits: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------ the shared pre-pass
+    @cached_property
+    def _keys(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(base, target keys, target users): (user, item) pairs encoded as user * base + item."""
+        base = int(max(self.recs.max(initial=0), self.targets.items.max(initial=0))) + 1
+        t_user = np.repeat(np.arange(self.n_users, dtype=np.int64), self.lengths)
+        return base, t_user * base + self.targets.items, t_user
+
+    @cached_property
+    def _slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Filled slots sorted by (user, item), then rank: (keys, ranks, first occurrence of the pair)."""
+        base = self._keys[0]
+        valid = self.recs >= 0  # empty slots never match
+        rank = np.broadcast_to(np.arange(self.depth, dtype=np.int64), self.recs.shape)[valid]
+        key = (np.arange(self.n_users, dtype=np.int64)[:, None] * base + self.recs)[valid]
+        order = np.lexsort((rank, key))
+        key, rank = key[order], rank[order]
+        first = np.ones(len(key), dtype=bool)
+        first[1:] = key[1:] != key[:-1]
+        return key, rank, first
+
+    @property
+    def target_users(self) -> np.ndarray:
+        """[T] the user row of each target entry."""
+        return self._keys[2]
+
+    @cached_property
+    def target_positions(self) -> np.ndarray:
+        """[T] each target entry's position in its user's (time-ordered) target list."""
+        return np.arange(len(self.targets.items), dtype=np.int64) - np.repeat(self.targets.indptr[:-1], self.lengths)
+
+    @cached_property
+    def target_rank(self) -> np.ndarray:
+        """[T] the best rank at which each target entry is recommended (``depth`` = not recommended)."""
+        key, rank, first = self._slots
+        u_key, u_rank = key[first], rank[first]
+        t_key = self._keys[1]
+        where = np.searchsorted(u_key, t_key)
+        found = where < len(u_key)
+        found[found] = u_key[where[found]] == t_key[found]
+        t_rank = np.full(len(t_key), self.depth, dtype=np.int64)
+        t_rank[found] = u_rank[where[found]]
+        return t_rank
+
+    @cached_property
+    def relevant_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, rank, relevant) per filled slot: relevant = the item is in set(targets) and it is the first
+        occurrence of the item in the list (a repeated id adds no gain)."""
+        base = self._keys[0]
+        key, rank, first = self._slots
+        t_unique = self._distinct_target_keys
+        pos = np.searchsorted(t_unique, key)
+        rel = pos < len(t_unique)
+        rel[rel] = t_unique[pos[rel]] == key[rel]
+        return key // base, rank, rel & first
+
+    @cached_property
+    def _distinct_target_keys(self) -> np.ndarray:
+        return np.unique(self._keys[1])
+
+    @cached_property
+    def distinct_targets(self) -> np.ndarray:
+        """[U] |set(targets)| per user."""
+        return np.bincount(self._distinct_target_keys // self._keys[0], minlength=self.n_users)
+
+    @cached_property
+    def ideal_dcg(self) -> np.ndarray:
+        """c[h] = sum_{r<h} 1/log2(r+2), h = 0..max(depth, longest target list): the ideal DCG of h hits."""
+        length = max(self.depth, int(self.lengths.max(initial=0)))
+        return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(length) + 2.0))])
+
+    def hits(self, k: int) -> np.ndarray:
+        """[U] float: target entries recommended within the first ``k`` slots (repeats counted)."""
+        if k not in self._hits:
+            self._hits[k] = np.bincount(self.target_users, weights=self.target_rank < k, minlength=self.n_users)
+        return self._hits[k]
 
 
-def per_user_metrics(recs: np.ndarray, targets: Targets, ks: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-user metric arrays ``{"recall@20": [U], ...}`` for every N in ``ks`` (see the module docstring)."""
-    recs = np.asarray(recs)
-    if recs.ndim != 2:
-        raise ValueError(f"recs must be [users, N], got shape {recs.shape}")
-    if not np.issubdtype(recs.dtype, np.integer):
-        raise ValueError(f"recs must hold integer item ids, got dtype {recs.dtype}")
-    recs = recs.astype(np.int64)
-    n_users, depth = recs.shape
+# ---------------------------------------------------------------- the registry
+MetricFunction = Callable[[RankedLists, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``per_user(lists, k) -> [U]`` values, and the :class:`RankedLists` attributes
+    beyond lists and targets it needs (e.g. ``categories``); it is skipped where they are missing."""
+
+    name: str
+    per_user: MetricFunction
+    needs: tuple[str, ...] = ()
+
+    def available(self, lists: RankedLists) -> bool:
+        return all(getattr(lists, need) is not None for need in self.needs)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[MetricFunction], MetricFunction]:
+    """Register ``fn(lists, k) -> [U] per-user values`` as ``name@k`` for every cut-off."""
+
+    def register(fn: MetricFunction) -> MetricFunction:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is registered twice")
+        METRICS[name] = Metric(name, fn, needs)
+        return fn
+
+    return register
+
+
+@register_metric("recall")
+def recall(lists: RankedLists, k: int) -> np.ndarray:
+    """ComiRec ``paper`` branch: recommended target entries / target entries (repeats count each time)."""
+    return lists.hits(k) / lists.lengths
+
+
+@register_metric("ndcg")
+def ndcg(lists: RankedLists, k: int) -> np.ndarray:
+    """Textbook NDCG: DCG over the recommended ranks, IDCG over min(|set(targets)|, k)."""
+    user, rank, relevant = lists.relevant_slots
+    gain = relevant & (rank < k)
+    dcg = np.bincount(user, weights=gain / np.log2(rank + 2.0), minlength=lists.n_users)
+    idcg = lists.ideal_dcg[np.minimum(lists.distinct_targets, k)]
+    return np.divide(dcg, idcg, out=np.zeros(lists.n_users), where=idcg > 0)
+
+
+@register_metric("ndcg_comirec")
+def ndcg_comirec(lists: RankedLists, k: int) -> np.ndarray:
+    """ComiRec / PIMI_Rec: DCG over the hit positions of the time-ordered targets, IDCG over #hits."""
+    hit = lists.target_rank < k
+    dcg = np.bincount(lists.target_users, weights=hit / np.log2(lists.target_positions + 2.0), minlength=lists.n_users)
+    idcg = lists.ideal_dcg[lists.hits(k).astype(np.int64)]
+    return np.divide(dcg, idcg, out=np.zeros(lists.n_users), where=idcg > 0)
+
+
+@register_metric("hit_rate")
+def hit_rate(lists: RankedLists, k: int) -> np.ndarray:
+    """1 when any target is among the first k recommendations (ComiRec)."""
+    return (lists.hits(k) > 0).astype(np.float64)
+
+
+@register_metric("diversity", needs=("categories",))
+def diversity(lists: RankedLists, k: int) -> np.ndarray:
+    """ComiRec ``compute_diversity``: sum_{i<j} [cat(i) != cat(j)] / (n(n-1)/2) over the n filled slots among
+    the first k (ids >= 1); 0 for fewer than 2 items."""
+    assert lists.categories is not None
+    recs = lists.recs[:, :k]
+    valid = recs > 0
+    cats = lists.categories[np.where(valid, recs, 0)][valid] + 1  # unknown -1 -> category 0
+    user = np.broadcast_to(np.arange(lists.n_users)[:, None], recs.shape)[valid]
+    base = int(cats.max(initial=0)) + 1
+    groups, counts = np.unique(user * base + cats, return_counts=True)
+    same = np.bincount(groups // base, weights=counts * (counts - 1) / 2.0, minlength=lists.n_users)
+    size = valid.sum(1)
+    pairs = size * (size - 1) / 2.0
+    return np.divide(pairs - same, pairs, out=np.zeros(lists.n_users), where=pairs > 0)
+
+
+METRIC_NAMES = tuple(name for name, m in METRICS.items() if not m.needs)  # the ones every dataset reports
+
+
+# ---------------------------------------------------------------- entry points
+def per_user_metrics(
+    recs: np.ndarray,
+    targets: Targets,
+    ks: Sequence[int],
+    *,
+    categories: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-user arrays ``{"recall@20": [U], ...}``: every registered metric whose needs are met (or the ``names``
+    given; one whose needs are missing is an error) at every N in ``ks`` (see the module docstring)."""
+    lists = RankedLists(recs, targets, categories=categories)
     ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1 or max(ks) > depth:
-        raise ValueError(f"cut-offs {ks} must lie in 1..{depth} (the length of the recommended lists)")
-    csr = to_csr(targets)
-    if len(csr.indptr) - 1 != n_users:
-        raise ValueError(f"{len(csr.indptr) - 1} target lists for {n_users} recommended lists")
-    lengths = np.diff(csr.indptr)
-    if n_users and lengths.min() == 0:
-        raise ValueError(f"user row {int(np.argmin(lengths))} has no targets; recall is undefined for it")
-
-    # Encode (user, item) pairs as int64 keys; ids < 0 (empty slots) never match.
-    base = int(max(recs.max(initial=0), csr.items.max(initial=0))) + 1
-    t_user = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
-    t_pos = np.arange(len(csr.items), dtype=np.int64) - np.repeat(csr.indptr[:-1], lengths)
-    t_key = t_user * base + csr.items
-    rank = np.broadcast_to(np.arange(depth, dtype=np.int64), recs.shape)
-    r_valid = recs >= 0
-    r_key = (np.arange(n_users, dtype=np.int64)[:, None] * base + recs)[r_valid]
-    r_rank = rank[r_valid]
-
-    # Best (smallest) rank of each (user, item) among the recommendations.
-    order = np.lexsort((r_rank, r_key))
-    r_key, r_rank = r_key[order], r_rank[order]
-    first = np.ones(len(r_key), dtype=bool)
-    first[1:] = r_key[1:] != r_key[:-1]
-    u_key, u_rank = r_key[first], r_rank[first]
-    # Rank at which each target entry is recommended (depth = not recommended).
-    where = np.searchsorted(u_key, t_key)
-    found = where < len(u_key)
-    found[found] = u_key[where[found]] == t_key[found]
-    t_rank = np.full(len(t_key), depth, dtype=np.int64)
-    t_rank[found] = u_rank[where[found]]
-
-    # Textbook NDCG: relevance of each recommendation = item in set(targets).
-    t_unique = np.unique(t_key)
-    n_unique = np.bincount(t_unique // base, minlength=n_users)
-    pos = np.searchsorted(t_unique, r_key)
-    rel = pos < len(t_unique)
-    rel[rel] = t_unique[pos[rel]] == r_key[rel]
-    # Only the first occurrence of a recommended item is relevant (a repeated id adds no gain).
-    rel &= first
-    r_user = r_key // base
-
-    cum = _discount_cumsum(max(depth, int(lengths.max(initial=0))))
-    out: dict[str, np.ndarray] = {}
-    for k in ks:
-        hit = t_rank < k
-        n_hits = np.bincount(t_user, weights=hit, minlength=n_users)
-        out[f"recall@{k}"] = n_hits / lengths
-        out[f"hit_rate@{k}"] = (n_hits > 0).astype(np.float64)
-        # Variant (a): DCG over ground-truth positions, IDCG over #hits.
-        dcg_a = np.bincount(t_user, weights=hit / np.log2(t_pos + 2.0), minlength=n_users)
-        idcg_a = cum[n_hits.astype(np.int64)]
-        out[f"ndcg_comirec@{k}"] = np.divide(dcg_a, idcg_a, out=np.zeros(n_users), where=idcg_a > 0)
-        # Textbook: DCG over recommended ranks, IDCG over min(|set(targets)|, N).
-        gain = rel & (r_rank < k)
-        dcg = np.bincount(r_user, weights=gain / np.log2(r_rank + 2.0), minlength=n_users)
-        idcg = cum[np.minimum(n_unique, k)]
-        out[f"ndcg@{k}"] = np.divide(dcg, idcg, out=np.zeros(n_users), where=idcg > 0)
-    return {name: out[name] for k in ks for name in (f"{m}@{k}" for m in METRIC_NAMES)}
+    if not ks or min(ks) < 1 or max(ks) > lists.depth:
+        raise ValueError(f"cut-offs {ks} must lie in 1..{lists.depth} (the length of the recommended lists)")
+    if names is None:
+        chosen = [m for m in METRICS.values() if m.available(lists)]
+    else:
+        unknown = [n for n in names if n not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; registered: {list(METRICS)}")
+        chosen = [METRICS[n] for n in names]
+        missing = [f"{m.name} needs {', '.join(m.needs)}" for m in chosen if not m.available(lists)]
+        if missing:
+            raise ValueError("; ".join(missing))
+    return {f"{m.name}@{k}": m.per_user(lists, k) for k in ks for m in chosen}
 
 
 def compute_metrics(
-    recs: np.ndarray, targets: Targets, ks: Sequence[int] = (20, 50), per_user: bool = False
+    recs: np.ndarray,
+    targets: Targets,
+    ks: Sequence[int] = (20, 50),
+    per_user: bool = False,
+    *,
+    categories: np.ndarray | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean over users of every metric at every cut-off (fractions, not percentages).
 
-    Returns ``{"recall@20": .., "ndcg@20": .., "ndcg_comirec@20": .., "hit_rate@20": .., ...}``; with
-    ``per_user=True`` also the per-user arrays, as ``(summary, per_user)``.
+    Returns ``{"recall@20": .., "ndcg@20": .., "ndcg_comirec@20": .., "hit_rate@20": .., ...}`` (and
+    ``diversity@N`` with ``categories``); with ``per_user=True`` also the per-user arrays, as ``(summary, per_user)``.
     """
-    arrays = per_user_metrics(recs, targets, ks)
+    arrays = per_user_metrics(recs, targets, ks, categories=categories)
     summary = {name: float(values.mean()) if len(values) else 0.0 for name, values in arrays.items()}
     return (summary, arrays) if per_user else summary
