@@ -405,7 +405,7 @@ def test_soft_readout_option(name):
     model = make_model(name, readout_power=1.0)
     batch = make_batch([6, 4], targets=True)
     torch.manual_seed(0)
-    vectors, aux = model.training_vectors(batch)
+    vectors, aux, _ = model.training_output(batch)
     torch.manual_seed(0)
     interests = model(batch)
     t = model.output_embeddings(batch.targets)
@@ -417,11 +417,11 @@ def test_soft_readout_option(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_hard_readout_training_vectors(name):
+def test_hard_readout_training_output(name):
     model = make_model(name)
     batch = make_batch([6, 4, 2], targets=True)
     torch.manual_seed(0)
-    vectors, _ = model.training_vectors(batch)
+    vectors, _, _ = model.training_output(batch)
     torch.manual_seed(0)
     interests = model(batch)
     scores = torch.einsum("bkd,bd->bk", interests, model.output_embeddings(batch.targets))

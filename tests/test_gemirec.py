@@ -340,7 +340,7 @@ def train_steps(model: GemiRec, steps: int, n_items: int) -> None:
     model.train()
     for step in range(1, steps + 1):
         batch = make_batch([2, 5, 8, 3, 6, 4], model.config.maxlen, n_items, seed=step)
-        user, aux = model.training_vectors(batch)
+        user, aux, _ = model.training_output(batch)
         logits = user @ model.output_embeddings().T
         loss = F.cross_entropy(logits, batch.targets) + aux
         model.zero_grad()
@@ -384,7 +384,7 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
         {"idmm_input_norm": "l2", "beam_distinct_prefix": True},
     ],
 )
-def test_training_vectors_teacher_forcing_and_gradients(options):
+def test_training_output_teacher_forcing_and_gradients(options):
     torch.manual_seed(8)
     cfg = tiny_config(
         lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", mirm_teacher_prob=1.0, **options
@@ -392,18 +392,18 @@ def test_training_vectors_teacher_forcing_and_gradients(options):
     model = GemiRec(cfg, 40)
     model.train()
     batch = make_batch([2, 5, 8, 3], 8, 40, seed=3)
-    model.training_vectors(batch)  # first call: k-means init on this batch + catalogue assignment
+    model.training_output(batch)  # first call: k-means init on this batch + catalogue assignment
     assert bool(model.quantizer.initialized) and bool(model.codes_ready)
     model.zero_grad()
     expected_codes = model.quantizer.assign(model.embed_items(batch.targets))  # before this step's EMA update
-    user, aux = model.training_vectors(batch)
+    user, aux, terms = model.training_output(batch)
     with torch.no_grad():
         h, u_seq = model._encode(batch)
         ref = model.interest_vectors(u_seq, expected_codes[:, None])[:, 0]
         ce = -model.code_log_probs(h[torch.arange(4), batch.mask.sum(1).long() - 1], expected_codes).mean()
     assert torch.allclose(user, ref, atol=1e-6)
     assert torch.isfinite(aux)
-    losses = {k: float(v) for k, v in model.last_losses.items()}
+    losses = {k: float(v) for k, v in terms.items()}
     assert losses["mipdm_ce"] == pytest.approx(float(ce), rel=1e-5)
     idmm = losses["codebook"] + 0.25 * losses["commitment"] + cfg.idmm_recon_weight * losses["reconstruction"]
     assert (losses["codebook"] > 0) == (cfg.idmm_update == "grad")  # EMA codebooks: no codebook loss
@@ -432,10 +432,10 @@ def test_readout_over_generated_interests(teacher):
     model = GemiRec(cfg, 40)
     model.train()
     batch = make_batch([2, 5, 8, 3, 6, 4, 7, 1], 8, 40, seed=6)
-    model.training_vectors(batch)  # init
+    model.training_output(batch)  # init
     target_codes = model.quantizer.assign(model.embed_items(batch.targets))
     torch.manual_seed(17)
-    user, aux = model.training_vectors(batch)
+    user, aux, _ = model.training_output(batch)
     with torch.no_grad():  # mipdm_dropout = 0: the reference pass sees the same encodings
         h, u_seq = model._encode(batch)
         generated, _ = model.beam_search(h[torch.arange(8), batch.mask.sum(1).long() - 1], cfg.num_interests)
@@ -508,9 +508,9 @@ def test_all_positions_cross_entropy_by_hand():
     model = GemiRec(tiny_config(mipdm_all_positions=True), 30)
     model.train()
     batch = make_batch([3, 1, 5], 8, 30, seed=4)
-    model.training_vectors(batch)  # init
+    model.training_output(batch)  # init
     target_codes = model.quantizer.assign(model.embed_items(batch.targets))
-    model.training_vectors(batch)
+    logged = model.training_output(batch).terms
     with torch.no_grad():
         h, _ = model._encode(batch)
         terms = []
@@ -518,7 +518,7 @@ def test_all_positions_cross_entropy_by_hand():
             for t in range(n):
                 nxt = model.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
                 terms.append(-model.code_log_probs(h[b, t], nxt))
-    assert float(model.last_losses["mipdm_ce"]) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    assert float(logged["mipdm_ce"]) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
 
 def test_uniform_catalogue_items_enter_the_idmm_update():
@@ -526,9 +526,25 @@ def test_uniform_catalogue_items_enter_the_idmm_update():
     model = GemiRec(tiny_config(idmm_uniform_items=400, idmm_dead_threshold=0.0), 40)
     model.train()
     batch = make_batch([2, 3], 8, 40, seed=5)
-    model.training_vectors(batch)  # init
+    model.training_output(batch)  # init
     before = model.quantizer.cluster_size.sum(1).clone()
-    model.training_vectors(batch)
+    model.training_output(batch)
     # EMA counts: N <- 0.99 N + 0.01 n, and n sums to the 40 distinct catalogue items (400 uniform draws)
     expected = 0.99 * before + 0.01 * 40
     assert torch.allclose(model.quantizer.cluster_size.sum(1), expected, atol=1e-4)
+
+
+def test_the_logged_code_perplexity_is_that_of_the_batch_codes():
+    torch.manual_seed(12)
+    model = GemiRec(tiny_config(), 30)
+    model.train()
+    batch = make_batch([3, 4, 2], 8, 30, seed=6)
+    model.training_output(batch)  # init
+    ids = torch.unique(torch.cat([batch.targets, batch.items[batch.mask > 0]]))
+    codes = model.quantizer.assign(model.embed_items(ids))
+    terms = model.training_output(batch).terms
+    for level in range(codes.shape[1]):  # slow reference: exp(entropy) of the code frequencies
+        _, counts = torch.unique(codes[:, level], return_counts=True)
+        p = counts.double() / counts.sum()
+        expected = float(torch.exp(-(p * p.log()).sum()))
+        assert float(terms[f"code_perplexity_l{level + 1}"]) == pytest.approx(expected, rel=1e-6)

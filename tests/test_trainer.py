@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mirec.config as config_module
-import mirec.eval.evaluator as evaluator_module
 import mirec.models as models_module
 from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from mirec.data.dataset import PreparedDataset
@@ -257,7 +256,6 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
             return {"recall@10": value, "users": 15}
         return {"recall@10": -1.0, "users": 15}
 
-    monkeypatch.setattr(evaluator_module, "evaluate", fake_evaluate)
     original_finish = Trainer._finish
 
     def finish(self):
@@ -266,7 +264,8 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_finish", finish)
     metrics = train_run(
-        data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False
+        data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False,
+        evaluate=fake_evaluate,
     )
     assert calls["train"] == 5  # evaluations at 10..50; 0.3 at step 20 is not beaten by 0.2, 0.3 (ties), 0.25
     assert metrics["train"]["steps"] == 50 and metrics["train"]["stop_reason"] == "patience"
@@ -285,9 +284,9 @@ def test_stop_reason_names_the_limit_even_when_the_last_evaluation_exhausts_pati
     def fake_evaluate(model, dataset, split, config, *, maxlen, device, max_users=None):
         return {"recall@10": next(values, 0.0), "users": 15}
 
-    monkeypatch.setattr(evaluator_module, "evaluate", fake_evaluate)
     metrics = train_run(
-        data_dir, make_config(max_steps=35, eval_every=10, patience=2), tmp_path / "cap", progress=False
+        data_dir, make_config(max_steps=35, eval_every=10, patience=2), tmp_path / "cap", progress=False,
+        evaluate=fake_evaluate,
     )
     assert [r["step"] for r in history(tmp_path / "cap")] == [10, 20, 30, 35]
     assert metrics["train"]["stop_reason"] == "max_steps" and metrics["train"]["best_step"] == 10
@@ -370,3 +369,20 @@ def test_sparse_item_grad_gives_the_dense_update(data_dir, tmp_path):
     assert not torch.equal(dense["item_embedding.weight"], untrained)  # the table did move
     for name, value in dense.items():
         torch.testing.assert_close(sparse[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+class MeanLastWithTerms(MeanLast):
+    """MeanLast reporting one named term: the number of optimiser steps taken before this batch."""
+
+    def training_output(self, batch):
+        return super().training_output(batch)._replace(terms={"seen": torch.tensor(float(self.steps_seen))})
+
+
+def test_a_models_named_terms_reach_train_log_and_history_as_interval_means(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLastWithTerms")
+    train_run(data_dir, make_config(max_steps=20, eval_every=10, log_every=5), tmp_path / "terms", progress=False)
+    # steps 1..10 see 0..9 earlier steps (mean 4.5), steps 11..20 see 10..19 (mean 14.5)
+    assert [r["train_terms"] for r in history(tmp_path / "terms")] == [{"seen": 4.5}, {"seen": 14.5}]
+    log = (tmp_path / "terms" / "train.log").read_text()
+    assert [line.split("seen=")[1].split()[0] for line in log.splitlines() if "seen=" in line] == [
+        "2.00000", "7.00000", "12.00000", "17.00000"]

@@ -6,7 +6,9 @@ vectors it is scored against (``output_embeddings``); retrieval scores an item b
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -15,6 +17,15 @@ from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.nn.capsule import label_aware_readout
 from mirec.nn.init import glorot_embedding
+
+
+class TrainingOutput(NamedTuple):
+    """What a model gives the trainer for one training batch."""
+
+    user_vectors: torch.Tensor  # [B, d], scored against the targets by the configured softmax loss
+    aux_loss: torch.Tensor | None = None  # added to that loss (GemiRec's generator and dictionary objectives)
+    # named detached 0-d tensors the trainer logs as means over each log interval (no device sync per step)
+    terms: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
 class MultiInterestModel(nn.Module):
@@ -54,15 +65,16 @@ class MultiInterestModel(nn.Module):
         """Return the interests [B, K, d]."""
         raise NotImplementedError
 
-    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """User vectors [B, d] scored against the targets at training, and an auxiliary loss (or None).
+    def training_output(self, batch: Batch) -> TrainingOutput:
+        """User vectors [B, d] scored against the targets at training (with an auxiliary loss and named terms
+        to log where a model has them).
 
         Default: interests -> hard readout against the target's output vector. Models with extra
         objectives (GemiRec) or teacher forcing override this.
         """
         assert batch.targets is not None, "training batches carry targets"
         interests = self(batch)
-        return self.readout(interests, self.output_embeddings(batch.targets)), None
+        return TrainingOutput(self.readout(interests, self.output_embeddings(batch.targets)))
 
     def on_step_end(self, step: int) -> None:
         """Hook called by the trainer after each optimiser step (e.g. GemiRec's dictionary maintenance)."""

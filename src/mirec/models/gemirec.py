@@ -15,7 +15,7 @@ from torch import nn
 
 from mirec.config import GemiRecConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, TrainingOutput
 from mirec.nn.quantizer import ResidualQuantizer
 
 
@@ -103,7 +103,6 @@ class GemiRec(MultiInterestModel):
         self.register_buffer("item_codes", torch.zeros(n_items + 1, C, dtype=torch.long))
         self.register_buffer("codes_ready", torch.zeros((), dtype=torch.bool))
         self._codes_stale = False
-        self.last_losses: dict[str, torch.Tensor] = {}
         # MIPDM: history-code embeddings (input) [OURS], causal encoder, level heads [OURS]
         self.code_embedding = nn.Embedding(C * M, d)
         nn.init.xavier_uniform_(self.code_embedding.weight)
@@ -280,13 +279,14 @@ class GemiRec(MultiInterestModel):
         h, _ = self._encode(batch)
         return self.beam_search(last_valid(h, batch.mask), self.num_interests)
 
-    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """u_{m*(target)} [B, d] (teacher forcing on the target's tuple) and the auxiliary loss.
+    def training_output(self, batch: Batch) -> TrainingOutput:
+        """u_{m*(target)} [B, d] (teacher forcing on the target's tuple), the auxiliary loss, and its terms plus
+        the batch's code perplexity per level (codebook usage) for the log.
 
         aux = lambda_mipdm * CE(target tuple) + lambda_idmm * (codebook + beta * commitment + recon).
         """
         if batch.targets is None:
-            raise ValueError("GemiRec.training_vectors: the batch has no targets")
+            raise ValueError("GemiRec.training_output: the batch has no targets")
         pieces = [batch.targets, batch.items[batch.mask > 0]]
         extra = self.config.idmm_uniform_items
         if extra > 0 and self.training:  # [OURS] cover the catalogue, not only the popular batch items
@@ -325,14 +325,23 @@ class GemiRec(MultiInterestModel):
                 keep = torch.rand(len(read), device=read.device) < teacher
                 user = torch.where(keep[:, None], user, read)
         aux = self.config.lambda_mipdm * ce + self.config.lambda_idmm * quant.loss
-        # detached 0-d tensors (no device sync here) for logging
-        self.last_losses = {
+        terms = {
             "mipdm_ce": ce.detach(),
             "commitment": quant.commitment.detach(),
             "codebook": quant.codebook_loss.detach(),
             "reconstruction": quant.reconstruction.detach(),
+            **self._batch_code_perplexity(quant.codes),
         }
-        return user, aux
+        return TrainingOutput(user, aux, terms)
+
+    @torch.no_grad()
+    def _batch_code_perplexity(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """exp(entropy) of the code usage of this batch's items, per level (1 = collapsed onto one code)."""
+        C, M = self.config.idmm_levels, self.config.idmm_codes
+        counts = torch.bincount((codes + self.level_offsets).reshape(-1), minlength=C * M).view(C, M).double()
+        p = counts / counts.sum(1, keepdim=True).clamp(min=1)
+        perplexity = torch.exp(-(p * torch.log(p.clamp(min=1e-300))).sum(1))
+        return {f"code_perplexity_l{c + 1}": perplexity[c] for c in range(C)}
 
 
 __all__ = ["GemiRec", "GemiRecConfig"]

@@ -17,7 +17,7 @@ import torch
 
 from mirec.config import GIMIRecConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, TrainingOutput
 from mirec.nn.init import glorot_embedding
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS, StarGraph
@@ -80,11 +80,11 @@ class GIMIRec(MultiInterestModel):
         aggregated, e_global, _ = self.encode(batch)
         return self.extract(batch, aggregated, e_global)
 
-    def training_vectors(self, batch: Batch) -> tuple[torch.Tensor, None]:
+    def training_output(self, batch: Batch) -> TrainingOutput:
         """Base-class hard readout (Eq. 22-23), with ONE global-context lookup for history and target rows."""
         assert batch.targets is not None, "training batches carry targets"
         B, L = batch.items.shape
         rows = self.embed_items(torch.cat([batch.items.reshape(-1), batch.targets.reshape(-1)]))
         aggregated, e_global, _ = self.encode(batch, rows[: B * L].view(B, L, -1))
         interests = self.extract(batch, aggregated, e_global)
-        return self.readout(interests, rows[B * L :]), None
+        return TrainingOutput(self.readout(interests, rows[B * L :]))

@@ -21,6 +21,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from mirec.config import RunConfig, TrainConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.eval.evaluator import evaluate as evaluate_split
 from mirec.nn.embedding import RowGradEmbedding
 from mirec.nn.sampled_softmax import (
     full_softmax_loss,
@@ -53,15 +55,11 @@ from mirec.training.checkpoint import (
     save_checkpoint,
     save_tensors,
 )
+from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
-
-def _evaluate_fn():
-    try:
-        from mirec.eval.evaluator import evaluate
-    except ImportError as exc:  # pragma: no cover - only while the evaluator is missing
-        raise RuntimeError(f"mirec.eval.evaluator.evaluate is not available ({exc})") from None
-    return evaluate
+# evaluate(model, dataset, split, eval_config, *, maxlen, device, max_users) -> metric dict (the evaluator's)
+EvaluateFn = Callable[..., dict[str, Any]]
 
 
 def _jsonable(value: Any) -> Any:
@@ -151,8 +149,10 @@ class Trainer:
         progress: bool = True,
         resume: bool = False,
         overwrite: bool = False,
+        evaluate: EvaluateFn = evaluate_split,
     ):
         self.run_dir = Path(run_dir)
+        self.evaluate_fn = evaluate
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(run_lock(self.run_dir))  # first: a second process fails before any work
         try:
@@ -205,6 +205,8 @@ class Trainer:
             )
         self.generator = torch.Generator().manual_seed(tc.seed)  # negatives (CPU), checkpointed
         self.state = TrainState()
+        self.schedule = Schedule.of(tc)
+        self.early_stopping = EarlyStopping(tc.patience)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self.logger = logging.getLogger(f"mirec.training.{id(self)}")
@@ -230,25 +232,24 @@ class Trainer:
             return full_softmax_loss(user_vectors, targets, output_fn)
         return inbatch_softmax_loss(user_vectors, targets, output_fn)
 
-    def train_step(self) -> torch.Tensor:
-        """One optimiser step on a fresh batch; returns the detached loss."""
+    def train_step(self) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """One optimiser step on a fresh batch; returns the detached loss and the model's named terms."""
         batch = self.sampler.sample().to(self.device)
-        user_vectors, aux = self.model.training_vectors(batch)
-        loss = self.loss(user_vectors, batch.targets)
-        if aux is not None:
-            loss = loss + aux
+        output = self.model.training_output(batch)
+        loss = self.loss(output.user_vectors, batch.targets)
+        if output.aux_loss is not None:
+            loss = loss + output.aux_loss
         zero_grads(self.optimizer, self.kept_grads)
         loss.backward()
         self.optimizer.step()
         self.model.on_step_end(self.state.step + 1)
-        return loss.detach()
+        return loss.detach(), output.terms
 
     def evaluate(self, split: str, max_users: int | None = None) -> dict[str, float]:
-        evaluate = _evaluate_fn()
         self.model.eval()
         try:
             with torch.no_grad():
-                result = evaluate(
+                result = self.evaluate_fn(
                     self.model,
                     self.dataset,
                     split,
@@ -264,8 +265,8 @@ class Trainer:
     def _state_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def _validate(self, interval_loss: float) -> None:
-        """Valid evaluation + ComiRec early stopping (``recall > best`` resets; stop when trials > patience)."""
+    def _validate(self, interval: RunningMeans) -> None:
+        """Valid evaluation, then the early-stopping policy; the best weights are kept and written."""
         st, tc = self.state, self.config.train
         start = time.perf_counter()
         metrics = self.evaluate("valid", max_users=tc.eval_users or None)
@@ -275,20 +276,16 @@ class Trainer:
             raise KeyError(
                 f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}"
             )
-        value = float(metrics[key])
-        improved = value > st.best_metric
+        improved = self.early_stopping.update(st, float(metrics[key]))
         if improved:
-            st.best_metric, st.best_step, st.bad_evals = value, st.step, 0
             self.best_state = self._state_copy()
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
-        else:
-            st.bad_evals += 1
-            if st.bad_evals > tc.patience and not st.stop_reason:  # a limit's final evaluation keeps the limit's name
-                st.stop_reason = "patience"
         st.last_eval_step = st.step
+        interval_loss, terms = interval.mean_loss(), interval.mean_terms()
         entry = {
             "step": st.step,
             "train_loss": interval_loss,
+            **({"train_terms": terms} if terms else {}),
             **metrics,
             "best": improved,
             "train_seconds": round(st.train_seconds, 3),
@@ -303,14 +300,7 @@ class Trainer:
         )
 
     def _validation_status(self) -> dict[str, str]:
-        """Progress-bar fields: evaluations done, the best valid metric and its step, evaluations left before
-        early stopping."""
-        st = self.state
-        if not self.history:
-            return {}
-        left = self.config.train.patience - st.bad_evals
-        return {"evals": str(len(self.history)), self.config.eval.early_stop_metric: f"{st.best_metric:.4f}@{st.best_step}",
-                "patience_left": str(max(left, 0))}
+        return self.early_stopping.status(self.state, self.config.eval.early_stop_metric, len(self.history))
 
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
@@ -393,9 +383,8 @@ class Trainer:
             self._loop_steps()
 
     def _loop_steps(self) -> None:
-        st, tc = self.state, self.config.train
+        st, tc, schedule = self.state, self.config.train, self.schedule
         self.model.train()
-        budget = tc.max_minutes * 60.0
         session_start, elapsed_before = time.perf_counter(), st.elapsed_seconds
         # Early stopping usually ends a run long before the default step cap: show a total (and an ETA) only for
         # a cap the user set; the postfix carries the validation state instead.
@@ -406,71 +395,70 @@ class Trainer:
             dynamic_ncols=True,
             desc=f"train {self.config.model.name}",
         )
-        def checkpoint(interval_loss: float, interval_steps: int) -> None:
+        interval = RunningMeans(self.device, st.interval_loss_sum, st.interval_steps)  # since the last evaluation
+        logged = RunningMeans(self.device)  # since the last log line
+        log_start, log_train_seconds = time.perf_counter(), st.train_seconds
+
+        def checkpoint() -> None:
             """The resume state of this step, with the loss of the steps since the last evaluation."""
             st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-            st.interval_loss_sum, st.interval_steps = interval_loss, interval_steps
+            st.interval_loss_sum, st.interval_steps = float(interval.loss), interval.steps
             self.save_checkpoint()
 
-        loss_sum = torch.full((), st.interval_loss_sum, device=self.device)
-        log_sum = torch.zeros((), device=self.device)
-        interval_steps, log_steps = st.interval_steps, 0
-        log_start, log_train_seconds = time.perf_counter(), st.train_seconds
         try:
             try:
                 while not st.stop_reason:
                     if self._stop_signal.requested:
                         raise _StopRequested
                     st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                    if st.step >= tc.max_steps:
-                        st.stop_reason = "max_steps"
-                        break
-                    if budget > 0 and st.elapsed_seconds >= budget:
-                        st.stop_reason = "max_minutes"
+                    st.stop_reason = schedule.limit_reached(st)
+                    if st.stop_reason:
                         break
                     start = time.perf_counter()
-                    loss = self.train_step()
+                    loss, terms = self.train_step()
                     st.step += 1
-                    loss_sum += loss
-                    log_sum += loss
-                    interval_steps += 1
-                    log_steps += 1
+                    interval.add(loss, terms)
+                    logged.add(loss, terms)
                     st.train_seconds += time.perf_counter() - start
                     bar.update(1)
                     if st.step % tc.log_every == 0:
-                        mean = float(log_sum) / log_steps  # syncs the device, so the clock below is honest
-                        if not math.isfinite(mean):
-                            raise FloatingPointError(f"step {st.step}: training loss is {mean}")
-                        rate = log_steps * tc.batch_size / max(st.train_seconds - log_train_seconds, 1e-9)
-                        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
-                        self.logger.info(
-                            f"step {st.step} loss={mean:.5f} samples/s={rate:.0f} "
-                            f"wall={time.perf_counter() - log_start:.1f}s"
-                        )
-                        log_sum.zero_()
-                        log_steps, log_start, log_train_seconds = 0, time.perf_counter(), st.train_seconds
-                    evaluated = st.step % tc.eval_every == 0
+                        self._log_line(bar, logged, log_start, st.train_seconds - log_train_seconds)
+                        logged.reset()
+                        log_start, log_train_seconds = time.perf_counter(), st.train_seconds
+                    evaluated = schedule.evaluates(st.step)
                     if evaluated:
-                        self._validate(float(loss_sum) / max(interval_steps, 1))
+                        self._validate(interval)
                         bar.set_postfix(**self._validation_status())
-                        loss_sum.zero_()
-                        interval_steps = 0
-                    every = tc.checkpoint_every
-                    if (every > 0 and st.step % every == 0) or (every <= 0 and evaluated):
-                        checkpoint(float(loss_sum), interval_steps)
+                        interval.reset()
+                    if schedule.checkpoints(st.step, evaluated):
+                        checkpoint()
             except _StopRequested:
                 # Ctrl-C / SIGTERM, acted on between two whole steps: checkpoint this step, then stop non-zero;
                 # --resume continues exactly as if never interrupted.
                 st.stop_reason = "interrupted"
-                checkpoint(float(loss_sum), interval_steps)
+                checkpoint()
                 self.logger.info(f"interrupted at step {st.step}; checkpoint written, continue with --resume")
                 raise KeyboardInterrupt from None
             if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
-                self._validate(float(loss_sum) / max(interval_steps, 1))
-            checkpoint(0.0, 0)
+                self._validate(interval)
+            interval.reset()
+            checkpoint()
         finally:
             bar.close()
         self.logger.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
+
+    def _log_line(self, bar: Any, logged: RunningMeans, wall_start: float, train_seconds: float) -> None:
+        """The progress bar's postfix and one train.log line: mean loss (and named terms), samples/s."""
+        mean = logged.mean_loss()  # syncs the device, so the throughput below is honest
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"step {self.state.step}: training loss is {mean}")
+        rate = logged.steps * self.config.train.batch_size / max(train_seconds, 1e-9)
+        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
+        terms = "".join(f" {name}={value:.5f}" for name, value in logged.mean_terms().items())
+        self.logger.info(
+            f"step {self.state.step} loss={mean:.5f}{terms} samples/s={rate:.0f} "
+            f"wall={time.perf_counter() - wall_start:.1f}s"
+        )
 
     def _finish(self) -> dict[str, Any]:
         st, tc = self.state, self.config.train
@@ -510,11 +498,14 @@ def train_run(
     device: str | torch.device | None = None,
     progress: bool = True,
     preset: str | None = None,
+    evaluate: EvaluateFn = evaluate_split,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (a new or empty folder; ``resume`` continues its checkpoint,
-    ``overwrite`` replaces an earlier run); returns metrics.json."""
+    ``overwrite`` replaces an earlier run); returns metrics.json. ``evaluate`` scores a split (the ComiRec
+    protocol's evaluator unless given)."""
     trainer = Trainer(
-        data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume, overwrite=overwrite
+        data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume, overwrite=overwrite,
+        evaluate=evaluate,
     )
     if preset:
         trainer.folder_notes.append(f"presets: {preset} (mirec config show --data ... --model ... prints them)")
