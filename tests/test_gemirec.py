@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mirec.config import load_config
+from mirec.config import GemiRecConfig, load_config
 from mirec.data.batching import Batch
-from mirec.models.gemirec import GemiRec, GemiRecConfig
+from mirec.models.gemirec import GemiRec
 from mirec.nn.quantizer import ResidualQuantizer, kmeans
 
 
@@ -206,14 +207,14 @@ def test_glorot_scale_items_collapse_level_one_without_input_norm():
 # ----------------------------------------------------------------------------- MIPDM beam search
 def enumerate_log_probs(model: GemiRec, h: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
     """Independent slow reference: log p of every tuple, head by head, one tuple at a time."""
-    M, C = model.codes_per_level, model.levels
+    M, C = model.generator.codes_per_level, model.generator.levels
     tuples = list(itertools.product(range(M), repeat=C))
     out = torch.zeros(h.shape[0], len(tuples))
     for t, tup in enumerate(tuples):
         g = h.clone()
         for c in range(C):
-            out[:, t] += F.log_softmax(model.heads[c](g), dim=-1)[:, tup[c]]
-            g = g + model.prefix_embedding.weight[c * M + tup[c]]
+            out[:, t] += F.log_softmax(model.generator.heads[c](g), dim=-1)[:, tup[c]]
+            g = g + model.generator.prefix_embedding.weight[c * M + tup[c]]
     return tuples, out
 
 
@@ -228,7 +229,7 @@ def test_beam_search_returns_exact_top_tuples(levels, codes):
         beam_distinct_prefix=False,  # the plain top-k search (5 interests from 4 first codes)
     )
     model = GemiRec(cfg, 20).eval()
-    for p in model.heads.parameters():  # sharper, tie-free distributions
+    for p in model.generator.heads.parameters():  # sharper, tie-free distributions
         p.data.mul_(3.0)
     h = torch.randn(6, cfg.embedding_dim)
     with torch.no_grad():
@@ -271,7 +272,7 @@ def test_distinct_prefix_beam_returns_the_best_tuples_with_distinct_first_codes(
     width = max(codes, codes ** max(levels - 2, 0), k)  # wide enough to be exact
     cfg = tiny_config(idmm_levels=levels, idmm_codes=codes, num_interests=k, beam_width=width)
     model = GemiRec(cfg, 20).eval()
-    for p in model.heads.parameters():
+    for p in model.generator.heads.parameters():
         p.data.mul_(3.0)
     h = torch.randn(8, cfg.embedding_dim)
     with torch.no_grad():
@@ -294,7 +295,7 @@ def test_distinct_prefix_narrow_beam_and_default_switch():
     h = torch.randn(6, cfg.embedding_dim)
     with torch.no_grad():
         codes, scores = model.beam_search(h, 3)  # the config switch selects the constrained search
-        top_first = F.log_softmax(model.heads[0](h), -1).topk(3, dim=1).indices
+        top_first = F.log_softmax(model.generator.heads[0](h), -1).topk(3, dim=1).indices
         true = model.code_log_probs(h[:, None].expand(-1, 3, -1), codes)
     assert torch.allclose(true, scores, atol=1e-5)  # returned scores are the tuples' log-probabilities
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
@@ -363,7 +364,8 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(model.state_dict(), str(path))
     state = load_file(str(path))
-    for key in ("quantizer.codebooks", "quantizer.cluster_size", "quantizer.initialized", "item_codes"):
+    for key in ("dictionary.quantizer.codebooks", "dictionary.quantizer.cluster_size", "dictionary.quantizer.initialized",
+                "dictionary.item_codes"):
         assert key in state
     torch.manual_seed(123)
     fresh = GemiRec(tiny_config(), 40)
@@ -371,7 +373,7 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
     fresh.eval()
     with torch.no_grad():
         after = fresh(batch)
-    assert torch.equal(fresh.item_codes, model.item_codes)
+    assert torch.equal(fresh.dictionary.item_codes, model.dictionary.item_codes)
     assert torch.allclose(before, after, atol=1e-6)
 
 
@@ -393,9 +395,9 @@ def test_training_output_teacher_forcing_and_gradients(options):
     model.train()
     batch = make_batch([2, 5, 8, 3], 8, 40, seed=3)
     model.training_output(batch)  # first call: k-means init on this batch + catalogue assignment
-    assert bool(model.quantizer.initialized) and bool(model.codes_ready)
+    assert bool(model.dictionary.quantizer.initialized) and bool(model.dictionary.codes_ready)
     model.zero_grad()
-    expected_codes = model.quantizer.assign(model.embed_items(batch.targets))  # before this step's EMA update
+    expected_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))  # before this step's EMA update
     user, aux, terms = model.training_output(batch)
     with torch.no_grad():
         h, u_seq = model._encode(batch)
@@ -410,17 +412,17 @@ def test_training_output_teacher_forcing_and_gradients(options):
     assert aux.item() == pytest.approx(0.7 * losses["mipdm_ce"] + 1.3 * idmm, rel=1e-5)
     (aux + user.sum()).backward()
     groups = {
-        "interest encoder": model.quantizer.encoder.parameters(),
-        "sequence encoder": model.sequence.parameters(),
-        "MIPDM heads": model.heads.parameters(),
-        "MIRM fusion": model.fusion.parameters(),
+        "interest encoder": model.dictionary.quantizer.encoder.parameters(),
+        "sequence encoder": model.generator.sequence.parameters(),
+        "MIPDM heads": model.generator.heads.parameters(),
+        "MIRM fusion": model.retrieval.fusion.parameters(),
     }
     if cfg.mipdm_input != "code" or cfg.user_encoder == "separate":
         groups["item table"] = [model.item_embedding.weight]
     if cfg.mipdm_input != "item":
-        groups["code embeddings"] = [model.code_embedding.weight]
+        groups["code embeddings"] = [model.generator.code_embedding.weight]
     if cfg.user_encoder == "separate":
-        groups["user encoder"] = model.user_sequence.parameters()
+        groups["user encoder"] = model.generator.user_sequence.parameters()
     for name, params in groups.items():
         assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
 
@@ -433,7 +435,7 @@ def test_readout_over_generated_interests(teacher):
     model.train()
     batch = make_batch([2, 5, 8, 3, 6, 4, 7, 1], 8, 40, seed=6)
     model.training_output(batch)  # init
-    target_codes = model.quantizer.assign(model.embed_items(batch.targets))
+    target_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))
     torch.manual_seed(17)
     user, aux, _ = model.training_output(batch)
     with torch.no_grad():  # mipdm_dropout = 0: the reference pass sees the same encodings
@@ -460,9 +462,9 @@ def test_readout_over_generated_interests(teacher):
     model.zero_grad()
     (aux + user.sum()).backward()
     for name, params in {
-        "MIRM fusion": model.fusion.parameters(),
-        "sequence encoder": model.sequence.parameters(),
-        "MIPDM heads": model.heads.parameters(),
+        "MIRM fusion": model.retrieval.fusion.parameters(),
+        "sequence encoder": model.generator.sequence.parameters(),
+        "MIPDM heads": model.generator.heads.parameters(),
     }.items():
         assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
 
@@ -472,13 +474,13 @@ def test_maintenance_schedule_refreshes_catalogue_codes():
     model = GemiRec(tiny_config(maintenance_every=5), 25)
     model.refresh_assignments()
     with torch.no_grad():
-        model.quantizer.codebooks.mul_(-1.0)  # the dictionary moved
-    target = model.quantizer.assign(model.output_embeddings())
-    assert not torch.equal(target, model.item_codes)
+        model.dictionary.quantizer.codebooks.mul_(-1.0)  # the dictionary moved
+    target = model.dictionary.quantizer.assign(model.output_embeddings())
+    assert not torch.equal(target, model.dictionary.item_codes)
     model.on_step_end(3)
-    assert not torch.equal(target, model.item_codes)
+    assert not torch.equal(target, model.dictionary.item_codes)
     model.on_step_end(5)
-    assert torch.equal(target, model.item_codes)
+    assert torch.equal(target, model.dictionary.item_codes)
     usage = model.codebook_usage()
     assert len(usage["perplexity"]) == 2 and all(1.0 <= p <= 5.0 for p in usage["perplexity"])
 
@@ -509,14 +511,14 @@ def test_all_positions_cross_entropy_by_hand():
     model.train()
     batch = make_batch([3, 1, 5], 8, 30, seed=4)
     model.training_output(batch)  # init
-    target_codes = model.quantizer.assign(model.embed_items(batch.targets))
+    target_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))
     logged = model.training_output(batch).terms
     with torch.no_grad():
         h, _ = model._encode(batch)
         terms = []
         for b, n in enumerate([3, 1, 5]):  # slow reference: one position at a time
             for t in range(n):
-                nxt = model.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
+                nxt = model.dictionary.item_codes[batch.items[b, t + 1]] if t < n - 1 else target_codes[b]
                 terms.append(-model.code_log_probs(h[b, t], nxt))
     assert float(logged["mipdm_ce"]) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
 
@@ -527,11 +529,11 @@ def test_uniform_catalogue_items_enter_the_idmm_update():
     model.train()
     batch = make_batch([2, 3], 8, 40, seed=5)
     model.training_output(batch)  # init
-    before = model.quantizer.cluster_size.sum(1).clone()
+    before = model.dictionary.quantizer.cluster_size.sum(1).clone()
     model.training_output(batch)
     # EMA counts: N <- 0.99 N + 0.01 n, and n sums to the 40 distinct catalogue items (400 uniform draws)
     expected = 0.99 * before + 0.01 * 40
-    assert torch.allclose(model.quantizer.cluster_size.sum(1), expected, atol=1e-4)
+    assert torch.allclose(model.dictionary.quantizer.cluster_size.sum(1), expected, atol=1e-4)
 
 
 def test_the_logged_code_perplexity_is_that_of_the_batch_codes():
@@ -541,10 +543,25 @@ def test_the_logged_code_perplexity_is_that_of_the_batch_codes():
     batch = make_batch([3, 4, 2], 8, 30, seed=6)
     model.training_output(batch)  # init
     ids = torch.unique(torch.cat([batch.targets, batch.items[batch.mask > 0]]))
-    codes = model.quantizer.assign(model.embed_items(ids))
+    codes = model.dictionary.quantizer.assign(model.embed_items(ids))
     terms = model.training_output(batch).terms
     for level in range(codes.shape[1]):  # slow reference: exp(entropy) of the code frequencies
         _, counts = torch.unique(codes[:, level], return_counts=True)
         p = counts.double() / counts.sum()
         expected = float(torch.exp(-(p * p.log()).sum()))
         assert float(terms[f"code_perplexity_l{level + 1}"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_gemirec_saved_before_the_module_split_loads_and_serves_identically():
+    """tests/fixtures/gemirec_before_split.safetensors: weights and served interests written by the one-file
+    GemiRec (commit a69ee81 + the training-output change) after three training steps."""
+    state = load_file(str(Path(__file__).parent / "fixtures" / "gemirec_before_split.safetensors"))
+    expected = state.pop("expected_interests")
+    assert "heads.0.1.weight" in state and "quantizer.codebooks" in state  # the old names
+    model = GemiRec(tiny_config(user_encoder="separate"), 30)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        got = model(make_batch([4, 6, 1], 8, 30, seed=9))
+    assert torch.equal(got, expected)
+    assert bool(model.dictionary.codes_ready)
