@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirec.bench import (
+from mirec.cli import build_parser
+from mirec.cli import main as cli_main
+from mirec.config import load_config
+from mirec.experiments.grid import (
     GridSpec,
     Sweep,
     Variant,
@@ -23,9 +26,6 @@ from mirec.bench import (
     usable_cpus,
     write_csv,
 )
-from mirec.cli import build_parser
-from mirec.cli import main as cli_main
-from mirec.config import load_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BASELINES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa", "pimi"]
@@ -277,8 +277,8 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     for name in names:
         assert (out / "plots" / name).read_bytes()[:8] == PNG
 
-    from mirec.bench import Cell, plan
-    from mirec.plots import plot_grid
+    from mirec.experiments.grid import Cell, plan
+    from mirec.experiments.plots import plot_grid
 
     cells: list[Cell] = plan(out, {"ds": "unused"}, load_grid(spec).expanded(), [1, 2])
     records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base, "sweep_key": c.variant.sweep_key,
@@ -314,7 +314,7 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
 
 def test_plot_functions_directly(tmp_path):
     pytest.importorskip("matplotlib")
-    from mirec.plots import plot_collapse, plot_metric_bars, plot_sweep
+    from mirec.experiments.plots import plot_collapse, plot_metric_bars, plot_sweep
 
     drawn = plot_metric_bars({"a": {"recall@50": [0.1], "ndcg@50": []}}, tmp_path / "b.png")
     assert drawn["a"]["recall@50"] == {"mean": 0.1, "std": 0.0, "n": 1}  # one seed: no spread

@@ -255,7 +255,7 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from mirec.bench import main_bench
+    from mirec.experiments.grid import main_bench
 
     main_bench(args)
 

@@ -3,7 +3,7 @@
 Each cell trains in its own process and run folder; a cell whose metrics.json exists is skipped on rerun,
 a failed or timed-out cell is recorded in failures.json and the grid goes on.
 
-A grid can come from a spec (``--grid NAME`` for ``src/mirec/grids/NAME.toml``, or ``--grid FILE.toml``):
+A grid can come from a spec (``--grid NAME`` for ``src/mirec/experiments/grids/NAME.toml``, or ``--grid FILE.toml``):
 ``models`` and ``variants`` (the ``--variant`` syntax), ``seeds``, common overrides ``set``, optional
 ``budget_minutes`` / ``jobs``, and ``[[sweep]]`` tables (``key``, ``values``, optional ``tied`` companion
 keys with one value per swept value). Each sweep expands every base variant into one variant per value,
@@ -418,7 +418,7 @@ def parse_data_args(texts: list[str], check: bool = True) -> dict[str, str]:
 def main_bench(args: Any) -> None:
     output = Path(args.output)
     if getattr(args, "plots", False):
-        from mirec.plots import require_matplotlib
+        from mirec.experiments.plots import require_matplotlib
 
         require_matplotlib()  # fail before hours of training, not after
     datasets = parse_data_args(args.data, check=not args.tables_only)
@@ -450,7 +450,7 @@ def main_bench(args: Any) -> None:
     atomic_write_text(output / "results.md", text)
     print(text)
     if getattr(args, "plots", False):
-        from mirec.plots import plot_grid
+        from mirec.experiments.plots import plot_grid
 
         records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base,
                     "sweep_key": c.variant.sweep_key, "sweep_value": c.variant.sweep_value, "seed": c.seed,
