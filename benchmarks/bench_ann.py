@@ -44,7 +44,7 @@ def synthetic(n_items: int, dim: int, n_queries: int, k: int, seed: int = 0) -> 
 
 def timed_search(index: ItemIndex, queries: torch.Tensor, n: int, block: int = 1000) -> tuple[torch.Tensor, float]:
     started = time.perf_counter()
-    ids = torch.cat([index.search(queries[i: i + block], n)[1] for i in range(0, len(queries), block)])
+    ids = torch.cat([index.search(queries[i : i + block], n)[1] for i in range(0, len(queries), block)])
     return ids, time.perf_counter() - started
 
 
@@ -67,8 +67,15 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
     exact_seconds = time.perf_counter() - started
     exact_ids = torch.from_numpy(positions + 1).reshape(len(queries), args.k, args.n)
     n_q = queries.shape[0] * queries.shape[1]
-    rows = [{"index": "exact (faiss IndexFlatIP)", "build_s": 0.0, "overlap@50": 1.0, "qps": n_q / exact_seconds,
-             "speedup": 1.0}]
+    rows = [
+        {
+            "index": "exact (faiss IndexFlatIP)",
+            "build_s": 0.0,
+            "overlap@50": 1.0,
+            "qps": n_q / exact_seconds,
+            "speedup": 1.0,
+        }
+    ]
     print(f"exact: {n_q / exact_seconds:,.0f} queries/s", flush=True)
     built: dict[tuple, ItemIndex] = {}
     for params in settings(args.synthetic):
@@ -81,13 +88,20 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
         index.params = params.resolved(args.synthetic)
         index._configure()
         ids, seconds = timed_search(index, queries, args.n)
-        row = {"index": f"{params.kind}-{params.metric} " + (f"efSearch={params.hnsw_ef_search}" if params.kind == "hnsw"
-                                                              else f"nprobe={params.ivf_nprobe}"),
-               "build_s": build, "overlap@50": overlap(ids, exact_ids), "qps": n_q / seconds,
-               "speedup": exact_seconds / seconds}
+        row = {
+            "index": f"{params.kind}-{params.metric} "
+            + (f"efSearch={params.hnsw_ef_search}" if params.kind == "hnsw" else f"nprobe={params.ivf_nprobe}"),
+            "build_s": build,
+            "overlap@50": overlap(ids, exact_ids),
+            "qps": n_q / seconds,
+            "speedup": exact_seconds / seconds,
+        }
         rows.append(row)
-        print(f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
-              f"build {build:.0f} s", flush=True)
+        print(
+            f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
+            f"build {build:.0f} s",
+            flush=True,
+        )
     del exact
     return rows
 
@@ -110,9 +124,13 @@ def bench_runs(args: argparse.Namespace) -> list[dict]:
         from mirec.serving.index import calibrate
 
         valid = validation_interests(model, dataset, config)
-        for params in [IndexParams(kind="hnsw", metric="ip"), IndexParams(kind="hnsw", metric="l2"),
-                       IndexParams(kind="hnsw", metric="auto"), IndexParams(kind="ivf", metric="ip"),
-                       IndexParams(kind="ivf", metric="l2")]:
+        for params in [
+            IndexParams(kind="hnsw", metric="ip"),
+            IndexParams(kind="hnsw", metric="l2"),
+            IndexParams(kind="hnsw", metric="auto"),
+            IndexParams(kind="ivf", metric="ip"),
+            IndexParams(kind="ivf", metric="l2"),
+        ]:
             if params.metric == "auto":  # what `mirec export --index hnsw` builds: chosen on validation users
                 index, report = calibrate(table, params, valid)
                 params = IndexParams(kind="hnsw", metric="auto")
@@ -120,13 +138,22 @@ def bench_runs(args: argparse.Namespace) -> list[dict]:
             else:
                 index = ItemIndex(table, params)
             metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen, retriever=index)
-            label = f"{params.kind}-{params.metric}" if params.metric != "auto" else \
-                f"hnsw-auto ({index.params.metric}, efSearch {index.params.hnsw_ef_search})"
-            row = {"run": name, "model": config.model.name, "index": label,
-                   "overlap@50": overlap(index.search(queries, args.n)[1], exact_ids),
-                   "recall@50 exact": exact_metrics["recall@50"], "recall@50 ann": metrics["recall@50"],
-                   "relative loss": 1 - metrics["recall@50"] / exact_metrics["recall@50"],
-                   "ndcg@50 exact": exact_metrics["ndcg@50"], "ndcg@50 ann": metrics["ndcg@50"]}
+            label = (
+                f"{params.kind}-{params.metric}"
+                if params.metric != "auto"
+                else f"hnsw-auto ({index.params.metric}, efSearch {index.params.hnsw_ef_search})"
+            )
+            row = {
+                "run": name,
+                "model": config.model.name,
+                "index": label,
+                "overlap@50": overlap(index.search(queries, args.n)[1], exact_ids),
+                "recall@50 exact": exact_metrics["recall@50"],
+                "recall@50 ann": metrics["recall@50"],
+                "relative loss": 1 - metrics["recall@50"] / exact_metrics["recall@50"],
+                "ndcg@50 exact": exact_metrics["ndcg@50"],
+                "ndcg@50 ann": metrics["ndcg@50"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

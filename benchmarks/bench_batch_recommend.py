@@ -26,7 +26,7 @@ def write_histories(path: Path, items: list[str], users: int, seed: int = 0, chu
     rng = np.random.default_rng(seed)
     names = np.asarray(items, dtype=object)
     ranks = np.arange(1, len(names) + 1, dtype=np.float64)
-    popularity = ranks ** -1.0 / (ranks ** -1.0).sum()  # Zipf over the catalogue
+    popularity = ranks**-1.0 / (ranks**-1.0).sum()  # Zipf over the catalogue
     schema = pa.schema([("user", pa.string()), ("history", pa.list_(pa.string()))])
     with pq.ParquetWriter(path, schema) as writer:
         for lo in range(0, users, chunk):
@@ -35,8 +35,9 @@ def write_histories(path: Path, items: list[str], users: int, seed: int = 0, chu
             flat = names[rng.choice(len(names), size=int(lengths.sum()), p=popularity)]
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
             history = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(str)))
-            writer.write_table(pa.table({"user": pa.array([f"s{i}" for i in range(lo, lo + n)]), "history": history},
-                                        schema=schema))
+            writer.write_table(
+                pa.table({"user": pa.array([f"s{i}" for i in range(lo, lo + n)]), "history": history}, schema=schema)
+            )
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -63,8 +64,20 @@ def main() -> int:
         for users in args.users:
             histories, out = Path(tmp) / f"h{users}.parquet", Path(tmp) / f"r{users}.parquet"
             write_histories(histories, items, users)
-            cmd = [sys.executable, "-m", "mirec", "recommend", args.bundle, "--input", str(histories), "--output",
-                   str(out), "-n", str(args.n), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "mirec",
+                "recommend",
+                args.bundle,
+                "--input",
+                str(histories),
+                "--output",
+                str(out),
+                "-n",
+                str(args.n),
+                "--quiet",
+            ]
             if args.threads:
                 cmd[3:3] = ["--threads", str(args.threads)]
             started = time.perf_counter()
@@ -78,8 +91,13 @@ def main() -> int:
             if proc.returncode != 0:
                 raise SystemExit(stderr[-2000:])
             report = json.loads(stdout)
-            row = {"users": users, "seconds": round(seconds, 1), "users_per_second": round(users / seconds),
-                   "rows": report["rows"], "peak_rss_mib": round(peak)}
+            row = {
+                "users": users,
+                "seconds": round(seconds, 1),
+                "users_per_second": round(users / seconds),
+                "rows": report["rows"],
+                "peak_rss_mib": round(peak),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

@@ -129,9 +129,7 @@ def measure_build(n_interactions: int, *, seed: int = 0, naive: bool = False, ch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interactions", type=int, default=9_000_000)
     parser.add_argument("--users", type=int, default=600_000)
     parser.add_argument("--items", type=int, default=370_000)

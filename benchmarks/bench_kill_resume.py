@@ -28,10 +28,30 @@ from safetensors.torch import load_file
 
 
 def train_command(args: argparse.Namespace, run: Path, resume: bool) -> list[str]:
-    sets = [f"train.max_steps={args.steps}", f"train.eval_every={args.eval_every}", "train.patience=1000",
-            "train.log_every=50", 'train.device="cpu"', *args.set]
-    cmd = [sys.executable, "-m", "mirec", "--threads", "1", "train", "--data", args.data, "--model", args.model,
-           "--output", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        f"train.max_steps={args.steps}",
+        f"train.eval_every={args.eval_every}",
+        "train.patience=1000",
+        "train.log_every=50",
+        'train.device="cpu"',
+        *args.set,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirec",
+        "--threads",
+        "1",
+        "train",
+        "--data",
+        args.data,
+        "--model",
+        args.model,
+        "--output",
+        str(run),
+        "--quiet",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     return [*cmd, "--resume"] if resume else cmd
 
 
@@ -63,16 +83,23 @@ def main() -> int:
         reference_seconds = time.perf_counter() - started
         expected = comparable(reference)
         max_delay = args.max_delay or reference_seconds
-        print(f"reference: {args.model}, {args.steps} steps, {reference_seconds:.1f} s; kills after U(0.5, "
-              f"{max_delay:.1f}) s")
+        print(
+            f"reference: {args.model}, {args.steps} steps, {reference_seconds:.1f} s; kills after U(0.5, "
+            f"{max_delay:.1f}) s"
+        )
         mismatches = kills_total = 0
         for round_number in range(1, args.rounds + 1):
             run = work / f"round{round_number}"
             kills = 0
             while True:
                 resume = (run / "checkpoints").exists() or (run / "config.toml").exists()
-                proc = subprocess.Popen(train_command(args, run, resume), env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
+                proc = subprocess.Popen(
+                    train_command(args, run, resume),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 try:
                     proc.wait(timeout=rng.uniform(0.5, max_delay))
                 except subprocess.TimeoutExpired:
@@ -88,8 +115,12 @@ def main() -> int:
                     raise SystemExit(f"round {round_number}: run failed after {kills} kills: {error}")
                 break
             history, metrics, best = comparable(run)
-            same = (history == expected[0] and metrics == expected[1] and best.keys() == expected[2].keys()
-                    and all((best[k] == expected[2][k]).all() for k in best))
+            same = (
+                history == expected[0]
+                and metrics == expected[1]
+                and best.keys() == expected[2].keys()
+                and all((best[k] == expected[2][k]).all() for k in best)
+            )
             mismatches += not same
             kills_total += kills
             print(f"round {round_number}: {kills} kills, final run {'identical' if same else 'DIFFERENT'}")

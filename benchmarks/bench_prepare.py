@@ -64,8 +64,10 @@ def naive_prepare(path: Path, seed: int = 1230) -> dict[str, int]:
     items = {item for u in users for _, item in user_seq[u]}
     ranked = sorted(items, key=lambda i: -counts.get(i, 0))
     item_id = {item: k + 1 for k, item in enumerate(ranked)}
-    out = {name: [[item_id[i] for _, i in user_seq[u]] for u in part] for name, part in
-           (("train", train), ("valid", valid), ("test", test))}
+    out = {
+        name: [[item_id[i] for _, i in user_seq[u]] for u in part]
+        for name, part in (("train", train), ("valid", valid), ("test", test))
+    }
     return {"users": n, "items": len(item_id), "train_users": len(out["train"])}
 
 
@@ -130,31 +132,40 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
-          f"cpu_count={os.cpu_count()} | python {platform.python_version()}")
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
+        f"cpu_count={os.cpu_count()} | python {platform.python_version()}"
+    )
 
     big = args.workdir / "books_like.tsv"
     t = time.perf_counter()
     write_synthetic_csv(big, args.users, args.items, args.rows, seed=1, n_clusters=2000)
-    print(f"generated + wrote {args.rows:,} rows in {time.perf_counter() - t:.1f} s "
-          f"({big.stat().st_size / 1e6:.0f} MB)")
+    print(
+        f"generated + wrote {args.rows:,} rows in {time.perf_counter() - t:.1f} s ({big.stat().st_size / 1e6:.0f} MB)"
+    )
 
     t = time.perf_counter()
     report = prepare([big], "csv", args.workdir / "books_like_prepared", name="books-like")
     wall = time.perf_counter() - t
-    print(f"prepare: {wall:.1f} s wall, {args.rows / wall:,.0f} rows/s, peak RSS {peak_rss_gb():.2f} GB "
-          f"(incl. generation)")
+    print(
+        f"prepare: {wall:.1f} s wall, {args.rows / wall:,.0f} rows/s, peak RSS {peak_rss_gb():.2f} GB "
+        f"(incl. generation)"
+    )
     print("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
-    print(f"  kept {report.n_interactions:,} rows, {report.n_users:,} users, {report.n_items:,} items; "
-          f"splits {report.splits}")
+    print(
+        f"  kept {report.n_interactions:,} rows, {report.n_users:,} users, {report.n_items:,} items; "
+        f"splits {report.splits}"
+    )
     print(f"  target < 60 s and < 6 GB: {'OK' if wall < 60 and peak_rss_gb() < 6 else 'MISSED'}")
 
     # The comparison on the same small log, each side in this process one after the other.
     fast = measure_prepare(args.small_rows, seed=2, n_clusters=100, workdir=args.workdir)
     slow = measure_prepare(args.small_rows, seed=2, n_clusters=100, workdir=args.workdir, naive=True)
-    print(f"{args.small_rows:,} rows: mirec prepare {fast['seconds']:.2f} s (incl. save) vs naive pure Python "
-          f"{slow['seconds']:.2f} s (no save) -> {slow['seconds'] / fast['seconds']:.1f}x faster "
-          f"({slow['summary']})")
+    print(
+        f"{args.small_rows:,} rows: mirec prepare {fast['seconds']:.2f} s (incl. save) vs naive pure Python "
+        f"{slow['seconds']:.2f} s (no save) -> {slow['seconds'] / fast['seconds']:.1f}x faster "
+        f"({slow['summary']})"
+    )
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
 

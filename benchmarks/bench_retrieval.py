@@ -81,7 +81,8 @@ def measure_retrieval(
 ) -> dict[str, Any]:
     """Exact retrieval (per-interest top-n over the whole catalogue, then merge) of random users against a
     random catalogue; users/s, GFLOP/s of the scoring and its share of the matmul rate measured just before
-    in the same process (on the scoring device; ``matmul_size`` 0 skips it). Peak RSS covers the retrieval loop (inputs included)."""
+    in the same process (on the scoring device; ``matmul_size`` 0 skips it). Peak RSS covers the retrieval loop
+    (inputs included)."""
     gen = torch.Generator().manual_seed(seed)
     table = torch.randn(items + 1, dim, generator=gen)
     vectors = torch.randn(users, interests, dim, generator=gen)
@@ -114,9 +115,7 @@ def measure_retrieval(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=60_000)
     parser.add_argument("--interests", type=int, default=4)
     parser.add_argument("--items", type=int, default=370_000)
@@ -155,9 +154,7 @@ def main() -> None:
         )
     if len(results) == 2:
         a, b = results.values()
-        print(
-            f"merged top-{args.topn} lists identical between back-ends for {np.mean((a == b).all(1)):.4%} of users"
-        )
+        print(f"merged top-{args.topn} lists identical between back-ends for {np.mean((a == b).all(1)):.4%} of users")
 
 
 if __name__ == "__main__":

@@ -43,17 +43,22 @@ def rss_mib(pid: int) -> float:
 async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, body: bytes) -> tuple[int, bytes]:
     """One HTTP/1.1 keep-alive POST on an open connection (a minimal client: httpx's own overhead capped the
     measured rate at ~350 requests/s even on /healthz, so it measured the client, not the server)."""
-    writer.write(b"POST /v1/recommend HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body))
+    writer.write(
+        b"POST /v1/recommend HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (port, len(body), body)
+    )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
     return status, await reader.readexactly(length)
 
 
-async def client_loop(port: int, items: list[str], deadline: float, rng: random.Random, latencies: list[float],
-                      errors: list[str], n: int) -> None:
+async def client_loop(
+    port: int, items: list[str], deadline: float, rng: random.Random, latencies: list[float], errors: list[str], n: int
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < deadline:
@@ -73,15 +78,18 @@ async def client_loop(port: int, items: list[str], deadline: float, rng: random.
         writer.close()
 
 
-async def drive(port: int, items: list[str], seconds: float, clients: int, n: int, seed: int) -> tuple[list[float], list[str], float]:
+async def drive(
+    port: int, items: list[str], seconds: float, clients: int, n: int, seed: int
+) -> tuple[list[float], list[str], float]:
     latencies: list[float] = []
     errors: list[str] = []
     warm: list[float] = []
     await client_loop(port, items, time.perf_counter() + 1.0, random.Random(seed - 1), warm, errors, n)  # warm-up
     started = time.perf_counter()
     deadline = started + seconds
-    await asyncio.gather(*(client_loop(port, items, deadline, random.Random(seed + i), latencies, errors, n)
-                           for i in range(clients)))
+    await asyncio.gather(
+        *(client_loop(port, items, deadline, random.Random(seed + i), latencies, errors, n) for i in range(clients))
+    )
     return latencies, errors, time.perf_counter() - started
 
 
@@ -92,15 +100,31 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("-n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--server-arg", action="append", default=[], help="extra `mirec serve` flags, e.g. --microbatch-wait-ms=1")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra `mirec serve` flags, e.g. --microbatch-wait-ms=1"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not 0 < args.seconds <= 600 or not 0 < args.clients <= 512:
         raise SystemExit("--seconds must be in (0, 600] and --clients in (0, 512]: the test stops by itself")
     items = pq.read_table(Path(args.bundle) / "items.parquet").column("original_id").to_pylist()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mirec", "serve", args.bundle, "--host", "127.0.0.1", "--port",
-                               str(port), *args.server_arg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirec",
+            "serve",
+            args.bundle,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args.server_arg,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -130,14 +154,25 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=30)
     lat = np.array(latencies) * 1000
-    batches = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-               if line.startswith("mirec_batch_size_sum") or line.startswith("mirec_batch_size_count")}
+    batches = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("mirec_batch_size_sum") or line.startswith("mirec_batch_size_count")
+    }
     result = {
-        "bundle": args.bundle, "seconds": round(elapsed, 1), "clients": args.clients, "n": args.n,
-        "requests": len(latencies), "requests_per_second": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": len(errors),
-        "mean_batch": round(batches.get("mirec_batch_size_sum", 0) / max(batches.get("mirec_batch_size_count", 1), 1), 1),
+        "bundle": args.bundle,
+        "seconds": round(elapsed, 1),
+        "clients": args.clients,
+        "n": args.n,
+        "requests": len(latencies),
+        "requests_per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "errors": len(errors),
+        "mean_batch": round(
+            batches.get("mirec_batch_size_sum", 0) / max(batches.get("mirec_batch_size_count", 1), 1), 1
+        ),
         "server_rss_mib_start": round(rss_start, 1),
         "server_rss_mib_after_10pct": round(samples[len(samples) // 10], 1) if samples else None,
         "server_rss_mib_end": round(rss_end, 1),

@@ -353,6 +353,7 @@ def busy_processes(min_cpu_percent: float = 50.0) -> int:
 
     Sampled over 0.5 s from /proc/<pid>/stat, so the printout can say how shared the machine was.
     """
+
     def ticks() -> dict[int, int]:
         out = {}
         for entry in os.listdir("/proc"):

@@ -131,7 +131,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"threads={args.threads} time_span={args.time_span} d={args.dim} repeats={args.repeats}")
-    print(f"{'batch':>5} {'L':>3} | {'python ms':>9} {'torch ms':>8} {'ratio':>7} | {'dense f+b ms':>12} {'hist f+b ms':>11} {'ratio':>6}")
+    print(
+        f"{'batch':>5} {'L':>3} | {'python ms':>9} {'torch ms':>8} {'ratio':>7} | "
+        f"{'dense f+b ms':>12} {'hist f+b ms':>11} {'ratio':>6}"
+    )
     for batch in (128, 256):
         for length in (20, 50):
             days, lengths = example_batch(batch, length, seed=int(rng.integers(2**31)))

@@ -129,19 +129,31 @@ def plan(items: list[str], scale: dict[str, Any], device: str, models: list[str]
         rows, pair = scale["prepare_rows"], scale["prepare_pair_rows"]
         out.append(
             Comparison(
-                "prepare", "data preparation", f"{count(rows)} rows TSV", "rows/s", "rows_per_s",
+                "prepare",
+                "data preparation",
+                f"{count(rows)} rows TSV",
+                "rows/s",
+                "rows_per_s",
                 ("bench_prepare", "measure_prepare", {"rows": rows}),
                 note=lambda o, _n: f"{o['seconds']:.1f} s; {o['summary']['users']:,} users kept",
             )
         )
         out.append(
             Comparison(
-                "prepare", "data preparation", f"{count(pair)} rows TSV", "rows/s", "rows_per_s",
+                "prepare",
+                "data preparation",
+                f"{count(pair)} rows TSV",
+                "rows/s",
+                "rows_per_s",
                 ("bench_prepare", "measure_prepare", {"rows": pair, "seed": 2}),
                 ("bench_prepare", "measure_prepare", {"rows": pair, "seed": 2, "naive": True}),
-                note=lambda o, n: "naive: pure Python, no save" + (
-                    "" if n is None or n.get("summary", {}).get("users") == o["summary"]["users"]
-                    else " (user counts differ!)"
+                note=lambda o, n: (
+                    "naive: pure Python, no save"
+                    + (
+                        ""
+                        if n is None or n.get("summary", {}).get("users") == o["summary"]["users"]
+                        else " (user counts differ!)"
+                    )
                 ),
             )
         )
@@ -149,18 +161,28 @@ def plan(items: list[str], scale: dict[str, Any], device: str, models: list[str]
         rows, pair = scale["gce_rows"], scale["gce_pair_rows"]
         out.append(
             Comparison(
-                "gce", "GCE graph build (3 hops)", f"{count(rows)} interactions", "inter./s", "interactions_per_s",
+                "gce",
+                "GCE graph build (3 hops)",
+                f"{count(rows)} interactions",
+                "inter./s",
+                "interactions_per_s",
                 ("bench_gce", "measure_build", {"n_interactions": rows}),
                 note=lambda o, _n: f"{o['seconds']:.2f} s; nnz(A) {o['nnz']:,}",
             )
         )
         out.append(
             Comparison(
-                "gce", "GCE graph build (3 hops)", f"{count(pair)} interactions", "inter./s", "interactions_per_s",
+                "gce",
+                "GCE graph build (3 hops)",
+                f"{count(pair)} interactions",
+                "inter./s",
+                "interactions_per_s",
                 ("bench_gce", "measure_build", {"n_interactions": pair, "seed": 1}),
                 ("bench_gce", "measure_build", {"n_interactions": pair, "seed": 1, "naive": True, "check": True}),
-                note=lambda _o, n: "naive: Python dicts"
-                + ("" if n is None else f"; max |diff| {n['max_abs_diff']:.1e}, same nnz {n['same_nonzeros']}"),
+                note=lambda _o, n: (
+                    "naive: Python dicts"
+                    + ("" if n is None else f"; max |diff| {n['max_abs_diff']:.1e}, same nnz {n['same_nonzeros']}")
+                ),
             )
         )
     if "train" in items:
@@ -178,12 +200,18 @@ def plan(items: list[str], scale: dict[str, Any], device: str, models: list[str]
                 naive = ("bench_train_throughput", "measure_throughput", {"name": name, **common, "reference": True})
             out.append(
                 Comparison(
-                    "train", f"train {name}", train_scale, "samples/s", "samples_per_s",
+                    "train",
+                    f"train {name}",
+                    train_scale,
+                    "samples/s",
+                    "samples_per_s",
                     ("bench_train_throughput", "measure_throughput", {"name": name, **common}),
                     naive,
-                    note=lambda o, n: (PIMI_REF_NOTE + "; " if n is not None else "")
-                    + f"{o['ms_per_step']:.0f} ms/step"
-                    + (f"; GPU {o['cuda_peak_mib']:,.0f} MiB" if "cuda_peak_mib" in o else ""),
+                    note=lambda o, n: (
+                        (PIMI_REF_NOTE + "; " if n is not None else "")
+                        + f"{o['ms_per_step']:.0f} ms/step"
+                        + (f"; GPU {o['cuda_peak_mib']:,.0f} MiB" if "cuda_peak_mib" in o else "")
+                    ),
                 )
             )
     if "retrieval" in items:
@@ -202,16 +230,21 @@ def plan(items: list[str], scale: dict[str, Any], device: str, models: list[str]
         def matmul_row(o: dict[str, Any]) -> list[Result]:
             return [
                 Result(
-                    f"float32 matmul ({o['device']})", f"{matmul_size} x {matmul_size} matrices",
-                    "GFLOP/s", o["matmul_gflops"],
+                    f"float32 matmul ({o['device']})",
+                    f"{matmul_size} x {matmul_size} matrices",
+                    "GFLOP/s",
+                    o["matmul_gflops"],
                     note="the peak the retrieval share refers to (measured in the retrieval process)",
                 )
             ]
 
         out.append(
             Comparison(
-                "retrieval", "exact retrieval top-50 + merge",
-                f"{count(users)} users x 4 x {count(n_items)} items, d64", "users/s", "users_per_s",
+                "retrieval",
+                "exact retrieval top-50 + merge",
+                f"{count(users)} users x 4 x {count(n_items)} items, d64",
+                "users/s",
+                "users_per_s",
                 ("bench_retrieval", "measure_retrieval", {"backend": "torch", "device": device, **kwargs}),
                 ("bench_retrieval", "measure_retrieval", {"backend": "faiss", **kwargs}),
                 note=retrieval_note,
@@ -222,14 +255,26 @@ def plan(items: list[str], scale: dict[str, Any], device: str, models: list[str]
         for batch, length in scale["ti_shapes"]:
             out.append(
                 Comparison(
-                    "time-interval", "time-interval matrix", f"B{batch} L{length}, span 64", "samples/s",
+                    "time-interval",
+                    "time-interval matrix",
+                    f"B{batch} L{length}, span 64",
+                    "samples/s",
                     "samples_per_s",
-                    ("bench_time_interval", "measure_matrix",
-                     {"batch": batch, "length": length, "repeats": scale["ti_repeats"], "device": device}),
-                    ("bench_time_interval", "measure_matrix",
-                     {"batch": batch, "length": length, "repeats": scale["ti_naive_repeats"], "naive": True}),
-                    note=lambda o, n: f"{o['ms_per_batch']:.3f} ms/batch; naive: per-sample Python, "
-                    f"{n['ms_per_batch']:.1f} ms" if n else f"{o['ms_per_batch']:.3f} ms/batch",
+                    (
+                        "bench_time_interval",
+                        "measure_matrix",
+                        {"batch": batch, "length": length, "repeats": scale["ti_repeats"], "device": device},
+                    ),
+                    (
+                        "bench_time_interval",
+                        "measure_matrix",
+                        {"batch": batch, "length": length, "repeats": scale["ti_naive_repeats"], "naive": True},
+                    ),
+                    note=lambda o, n: (
+                        f"{o['ms_per_batch']:.3f} ms/batch; naive: per-sample Python, {n['ms_per_batch']:.1f} ms"
+                        if n
+                        else f"{o['ms_per_batch']:.3f} ms/batch"
+                    ),
                 )
             )
     return out
@@ -278,7 +323,9 @@ def run_plan(comparisons: list[Comparison], threads: int, timeout: float, repeat
             note = (note + "; " if note else "") + "naive FAILED: " + naive["error"].splitlines()[0][:80]
         results.append(
             Result(
-                c.benchmark, c.scale, c.unit,
+                c.benchmark,
+                c.scale,
+                c.unit,
                 None if error else ours.get(c.key),
                 naive.get(c.key) if naive_ok else None,
                 lower_is_better=c.lower_is_better,
@@ -297,10 +344,16 @@ def run_plan(comparisons: list[Comparison], threads: int, timeout: float, repeat
 def git_revision() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "") if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -311,8 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 min): a smoke run, not numbers")
     parser.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
     parser.add_argument("--models", default=None, help="comma-separated models for 'train' (default: all)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="for train, retrieval (torch), time-interval; prepare and GCE are CPU code")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="for train, retrieval (torch), time-interval; prepare and GCE are CPU code",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -322,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write machine-readable results here")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement process")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per measurement, each in a fresh process; the best is kept (shared machines)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per measurement, each in a fresh process; the best is kept (shared machines)",
+    )
     args = parser.parse_args(argv)
     items = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(items) - set(ITEMS))
@@ -348,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         f"scale={scale_name} device={args.device} threads={threads}"
         f"{'' if args.threads > 0 else ' (auto)'} repeats={max(1, args.repeats)} (best kept) torch {torch.__version__} "
         f"git {git_revision()}; {busy} other process(es) were using >= half a core at the start"
-        + (" -- the machine is SHARED, timings are noisy (indicative, not reproducible to better than "
-           "tens of percent)" if busy else "")
+        + (
+            " -- the machine is SHARED, timings are noisy (indicative, not reproducible to better than tens of percent)"
+            if busy
+            else ""
+        )
     )
     for module, error in failed_imports.items():
         print(f"warning: could not preload {module}: {error}")
@@ -375,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             "per-sample Python loops per batch, interval embeddings materialised as [B, L, L, d], star graph over "
             "the stacked [B, L, 4, d] neighbour context (StarGraph.forward_stacked)."
         )
-    print(f"load average at the end: {', '.join(f'{v:.2f}' for v in machine_info()['loadavg'] or [])}; "
-          f"total {elapsed:.0f} s")
+    print(
+        f"load average at the end: {', '.join(f'{v:.2f}' for v in machine_info()['loadavg'] or [])}; "
+        f"total {elapsed:.0f} s"
+    )
 
     if args.json is not None:
         write_json(

@@ -41,10 +41,20 @@ from bench_support import (
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "out"
 SIZES = {
-    "default": {"interactions": [1_000_000, 3_000_000, 9_000_000], "items": [10_000, 30_000, 100_000, 370_000],
-                "users": 500, "timeout": 600.0, "repeats": 3},
-    "quick": {"interactions": [100_000, 300_000, 900_000], "items": [10_000, 30_000, 100_000],
-              "users": 100, "timeout": 120.0, "repeats": 1},
+    "default": {
+        "interactions": [1_000_000, 3_000_000, 9_000_000],
+        "items": [10_000, 30_000, 100_000, 370_000],
+        "users": 500,
+        "timeout": 600.0,
+        "repeats": 3,
+    },
+    "quick": {
+        "interactions": [100_000, 300_000, 900_000],
+        "items": [10_000, 30_000, 100_000],
+        "users": 100,
+        "timeout": 120.0,
+        "repeats": 1,
+    },
 }
 
 
@@ -54,8 +64,22 @@ def series_plan(sizes: dict[str, Any]) -> list[tuple[str, str, str, str, str, di
     return [
         ("prepare", "interactions", "bench_prepare", "measure_prepare", "rows", {}),
         ("GCE build", "interactions", "bench_gce", "measure_build", "n_interactions", {}),
-        ("retrieval torch", "items", "bench_retrieval", "measure_retrieval", "items", {"backend": "torch", **retrieval}),
-        ("retrieval faiss", "items", "bench_retrieval", "measure_retrieval", "items", {"backend": "faiss", **retrieval}),
+        (
+            "retrieval torch",
+            "items",
+            "bench_retrieval",
+            "measure_retrieval",
+            "items",
+            {"backend": "torch", **retrieval},
+        ),
+        (
+            "retrieval faiss",
+            "items",
+            "bench_retrieval",
+            "measure_retrieval",
+            "items",
+            {"backend": "faiss", **retrieval},
+        ),
     ]
 
 
@@ -132,15 +156,28 @@ def plot(curves: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (< 1 min)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help="folder for scaling.png (or a path ending in .png); default benchmarks/out/")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="folder for scaling.png (or a path ending in .png); default benchmarks/out/",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the points and fits here")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch/OpenMP threads; 0 = auto (the cores the other busy processes leave, >= 1)")
-    parser.add_argument("--repeats", type=int, default=0,
-                        help="runs per point, the fastest kept (0 = 3 at default scale, 1 with --quick)")
-    parser.add_argument("--only", default="prepare,GCE build,retrieval torch,retrieval faiss",
-                        help="comma-separated series")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch/OpenMP threads; 0 = auto (the cores the other busy processes leave, >= 1)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="runs per point, the fastest kept (0 = 3 at default scale, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--only", default="prepare,GCE build,retrieval torch,retrieval faiss", help="comma-separated series"
+    )
     args = parser.parse_args(argv)
     scale_name = "quick" if args.quick else "default"
     sizes = SIZES[scale_name]
@@ -156,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"scale={scale_name} threads={threads}{'' if args.threads > 0 else ' (auto)'} repeats={repeats} (fastest "
         f"kept); {busy} other process(es) "
-        "were using >= half a core at the start"
-        + (" -- the machine is SHARED, timings are noisy" if busy else "")
+        "were using >= half a core at the start" + (" -- the machine is SHARED, timings are noisy" if busy else "")
     )
     for module, error in failed.items():
         print(f"warning: could not preload {module}: {error}")
@@ -168,14 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     for series, x_name, module, function, size_arg, fixed in series_plan(sizes):
         if series not in wanted:
             continue
-        curve: dict[str, Any] = {"x_name": x_name, "x": [], "seconds": [], "peak_mib": [], "extra_mib": [],
-                                 "points": [], "fits": {}}
+        curve: dict[str, Any] = {
+            "x_name": x_name,
+            "x": [],
+            "seconds": [],
+            "peak_mib": [],
+            "extra_mib": [],
+            "points": [],
+            "fits": {},
+        }
         for n in sizes[x_name]:
             print(f"{series} {x_name}={n:,} ...", end=" ", flush=True)
             runs = []
             for _ in range(repeats):
-                point = run_isolated(module, function, {**fixed, size_arg: n}, threads=threads,
-                                     timeout=sizes["timeout"])
+                point = run_isolated(
+                    module, function, {**fixed, size_arg: n}, threads=threads, timeout=sizes["timeout"]
+                )
                 if "error" in point:
                     break
                 runs.append(point)
@@ -192,8 +236,16 @@ def main(argv: list[str] | None = None) -> int:
             curve["points"].append(point)
             per_s = n / point["seconds"] if x_name == "interactions" else point["users_per_s"]
             unit = "inter./s" if x_name == "interactions" else "users/s"
-            rows.append((series, f"{n:,}", f"{point['seconds']:.2f}", format_quantity(per_s, unit),
-                         f"{point['peak_mib']:,.0f}", f"{extra_mib(point):,.0f}"))
+            rows.append(
+                (
+                    series,
+                    f"{n:,}",
+                    f"{point['seconds']:.2f}",
+                    format_quantity(per_s, unit),
+                    f"{point['peak_mib']:,.0f}",
+                    f"{extra_mib(point):,.0f}",
+                )
+            )
         curve["fits"] = {
             "seconds": fit_or_none(curve["x"], curve["seconds"]),
             "extra_mib": fit_or_none(curve["x"], curve["extra_mib"]),
@@ -207,8 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     def show(value: float | None) -> str:
         return "—" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
-    fits = [(name, c["x_name"], f"{c['x'][0]:,}-{c['x'][-1]:,}" if c["x"] else "—", show(c["fits"]["seconds"]),
-             show(c["fits"]["extra_mib"])) for name, c in curves.items()]
+    fits = [
+        (
+            name,
+            c["x_name"],
+            f"{c['x'][0]:,}-{c['x'][-1]:,}" if c["x"] else "—",
+            show(c["fits"]["seconds"]),
+            show(c["fits"]["extra_mib"]),
+        )
+        for name, c in curves.items()
+    ]
     print(format_plain_table(("series", "versus", "range", "time exponent", "memory exponent"), fits))
     print()
     print(
@@ -222,17 +282,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at the end: {', '.join(f'{v:.2f}' for v in load or [])}; total {elapsed:.0f} s")
 
     png = args.output if args.output.suffix == ".png" else args.output / "scaling.png"
-    title = (f"mirec scaling ({scale_name}), {info['cpu']}, {info['cpu_count']} CPUs, threads {threads}, "
-             f"{busy} other busy process(es): shared machine, noisy timings")
+    title = (
+        f"mirec scaling ({scale_name}), {info['cpu']}, {info['cpu_count']} CPUs, threads {threads}, "
+        f"{busy} other busy process(es): shared machine, noisy timings"
+    )
     if plot(curves, png, title):
         print(f"wrote {png}")
     else:
         print("matplotlib not installed (pip install 'mirec[plot]'): no plot written")
     if args.json is not None:
-        write_json(args.json, {"meta": {**info, "scale": scale_name, "threads": threads, "repeats": repeats,
-                                        "busy_processes": busy,
-                                        "loadavg_end": load, "seconds": elapsed},
-                               "curves": curves})
+        write_json(
+            args.json,
+            {
+                "meta": {
+                    **info,
+                    "scale": scale_name,
+                    "threads": threads,
+                    "repeats": repeats,
+                    "busy_processes": busy,
+                    "loadavg_end": load,
+                    "seconds": elapsed,
+                },
+                "curves": curves,
+            },
+        )
         print(f"wrote {args.json}")
     return 1 if any(r[2] == "FAILED" for r in rows) else 0
 

@@ -24,6 +24,7 @@ from .test_nn_layers import slow_routing
 N_ITEMS, D, K, L = 30, 8, 4, 6
 NAMES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]
 
+
 def make_model(name: str, maxlen: int = L, **options):
     cls = get_model_class(name)
     config = cls.config_class(embedding_dim=D, num_interests=K, maxlen=maxlen, **options)
@@ -161,8 +162,9 @@ def test_gru4rec_tf_initialisation():
 
 def test_gru4rec_remi_variant_is_a_stacked_gru_then_dense():
     # REMI's GRU4Rec: 3 bias-free layers of hidden 2d, input dropout, Linear(2d, d) on the last valid state
-    model = make_model("gru4rec", gru_layers=3, gru_hidden=2 * D, gru_bias=False, embedding_dropout=0.1,
-                       output_dense=True)
+    model = make_model(
+        "gru4rec", gru_layers=3, gru_hidden=2 * D, gru_bias=False, embedding_dropout=0.1, output_dense=True
+    )
     g = model.gru
     assert g.num_layers == 3 and g.hidden_size == 2 * D and g.bias is False
     params = sum(p.numel() for p in model.parameters())
@@ -438,7 +440,14 @@ def test_too_long_batch_is_a_clear_error(name):
 
 
 PRESET_DATASETS = [
-    "default", "amazon-grocery", "amazon-beauty", "yelp-b", "amazon-books", "amazon-hybrid", "taobao", "taobao-buy"
+    "default",
+    "amazon-grocery",
+    "amazon-beauty",
+    "yelp-b",
+    "amazon-books",
+    "amazon-hybrid",
+    "taobao",
+    "taobao-buy",
 ]
 
 

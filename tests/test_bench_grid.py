@@ -44,8 +44,18 @@ def _configs(name: str) -> list[tuple[Variant, object]]:
 
 
 def test_shipped_grids_are_the_paper_experiments():
-    assert shipped_grids() == sorted(["gimirec-main", "gimirec-ablation", "gimirec-k", "gimirec-hops", "gimirec-ab",
-                                      "gimirec-ltime", "gimirec-layers", "gimirec-transplant"])
+    assert shipped_grids() == sorted(
+        [
+            "gimirec-main",
+            "gimirec-ablation",
+            "gimirec-k",
+            "gimirec-hops",
+            "gimirec-ab",
+            "gimirec-ltime",
+            "gimirec-layers",
+            "gimirec-transplant",
+        ]
+    )
     for name in shipped_grids():
         spec = load_grid(name)
         assert spec.description and spec.seeds == [1, 2, 3] and spec.set == []
@@ -119,8 +129,10 @@ def test_sweep_expansion_names_overrides_and_base():
     base = Variant.parse("g-I=gimirec:graph.a=0;graph.b=1")
     out = Sweep.parse("model.num_interests=1,8").expand(base)
     assert [v.name for v in out] == ["g-I[model.num_interests=1]", "g-I[model.num_interests=8]"]
-    assert [v.overrides for v in out] == [["graph.a=0", "graph.b=1", "model.num_interests=1"],
-                                          ["graph.a=0", "graph.b=1", "model.num_interests=8"]]
+    assert [v.overrides for v in out] == [
+        ["graph.a=0", "graph.b=1", "model.num_interests=1"],
+        ["graph.a=0", "graph.b=1", "model.num_interests=8"],
+    ]
     assert all(v.model == "gimirec" and v.base == "g-I" for v in out)
 
 
@@ -138,11 +150,18 @@ def test_sweep_parse_lists_strings_and_tied_keys():
 
 
 def test_several_sweeps_are_a_union_and_names_must_be_unique():
-    spec = GridSpec(variants=[Variant("a", "gimirec"), Variant("b", "pimi")],
-                    sweeps=[Sweep("model.num_interests", [2, 4]), Sweep("model.num_layers", [1])])
+    spec = GridSpec(
+        variants=[Variant("a", "gimirec"), Variant("b", "pimi")],
+        sweeps=[Sweep("model.num_interests", [2, 4]), Sweep("model.num_layers", [1])],
+    )
     assert [v.name for v in spec.expanded()] == [
-        "a[model.num_interests=2]", "a[model.num_interests=4]", "b[model.num_interests=2]",
-        "b[model.num_interests=4]", "a[model.num_layers=1]", "b[model.num_layers=1]"]
+        "a[model.num_interests=2]",
+        "a[model.num_interests=4]",
+        "b[model.num_interests=2]",
+        "b[model.num_interests=4]",
+        "a[model.num_layers=1]",
+        "b[model.num_layers=1]",
+    ]
     with pytest.raises(ValueError, match="not unique"):
         GridSpec(variants=[Variant("a", "gimirec")], sweeps=[Sweep("model.num_interests", [2, 2])]).expanded()
 
@@ -186,12 +205,33 @@ def test_cli_flags_add_to_and_override_the_spec(tmp_path):
     path.write_text(SPEC)
     spec = resolve_spec(_bench_args("--grid", str(path)))
     assert (spec.seeds, spec.budget_minutes, spec.jobs) == ([1, 2], 5.0, 2)
-    assert [v.name for v in spec.expanded()] == ["pimi[model.num_interests=2]", "pimi[model.num_interests=4]",
-                                                 "gi[model.num_interests=2]", "gi[model.num_interests=4]"]
+    assert [v.name for v in spec.expanded()] == [
+        "pimi[model.num_interests=2]",
+        "pimi[model.num_interests=4]",
+        "gi[model.num_interests=2]",
+        "gi[model.num_interests=4]",
+    ]
 
-    spec = resolve_spec(_bench_args(
-        "--grid", str(path), "--seeds", "7", "--budget-minutes", "0", "--jobs", "1", "--set", "train.lr=0.002",
-        "--models", "dnn", "--variant", "gi=gimirec:graph.a=1", "--sweep", "model.num_interests=8"))
+    spec = resolve_spec(
+        _bench_args(
+            "--grid",
+            str(path),
+            "--seeds",
+            "7",
+            "--budget-minutes",
+            "0",
+            "--jobs",
+            "1",
+            "--set",
+            "train.lr=0.002",
+            "--models",
+            "dnn",
+            "--variant",
+            "gi=gimirec:graph.a=1",
+            "--sweep",
+            "model.num_interests=8",
+        )
+    )
     assert (spec.seeds, spec.budget_minutes, spec.jobs) == ([7], 0.0, 1)
     assert spec.set == ["train.eval_every=50", "train.lr=0.01", "train.lr=0.002"]  # the later one wins
     assert load_config(model="pimi", overrides=spec.set).train.lr == 0.002
@@ -228,16 +268,37 @@ def _fake_run(run_dir: Path, recall: float, ndcg: float, curve: list[tuple[int, 
         test["collapse"] = collapse
     metrics = {"valid": dict(test), "test": test, "train": {"seconds": 1.0, "samples_per_second": 5.0}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / "history.jsonl").write_text("".join(
-        json.dumps({"step": s, "train_loss": 1.0, "recall@50": v, "best": True}) + "\n" for s, v in curve))
+    (run_dir / "history.jsonl").write_text(
+        "".join(json.dumps({"step": s, "train_loss": 1.0, "recall@50": v, "best": True}) + "\n" for s, v in curve)
+    )
 
 
 # per (K, seed): test recall@50, ndcg@50, valid curve, collapse
 FAKE = {
-    (2, 1): (0.10, 0.04, [(100, 0.05), (200, 0.07)], {"interest_cosine": 0.5, "topk_jaccard": 0.2, "interest_share": [0.7, 0.3]}),
-    (2, 2): (0.14, 0.06, [(100, 0.07), (200, 0.09), (300, 0.10)], {"interest_cosine": 0.7, "topk_jaccard": 0.4, "interest_share": [0.9, 0.1]}),
-    (4, 1): (0.20, 0.08, [(100, 0.11)], {"interest_cosine": 0.1, "topk_jaccard": 0.1, "interest_share": [0.4, 0.3, 0.2, 0.1]}),
-    (4, 2): (0.30, 0.11, [(100, 0.13)], {"interest_cosine": 0.3, "topk_jaccard": 0.3, "interest_share": [0.6, 0.2, 0.2, 0.0]}),
+    (2, 1): (
+        0.10,
+        0.04,
+        [(100, 0.05), (200, 0.07)],
+        {"interest_cosine": 0.5, "topk_jaccard": 0.2, "interest_share": [0.7, 0.3]},
+    ),
+    (2, 2): (
+        0.14,
+        0.06,
+        [(100, 0.07), (200, 0.09), (300, 0.10)],
+        {"interest_cosine": 0.7, "topk_jaccard": 0.4, "interest_share": [0.9, 0.1]},
+    ),
+    (4, 1): (
+        0.20,
+        0.08,
+        [(100, 0.11)],
+        {"interest_cosine": 0.1, "topk_jaccard": 0.1, "interest_share": [0.4, 0.3, 0.2, 0.1]},
+    ),
+    (4, 2): (
+        0.30,
+        0.11,
+        [(100, 0.13)],
+        {"interest_cosine": 0.3, "topk_jaccard": 0.3, "interest_share": [0.6, 0.2, 0.2, 0.0]},
+    ),
 }
 
 
@@ -258,7 +319,8 @@ def test_tables_only_results_csv_has_the_swept_key_and_value(fake_grid, capsys):
     test = [r for r in rows if r["split"] == "test"]
     assert len(test) == 4
     assert {(r["variant"], r["base_variant"], r["sweep_key"], r["sweep_value"], r["seed"]) for r in test} == {
-        (f"gimirec[model.num_interests={k}]", "gimirec", "model.num_interests", str(k), str(s)) for k, s in FAKE}
+        (f"gimirec[model.num_interests={k}]", "gimirec", "model.num_interests", str(k), str(s)) for k, s in FAKE
+    }
     for r in test:
         recall, _, _, collapse = FAKE[(int(r["sweep_value"]), int(r["seed"]))]
         assert float(r["recall@50"]) == recall
@@ -270,8 +332,12 @@ def test_tables_only_results_csv_has_the_swept_key_and_value(fake_grid, capsys):
 def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     spec, out = fake_grid
     pytest.importorskip("matplotlib")
-    assert cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only",
-                     "--plots"]) == 0
+    assert (
+        cli_main(
+            ["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"]
+        )
+        == 0
+    )
     names = sorted(p.name for p in (out / "plots").iterdir())
     assert names == ["bars_ds.png", "collapse_ds.png", "curves_ds.png", "sweep_ds_model.num_interests.png"]
     for name in names:
@@ -281,8 +347,18 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     from mirec.experiments.plots import plot_grid
 
     cells: list[Cell] = plan(out, {"ds": "unused"}, load_grid(spec).expanded(), [1, 2])
-    records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base, "sweep_key": c.variant.sweep_key,
-                "sweep_value": c.variant.sweep_value, "seed": c.seed, "run_dir": c.run_dir} for c in cells]
+    records = [
+        {
+            "dataset": c.dataset,
+            "variant": c.variant.name,
+            "base": c.variant.base,
+            "sweep_key": c.variant.sweep_key,
+            "sweep_value": c.variant.sweep_value,
+            "seed": c.seed,
+            "run_dir": c.run_dir,
+        }
+        for c in cells
+    ]
     tmp = out / "plots2"
     drawn = plot_grid(records, tmp)
     k2, k4 = "gimirec[model.num_interests=2]", "gimirec[model.num_interests=4]"
@@ -325,10 +401,16 @@ def test_plot_functions_directly(tmp_path):
     assert drawn["gimirec"]["recall@50"]["values"] == ["[1.0,0.0,0.0]", "[5.0,2.5,1.0]"]  # categorical: spec order
     np.testing.assert_allclose(drawn["gimirec"]["recall@50"]["mean"], [0.4, 0.6])
 
-    drawn = plot_collapse({"k1": [], "k3": [{"interest_cosine": 0.2, "topk_jaccard": 0.0,
-                                             "interest_share": [0.5, 0.5]},
-                                            {"interest_cosine": 0.4, "topk_jaccard": 0.2,
-                                             "interest_share": [1.0, 0.0, 0.0]}]}, tmp_path / "c.png")
+    drawn = plot_collapse(
+        {
+            "k1": [],
+            "k3": [
+                {"interest_cosine": 0.2, "topk_jaccard": 0.0, "interest_share": [0.5, 0.5]},
+                {"interest_cosine": 0.4, "topk_jaccard": 0.2, "interest_share": [1.0, 0.0, 0.0]},
+            ],
+        },
+        tmp_path / "c.png",
+    )
     assert list(drawn) == ["k3"]  # no diagnostics for K = 1
     np.testing.assert_allclose(drawn["k3"]["interest_share"], [0.75, 0.25, 0.0])
     for name in ("b.png", "s.png", "c.png"):
@@ -339,7 +421,9 @@ def test_plot_functions_directly(tmp_path):
 def test_missing_matplotlib_is_a_one_line_error(fake_grid, monkeypatch, capsys):
     spec, out = fake_grid
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    rc = cli_main(["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"])
+    rc = cli_main(
+        ["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert "pip install 'mirec[plot]'" in err[0]
@@ -347,8 +431,18 @@ def test_missing_matplotlib_is_a_one_line_error(fake_grid, monkeypatch, capsys):
 
 
 def test_results_csv_quotes_names_with_commas(tmp_path):
-    rows = [{"dataset": "ds", "variant": "g[graph.hop_weights=[1.0,0.0,0.0]]", "model": "gimirec", "seed": 1,
-             "split": "test", "sweep_value": "[1.0,0.0,0.0]", "recall@50": 0.25, "users": None}]
+    rows = [
+        {
+            "dataset": "ds",
+            "variant": "g[graph.hop_weights=[1.0,0.0,0.0]]",
+            "model": "gimirec",
+            "seed": 1,
+            "split": "test",
+            "sweep_value": "[1.0,0.0,0.0]",
+            "recall@50": 0.25,
+            "users": None,
+        }
+    ]
     write_csv(rows, tmp_path / "r.csv")
     (back,) = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert back["variant"] == rows[0]["variant"] and back["sweep_value"] == "[1.0,0.0,0.0]"
@@ -360,8 +454,14 @@ def test_plan_is_seed_major():
     variants = [Variant("dnn", "dnn"), Variant("gru4rec", "gru4rec")]
     cells = plan(Path("out"), {"x": "px", "y": "py"}, variants, [1, 2])
     assert [(c.seed, c.dataset, c.variant.name) for c in cells] == [
-        (1, "x", "dnn"), (1, "x", "gru4rec"), (1, "y", "dnn"), (1, "y", "gru4rec"),
-        (2, "x", "dnn"), (2, "x", "gru4rec"), (2, "y", "dnn"), (2, "y", "gru4rec"),
+        (1, "x", "dnn"),
+        (1, "x", "gru4rec"),
+        (1, "y", "dnn"),
+        (1, "y", "gru4rec"),
+        (2, "x", "dnn"),
+        (2, "x", "gru4rec"),
+        (2, "y", "dnn"),
+        (2, "y", "gru4rec"),
     ]
     assert cells[5].run_dir == Path("out/x/gru4rec/seed2")
 
@@ -382,7 +482,10 @@ def test_budget_cut_cells_are_in_the_csv_and_named_under_the_table(fake_grid):
     assert test[("gimirec[model.num_interests=2]", "2")]["steps"] == "1234"
     assert test[("gimirec[model.num_interests=4]", "1")]["best_step"] == "300"
     text = (out / "results.md").read_text()
-    assert "Stopped by the wall-clock budget (still improving or not): gimirec[model.num_interests=2] seed 2 (1,234 steps)" in text
+    assert (
+        "Stopped by the wall-clock budget (still improving or not): gimirec[model.num_interests=2] seed 2 (1,234 steps)"
+        in text
+    )
     assert "num_interests=4] seed 1 (" not in text  # stopped by patience: not listed
 
 

@@ -28,9 +28,30 @@ def log_file(tmp_path_factory):
 def run_dir(log_file, tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     assert main(["prepare", str(log_file), "--format", "csv", "--output", str(base / "data")]) == 0
-    code = main(["train", "--data", str(base / "data"), "--model", "comirec-sa", "--output", str(base / "run"),
-                 "--max-steps", "60", "--set", "train.eval_every=30", "--set", "train.batch_size=32", "--set", "train.num_negatives_factor=1",
-                 "--set", "eval.topk=[10,20]", "--set", "eval.early_stop_metric=recall@20", "--quiet"])  # 40 items: a cut-off of 50 would be refused
+    code = main(
+        [
+            "train",
+            "--data",
+            str(base / "data"),
+            "--model",
+            "comirec-sa",
+            "--output",
+            str(base / "run"),
+            "--max-steps",
+            "60",
+            "--set",
+            "train.eval_every=30",
+            "--set",
+            "train.batch_size=32",
+            "--set",
+            "train.num_negatives_factor=1",
+            "--set",
+            "eval.topk=[10,20]",
+            "--set",
+            "eval.early_stop_metric=recall@20",
+            "--quiet",
+        ]
+    )  # 40 items: a cut-off of 50 would be refused
     assert code == 0
     return base / "run"
 
@@ -98,4 +119,6 @@ def test_python_api_matches_cli(run_dir, capsys):
     cli = json.loads(capsys.readouterr().out)
     assert api["recommendations"] == cli["recommendations"] and len(api["recommendations"]) == 7
     assert api["scores"] == sorted(api["scores"], reverse=True)
-    assert rec.evaluate("test")["recall@20"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["recall@20"])
+    assert rec.evaluate("test")["recall@20"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["test"]["recall@20"]
+    )

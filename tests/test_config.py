@@ -10,7 +10,11 @@ def test_parse_override_types():
 
 
 def test_overrides_and_bare_keys(tmp_path):
-    config = from_dict(apply_overrides({}, ["lr=0.01", "graph.hop_weights=[1, 2.5]", "eval.topk=[10]", "eval.early_stop_metric=recall@10"]))
+    config = from_dict(
+        apply_overrides(
+            {}, ["lr=0.01", "graph.hop_weights=[1, 2.5]", "eval.topk=[10]", "eval.early_stop_metric=recall@10"]
+        )
+    )
     assert config.train.lr == 0.01
     assert config.graph.hop_weights == [1.0, 2.5]
     assert config.eval.topk == [10]
@@ -86,9 +90,11 @@ def test_a_config_is_built_without_importing_torch_or_any_model():
     import subprocess
     import sys
 
-    code = ("import sys; from mirec.config import load_config; "
-            "load_config(model='gimirec', dataset='amazon-grocery', overrides=['model.dropout=0.2']); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mirec.models')))")
+    code = (
+        "import sys; from mirec.config import load_config; "
+        "load_config(model='gimirec', dataset='amazon-grocery', overrides=['model.dropout=0.2']); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mirec.models')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -105,8 +111,19 @@ def test_a_misspelled_choice_fails_before_the_dataset_is_read(tmp_path, monkeypa
         raise AssertionError("the dataset was read before the config was checked")
 
     monkeypatch.setattr(mirec.data.dataset, "load_dataset", refuse)
-    code = main(["train", "--data", str(tmp_path), "--model", "gimirec", "--set", "eval.backend=fiass",
-                 "--output", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--model",
+            "gimirec",
+            "--set",
+            "eval.backend=fiass",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "eval.backend = 'fiass'; expected one of ['torch', 'faiss']" in err

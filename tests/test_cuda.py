@@ -27,7 +27,13 @@ STOCHASTIC = {"mind"}
 
 
 def small_config(name: str, **extra: str):
-    overrides = ["model.embedding_dim=16", "model.num_interests=3", "model.maxlen=10", "train.batch_size=16", "train.num_negatives_factor=2"]
+    overrides = [
+        "model.embedding_dim=16",
+        "model.num_interests=3",
+        "model.maxlen=10",
+        "train.batch_size=16",
+        "train.num_negatives_factor=2",
+    ]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return load_config(model=name, overrides=overrides)
 

@@ -89,8 +89,13 @@ def recommend(model, history, n, exclude_history=False, diversity_lambda=0.0, ca
     with torch.no_grad():
         table = model.output_embeddings()
     serving = ServingModel(model, RunConfig(model=model.config), names, ItemIndex(table), item_categories=categories)
-    (result,) = serving.recommend([RecommendRequest([names[i] for i in history], n=n, exclude_history=exclude_history,
-                                                    diversity_lambda=diversity_lambda)])
+    (result,) = serving.recommend(
+        [
+            RecommendRequest(
+                [names[i] for i in history], n=n, exclude_history=exclude_history, diversity_lambda=diversity_lambda
+            )
+        ]
+    )
     position = {name: i for i, name in enumerate(names)}
     return np.array([position[i] for i in result.items]), np.array(result.scores, dtype=np.float32)
 
@@ -168,9 +173,7 @@ def slow_evaluate(model, dataset, split, ks, exclude_history=False, coef=0.0):
 )
 def test_evaluate_matches_slow_reference(backend, exclude, coef):
     dataset, model = make_dataset(), make_model()
-    config = EvalConfig(
-        topk=[5, 10], backend=backend, exclude_history=exclude, diversity_lambda=coef, batch_size=7
-    )
+    config = EvalConfig(topk=[5, 10], backend=backend, exclude_history=exclude, diversity_lambda=coef, batch_size=7)
     got = evaluate(model, dataset, "valid", config, maxlen=MAXLEN)
     ref, users = slow_evaluate(model, dataset, "valid", [5, 10], exclude_history=exclude, coef=coef)
     assert got["users"] == users == len(dataset.valid) - 1
@@ -249,25 +252,22 @@ def test_diversity_greedy_hand_case():
     ids = torch.tensor([[[1, 2, 3], [4, 1, 5]]])
     cats = np.array([-1, 0, 0, 1, 0, 2])
     assert diverse_aggregate(scores, ids, 3, cats, 0.0)[0].tolist() == [[1, 4, 2]]
-    assert (
-        diverse_aggregate(scores, ids, 3, cats, 0.0)[0].tolist() == merge_interests(scores, ids, 3).tolist()
-    )
+    assert diverse_aggregate(scores, ids, 3, cats, 0.0)[0].tolist() == merge_interests(scores, ids, 3).tolist()
     # lambda 0.3: step 2 picks 4 (0.95-0.3 = 0.65 > 0.9-0.3); step 3: 2 scores 0.9-0.6 = 0.3 < 3's 0.5
     got, raw, source = diverse_aggregate(scores, ids, 3, cats, 0.3)
     assert got.tolist() == [[1, 4, 3]]
     assert raw.tolist() == [pytest.approx([1.0, 0.95, 0.5])] and source.tolist() == [[0, 1, 0]]
     # lambda 1: every further A is worse than B (0.5) and C (0.2)
     assert diverse_aggregate(scores, ids, 3, cats, 1.0)[0].tolist() == [[1, 3, 5]]
-    assert diversity_per_user(np.array([[1, 3, 5], [1, 4, 3], [1, 4, 2]]), cats) == pytest.approx(
-        [1, 2 / 3, 0]
-    )
+    assert diversity_per_user(np.array([[1, 3, 5], [1, 4, 3], [1, 4, 2]]), cats) == pytest.approx([1, 2 / 3, 0])
 
 
 def diversity_per_user(recs: np.ndarray, cats: np.ndarray) -> np.ndarray:
     """The registered diversity metric at the lists' full length (targets are irrelevant to it)."""
     recs = np.asarray(recs)
-    return per_user_metrics(recs, [np.array([1])] * len(recs), [recs.shape[1]], categories=cats,
-                            names=["diversity"])[f"diversity@{recs.shape[1]}"]
+    return per_user_metrics(recs, [np.array([1])] * len(recs), [recs.shape[1]], categories=cats, names=["diversity"])[
+        f"diversity@{recs.shape[1]}"
+    ]
 
 
 def test_diversity_random_equals_literal_greedy():
@@ -275,16 +275,10 @@ def test_diversity_random_equals_literal_greedy():
     cats = rng.integers(0, 4, size=41)
     ids = torch.from_numpy(np.stack([rng.permutation(40)[:24].reshape(3, 8) + 1 for _ in range(30)]))
     ids[:, 1, :4] = ids[:, 0, 2:6]  # shared items between interests
-    scores = (
-        torch.from_numpy(rng.standard_normal((30, 3, 8)).astype(np.float32))
-        .sort(dim=2, descending=True)
-        .values
-    )
+    scores = torch.from_numpy(rng.standard_normal((30, 3, 8)).astype(np.float32)).sort(dim=2, descending=True).values
     got = diverse_aggregate(scores, ids, 8, cats, 0.4)[0]
     for u in range(30):
-        pairs = sorted(
-            zip(ids[u].flatten().tolist(), scores[u].flatten().tolist(), strict=True), key=lambda x: -x[1]
-        )
+        pairs = sorted(zip(ids[u].flatten().tolist(), scores[u].flatten().tolist(), strict=True), key=lambda x: -x[1])
         unique = []
         for iid, s in pairs:
             if iid not in {i for i, _ in unique}:

@@ -119,9 +119,7 @@ def test_ema_update_moves_codes_toward_assigned_means():
 def test_dead_codes_are_reseeded_from_current_residuals():
     torch.manual_seed(2)
     q = ResidualQuantizer(2, 2, levels=2, codes=3, encoder="identity", decay=0.1, dead_threshold=0.5)
-    q.set_codebooks(
-        torch.tensor([[[0.0, 0.0], [100.0, 100.0], [-100.0, 50.0]], [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]])
-    )
+    q.set_codebooks(torch.tensor([[[0.0, 0.0], [100.0, 100.0], [-100.0, 50.0]], [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]]))
     x = torch.tensor([[0.5, 0.2], [0.3, -0.4], [-0.2, 0.1], [0.1, 0.6]])
     q.train()
     q(x)
@@ -247,9 +245,7 @@ def test_beam_search_returns_exact_top_tuples(levels, codes):
     # a narrow beam still returns K distinct tuples with their true log-probabilities
     with torch.no_grad():
         narrow, narrow_scores = model.beam_search(h, 5, beam_width=5, distinct_prefix=False)
-        assert torch.allclose(
-            model.code_log_probs(h[:, None].expand(-1, 5, -1), narrow), narrow_scores, atol=1e-5
-        )
+        assert torch.allclose(model.code_log_probs(h[:, None].expand(-1, 5, -1), narrow), narrow_scores, atol=1e-5)
     assert all(len({tuple(r) for r in narrow[b].tolist()}) == 5 for b in range(6))
 
 
@@ -364,8 +360,12 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(model.state_dict(), str(path))
     state = load_file(str(path))
-    for key in ("dictionary.quantizer.codebooks", "dictionary.quantizer.cluster_size", "dictionary.quantizer.initialized",
-                "dictionary.item_codes"):
+    for key in (
+        "dictionary.quantizer.codebooks",
+        "dictionary.quantizer.cluster_size",
+        "dictionary.quantizer.initialized",
+        "dictionary.item_codes",
+    ):
         assert key in state
     torch.manual_seed(123)
     fresh = GemiRec(tiny_config(), 40)
@@ -388,16 +388,16 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
 )
 def test_training_output_teacher_forcing_and_gradients(options):
     torch.manual_seed(8)
-    cfg = tiny_config(
-        lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", mirm_teacher_prob=1.0, **options
-    )
+    cfg = tiny_config(lambda_mipdm=0.7, lambda_idmm=1.3, idmm_encoder="linear", mirm_teacher_prob=1.0, **options)
     model = GemiRec(cfg, 40)
     model.train()
     batch = make_batch([2, 5, 8, 3], 8, 40, seed=3)
     model.training_output(batch)  # first call: k-means init on this batch + catalogue assignment
     assert bool(model.dictionary.quantizer.initialized) and bool(model.dictionary.codes_ready)
     model.zero_grad()
-    expected_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))  # before this step's EMA update
+    expected_codes = model.dictionary.quantizer.assign(
+        model.embed_items(batch.targets)
+    )  # before this step's EMA update
     user, aux, terms = model.training_output(batch)
     with torch.no_grad():
         h, u_seq = model._encode(batch)

@@ -298,16 +298,22 @@ def test_empty_history_gives_zero_interests_and_finite_gradients():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("neighbours,mask_center,activation", [
-    (PIMI_NEIGHBOURS, False, "relu"), (("prev", "center", "self", "extra"), True, "relu"), (PIMI_NEIGHBOURS, False, "none"),
-])
+@pytest.mark.parametrize(
+    "neighbours,mask_center,activation",
+    [
+        (PIMI_NEIGHBOURS, False, "relu"),
+        (("prev", "center", "self", "extra"), True, "relu"),
+        (PIMI_NEIGHBOURS, False, "none"),
+    ],
+)
 def test_fast_star_graph_equals_stacked_form_in_training(neighbours, mask_center, activation):
     """forward (per-node projections) == forward_stacked (K/V over [B, L, 4, d]) with dropout ON and the same
     seed: same dropout masks, same outputs and same parameter/input gradients."""
     torch.manual_seed(10)
     d, B, L = 16, 5, 7
-    graph = StarGraph(d, num_layers=3, num_heads=4, dropout=0.3, neighbours=neighbours, mask_center=mask_center,
-                      activation=activation)
+    graph = StarGraph(
+        d, num_layers=3, num_heads=4, dropout=0.3, neighbours=neighbours, mask_center=mask_center, activation=activation
+    )
     for p in graph.parameters():  # non-zero biases, so the bias split (m xW + b) is exercised
         torch.nn.init.normal_(p, std=0.3)
     mask = (torch.arange(L)[None] < torch.tensor([7, 3, 1, 5, 2])[:, None]).float()

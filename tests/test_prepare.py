@@ -39,7 +39,9 @@ def presplit_log(sequences: dict[str, tuple[int, list[str]]]) -> Interactions:
     for u, (s, items) in sequences.items():
         for t, i in enumerate(items, start=1):
             user.append(u), item.append(i), ts.append(t), split.append(s)
-    table = pa.table({"user": user, "item": item, "timestamp": pa.array(ts, pa.int64()), "split": pa.array(split, pa.int8())})
+    table = pa.table(
+        {"user": user, "item": item, "timestamp": pa.array(ts, pa.int64()), "split": pa.array(split, pa.int8())}
+    )
     return Interactions(table, {"format": "test"})
 
 
@@ -68,8 +70,17 @@ def slow_filter(triples, min_item, min_user, iterative):
             return rows
 
 
-HAND = [("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 1), ("u2", "b", 2), ("u3", "e", 1), ("u3", "c", 2),
-        ("u4", "e", 1), ("u4", "f", 2), ("u4", "f", 3)]
+HAND = [
+    ("u1", "a", 1),
+    ("u1", "b", 2),
+    ("u2", "a", 1),
+    ("u2", "b", 2),
+    ("u3", "e", 1),
+    ("u3", "c", 2),
+    ("u4", "e", 1),
+    ("u4", "f", 2),
+    ("u4", "f", 3),
+]
 
 
 def test_single_pass_vs_iterative_kcore_hand_built():
@@ -113,8 +124,9 @@ def test_illegal_timestamps_dropped_and_counted(tmp_path):
     lines += [f"u{u}\ti{i}\t{1000 + u * 10 + i}" for u in range(3) for i in range(3)]
     lines += ["u0\ti0\tabc", "u1\ti1\t0", "u2\ti2\t-5", "u0\ti1\t99", "u1\ti2\t5000", "u2\ti0\t"]
     path.write_text("\n".join(lines) + "\n")
-    options = PrepareOptions(min_item_count=1, min_user_count=1, min_timestamp=100, max_timestamp=4000,
-                             split_ratios=(0.34, 0.33, 0.33))
+    options = PrepareOptions(
+        min_item_count=1, min_user_count=1, min_timestamp=100, max_timestamp=4000, split_ratios=(0.34, 0.33, 0.33)
+    )
     report = prepare([path], "csv", tmp_path / "out", options=options)
     # abc, empty -> non-numeric; 0, -5 -> <= 0; 99 < min; 5000 > max
     assert report.clean["dropped_illegal_timestamp"] == 6
@@ -199,11 +211,13 @@ def test_popularity_order_from_training_parts_only(synthetic):
 
 
 def test_no_target_leak_into_popularity_ranking():
-    log = presplit_log({
-        "u0": (0, ["B", "B", "B", "A", "A"]),
-        "u1": (1, ["E"] * 5),  # history 4 x E, target E
-        "u2": (2, ["D"] * 8 + ["A", "A"]),  # history 8 x D, targets A, A
-    })
+    log = presplit_log(
+        {
+            "u0": (0, ["B", "B", "B", "A", "A"]),
+            "u1": (1, ["E"] * 5),  # history 4 x E, target E
+            "u2": (2, ["D"] * 8 + ["A", "A"]),  # history 8 x D, targets A, A
+        }
+    )
     ds = prepare_log(log)
     # training counts D 8, E 4, B 3, A 2; counting targets would give E 5, A 4 and put A before B
     assert ds.item_original_ids[1:].tolist() == ["D", "E", "B", "A"]
@@ -299,7 +313,9 @@ def test_synthetic_log_statistics():
     per_user = {}
     for u, c in zip(log.user[:20000].tolist(), log.category[:20000].tolist(), strict=True):
         per_user.setdefault(u, Counter())[c] += 1
-    top5 = np.mean([sum(v for _, v in c.most_common(5)) / sum(c.values()) for c in per_user.values() if sum(c.values()) >= 10])
+    top5 = np.mean(
+        [sum(v for _, v in c.most_common(5)) / sum(c.values()) for c in per_user.values() if sum(c.values()) >= 10]
+    )
     assert top5 > 0.7
 
 
@@ -330,16 +346,22 @@ def test_taobao_sample_buy_is_empty_after_5core(tmp_path):
     with pytest.raises(EmptyDatasetError, match="nothing left after the filter"):
         prepare([sample], "taobao", out, on_bad_rows="skip", reader_options={"behaviors": ["buy"]})
     assert not out.exists()
-    report = prepare([sample], "taobao", out, on_bad_rows="skip",
-                     options=PrepareOptions(min_item_count=1, min_user_count=1))
+    report = prepare(
+        [sample], "taobao", out, on_bad_rows="skip", options=PrepareOptions(min_item_count=1, min_user_count=1)
+    )
     assert report.read["rows_skipped"] == 1 and report.read["rows_read"] == 84476
     assert report.n_interactions == 84475 - report.read["rows_filtered_behavior"]
 
 
 def test_merged_amazon_files_prepare_with_file_categories(tmp_path):
     files = [FIXTURES / "reviews_Books_5.json", FIXTURES / "reviews_Grocery_and_Gourmet_Food_5.json.gz"]
-    report = prepare(files, "amazon-reviews", tmp_path / "hy", reader_options={"category": True},
-                     options=PrepareOptions(1, 1, split_ratios=(0.5, 0.25, 0.25)))
+    report = prepare(
+        files,
+        "amazon-reviews",
+        tmp_path / "hy",
+        reader_options={"category": True},
+        options=PrepareOptions(1, 1, split_ratios=(0.5, 0.25, 0.25)),
+    )
     ds = load_dataset(tmp_path / "hy")
     assert report.n_items == 4 and ds.meta["category_names"] == ["Books", "Grocery_and_Gourmet_Food"]
     by_item = dict(zip(ds.item_original_ids[1:].tolist(), ds.item_categories[1:].tolist(), strict=True))

@@ -91,7 +91,9 @@ def test_taobao_truncated_last_line():
     with gzip.open(TAOBAO_SAMPLE, "rt") as f:
         n_lines = sum(1 for _ in f)
     assert n_lines == 84476
-    with pytest.raises(MalformedRowError, match=r"UserBehavior_prefix.csv.gz line 84476: expected 5 fields, got 4") as info:
+    with pytest.raises(
+        MalformedRowError, match=r"UserBehavior_prefix.csv.gz line 84476: expected 5 fields, got 4"
+    ) as info:
         read_interactions([TAOBAO_SAMPLE], "taobao")
     assert info.value.line == 84476
     log = read_interactions([TAOBAO_SAMPLE], "taobao", on_bad_rows="skip", behaviors="all")
@@ -191,7 +193,9 @@ def test_unknown_format_and_missing_file(tmp_path):
 def test_registry_resolve_missing_and_found(tmp_path, monkeypatch):
     monkeypatch.setenv("MIREC_DATA", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(FileNotFoundError, match=r"reviews_Books_5.json.gz.*jmcauley.ucsd.edu/data/amazon.*amazon-books"):
+    with pytest.raises(
+        FileNotFoundError, match=r"reviews_Books_5.json.gz.*jmcauley.ucsd.edu/data/amazon.*amazon-books"
+    ):
         resolve("amazon-books")
     (tmp_path / "taobao-buy").mkdir()
     (tmp_path / "taobao-buy" / "UserBehavior.csv.gz").write_bytes(b"")

@@ -63,8 +63,7 @@ def test_torch_faiss_and_brute_force_agree(with_exclusion):
     exclude = None
     if with_exclusion:  # histories, some of them containing the items each interest likes best
         exclude = [
-            rng.choice(np.arange(1, n_items + 1), size=rng.integers(0, 40), replace=False)
-            for _ in range(n_users)
+            rng.choice(np.arange(1, n_items + 1), size=rng.integers(0, 40), replace=False) for _ in range(n_users)
         ]
     ref_s, ref_i = brute_topk(interests, table, n, exclude)
     t_table, t_int = torch.from_numpy(table), torch.from_numpy(interests)
@@ -74,9 +73,7 @@ def test_torch_faiss_and_brute_force_agree(with_exclusion):
     small = ExactRetriever(t_table, "torch", block_bytes=4 * 37 * k * 2, item_block=37)
     s_small, i_small = small.search(t_int, n, exclude)
     # catalogue blocks narrower than n: the first block cannot fill the top-n alone
-    s_tiny, i_tiny = ExactRetriever(t_table, "torch", block_bytes=4 * 7 * k * 5, item_block=7).search(
-        t_int, n, exclude
-    )
+    s_tiny, i_tiny = ExactRetriever(t_table, "torch", block_bytes=4 * 7 * k * 5, item_block=7).search(t_int, n, exclude)
     for s, i in ((s_faiss, i_faiss), (s_torch, i_torch), (s_small, i_small), (s_tiny, i_tiny)):
         assert_same_ranking(s, i, ref_s, ref_i, interests, table)
     if with_exclusion:
@@ -127,9 +124,7 @@ def test_merge_hand_case_dedup_keeps_best_and_drops_padding():
 
 def comirec_merge(scores: np.ndarray, ids: np.ndarray, n: int) -> list[int]:
     """Literal ComiRec evaluate_full (coef None): sort by score, skip duplicates and 0, first n."""
-    pairs = sorted(
-        zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True), key=lambda x: x[1], reverse=True
-    )
+    pairs = sorted(zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True), key=lambda x: x[1], reverse=True)
     out: list[int] = []
     for iid, _ in pairs:
         if iid not in out and iid > 0:

@@ -30,9 +30,17 @@ from mirec.training.trainer import train_run
 from mirec.utils import LockedError, exclusive_lock
 
 # A tiny DNN run that a child process can also build (no test-only model): evaluations at 40, 80, 120.
-TINY = ["model.embedding_dim=8", "train.batch_size=16", "train.num_negatives_factor=1", "train.eval_every=40",
-        "train.max_steps=120", "train.log_every=10", "train.device=\"cpu\"", "eval.topk=[5,10]",
-        "eval.early_stop_metric=recall@10"]
+TINY = [
+    "model.embedding_dim=8",
+    "train.batch_size=16",
+    "train.num_negatives_factor=1",
+    "train.eval_every=40",
+    "train.max_steps=120",
+    "train.log_every=10",
+    'train.device="cpu"',
+    "eval.topk=[5,10]",
+    "eval.early_stop_metric=recall@10",
+]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, bit-identical to child processes
 
@@ -68,8 +76,9 @@ def tiny_config(*extra: str):
 
 def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "mirec", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "mirec", *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -179,8 +188,9 @@ def test_resume_refuses_a_changed_config_or_dataset_and_applies_safe_changes(dat
     prepare([write_log(tmp_path / "other.tsv", seed=1)], "csv", other, name="data")
     with pytest.raises(RunFolderError, match="another dataset"):
         train_run(other, tiny_config("train.max_steps=40"), run, resume=True, progress=False)
-    metrics = train_run(data_dir, tiny_config("train.max_steps=80", "train.patience=3"), run, resume=True,
-                        progress=False)
+    metrics = train_run(
+        data_dir, tiny_config("train.max_steps=80", "train.patience=3"), run, resume=True, progress=False
+    )
     assert metrics["train"]["steps"] == 80
     assert load_config(run / "config.toml").train.max_steps == 80
     log = (run / "train.log").read_text()
@@ -243,8 +253,12 @@ def test_kill_during_the_checkpoint_swap_then_resume_equals_an_uninterrupted_run
     stage, resumes_from, data_dir, uninterrupted, tmp_path
 ):
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", CHILD, stage, "2", str(data_dir), str(run), *TINY],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, stage, "2", str(data_dir), str(run), *TINY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert latest_checkpoint(run) is not None
     assert json.loads((latest_checkpoint(run) / "state.json").read_text())["step"] == resumes_from
@@ -258,11 +272,15 @@ def test_kill_during_the_checkpoint_swap_then_resume_equals_an_uninterrupted_run
     assert metrics["test"] == full["test"] and metrics["valid"] == full["valid"]
     assert history(run) == history(uninterrupted)
     assert same_weights(weights(run / "model.safetensors"), weights(uninterrupted / "model.safetensors"))
-    assert same_weights(weights(latest_checkpoint(run) / "optimizer.safetensors"),
-                        weights(latest_checkpoint(uninterrupted) / "optimizer.safetensors"))
+    assert same_weights(
+        weights(latest_checkpoint(run) / "optimizer.safetensors"),
+        weights(latest_checkpoint(uninterrupted) / "optimizer.safetensors"),
+    )
 
 
-def test_a_run_folder_of_an_earlier_mirec_is_recovered_from_its_moved_aside_checkpoint(data_dir, uninterrupted, tmp_path):
+def test_a_run_folder_of_an_earlier_mirec_is_recovered_from_its_moved_aside_checkpoint(
+    data_dir, uninterrupted, tmp_path
+):
     """mirec < 0.2 swapped checkpoint/ by two renames; a crash between them left only .checkpoint.old-PID."""
     run = tmp_path / "run"
     train_run(data_dir, tiny_config("train.max_steps=80"), run, progress=False)
@@ -291,8 +309,17 @@ def test_a_corrupt_checkpoint_is_a_clear_error_naming_the_file(data_dir, tmp_pat
 def test_a_second_training_into_a_locked_run_folder_fails_at_once_naming_the_holder(data_dir, tmp_path):
     run = tmp_path / "run"
     with run_lock(run):
-        proc = run_cli("train", "--data", str(data_dir), "--model", "dnn", "--output", str(run), "--quiet",
-                       *[a for s in TINY for a in ("--set", s)])
+        proc = run_cli(
+            "train",
+            "--data",
+            str(data_dir),
+            "--model",
+            "dnn",
+            "--output",
+            str(run),
+            "--quiet",
+            *[a for s in TINY for a in ("--set", s)],
+        )
         assert proc.returncode == 1 and f"PID {os.getpid()}" in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") <= 2
         with pytest.raises(LockedError, match=str(os.getpid())):
@@ -302,8 +329,10 @@ def test_a_second_training_into_a_locked_run_folder_fails_at_once_naming_the_hol
 
 def test_the_lock_is_released_by_a_killed_holder(tmp_path):
     lock = tmp_path / ".lock"
-    code = f"from mirec.utils import exclusive_lock\nimport os, signal\nwith exclusive_lock({str(lock)!r}, 'x'):\n" \
-           "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    code = (
+        f"from mirec.utils import exclusive_lock\nimport os, signal\nwith exclusive_lock({str(lock)!r}, 'x'):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
     with exclusive_lock(lock, "x"):  # the kernel released it
         assert lock.read_text().strip() == str(os.getpid())
@@ -327,12 +356,16 @@ def test_timestamp_unit_is_detected_converted_and_recorded(tmp_path, scale, unit
 
 def test_timestamp_unit_can_be_stated_and_implausible_dates_warn(tmp_path, capsys):
     log = write_log(tmp_path / "ms.tsv", scale=1000)
-    assert main(["prepare", str(log), "--format", "csv", "--output", str(tmp_path / "a"), "--timestamp-unit", "ms"]) == 0
+    assert (
+        main(["prepare", str(log), "--format", "csv", "--output", str(tmp_path / "a"), "--timestamp-unit", "ms"]) == 0
+    )
     assert json.loads((tmp_path / "a" / "meta.json").read_text())["timestamp_unit"] == "ms"
     with pytest.warns(UserWarning, match="in the future"):  # ms read as seconds: the year 43,000
         prepare([log], "csv", tmp_path / "b", timestamp_unit="s")
     small = tmp_path / "small.tsv"
-    small.write_text("user_id\titem_id\ttimestamp\n" + "".join(f"u{u}\ti{i}\t{5000 + i}\n" for u in range(40) for i in range(6)))
+    small.write_text(
+        "user_id\titem_id\ttimestamp\n" + "".join(f"u{u}\ti{i}\t{5000 + i}\n" for u in range(40) for i in range(6))
+    )
     with pytest.warns(UserWarning, match="1970-01-01.*before 1990"):  # e.g. category ids taken as timestamps
         report = prepare([small], "csv", tmp_path / "c", options=None)
     assert "timestamp_warning" in report.clean
@@ -382,8 +415,11 @@ def test_whole_file_problems_are_one_clean_line(tmp_path, capsys):
     parquet_named.write_text("user,item,timestamp\n1,2,3\n")
     garbage = tmp_path / "UserBehavior.csv"
     garbage.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8)))
-    cases = [(empty, "csv", "empty file"), (parquet_named, "parquet", "not a readable Parquet file"),
-             (garbage, "taobao", "invalid UTF-8")]
+    cases = [
+        (empty, "csv", "empty file"),
+        (parquet_named, "parquet", "not a readable Parquet file"),
+        (garbage, "taobao", "invalid UTF-8"),
+    ]
     for path, fmt, expected in cases:
         assert main(["prepare", str(path), "--format", fmt, "--output", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
@@ -393,15 +429,38 @@ def test_whole_file_problems_are_one_clean_line(tmp_path, capsys):
 
 
 def test_a_bad_config_fails_before_training_with_the_choices(data_dir, tmp_path, capsys):
-    cases = {"eval.backend=fiass": "['torch', 'faiss']", "eval.early_stop_metric=recal@50": "METRIC@N",
-             "eval.topk=[0]": ">= 1", "train.num_negatives_factor=0": ">= 1", "model.num_interests=0": ">= 1",
-             "model.embedding_dim=0": ">= 1", "model.maxlen=0": ">= 1", "train.loss=bpr": "'sampled'",
-             "eval.topk=[20,5000]": "catalogue"}
+    cases = {
+        "eval.backend=fiass": "['torch', 'faiss']",
+        "eval.early_stop_metric=recal@50": "METRIC@N",
+        "eval.topk=[0]": ">= 1",
+        "train.num_negatives_factor=0": ">= 1",
+        "model.num_interests=0": ">= 1",
+        "model.embedding_dim=0": ">= 1",
+        "model.maxlen=0": ">= 1",
+        "train.loss=bpr": "'sampled'",
+        "eval.topk=[20,5000]": "catalogue",
+    }
     for override, expected in cases.items():
         run = tmp_path / override.replace("=", "_")
         extra = ["--set", "eval.early_stop_metric=recall@20"] if "topk=[20" in override else []
-        assert main(["train", "--data", str(data_dir), "--model", "comirec-sa", "--output", str(run), "--quiet",
-                     "--set", override, *extra]) == 1
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data_dir),
+                    "--model",
+                    "comirec-sa",
+                    "--output",
+                    str(run),
+                    "--quiet",
+                    "--set",
+                    override,
+                    *extra,
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert expected in err, (override, err)
         assert not run.exists() or not [p for p in run.iterdir() if p.name != ".lock"], "no half-made run folder"
@@ -428,11 +487,30 @@ def test_ctrl_c_during_training_checkpoints_and_exits_130_then_resumes(data_dir,
     run = tmp_path / "run"
     overrides = [*TINY, "train.max_steps=100000", "train.eval_every=1000"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "mirec", "train", "--data", str(data_dir), "--model", "dnn",
-                             "--output", str(run), "--quiet", *[a for s in overrides for a in ("--set", s)]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirec",
+            "train",
+            "--data",
+            str(data_dir),
+            "--model",
+            "dnn",
+            "--output",
+            str(run),
+            "--quiet",
+            *[a for s in overrides for a in ("--set", s)],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and "step 20 " not in ((run / "train.log").read_text() if (run / "train.log").exists() else ""):
+    while time.time() < deadline and "step 20 " not in (
+        (run / "train.log").read_text() if (run / "train.log").exists() else ""
+    ):
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -440,19 +518,49 @@ def test_ctrl_c_during_training_checkpoints_and_exits_130_then_resumes(data_dir,
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
     assert state["step"] >= 20 and state["stop_reason"] == "interrupted"
     assert "interrupted at step" in (run / "train.log").read_text()
-    resumed = run_cli("train", "--data", str(data_dir), "--model", "dnn", "--output", str(run), "--quiet", "--resume",
-                      *[a for s in [*overrides[:-2], f"train.max_steps={state['step'] + 10}", "train.eval_every=1000"]
-                        for a in ("--set", s)])
+    resumed = run_cli(
+        "train",
+        "--data",
+        str(data_dir),
+        "--model",
+        "dnn",
+        "--output",
+        str(run),
+        "--quiet",
+        "--resume",
+        *[
+            a
+            for s in [*overrides[:-2], f"train.max_steps={state['step'] + 10}", "train.eval_every=1000"]
+            for a in ("--set", s)
+        ],
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == state["step"] + 10
 
 
 def test_bench_checks_data_first_and_fails_when_cells_fail(data_dir, tmp_path, capsys):
-    assert main(["bench", "--data", f"d={tmp_path / 'nothing'}", "--models", "dnn", "--output", str(tmp_path / "b")]) == 1
+    assert (
+        main(["bench", "--data", f"d={tmp_path / 'nothing'}", "--models", "dnn", "--output", str(tmp_path / "b")]) == 1
+    )
     assert "not a prepared dataset" in capsys.readouterr().err and not (tmp_path / "b").exists()
     # every cell fails (a 1-item catalogue cannot hold top-10): exit 1, naming the count
-    code = main(["bench", "--data", f"d={data_dir}", "--models", "dnn", "--seeds", "1", "--output", str(tmp_path / "b"),
-                 "--set", "eval.topk=[10,100000]", "--set", "eval.early_stop_metric=recall@10"])
+    code = main(
+        [
+            "bench",
+            "--data",
+            f"d={data_dir}",
+            "--models",
+            "dnn",
+            "--seeds",
+            "1",
+            "--output",
+            str(tmp_path / "b"),
+            "--set",
+            "eval.topk=[10,100000]",
+            "--set",
+            "eval.early_stop_metric=recall@10",
+        ]
+    )
     assert code == 1 and "1 of 1 cells failed" in capsys.readouterr().err
 
 

@@ -76,9 +76,7 @@ def slow_unique_reference(sampler: LogUniformSampler, num_sampled: int, seed: in
 
 
 @pytest.mark.parametrize("path", ["scatter", "sort"])  # small id ranges: first-draw table; large: unique+argsort
-@pytest.mark.parametrize(
-    ("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)]
-)
+@pytest.mark.parametrize(("range_max", "num_sampled", "seed"), [(50, 10, 0), (50, 45, 1), (1000, 300, 2), (8, 8, 3)])
 def test_sample_unique_matches_sequential_tf_loop(range_max, num_sampled, seed, path):
     sampler = LogUniformSampler(range_max, offset=1 if seed == 2 else 0)
     sampler.scatter_limit = range_max if path == "scatter" else 0
@@ -124,9 +122,7 @@ def test_sample_unique_reports_counts_for_true_and_sampled():
     targets = torch.tensor([3, 50, 3])
     out = sampler.sample_unique(20, targets, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out.true_expected_count, sampler.expected_count(targets, 20, out.num_tries))
-    torch.testing.assert_close(
-        out.sampled_expected_count, sampler.expected_count(out.sampled, 20, out.num_tries)
-    )
+    torch.testing.assert_close(out.sampled_expected_count, sampler.expected_count(out.sampled, 20, out.num_tries))
     assert out.num_tries >= 20
 
 
@@ -167,9 +163,7 @@ def test_sampled_logits_log_q_and_accidental_hits_hand_computed(hit_lookup, monk
     # row 1: u=(.5,-1): true e4 -> 0.0; e4 is a hit -> -FLOAT_MAX; e2 -> -1.25, e5 -> 0.5
     assert logits[1, 0].item() == pytest.approx(0.0 - math.log(0.2))
     assert logits[1, 1].item() <= torch.finfo(torch.float64).min / 2
-    np.testing.assert_allclose(
-        logits[1, 2:].numpy(), [-1.25 - math.log(0.5), 0.5 - math.log(0.1)], rtol=1e-12
-    )
+    np.testing.assert_allclose(logits[1, 2:].numpy(), [-1.25 - math.log(0.5), 0.5 - math.log(0.1)], rtol=1e-12)
 
     # the loss: mean cross-entropy with label 0; the hit column has no probability mass
     def ce(row):
@@ -184,9 +178,7 @@ def test_sampled_logits_log_q_and_accidental_hits_hand_computed(hit_lookup, monk
     assert probs[1, 1].item() == 0.0
 
     # without log Q and without hit removal
-    plain = sampled_logits(
-        users, targets, output_fn, cand, remove_accidental_hits=False, subtract_log_q=False
-    )
+    plain = sampled_logits(users, targets, output_fn, cand, remove_accidental_hits=False, subtract_log_q=False)
     np.testing.assert_allclose(plain.numpy(), [[2.0, 4.0, 1.5, -3.0], [0.0, 0.0, -1.25, 0.5]], rtol=1e-12)
 
 
@@ -223,9 +215,7 @@ def test_sampled_softmax_loss_is_seeded_and_matches_its_parts():
     fused.backward()
     plain.backward()
     torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-7)
-    again = sampled_softmax_loss(
-        users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11)
-    )
+    again = sampled_softmax_loss(users, targets, lambda ids: table[ids], sampler, 12, torch.Generator().manual_seed(11))
     assert again.item() == loss.item()
     with pytest.raises(ValueError, match="expected user_vectors"):
         sampled_softmax_loss(users, targets[:3], lambda ids: table[ids], sampler, 12, g)
@@ -307,8 +297,14 @@ def test_remi_uniform_loss_is_plain_softmax_over_target_and_draws():
     targets = torch.tensor([1, 8, 4])
     sampler = UniformSampler(9)
     loss = sampled_softmax_loss(
-        users, targets, lambda ids: table[ids], sampler, 30, torch.Generator().manual_seed(7),
-        remove_accidental_hits=False, unique=False,
+        users,
+        targets,
+        lambda ids: table[ids],
+        sampler,
+        30,
+        torch.Generator().manual_seed(7),
+        remove_accidental_hits=False,
+        unique=False,
     )
     draws = sampler.draw(30, torch.Generator().manual_seed(7))
     scores = torch.cat([(users * table[targets]).sum(1, keepdim=True), users @ table[draws].T], dim=1)
@@ -335,8 +331,15 @@ def test_loss_backward_matches_autograd_of_the_logits(unique, remove_hits, subtr
         weights, u = table.clone().requires_grad_(True), users.clone().requires_grad_(True)
         if fused:
             loss = sampled_softmax_loss(
-                u, targets, lambda ids, w=weights: w[ids], sampler, 8, torch.Generator().manual_seed(5),
-                remove_accidental_hits=remove_hits, subtract_log_q=subtract_log_q, unique=unique,
+                u,
+                targets,
+                lambda ids, w=weights: w[ids],
+                sampler,
+                8,
+                torch.Generator().manual_seed(5),
+                remove_accidental_hits=remove_hits,
+                subtract_log_q=subtract_log_q,
+                unique=unique,
             )
         else:
             logits = sampled_logits(u, targets, lambda ids, w=weights: w[ids], cand, remove_hits, subtract_log_q)

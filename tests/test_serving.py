@@ -30,8 +30,16 @@ from mirec.serving.model import RecommendRequest
 from mirec.training.trainer import train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = ["model.embedding_dim=16", "train.batch_size=32", "train.num_negatives_factor=1", "train.eval_every=40",
-         "train.max_steps=80", 'train.device="cpu"', "eval.topk=[10,20]", "eval.early_stop_metric=recall@20"]
+SMALL = [
+    "model.embedding_dim=16",
+    "train.batch_size=32",
+    "train.num_negatives_factor=1",
+    "train.eval_every=40",
+    "train.max_steps=80",
+    'train.device="cpu"',
+    "eval.topk=[10,20]",
+    "eval.early_stop_metric=recall@20",
+]
 HISTORIES = [["i100", "i101", "i102"], ["i130", "i131"], ["i115", "i150", "i116", "i117"], ["i149"]]
 
 
@@ -80,14 +88,20 @@ def test_bundle_round_trip_gives_the_run_folders_recommendations(run_dir, bundle
                 assert not set(got.items) & set(history)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model"] == "comirec-sa" and manifest["n_items"] == served.n_items == 60
-    assert {"config.toml", "model.safetensors", "item_vectors.safetensors", "items.parquet", "index.json"} <= set(manifest["files"])
+    assert {"config.toml", "model.safetensors", "item_vectors.safetensors", "items.parquet", "index.json"} <= set(
+        manifest["files"]
+    )
     assert len(manifest["model_version"]) == 16 and manifest["dataset"]["meta_sha256"]
 
 
 def test_bundle_of_a_model_with_a_global_context_needs_no_dataset(data_dir, tmp_path):
     run = tmp_path / "gimirec"
-    train_run(data_dir, load_config(model="gimirec", overrides=[*SMALL, "train.max_steps=20", "train.eval_every=20"]),
-              run, progress=False)
+    train_run(
+        data_dir,
+        load_config(model="gimirec", overrides=[*SMALL, "train.max_steps=20", "train.eval_every=20"]),
+        run,
+        progress=False,
+    )
     export_bundle(run, tmp_path / "bundle")
     moved = tmp_path / "elsewhere"
     (tmp_path / "bundle").rename(moved)
@@ -173,8 +187,12 @@ def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
     ann = ItemIndex(table, IndexParams(kind=kind, metric=metric, hnsw_ef_search=256, ivf_nprobe=16))
     s_exact, i_exact = exact.search(queries, 20)
     s_ann, i_ann = ann.search(queries, 20)
-    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 20
-                       for a, b in zip(i_ann.reshape(-1, 20), i_exact.reshape(-1, 20), strict=True)])
+    overlap = np.mean(
+        [
+            len(set(a.tolist()) & set(b.tolist())) / 20
+            for a, b in zip(i_ann.reshape(-1, 20), i_exact.reshape(-1, 20), strict=True)
+        ]
+    )
     assert overlap >= 0.9, overlap
     # scores are exact inner products of the returned ids
     torch.testing.assert_close(s_ann, torch.einsum("ukd,uknd->ukn", queries, table[i_ann]), rtol=1e-5, atol=1e-4)
@@ -227,8 +245,9 @@ def test_recommend_route_answers_as_the_serving_model(served):
         assert [i["interest"] for i in body["items"]] == want.interests
         assert body["model_version"] == served.manifest["model_version"] and body["index_version"]
         batch = client.post("/v1/recommend/batch", json={"requests": [{"history": h, "n": 5} for h in HISTORIES]})
-        assert [[i["id"] for i in r["items"]] for r in batch.json()["results"]] == \
-            [r.items for r in served.recommend([RecommendRequest(h, n=5) for h in HISTORIES])]
+        assert [[i["id"] for i in r["items"]] for r in batch.json()["results"]] == [
+            r.items for r in served.recommend([RecommendRequest(h, n=5) for h in HISTORIES])
+        ]
         interests = client.post("/v1/interests", json={"history": ["i100", "i101"]}).json()["interests"]
         assert np.array(interests).shape == (4, 16)
         similar = client.get("/v1/items/i100/similar?n=4").json()["items"]
@@ -241,20 +260,27 @@ def test_recommend_route_answers_as_the_serving_model(served):
         assert "mirec_request_seconds_bucket" in text and "mirec_batch_size_count" in text
 
 
-@pytest.mark.parametrize("body,status", [
-    (b"{not json", 422),
-    ({"history": "i100"}, 422),
-    ({"history": [], "n": 5}, 422),
-    ({"history": ["nope", "nada"]}, 422),
-    ({"history": ["i100"], "n": 0}, 422),
-    ({"history": ["i100"], "n": 51}, 422),
-    ({"history": ["i100"] * 11}, 413),
-    ({"history": ["i100", "i101"], "timestamps": [1]}, 422),
-    ({"history": ["i100"], "diversity_lambda": -1}, 422),
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"{not json", 422),
+        ({"history": "i100"}, 422),
+        ({"history": [], "n": 5}, 422),
+        ({"history": ["nope", "nada"]}, 422),
+        ({"history": ["i100"], "n": 0}, 422),
+        ({"history": ["i100"], "n": 51}, 422),
+        ({"history": ["i100"] * 11}, 413),
+        ({"history": ["i100", "i101"], "timestamps": [1]}, 422),
+        ({"history": ["i100"], "diversity_lambda": -1}, 422),
+    ],
+)
 def test_bad_input_gets_a_json_4xx_and_nothing_breaks(served, body, status):
     with client_of(served, max_n=50, max_history=10) as client:
-        kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+        kwargs = (
+            {"content": body, "headers": {"content-type": "application/json"}}
+            if isinstance(body, bytes)
+            else {"json": body}
+        )
         response = client.post("/v1/recommend", **kwargs)
         assert response.status_code == status and "error" in response.json(), response.text
         assert client.post("/v1/recommend", json={"history": ["i100"]}).status_code == 200
@@ -267,11 +293,13 @@ def test_limits_on_body_and_batch_size(served):
         many = {"requests": [{"history": ["i100"]}] * 3}
         assert client.post("/v1/recommend/batch", json=many).status_code == 413
         assert client.post("/v1/recommend/batch", json={"requests": [{"history": ["i100"]}] * 2}).status_code == 200
-        chunked = client.post("/v1/recommend", content=iter([json.dumps(big).encode()]),
-                              headers={"content-type": "application/json"})  # no Content-Length
+        chunked = client.post(
+            "/v1/recommend", content=iter([json.dumps(big).encode()]), headers={"content-type": "application/json"}
+        )  # no Content-Length
         assert chunked.status_code == 413 and "error" in chunked.json()
-        small = client.post("/v1/recommend", content=iter([b'{"history": ["i100"]}']),
-                            headers={"content-type": "application/json"})
+        small = client.post(
+            "/v1/recommend", content=iter([b'{"history": ["i100"]}']), headers={"content-type": "application/json"}
+        )
         assert small.status_code == 200
 
 
@@ -287,7 +315,9 @@ def test_bearer_token_guards_all_but_health(served):
 
 def test_concurrent_requests_are_micro_batched_with_the_same_answers(served):
     requests = [{"history": HISTORIES[i % len(HISTORIES)], "n": 5 + i % 3} for i in range(24)]
-    want = [[i for i in r.items] for r in served.recommend([RecommendRequest(r["history"], n=r["n"]) for r in requests])]
+    want = [
+        [i for i in r.items] for r in served.recommend([RecommendRequest(r["history"], n=r["n"]) for r in requests])
+    ]
     with client_of(served, microbatch_wait_ms=100, microbatch_size=64) as client:
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda r: client.post("/v1/recommend", json=r).json(), requests))
@@ -342,8 +372,11 @@ def test_the_real_server_on_loopback(bundle, served, tmp_path):
     port = free_port()
     token = tmp_path / "token"
     token.write_text("abc\n")
-    proc = subprocess.Popen([sys.executable, "-m", "mirec", "serve", str(bundle), "--port", str(port),
-                             "--token-file", str(token)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mirec", "serve", str(bundle), "--port", str(port), "--token-file", str(token)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -352,10 +385,16 @@ def test_the_real_server_on_loopback(bundle, served, tmp_path):
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json={"history": ["i100", "i101"], "n": 6},
-                       headers={"Authorization": "Bearer abc"}, timeout=10)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/recommend",
+            json={"history": ["i100", "i101"], "n": 6},
+            headers={"Authorization": "Bearer abc"},
+            timeout=10,
+        )
         assert r.status_code == 200
-        assert [i["id"] for i in r.json()["items"]] == served.recommend([RecommendRequest(["i100", "i101"], n=6)])[0].items
+        assert [i["id"] for i in r.json()["items"]] == served.recommend([RecommendRequest(["i100", "i101"], n=6)])[
+            0
+        ].items
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -366,8 +405,11 @@ def test_the_real_server_on_loopback(bundle, served, tmp_path):
 
 def test_batch_recommendation_from_files_and_for_a_dataset(run_dir, bundle, data_dir, tmp_path, served):
     jsonl = tmp_path / "h.jsonl"
-    jsonl.write_text("".join(json.dumps({"user": f"x{i}", "history": h}) + "\n" for i, h in enumerate(HISTORIES))
-                     + json.dumps({"user": "ghost", "history": ["nope"]}) + "\n")
+    jsonl.write_text(
+        "".join(json.dumps({"user": f"x{i}", "history": h}) + "\n" for i, h in enumerate(HISTORIES))
+        + json.dumps({"user": "ghost", "history": ["nope"]})
+        + "\n"
+    )
     report = recommend_file(served, jsonl, tmp_path / "a.parquet", n=5, chunk=3, progress=False)
     assert report["users"] == 5 and report["skipped_unknown"] == 1 and report["rows"] == 20
     table = pq.read_table(tmp_path / "a.parquet").to_pylist()
@@ -385,12 +427,30 @@ def test_batch_recommendation_from_files_and_for_a_dataset(run_dir, bundle, data
     rows = pq.read_table(tmp_path / "c.parquet").to_pylist()
     seq = dataset.test
     user0 = dataset.user_original_ids[seq.users[0]]
-    history = [str(dataset.item_original_ids[i]) for i in seq.items[seq.indptr[0]: seq.indptr[0] + seq.history_len[0]]]
-    stamps = seq.timestamps[seq.indptr[0]: seq.indptr[0] + seq.history_len[0]].tolist()
+    history = [str(dataset.item_original_ids[i]) for i in seq.items[seq.indptr[0] : seq.indptr[0] + seq.history_len[0]]]
+    stamps = seq.timestamps[seq.indptr[0] : seq.indptr[0] + seq.history_len[0]].tolist()
     want = served.recommend([RecommendRequest(history, stamps, n=10)])[0].items
     assert [r["item"] for r in rows if r["user"] == user0] == want
-    cli = subprocess.run([sys.executable, "-m", "mirec", "recommend", str(bundle), "--data", str(data_dir), "--split",
-                          "test", "--output", str(tmp_path / "d.parquet"), "-n", "10", "--quiet"], capture_output=True, text=True)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirec",
+            "recommend",
+            str(bundle),
+            "--data",
+            str(data_dir),
+            "--split",
+            "test",
+            "--output",
+            str(tmp_path / "d.parquet"),
+            "-n",
+            "10",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 0, cli.stderr
     assert pq.read_table(tmp_path / "d.parquet").to_pylist() == rows
     assert load_serving(run_dir).recommend([RecommendRequest(history, stamps, n=10)])[0].items == want
@@ -418,7 +478,9 @@ def test_onnx_user_tower_matches_torch_or_says_why_not(model, data_dir, tmp_path
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(tmp_path / "bundle" / "user_tower.onnx"))
-    batch, _, _ = served.encode([RecommendRequest(h, [1_300_000_000 + 86400 * i for i in range(len(h))]) for h in HISTORIES])
+    batch, _, _ = served.encode(
+        [RecommendRequest(h, [1_300_000_000 + 86400 * i for i in range(len(h))]) for h in HISTORIES]
+    )
     feed = {"items": batch.items.numpy(), "mask": batch.mask.numpy(), "days": batch.days.numpy()}
     names = {i.name for i in session.get_inputs()}
     out = session.run(None, {k: v for k, v in feed.items() if k in names})[0]
@@ -427,7 +489,11 @@ def test_onnx_user_tower_matches_torch_or_says_why_not(model, data_dir, tmp_path
 
 
 def test_a_history_of_unknown_items_fails_alone(served):
-    requests = [RecommendRequest(HISTORIES[0], n=5), RecommendRequest(["nope"], n=5), RecommendRequest(HISTORIES[1], n=5)]
+    requests = [
+        RecommendRequest(HISTORIES[0], n=5),
+        RecommendRequest(["nope"], n=5),
+        RecommendRequest(HISTORIES[1], n=5),
+    ]
     got = served.recommend(requests, skip_unknown=True)
     assert got[1] is None
     assert [r.items for r in (got[0], got[2])] == [r.items for r in served.recommend([requests[0], requests[2]])]

@@ -55,6 +55,7 @@ def register_test_model(monkeypatch):
     monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", f"{__name__}:MeanLast")
     monkeypatch.setitem(config_module.MODEL_CONFIGS, "meanlast", ModelConfig)
 
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, bit-identical to child processes
 
 
@@ -202,9 +203,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
     assert resumed["valid"] == full["valid"] and resumed["test"] == full["test"]
     assert resumed["train"]["steps"] == full["train"]["steps"] == 120
     assert resumed["train"]["best_step"] == full["train"]["best_step"]
-    assert_same_weights(
-        weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors")
-    )
+    assert_same_weights(weights(tmp_path / "resumed/model.safetensors"), weights(tmp_path / "full/model.safetensors"))
     assert_same_weights(
         weights(latest(tmp_path / "resumed") / "model.safetensors"),
         weights(latest(tmp_path / "full") / "model.safetensors"),
@@ -218,9 +217,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
 def test_resume_extends_max_steps_like_one_long_run(data_dir, tmp_path):
     long = train_run(data_dir, make_config(max_steps=120), tmp_path / "long", progress=False)
     train_run(data_dir, make_config(max_steps=80), tmp_path / "short", progress=False)
-    extended = train_run(
-        data_dir, make_config(max_steps=120), tmp_path / "short", resume=True, progress=False
-    )
+    extended = train_run(data_dir, make_config(max_steps=120), tmp_path / "short", resume=True, progress=False)
     assert history(tmp_path / "short") == history(tmp_path / "long")
     assert extended["test"] == long["test"]
 
@@ -233,9 +230,7 @@ def test_same_seed_same_run_other_seed_differs(data_dir, tmp_path):
     assert history(tmp_path / "a") == history(tmp_path / "b")
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert_same_weights(weights(tmp_path / "a/model.safetensors"), weights(tmp_path / "b/model.safetensors"))
-    assert [r["train_loss"] for r in history(tmp_path / "a")] != [
-        r["train_loss"] for r in history(tmp_path / "c")
-    ]
+    assert [r["train_loss"] for r in history(tmp_path / "a")] != [r["train_loss"] for r in history(tmp_path / "c")]
     assert not torch.equal(
         weights(tmp_path / "a/model.safetensors")["item_embedding.weight"],
         weights(tmp_path / "c/model.safetensors")["item_embedding.weight"],
@@ -264,7 +259,10 @@ def test_early_stopping_keeps_the_best_weights(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_finish", finish)
     metrics = train_run(
-        data_dir, make_config(max_steps=1000, eval_every=10, patience=2), tmp_path / "es", progress=False,
+        data_dir,
+        make_config(max_steps=1000, eval_every=10, patience=2),
+        tmp_path / "es",
+        progress=False,
         evaluate=fake_evaluate,
     )
     assert calls["train"] == 5  # evaluations at 10..50; 0.3 at step 20 is not beaten by 0.2, 0.3 (ties), 0.25
@@ -285,7 +283,10 @@ def test_stop_reason_names_the_limit_even_when_the_last_evaluation_exhausts_pati
         return {"recall@10": next(values, 0.0), "users": 15}
 
     metrics = train_run(
-        data_dir, make_config(max_steps=35, eval_every=10, patience=2), tmp_path / "cap", progress=False,
+        data_dir,
+        make_config(max_steps=35, eval_every=10, patience=2),
+        tmp_path / "cap",
+        progress=False,
         evaluate=fake_evaluate,
     )
     assert [r["step"] for r in history(tmp_path / "cap")] == [10, 20, 30, 35]
@@ -294,9 +295,7 @@ def test_stop_reason_names_the_limit_even_when_the_last_evaluation_exhausts_pati
 
 def test_full_and_inbatch_losses_learn(data_dir, tmp_path):
     for loss in ("full", "inbatch"):
-        train_run(
-            data_dir, make_config(max_steps=80, eval_every=40, loss=loss), tmp_path / loss, progress=False
-        )
+        train_run(data_dir, make_config(max_steps=80, eval_every=40, loss=loss), tmp_path / loss, progress=False)
         rows = history(tmp_path / loss)
         assert rows[-1]["train_loss"] < rows[0]["train_loss"], loss
 
@@ -345,9 +344,7 @@ def test_global_context_is_saved_and_reloaded(data_dir, tmp_path):
 
 
 def test_wall_clock_budget_stops_the_run(data_dir, tmp_path):
-    metrics = train_run(
-        data_dir, make_config(max_steps=10_000, max_minutes=1e-9), tmp_path / "t", progress=False
-    )
+    metrics = train_run(data_dir, make_config(max_steps=10_000, max_minutes=1e-9), tmp_path / "t", progress=False)
     assert metrics["train"]["stop_reason"] == "max_minutes" and metrics["train"]["steps"] < 10_000
     assert [r["step"] for r in history(tmp_path / "t")] == [metrics["train"]["steps"]]  # the final evaluation
 
@@ -385,4 +382,8 @@ def test_a_models_named_terms_reach_train_log_and_history_as_interval_means(data
     assert [r["train_terms"] for r in history(tmp_path / "terms")] == [{"seen": 4.5}, {"seen": 14.5}]
     log = (tmp_path / "terms" / "train.log").read_text()
     assert [line.split("seen=")[1].split()[0] for line in log.splitlines() if "seen=" in line] == [
-        "2.00000", "7.00000", "12.00000", "17.00000"]
+        "2.00000",
+        "7.00000",
+        "12.00000",
+        "17.00000",
+    ]

@@ -59,8 +59,15 @@ def train(
     from mirec.data.dataset import load_dataset
     from mirec.training.trainer import train_run
 
-    return train_run(load_dataset(data_dir), config, output, resume=resume, overwrite=overwrite, progress=progress,
-                     preset=f"{preset}/{model}")
+    return train_run(
+        load_dataset(data_dir),
+        config,
+        output,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        preset=f"{preset}/{model}",
+    )
 
 
 def preset_of(data_dir: str | Path) -> str:
@@ -112,14 +119,25 @@ class Recommender:
         Served by :class:`mirec.serving.ServingModel` (built on the first call, then reused)."""
         from mirec.serving.model import RecommendRequest, UnknownItemsError
 
-        request = RecommendRequest([str(i) for i in items], None if timestamps is None else list(timestamps), n,
-                                   exclude_history, diversity_lambda)
+        request = RecommendRequest(
+            [str(i) for i in items],
+            None if timestamps is None else list(timestamps),
+            n,
+            exclude_history,
+            diversity_lambda,
+        )
         try:
             (result,) = self.serving().recommend([request])
         except UnknownItemsError:
-            raise ValueError(f"none of the given items is known to this model: {[str(i) for i in items][:10]}") from None
-        return {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
-                "unknown_items": result.unknown_items}
+            raise ValueError(
+                f"none of the given items is known to this model: {[str(i) for i in items][:10]}"
+            ) from None
+        return {
+            "recommendations": result.items,
+            "scores": result.scores,
+            "interests": result.interests,
+            "unknown_items": result.unknown_items,
+        }
 
     def serving(self):
         """The run's :class:`mirec.serving.ServingModel` (exact search), built once."""

@@ -70,8 +70,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mirec.api import preset_of, resolve_data
 
     preset = preset_of(resolve_data(args.data))
-    print(f"mirec train: presets {preset}/{args.model} (from the dataset's name; `mirec config show` prints the "
-          "resolved config)", file=sys.stderr)
+    print(
+        f"mirec train: presets {preset}/{args.model} (from the dataset's name; `mirec config show` prints the "
+        "resolved config)",
+        file=sys.stderr,
+    )
     metrics = train(
         args.data,
         args.model,
@@ -119,12 +122,17 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         items = [s for s in args.items.split(",") if s]
         stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
         try:
-            (result,) = serving.recommend([RecommendRequest(items, stamps, args.n, args.exclude_history,
-                                                            args.diversity_lambda)])
+            (result,) = serving.recommend(
+                [RecommendRequest(items, stamps, args.n, args.exclude_history, args.diversity_lambda)]
+            )
         except UnknownItemsError:
             raise ValueError(f"none of the given items is known to this model: {items[:10]}") from None
-        out = {"recommendations": result.items, "scores": result.scores, "interests": result.interests,
-               "unknown_items": result.unknown_items}
+        out = {
+            "recommendations": result.items,
+            "scores": result.scores,
+            "interests": result.interests,
+            "unknown_items": result.unknown_items,
+        }
         if out["unknown_items"]:
             print(f"unknown items (ignored): {','.join(out['unknown_items'])}", file=sys.stderr)
         _print_json(out)
@@ -142,8 +150,9 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         from mirec.api import resolve_data
         from mirec.data.dataset import load_dataset
 
-        report = recommend_dataset(serving, load_dataset(resolve_data(args.data)), args.split, args.output,
-                                   n=args.n, progress=not args.quiet)
+        report = recommend_dataset(
+            serving, load_dataset(resolve_data(args.data)), args.split, args.output, n=args.n, progress=not args.quiet
+        )
     _print_json({"output": args.output, **report})
 
 
@@ -151,8 +160,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mirec.serving.bundle import export_bundle
     from mirec.serving.index import IndexParams
 
-    params = IndexParams(kind=args.index, metric=args.metric, hnsw_m=args.hnsw_m,
-                         hnsw_ef_search=args.hnsw_ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe)
+    params = IndexParams(
+        kind=args.index,
+        metric=args.metric,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_search=args.hnsw_ef_search,
+        ivf_nlist=args.ivf_nlist,
+        ivf_nprobe=args.ivf_nprobe,
+    )
     if args.onnx:  # before any writing: a model that cannot be exported fails in a second
         from mirec.config import load_config
         from mirec.serving.onnx_export import NOT_EXPORTABLE, require_onnx
@@ -173,13 +188,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from mirec.serving.app import ServeSettings, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"mirec serve: binding to {args.host}, reachable beyond this machine"
-              + ("" if args.token_file else " WITHOUT authentication (--token-file)"), file=sys.stderr)
-    settings = ServeSettings(max_history=args.max_history, max_n=args.max_n, max_batch=args.max_batch,
-                             max_body_bytes=args.max_body_bytes, microbatch_size=args.microbatch_size,
-                             microbatch_wait_ms=args.microbatch_wait_ms)
-    serve(args.bundle, host=args.host, port=args.port, token_file=args.token_file, settings=settings,
-          device=args.device, threads=getattr(args, "threads", None) or 1)
+        print(
+            f"mirec serve: binding to {args.host}, reachable beyond this machine"
+            + ("" if args.token_file else " WITHOUT authentication (--token-file)"),
+            file=sys.stderr,
+        )
+    settings = ServeSettings(
+        max_history=args.max_history,
+        max_n=args.max_n,
+        max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
+        microbatch_size=args.microbatch_size,
+        microbatch_wait_ms=args.microbatch_wait_ms,
+    )
+    serve(
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        token_file=args.token_file,
+        settings=settings,
+        device=args.device,
+        threads=getattr(args, "threads", None) or 1,
+    )
 
 
 def cmd_graph_stats(args: argparse.Namespace) -> None:
@@ -224,13 +254,15 @@ def cmd_models(args: argparse.Namespace) -> None:
     from mirec.models import MODEL_PATHS, get_model_class
 
     if args.name is None:
-        _print_json({
-            **{name: get_model_class(name).paper for name in MODEL_PATHS},
-            "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
-            "most accurate measured": "comirec-sa+gc (ComiRec-SA on GIMIRec's global context): recall@50 0.1696 "
-                                      "Grocery (ComiRec split), 0.1626 Beauty, 0.1711 Yelp-B; GIMIRec 0.1527 / "
-                                      "0.1296 / 0.1412 (docs/results.md 4, 4b)",
-        })
+        _print_json(
+            {
+                **{name: get_model_class(name).paper for name in MODEL_PATHS},
+                "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
+                "most accurate measured": "comirec-sa+gc (ComiRec-SA on GIMIRec's global context): recall@50 0.1696 "
+                "Grocery (ComiRec split), 0.1626 Beauty, 0.1711 Yelp-B; GIMIRec 0.1527 / "
+                "0.1296 / 0.1412 (docs/results.md 4, 4b)",
+            }
+        )
         return
     if args.name in RECIPES:
         base, opts = RECIPES[args.name]
@@ -249,8 +281,11 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
         preset = preset_of(resolve_data(args.data))
     config = load_config(args.config, model=args.model, dataset=preset, overrides=list(args.set))
-    print(f"# presets: {preset}/{args.model}" + (f", then {args.config}" if args.config else "")
-          + (f", then --set {' '.join(args.set)}" if args.set else ""))
+    print(
+        f"# presets: {preset}/{args.model}"
+        + (f", then {args.config}" if args.config else "")
+        + (f", then --set {' '.join(args.set)}" if args.set else "")
+    )
     print(to_toml(config.to_dict()), end="")
 
 
@@ -266,25 +301,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="read raw logs, clean, filter, remap, split into a prepared folder")
     p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
-    p.add_argument("--format", default=None, help="omit for a registry name (mirec datasets); csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
-                   "taobao, movielens-dat, movielens-csv, comirec")
+    p.add_argument(
+        "--format",
+        default=None,
+        help="omit for a registry name (mirec datasets); csv, parquet, amazon-ratings, amazon-reviews, amazon-2018, "
+        "taobao, movielens-dat, movielens-csv, comirec",
+    )
     p.add_argument("--output", required=True, help="a new or empty folder (or, with --overwrite, a prepared dataset)")
     p.add_argument("--overwrite", action="store_true", help="replace the prepared dataset already in --output")
-    p.add_argument("--name", default=None, help="dataset name, which selects the presets (amazon-books, taobao-buy, "
-                   "...; see `mirec config show`); default: the --output folder's name")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="dataset name, which selects the presets (amazon-books, taobao-buy, "
+        "...; see `mirec config show`); default: the --output folder's name",
+    )
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
     p.add_argument("--encoding", default=None, help="text encoding of the inputs (default utf-8), e.g. latin-1")
-    p.add_argument("--timestamp-unit", choices=["auto", "s", "ms", "us", "ns"], default="auto",
-                   help="unit of the timestamps (auto: detected from their magnitude; stored as seconds)")
+    p.add_argument(
+        "--timestamp-unit",
+        choices=["auto", "s", "ms", "us", "ns"],
+        default="auto",
+        help="unit of the timestamps (auto: detected from their magnitude; stored as seconds)",
+    )
     p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
     p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
     p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)
     p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy, pv,cart or all")
-    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a reader option, repeated per key: --reader-option delimiter=, --reader-option header=true "
-                        "--reader-option user=0 --reader-option item=1 --reader-option timestamp=3")
+    p.add_argument(
+        "--reader-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a reader option, repeated per key: --reader-option delimiter=, --reader-option header=true "
+        "--reader-option user=0 --reader-option item=1 --reader-option timestamp=3",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model; ends with a test evaluation and writes metrics.json")
@@ -297,8 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the earlier run in --output (its files and checkpoints; nothing else)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in --output (its files and checkpoints; nothing else)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -319,15 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_option", default=None, metavar="RUN_DIR", help="same as the positional RUN_DIR")
     p.add_argument("--items", default=None, help="one history: comma-separated original item ids, oldest first")
     p.add_argument("--timestamps", default=None, help="comma-separated Unix seconds, one per item")
-    p.add_argument("--input", default=None, metavar="FILE", help="histories.parquet or .jsonl (user, history[, timestamps])")
-    p.add_argument("--split", default=None, choices=["train", "valid", "test", "all"],
-                   help="with --data: every user of that split of a prepared dataset")
+    p.add_argument(
+        "--input", default=None, metavar="FILE", help="histories.parquet or .jsonl (user, history[, timestamps])"
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=["train", "valid", "test", "all"],
+        help="with --data: every user of that split of a prepared dataset",
+    )
     p.add_argument("--output", default=None, metavar="RECS.parquet", help="rows user, rank, item, score, interest")
     p.add_argument("-n", type=int, default=50)
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--diversity-lambda", type=float, default=0.0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset (if moved), or the users' one with --split")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="the run's prepared dataset (if moved), or the users' one with --split",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recommend)
 
@@ -335,12 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, metavar="BUNDLE")
     p.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="exact")
-    p.add_argument("--metric", choices=["auto", "ip", "l2"], default="auto",
-                   help="ANN on inner product, on the inner-product-to-L2 transform, or auto: whichever agrees more "
-                        "with exact search on the run's validation users")
+    p.add_argument(
+        "--metric",
+        choices=["auto", "ip", "l2"],
+        default="auto",
+        help="ANN on inner product, on the inner-product-to-L2 transform, or auto: whichever agrees more "
+        "with exact search on the run's validation users",
+    )
     p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--hnsw-ef-search", type=int, default=0,
-                   help="0 = the smallest of 64..1024 reaching 0.97 overlap on validation users")
+    p.add_argument(
+        "--hnsw-ef-search",
+        type=int,
+        default=0,
+        help="0 = the smallest of 64..1024 reaching 0.97 overlap on validation users",
+    )
     p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")
     p.add_argument("--ivf-nprobe", type=int, default=0, help="0 = max(8, nlist / 16)")
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
@@ -373,13 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="resumable grid of runs (variants x datasets x seeds) and result tables")
     p.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="prepared datasets")
-    p.add_argument("--grid", default=None, metavar="NAME|FILE.toml",
-                   help="a grid spec: shipped (gimirec-main, gimirec-ablation, gimirec-k, ...) or a TOML file")
+    p.add_argument(
+        "--grid",
+        default=None,
+        metavar="NAME|FILE.toml",
+        help="a grid spec: shipped (gimirec-main, gimirec-ablation, gimirec-k, ...) or a TOML file",
+    )
     p.add_argument("--models", default=None, help="comma-separated model names (each a variant of its own)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=MODEL[:k=v;k=v]",
-                   help="a named configuration, e.g. gimirec-I=gimirec:graph.a=0;graph.b=1")
-    p.add_argument("--sweep", action="append", default=[], metavar="KEY=v1,v2,...",
-                   help="one variant per value for every base variant, e.g. model.num_interests=1,2,4,8")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL[:k=v;k=v]",
+        help="a named configuration, e.g. gimirec-I=gimirec:graph.a=0;graph.b=1",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=v1,v2,...",
+        help="one variant per value for every base variant, e.g. model.num_interests=1,2,4,8",
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's, else 1,2,3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
     p.add_argument("--budget-minutes", type=float, default=None, help="wall-clock budget per cell (0 = none)")
@@ -398,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="`mirec config show`: the resolved config a `mirec train` would use")
     p.add_argument("action", choices=["show"])
     p.add_argument("--model", required=True)
-    p.add_argument("--data", default=None, help="prepared folder (its name selects the presets); default presets without")
+    p.add_argument(
+        "--data", default=None, help="prepared folder (its name selects the presets); default presets without"
+    )
     p.add_argument("--config", default=None, help="TOML file applied over the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config_show)

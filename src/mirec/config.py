@@ -81,8 +81,11 @@ class ModelConfig(CheckedConfig):
         for name in ("embedding_dim", "num_interests", "maxlen"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
         power = self.readout_power
-        self.require((math.isinf(power) and power > 0) or (power >= 0 and float(power).is_integer()),
-                     "readout_power", "inf (hard readout) or a non-negative integer")
+        self.require(
+            (math.isinf(power) and power > 0) or (power >= 0 and float(power).is_integer()),
+            "readout_power",
+            "inf (hard readout) or a non-negative integer",
+        )
         for f in dataclasses.fields(self):  # every model's dropout-like rate is a probability
             if "dropout" in f.name and isinstance(getattr(self, f.name), float):
                 self.require(0.0 <= getattr(self, f.name) < 1.0, f.name, "in [0, 1)")
@@ -155,20 +158,24 @@ class EvalConfig(CheckedConfig):
     early_stop_metric: str = ""
 
     def check(self) -> None:
-        self.require(len(self.topk) >= 1 and all(k >= 1 for k in self.topk), "topk", "a non-empty list of cut-offs >= 1")
+        self.require(
+            len(self.topk) >= 1 and all(k >= 1 for k in self.topk), "topk", "a non-empty list of cut-offs >= 1"
+        )
         self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
         metric, _, cut = self.early_stop_metric.partition("@")
         valid = metric in METRICS and cut.isdigit() and int(cut) in self.topk
-        self.require(valid, "early_stop_metric",
-                     f"METRIC@N with METRIC in {list(METRICS)} and N in eval.topk {self.topk}")
+        self.require(
+            valid, "early_stop_metric", f"METRIC@N with METRIC in {list(METRICS)} and N in eval.topk {self.topk}"
+        )
 
 
 # ---------------------------------------------------------------- model options
 # One dataclass per model, here rather than in the model files so that a config is built and checked without
 # importing torch or any model (a misspelled choice fails before anything is loaded); the model classes name
 # theirs as ``config_class``. Each field's comment says where its default comes from (docs/models.md).
+
 
 @dataclass
 class DNNConfig(ModelConfig):
@@ -248,8 +255,10 @@ class GIMIRecConfig(ModelConfig):
     def check_with(self, run: RunConfig) -> None:
         # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip
         if run.graph.use_threshold and float(self.time_span) != float(run.graph.l_time):
-            raise ConfigError(f"model.time_span = {self.time_span} and graph.l_time = {run.graph.l_time} must be equal "
-                              "(both are GIMIRec's L_time); set both, e.g. --set model.time_span=7 --set graph.l_time=7")
+            raise ConfigError(
+                f"model.time_span = {self.time_span} and graph.l_time = {run.graph.l_time} must be equal "
+                "(both are GIMIRec's L_time); set both, e.g. --set model.time_span=7 --set graph.l_time=7"
+            )
 
 
 @dataclass
@@ -299,21 +308,38 @@ class GemiRecConfig(ModelConfig):
     def check(self) -> None:
         super().check()
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
-        self.require(self.idmm_codes**self.idmm_levels >= self.num_interests, "idmm_codes",
-                     f"such that idmm_codes^idmm_levels >= num_interests ({self.num_interests}) interest tuples")
+        self.require(
+            self.idmm_codes**self.idmm_levels >= self.num_interests,
+            "idmm_codes",
+            f"such that idmm_codes^idmm_levels >= num_interests ({self.num_interests}) interest tuples",
+        )
         if self.beam_distinct_prefix:
-            self.require(self.idmm_codes >= self.num_interests, "idmm_codes",
-                         f">= num_interests ({self.num_interests}) for beam_distinct_prefix (distinct first-level codes)")
+            self.require(
+                self.idmm_codes >= self.num_interests,
+                "idmm_codes",
+                f">= num_interests ({self.num_interests}) for beam_distinct_prefix (distinct first-level codes)",
+            )
         self.require(self.beam_width >= self.num_interests, "beam_width", f">= num_interests ({self.num_interests})")
-        self.require(self.mipdm_heads >= 1 and self.embedding_dim % self.mipdm_heads == 0, "mipdm_heads",
-                     f"a divisor of embedding_dim ({self.embedding_dim})")
+        self.require(
+            self.mipdm_heads >= 1 and self.embedding_dim % self.mipdm_heads == 0,
+            "mipdm_heads",
+            f"a divisor of embedding_dim ({self.embedding_dim})",
+        )
 
 
 # model name -> its options; mirec.models maps the same names to the model classes (a test keeps them in step)
 MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
     cls.name: cls
-    for cls in (DNNConfig, GRU4RecConfig, MINDConfig, ComiRecDRConfig, ComiRecSAConfig, PIMIConfig, GIMIRecConfig,
-                GemiRecConfig)
+    for cls in (
+        DNNConfig,
+        GRU4RecConfig,
+        MINDConfig,
+        ComiRecDRConfig,
+        ComiRecSAConfig,
+        PIMIConfig,
+        GIMIRecConfig,
+        GemiRecConfig,
+    )
 }
 
 
@@ -433,8 +459,11 @@ def preset_layers(dataset: str, model: str) -> list[Path]:
     defaults (the paper's values, ``configs/models/``), the dataset's settings (batch size, maxlen, evaluation
     cadence, graph values; ``configs/datasets/``), then a per-pair override only where a paper gives one
     (``configs/pairs/<dataset>/``). Missing layers are skipped."""
-    layers = [PRESET_ROOT / "models" / f"{model}.toml", PRESET_ROOT / "datasets" / f"{dataset}.toml",
-              PRESET_ROOT / "pairs" / dataset / f"{model}.toml"]
+    layers = [
+        PRESET_ROOT / "models" / f"{model}.toml",
+        PRESET_ROOT / "datasets" / f"{dataset}.toml",
+        PRESET_ROOT / "pairs" / dataset / f"{model}.toml",
+    ]
     return [path for path in layers if path.exists()]
 
 

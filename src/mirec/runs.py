@@ -38,15 +38,28 @@ from mirec.utils import atomic_write_text, exclusive_lock, sha256_file
 
 LOCK_FILE = ".lock"
 RUN_FILES = (
-    "config.toml", "data.json", "model.safetensors", "graph.safetensors", "train.log", "history.jsonl",
+    "config.toml",
+    "data.json",
+    "model.safetensors",
+    "graph.safetensors",
+    "train.log",
+    "history.jsonl",
     "metrics.json",
 )
 RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR)
 # Options a resumed run may change: budgets, cadence, placement and evaluation speed, not what is learnt.
-RESUME_SAFE = frozenset({
-    "train.max_steps", "train.max_minutes", "train.patience", "train.eval_every", "train.log_every",
-    "train.checkpoint_every", "train.device", "eval.batch_size",
-})
+RESUME_SAFE = frozenset(
+    {
+        "train.max_steps",
+        "train.max_minutes",
+        "train.patience",
+        "train.eval_every",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.device",
+        "eval.batch_size",
+    }
+)
 
 
 class RunFolderError(ValueError):
@@ -142,7 +155,9 @@ def check_resume(run_dir: str | Path, config: RunConfig, dataset: PreparedDatase
                 f"in {data_file}); resume with the dataset the run started on"
             )
         if data.get("n_items") not in (None, dataset.n_items):
-            raise RunFolderError(f"{run_dir}: --resume on a dataset with {dataset.n_items} items, the run has {data['n_items']}")
+            raise RunFolderError(
+                f"{run_dir}: --resume on a dataset with {dataset.n_items} items, the run has {data['n_items']}"
+            )
     return applied
 
 
@@ -154,8 +169,13 @@ def dataset_checksum(dataset: PreparedDataset) -> str | None:
 
 def write_data_json(run_dir: str | Path, dataset: PreparedDataset) -> None:
     """data.json: the prepared folder (relative to the run folder and absolute) and its meta.json checksum."""
-    info: dict[str, Any] = {"path": None, "relative_path": None, "meta_sha256": dataset_checksum(dataset),
-                            "name": dataset.name, "n_items": dataset.n_items}
+    info: dict[str, Any] = {
+        "path": None,
+        "relative_path": None,
+        "meta_sha256": dataset_checksum(dataset),
+        "name": dataset.name,
+        "n_items": dataset.n_items,
+    }
     if dataset.path is not None:
         absolute = Path(dataset.path).resolve()
         info["path"] = str(absolute)
@@ -173,14 +193,18 @@ def resolve_run_data(run_dir: str | Path, data: str | Path | None = None) -> Pat
         candidates = [Path(data)]
     else:
         if not info.get("path"):
-            raise FileNotFoundError(f"{data_file}: no dataset recorded (trained on an in-memory dataset?); pass --data DIR")
+            raise FileNotFoundError(
+                f"{data_file}: no dataset recorded (trained on an in-memory dataset?); pass --data DIR"
+            )
         candidates = [(run_dir / info["relative_path"]).resolve()] if info.get("relative_path") else []
         candidates.append(Path(info["path"]))
     for path in candidates:
         if (path / "meta.json").exists():
             checksum = sha256_file(path / "meta.json")
             if info.get("meta_sha256") and checksum != info["meta_sha256"]:
-                warnings.warn(f"{path / 'meta.json'}: checksum differs from {data_file} (data re-prepared?)", stacklevel=2)
+                warnings.warn(
+                    f"{path / 'meta.json'}: checksum differs from {data_file} (data re-prepared?)", stacklevel=2
+                )
             return path
     tried = " or ".join(str(p) for p in candidates)
     raise FileNotFoundError(
@@ -220,11 +244,18 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         expected, given = set(model.state_dict()), set(state)
         missing, unexpected = sorted(expected - given), sorted(given - expected)
         shapes = [k for k in expected & given if model.state_dict()[k].shape != state[k].shape]
-        detail = "; ".join(part for part in (
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"other shapes for {sorted(shapes)[:3]}" if shapes else "",
-        ) if part) or str(exc).splitlines()[0]
+        detail = (
+            "; ".join(
+                part
+                for part in (
+                    f"missing {missing[:3]}" if missing else "",
+                    f"unexpected {unexpected[:3]}" if unexpected else "",
+                    f"other shapes for {sorted(shapes)[:3]}" if shapes else "",
+                )
+                if part
+            )
+            or str(exc).splitlines()[0]
+        )
         raise ValueError(f"{source}: the weights do not fit model {type(model).__name__} ({detail})") from None
 
 

@@ -33,9 +33,7 @@ class Batch:
         return self.items.shape[0]
 
 
-def gather_windows(
-    split: SplitSequences, days: np.ndarray, rows: np.ndarray, ends: np.ndarray, maxlen: int
-) -> Batch:
+def gather_windows(split: SplitSequences, days: np.ndarray, rows: np.ndarray, ends: np.ndarray, maxlen: int) -> Batch:
     """History windows ending (exclusive) at sequence position ``ends`` of split rows ``rows``."""
     starts = np.maximum(ends - maxlen, 0)
     length = ends - starts

@@ -53,10 +53,14 @@ def check_time_range(ts_seconds: np.ndarray, unit: str, detected: bool) -> str |
     now = int(time.time()) + 86_400
     if first >= EARLIEST_PLAUSIBLE and last <= now:
         return None
-    span = f"{time.strftime('%Y-%m-%d', time.gmtime(first))} .. {time.strftime('%Y-%m-%d', time.gmtime(min(last, 2**37)))}"
+    span = (
+        f"{time.strftime('%Y-%m-%d', time.gmtime(first))} .. {time.strftime('%Y-%m-%d', time.gmtime(min(last, 2**37)))}"
+    )
     how = "detected" if detected else "given"
-    return (f"timestamps read as {unit} ({how}) span {span}: dates before 1990 or in the future; "
-            "is the timestamp column right (--reader-option timestamp=...) and its unit (--timestamp-unit)?")
+    return (
+        f"timestamps read as {unit} ({how}) span {span}: dates before 1990 or in the future; "
+        "is the timestamp column right (--reader-option timestamp=...) and its unit (--timestamp-unit)?"
+    )
 
 
 class EmptyDatasetError(ValueError):
@@ -78,7 +82,11 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)  # type: ignore[assignment]
-        if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios) or abs(sum(self.split_ratios) - 1) > 1e-6:
+        if (
+            len(self.split_ratios) != 3
+            or any(r < 0 for r in self.split_ratios)
+            or abs(sum(self.split_ratios) - 1) > 1e-6
+        ):
             raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {self.split_ratios}")
         if not 0.0 < self.history_ratio < 1.0:
             raise ValueError(f"history_ratio must be in (0, 1), got {self.history_ratio}")
@@ -110,13 +118,13 @@ class PrepareReport:
         return self.to_json()
 
 
-
-
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Dictionary-encode strings: (int64 codes in first-appearance order, -1 for null; vocabulary)."""
     encoded = pc.dictionary_encode(column)
     if isinstance(encoded, pa.ChunkedArray):
-        dictionary = encoded.chunk(encoded.num_chunks - 1).dictionary if encoded.num_chunks else pa.array([], pa.string())
+        dictionary = (
+            encoded.chunk(encoded.num_chunks - 1).dictionary if encoded.num_chunks else pa.array([], pa.string())
+        )
         indices = pa.chunked_array([c.indices for c in encoded.chunks], type=encoded.type.index_type)
     else:
         dictionary, indices = encoded.dictionary, encoded.indices
@@ -252,8 +260,10 @@ def prepare_log(
     else:
         kept_rows, passes = _filter_subset(user, item, keep, options)
         clean["filter"] = {
-            "min_item_count": options.min_item_count, "min_user_count": options.min_user_count,
-            "iterative": options.iterative_kcore, "passes": passes,
+            "min_item_count": options.min_item_count,
+            "min_user_count": options.min_user_count,
+            "iterative": options.iterative_kcore,
+            "passes": passes,
         }
     clean["dropped_by_filter"] = int(keep.sum() - kept_rows.sum())
     rows = np.flatnonzero(kept_rows)
@@ -368,9 +378,7 @@ def prepare_log(
     )
 
 
-def _first_category(
-    table: pa.Table, item: np.ndarray, rows: np.ndarray, n_codes: int
-) -> tuple[np.ndarray, pa.Array]:
+def _first_category(table: pa.Table, item: np.ndarray, rows: np.ndarray, n_codes: int) -> tuple[np.ndarray, pa.Array]:
     """Per item code: the category code of its first kept row in input order (-1 none); and the vocabulary."""
     cat, cat_vocab = _encode(table.column("category"))
     first = np.full(n_codes, len(rows), dtype=np.int64)
@@ -381,7 +389,9 @@ def _first_category(
     return item_cat, cat_vocab
 
 
-def _filter_subset(user: np.ndarray, item: np.ndarray, keep: np.ndarray, options: PrepareOptions) -> tuple[np.ndarray, int]:
+def _filter_subset(
+    user: np.ndarray, item: np.ndarray, keep: np.ndarray, options: PrepareOptions
+) -> tuple[np.ndarray, int]:
     idx = np.flatnonzero(keep)
     mask, passes = kcore_filter(
         user[idx], item[idx], options.min_item_count, options.min_user_count, options.iterative_kcore
@@ -408,9 +418,7 @@ def check_output_folder(output: str | Path, inputs: Sequence[str | Path], overwr
         raise FileExistsError(f"--output {output} exists and is not a folder; choose another output folder")
     if is_prepared_dataset(out):
         if not overwrite:
-            raise FileExistsError(
-                f"--output {output} already holds a prepared dataset; pass --overwrite to replace it"
-            )
+            raise FileExistsError(f"--output {output} already holds a prepared dataset; pass --overwrite to replace it")
         return
     if any(out.iterdir()):
         raise FileExistsError(
@@ -455,9 +463,16 @@ def prepare(
         sources = []
         for path in paths:
             files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            sources.extend({"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files)
-        meta = {"name": name, "format": fmt, "sources": sources, "reader_options": dict(reader_options or {}),
-                "on_bad_rows": on_bad_rows}
+            sources.extend(
+                {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
+            )
+        meta = {
+            "name": name,
+            "format": fmt,
+            "sources": sources,
+            "reader_options": dict(reader_options or {}),
+            "on_bad_rows": on_bad_rows,
+        }
         dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
         t2 = time.perf_counter()
         dataset.save(output, overwrite=True)  # check_output_folder allowed it: new, empty, or ours with overwrite
@@ -483,7 +498,9 @@ def bundled_path() -> Path:
     return Path(__file__).resolve().parent.parent / "datasets" / f"{BUNDLED_NAME}.tsv.gz"
 
 
-def bundled_dataset(output: str | Path, *, options: PrepareOptions | None = None, seed: int = DEFAULT_SEED) -> PrepareReport:
+def bundled_dataset(
+    output: str | Path, *, options: PrepareOptions | None = None, seed: int = DEFAULT_SEED
+) -> PrepareReport:
     """Prepare the bundled amazon-grocery file into ``output``."""
     path = bundled_path()
     if not path.exists():

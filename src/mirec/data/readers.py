@@ -135,9 +135,16 @@ def invalid_utf8_lines(
                     line_start = complete.rfind(b"\n", 0, offset) + 1
                     next_line = complete.find(b"\n", offset)
                     start = len(complete) if next_line < 0 else next_line + 1
-                    found.append((line, f"invalid UTF-8 (byte 0x{complete[offset]:02x} at column "
-                                        f"{offset - line_start + 1}); give the file's encoding with --encoding, "
-                                        "e.g. latin-1", bytes_before + line_start, bytes_before + start))
+                    found.append(
+                        (
+                            line,
+                            f"invalid UTF-8 (byte 0x{complete[offset]:02x} at column "
+                            f"{offset - line_start + 1}); give the file's encoding with --encoding, "
+                            "e.g. latin-1",
+                            bytes_before + line_start,
+                            bytes_before + start,
+                        )
+                    )
                     if limit is not None and len(found) >= limit:
                         return found
             lines_before += complete.count(b"\n")
@@ -290,7 +297,9 @@ def _read_delimited(
     if bad_rows and on_bad_rows == "error":
         row = bad_rows[0]
         line = _find_line(path, row.text, 1 if header else 0, encoding)
-        raise MalformedRowError(path, line, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}")
+        raise MalformedRowError(
+            path, line, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
+        )
     columns = {out: table.column(name) for out, name in resolved.items()}
     return pa.table(columns), len(bad_rows) + len(undecodable)
 
@@ -298,10 +307,15 @@ def _read_delimited(
 def _finish(table: pa.Table, path: Path) -> tuple[pa.Table, int]:
     """Normalise column types; timestamps -> int64 with nulls for non-numeric values."""
     ts, n_bad = parse_timestamps(table.column("timestamp"))
+
     def as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column if column.type == pa.string() else pc.cast(column, pa.string())
 
-    columns: dict[str, Any] = {"user": as_string(table.column("user")), "item": as_string(table.column("item")), "timestamp": ts}
+    columns: dict[str, Any] = {
+        "user": as_string(table.column("user")),
+        "item": as_string(table.column("item")),
+        "timestamp": ts,
+    }
     if "category" in table.column_names:
         columns["category"] = as_string(table.column("category"))
     if "split" in table.column_names:
@@ -354,7 +368,9 @@ def read_csv(
     path = Path(path)
     header = _as_bool(header)
     first = _first_line(path, encoding)
-    delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}.get(delimiter or "", delimiter) or _sniff_delimiter(first)
+    delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}.get(
+        delimiter or "", delimiter
+    ) or _sniff_delimiter(first)
     fields = [f.strip().lower() for f in first.split(delimiter)]
     if header is None:
         known = {n for names in DEFAULT_NAMES.values() for n in names}
@@ -374,7 +390,12 @@ def read_csv(
     if missing:
         raise MalformedRowError(path, 1, f"cannot find column(s) {missing} in header {fields}; pass them explicitly")
     table, skipped = _read_delimited(
-        path, delimiter=delimiter, column_names=column_names, header=header, keep=keep, on_bad_rows=on_bad_rows,
+        path,
+        delimiter=delimiter,
+        column_names=column_names,
+        header=header,
+        keep=keep,
+        on_bad_rows=on_bad_rows,
         encoding=encoding,
     )
     table, bad_ts = _finish(table, path)
@@ -424,7 +445,12 @@ def read_taobao(
     filtered = n - table.num_rows
     table, bad_ts = _finish(table.drop_columns(["behavior"]), path)
     return table, _file_report(
-        path, "taobao", n + skipped, skipped, rows_filtered_behavior=filtered, behaviors=behaviors,
+        path,
+        "taobao",
+        n + skipped,
+        skipped,
+        rows_filtered_behavior=filtered,
+        behaviors=behaviors,
         non_numeric_timestamps=bad_ts,
     )
 
@@ -504,7 +530,11 @@ def _iter_json_records(path: Path, literal: bool, encoding: str = "utf-8") -> It
             try:
                 text = raw.decode(encoding).strip()
             except UnicodeDecodeError as exc:
-                yield number, f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})", UNDECODABLE
+                yield (
+                    number,
+                    f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                    UNDECODABLE,
+                )
                 continue
             if not text:
                 continue
@@ -581,8 +611,14 @@ def read_amazon_reviews(
     ``category=True`` tags every row with the file's category (for merged sets such as Amazon-Hybrid).
     """
     path = Path(path)
-    return _read_json_lines(path, "amazon-reviews", on_bad_rows=on_bad_rows, literal=True,
-                            category=_file_category(path, category), encoding=encoding)
+    return _read_json_lines(
+        path,
+        "amazon-reviews",
+        on_bad_rows=on_bad_rows,
+        literal=True,
+        category=_file_category(path, category),
+        encoding=encoding,
+    )
 
 
 def read_amazon_2018(
@@ -590,8 +626,14 @@ def read_amazon_2018(
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Amazon 2018 JSON lines (same keys reviewerID, asin, unixReviewTime)."""
     path = Path(path)
-    return _read_json_lines(path, "amazon-2018", on_bad_rows=on_bad_rows, literal=False,
-                            category=_file_category(path, category), encoding=encoding)
+    return _read_json_lines(
+        path,
+        "amazon-2018",
+        on_bad_rows=on_bad_rows,
+        literal=False,
+        category=_file_category(path, category),
+        encoding=encoding,
+    )
 
 
 FileReader = Callable[..., tuple[pa.Table, dict[str, Any]]]
@@ -645,19 +687,30 @@ def read_comirec(inputs: Sequence[str | Path], *, on_bad_rows: str = "error", en
     reports = []
     for part, path in files.items():
         table, skipped = _read_delimited(
-            path, delimiter=",", column_names=["user", "item", "timestamp"], header=False,
-            keep={"user": "user", "item": "item", "timestamp": "timestamp"}, on_bad_rows=on_bad_rows,
+            path,
+            delimiter=",",
+            column_names=["user", "item", "timestamp"],
+            header=False,
+            keep={"user": "user", "item": "item", "timestamp": "timestamp"},
+            on_bad_rows=on_bad_rows,
             encoding=encoding,
         )
         table, bad_ts = _finish(table, path)
         table = table.append_column("split", pa.array(np.full(table.num_rows, SPLIT_CODES[part], np.int8)))
         tables.append(table)
-        reports.append(_file_report(path, "comirec", table.num_rows + skipped, skipped, split=part, non_numeric_timestamps=bad_ts))
+        reports.append(
+            _file_report(path, "comirec", table.num_rows + skipped, skipped, split=part, non_numeric_timestamps=bad_ts)
+        )
     table = pa.concat_tables(tables)
     if cate_file is not None:
         cate, skipped = _read_delimited(
-            cate_file, delimiter=",", column_names=["item", "category"], header=False,
-            keep={"item": "item", "category": "category"}, on_bad_rows=on_bad_rows, encoding=encoding,
+            cate_file,
+            delimiter=",",
+            column_names=["item", "category"],
+            header=False,
+            keep={"item": "item", "category": "category"},
+            on_bad_rows=on_bad_rows,
+            encoding=encoding,
         )
         reports.append(_file_report(cate_file, "comirec-item-cate", cate.num_rows + skipped, skipped))
         index = pc.index_in(table.column("item"), value_set=cate.column("item"))
@@ -725,5 +778,14 @@ def from_arrays(
     if category is not None:
         columns["category"] = pc.cast(pa.array(np.asarray(category)), pa.string())
     table = pa.table(columns)
-    return Interactions(table, {"format": "arrays", "files": [], "rows_read": table.num_rows, "rows_skipped": 0,
-                                "rows_filtered_behavior": 0, "non_numeric_timestamps": 0})
+    return Interactions(
+        table,
+        {
+            "format": "arrays",
+            "files": [],
+            "rows_read": table.num_rows,
+            "rows_skipped": 0,
+            "rows_filtered_behavior": 0,
+            "non_numeric_timestamps": 0,
+        },
+    )

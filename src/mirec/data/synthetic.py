@@ -99,7 +99,9 @@ def synthetic_log(
     span = np.minimum(rng.lognormal(5.0, 1.2, n_users).astype(np.int64) + 1, total_days - start_day + 1)
     n_bursts = 1 + rng.poisson(lengths / 6.0)
     burst_ptr = np.concatenate([[0], np.cumsum(n_bursts)])
-    burst_day = np.repeat(start_day, n_bursts) + (rng.random(burst_ptr[-1]) * np.repeat(span, n_bursts)).astype(np.int64)
+    burst_day = np.repeat(start_day, n_bursts) + (rng.random(burst_ptr[-1]) * np.repeat(span, n_bursts)).astype(
+        np.int64
+    )
     which = burst_ptr[user] + (rng.random(n_interactions) * n_bursts[user]).astype(np.int64)
     day = burst_day[which] + rng.geometric(0.5, n_interactions) - 1
     day = np.minimum(day, total_days)

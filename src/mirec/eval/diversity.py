@@ -47,9 +47,7 @@ def diverse_aggregate(
     """
     cats_np = _categories(item_categories, "diversity-controlled aggregation")
     if scores.shape != ids.shape or scores.ndim != 3:
-        raise ValueError(
-            f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}"
-        )
+        raise ValueError(f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}")
     if int(ids.max()) >= len(cats_np):
         raise ValueError(f"item id {int(ids.max())} has no entry in item_categories (length {len(cats_np)})")
     n_users, _, per = scores.shape
@@ -115,9 +113,7 @@ def interest_shares(source: torch.Tensor, k: int) -> np.ndarray:
     return shares.sort(dim=1, descending=True).values.cpu().numpy()
 
 
-def collapse_per_user(
-    interests: torch.Tensor, ids: torch.Tensor, source: torch.Tensor
-) -> dict[str, np.ndarray]:
+def collapse_per_user(interests: torch.Tensor, ids: torch.Tensor, source: torch.Tensor) -> dict[str, np.ndarray]:
     """The diagnostics per user: interest_cosine [U], topk_jaccard [U], interest_share [U, K], and
     active_dims [U, d] (True where any of the user's interests is non-zero in that dimension)."""
     return {

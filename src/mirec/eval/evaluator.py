@@ -7,9 +7,9 @@ targets. Metrics are in :mod:`mirec.eval.metrics`.
 
 Reported keys: every registered metric (:data:`mirec.eval.metrics.METRICS`) as ``NAME@N`` for N in
 ``config.topk``: ``recall``, ``ndcg``, ``ndcg_comirec``, ``hit_rate``, and ``diversity`` whenever the dataset
-has item categories (whatever lambda: it is cheap and makes the accuracy/diversity trade-off visible); ``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard
-overlap of the per-interest top-max(N) lists and the mean sorted per-interest share of the final
-top-max(N) list; ``users``: the number of users evaluated.
+has item categories (whatever lambda: it is cheap and makes the accuracy/diversity trade-off visible);
+``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard overlap of the per-interest top-max(N) lists
+and the mean sorted per-interest share of the final top-max(N) list; ``users``: the number of users evaluated.
 """
 
 from __future__ import annotations
@@ -51,9 +51,7 @@ def _final_lists(
         lists = {}
         source = None
         for k in ks:
-            lists[k], _, src = diverse_aggregate(
-                scores[:, :, :k], ids[:, :, :k], k, categories, diversity_lambda
-            )
+            lists[k], _, src = diverse_aggregate(scores[:, :, :k], ids[:, :, :k], k, categories, diversity_lambda)
             if k == depth:
                 source = src
         return lists, source
@@ -131,9 +129,7 @@ def evaluate(
     finally:
         model.train(was_training)
     if seen == 0:
-        raise ValueError(
-            f"split {split!r} of dataset {dataset.name!r} has no user with both history and targets"
-        )
+        raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no user with both history and targets")
 
     result: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
@@ -173,5 +169,3 @@ def _dump(
                 "recommendations": [str(x) for x in items[rec[rec > 0]]],
             }
             out.write(json.dumps(record) + "\n")
-
-

@@ -26,9 +26,7 @@ DEFAULT_BLOCK_BYTES = 128 << 20
 DEFAULT_ITEM_BLOCK = 1 << 15
 
 
-def _exclusion_pairs(
-    exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _exclusion_pairs(exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user id arrays -> (user, item) int64 arrays sorted by user; ids outside 1..n_items rejected."""
     if exclude is None:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -66,9 +64,7 @@ class ExactRetriever:
         if backend not in BACKENDS:
             raise ValueError(f"unknown retrieval backend {backend!r}; expected one of {BACKENDS}")
         if item_table.ndim != 2 or item_table.shape[0] < 2:
-            raise ValueError(
-                f"item_table must be [n_items + 1, d] with n_items >= 1, got {tuple(item_table.shape)}"
-            )
+            raise ValueError(f"item_table must be [n_items + 1, d] with n_items >= 1, got {tuple(item_table.shape)}")
         self.backend = backend
         self.n_items = int(item_table.shape[0]) - 1
         self.dim = int(item_table.shape[1])
@@ -252,9 +248,7 @@ def merge_interests_full(
     ``interest`` is the index of the interest whose list gave the item its best score (-1 in empty slots).
     """
     if scores.shape != ids.shape or scores.ndim != 3:
-        raise ValueError(
-            f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}"
-        )
+        raise ValueError(f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}")
     n_users, _, per = scores.shape
     s_sorted, id_sorted, keep, order = dedup_candidates(scores.reshape(n_users, -1), ids.reshape(n_users, -1))
     # Kept entries first, each group in descending score order (stable).
@@ -263,9 +257,7 @@ def merge_interests_full(
     pick = pick[:, :width]
     kept = keep.gather(1, pick)
     out_ids = torch.where(kept, id_sorted.gather(1, pick), torch.full_like(pick, -1))
-    out_s = torch.where(
-        kept, s_sorted.gather(1, pick), torch.full_like(pick, float("-inf"), dtype=torch.float32)
-    )
+    out_s = torch.where(kept, s_sorted.gather(1, pick), torch.full_like(pick, float("-inf"), dtype=torch.float32))
     source = torch.where(kept, order.gather(1, pick) // per, torch.full_like(pick, -1))
     if width < n:
         out_ids, out_s, source = (

@@ -99,7 +99,9 @@ class Sweep:
             raise ValueError(f"sweep {self.key}: no values")
         for other, values in self.tied.items():
             if len(values) != len(self.values):
-                raise ValueError(f"sweep {self.key}: tied {other} has {len(values)} values, expected {len(self.values)}")
+                raise ValueError(
+                    f"sweep {self.key}: tied {other} has {len(values)} values, expected {len(self.values)}"
+                )
 
     @classmethod
     def parse(cls, text: str) -> Sweep:
@@ -118,8 +120,16 @@ class Sweep:
         for i, value in enumerate(self.values):
             sets = [f"{self.key}={toml_literal(value)}"] + [f"{k}={toml_literal(v[i])}" for k, v in self.tied.items()]
             label = toml_literal(value)
-            out.append(Variant(f"{variant.name}[{self.key}={label}]", variant.model, [*variant.overrides, *sets],
-                               base=variant.name, sweep_key=self.key, sweep_value=label))
+            out.append(
+                Variant(
+                    f"{variant.name}[{self.key}={label}]",
+                    variant.model,
+                    [*variant.overrides, *sets],
+                    base=variant.name,
+                    sweep_key=self.key,
+                    sweep_value=label,
+                )
+            )
         return out
 
 
@@ -208,8 +218,9 @@ def resolve_spec(args: Any) -> GridSpec:
     cli_variants = [Variant(m, m) for m in (args.models.split(",") if args.models else [])]
     cli_variants += [Variant.parse(t) for t in args.variant]
     spec.variants = _replace_or_add(spec.variants, cli_variants, key=lambda v: v.name)
-    spec.sweeps = _replace_or_add(spec.sweeps, [Sweep.parse(t) for t in getattr(args, "sweep", []) or []],
-                                  key=lambda s: s.key)
+    spec.sweeps = _replace_or_add(
+        spec.sweeps, [Sweep.parse(t) for t in getattr(args, "sweep", []) or []], key=lambda s: s.key
+    )
     spec.set = [*spec.set, *args.set]
     if args.seeds is not None:
         spec.seeds = [int(s) for s in args.seeds.split(",")]
@@ -261,9 +272,24 @@ def plan(output: Path, datasets: dict[str, str], variants: list[Variant], seeds:
 
 def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int) -> dict[str, Any]:
     """Train one cell in a subprocess with a soft (train.max_minutes) and a hard (timeout) budget."""
-    cmd = [sys.executable, "-m", "mirec.cli", "train", "--data", cell.data_dir, "--model", cell.variant.model,
-           "--output", str(cell.run_dir), "--seed", str(cell.seed), "--quiet"]
-    for text in [*common, *cell.variant.overrides] + ([f"train.max_minutes={budget_minutes}"] if budget_minutes else []):
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirec.cli",
+        "train",
+        "--data",
+        cell.data_dir,
+        "--model",
+        cell.variant.model,
+        "--output",
+        str(cell.run_dir),
+        "--seed",
+        str(cell.seed),
+        "--quiet",
+    ]
+    for text in [*common, *cell.variant.overrides] + (
+        [f"train.max_minutes={budget_minutes}"] if budget_minutes else []
+    ):
         cmd += ["--set", text]
     from mirec.runs import run_entries
     from mirec.training.checkpoint import latest_checkpoint
@@ -316,12 +342,22 @@ def collect(cells: list[Cell]) -> list[dict[str, Any]]:
         m = json.loads((c.run_dir / "metrics.json").read_text())
         for split in ("valid", "test"):
             train = m.get("train", {})
-            row = {"dataset": c.dataset, "variant": c.variant.name, "model": c.variant.model, "seed": c.seed,
-                   "split": split, "train_seconds": train.get("seconds"),
-                   "samples_per_second": train.get("samples_per_second"), "steps": train.get("steps"),
-                   "best_step": train.get("best_step"), "stop_reason": train.get("stop_reason")}
+            row = {
+                "dataset": c.dataset,
+                "variant": c.variant.name,
+                "model": c.variant.model,
+                "seed": c.seed,
+                "split": split,
+                "train_seconds": train.get("seconds"),
+                "samples_per_second": train.get("samples_per_second"),
+                "steps": train.get("steps"),
+                "best_step": train.get("best_step"),
+                "stop_reason": train.get("stop_reason"),
+            }
             if c.variant.sweep_key is not None:
-                row.update(base_variant=c.variant.base, sweep_key=c.variant.sweep_key, sweep_value=c.variant.sweep_value)
+                row.update(
+                    base_variant=c.variant.base, sweep_key=c.variant.sweep_key, sweep_value=c.variant.sweep_value
+                )
             row.update({k: v for k, v in m[split].items() if isinstance(v, int | float)})
             collapse = m[split].get("collapse") or {}
             row.update({f"collapse_{k}": v for k, v in collapse.items() if isinstance(v, int | float)})
@@ -355,13 +391,16 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
         variants = list(dict.fromkeys(r["variant"] for r in sub))
         # every registered metric the cells reported (diversity only where the dataset has categories)
         cols = [c for c in (f"{m}@{k}" for k in ks for m in METRICS) if any(r.get(c) is not None for r in sub)]
-        values = {v: {c: {r["seed"]: r.get(c) for r in sub if r["variant"] == v and r.get(c) is not None}
-                      for c in cols} for v in variants}
+        values = {
+            v: {c: {r["seed"]: r.get(c) for r in sub if r["variant"] == v and r.get(c) is not None} for c in cols}
+            for v in variants
+        }
         out.append(f"### {dataset} ({split}, mean ± std over seeds; n = seeds per row)\n")
         out.append("| model | n | " + " | ".join(cols) + " | train s |")
         out.append("|---|---|" + "---|" * len(cols) + "---|")
-        best = {c: max(variants, key=lambda v: np.mean(list(values[v][c].values())) if values[v][c] else -1)
-                for c in cols}
+        best = {
+            c: max(variants, key=lambda v: np.mean(list(values[v][c].values())) if values[v][c] else -1) for c in cols
+        }
         for v in variants:
             cells = []
             for c in cols:
@@ -373,8 +412,11 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
                 cells.append(f"**{text}**" if best[c] == v else text)
             secs = [r["train_seconds"] for r in sub if r["variant"] == v and r.get("train_seconds")]
             n = max((len(values[v][c]) for c in cols), default=0)
-            out.append(f"| {v} | {n} | " + " | ".join(cells) + f" | {np.mean(secs):.0f} |" if secs else
-                       f"| {v} | {n} | " + " | ".join(cells) + " | - |")
+            out.append(
+                f"| {v} | {n} | " + " | ".join(cells) + f" | {np.mean(secs):.0f} |"
+                if secs
+                else f"| {v} | {n} | " + " | ".join(cells) + " | - |"
+            )
         if len(variants) > 1:
             notes = []
             for c in (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}"):
@@ -390,8 +432,11 @@ def markdown_tables(rows: list[dict[str, Any]], ks: list[int], split: str = "tes
                     test = "one seed: no significance test"
                 notes.append(f"{c}: best {first} over {second} {gain:+.1f}% ({test})")
             out.append("\n" + "; ".join(notes))
-        cut = [f"{r['variant']} seed {r['seed']} ({r['steps']:,} steps)" for r in sub
-               if r.get("stop_reason") == "max_minutes" and r.get("steps") is not None]
+        cut = [
+            f"{r['variant']} seed {r['seed']} ({r['steps']:,} steps)"
+            for r in sub
+            if r.get("stop_reason") == "max_minutes" and r.get("steps") is not None
+        ]
         if cut:
             out.append("\nStopped by the wall-clock budget (still improving or not): " + ", ".join(cut))
         out.append("")
@@ -410,7 +455,9 @@ def parse_data_args(texts: list[str], check: bool = True) -> dict[str, str]:
         if not sep or not name or not path:
             raise ValueError(f"--data {text!r}: expected NAME=DIR")
         if check and path != BUNDLED and not is_prepared_dataset(path):
-            raise FileNotFoundError(f"--data {text}: {path} is not a prepared dataset (no meta.json); run mirec prepare")
+            raise FileNotFoundError(
+                f"--data {text}: {path} is not a prepared dataset (no meta.json); run mirec prepare"
+            )
         datasets[name] = path
     return datasets
 
@@ -427,19 +474,38 @@ def main_bench(args: Any) -> None:
     if not args.tables_only:
         from mirec.api import BUNDLED, preset_of
 
-        check_variants(variants, spec.set, sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()}))
+        check_variants(
+            variants, spec.set, sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()})
+        )
     unused = sorted(set(datasets) - set(spec.datasets)) if spec.datasets else []
     if unused:
-        print(f"note: grid {spec.name!r} was run in the paper on {', '.join(spec.datasets)}; "
-              f"also running on {', '.join(unused)}", file=sys.stderr)
+        print(
+            f"note: grid {spec.name!r} was run in the paper on {', '.join(spec.datasets)}; "
+            f"also running on {', '.join(unused)}",
+            file=sys.stderr,
+        )
     cells = plan(output, datasets, variants, spec.seeds)
     results: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     if not args.tables_only:
-        grid = {"grid": spec.name, "datasets": datasets, "seeds": spec.seeds, "set": spec.set,
-                "budget_minutes": spec.budget_minutes,
-                "variants": [{"name": v.name, "model": v.model, "overrides": v.overrides, "base": v.base,
-                              "sweep_key": v.sweep_key, "sweep_value": v.sweep_value} for v in variants]}
+        grid = {
+            "grid": spec.name,
+            "datasets": datasets,
+            "seeds": spec.seeds,
+            "set": spec.set,
+            "budget_minutes": spec.budget_minutes,
+            "variants": [
+                {
+                    "name": v.name,
+                    "model": v.model,
+                    "overrides": v.overrides,
+                    "base": v.base,
+                    "sweep_key": v.sweep_key,
+                    "sweep_value": v.sweep_value,
+                }
+                for v in variants
+            ],
+        }
         atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
         results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output)
         failed = [r for r in results if not r["ok"]]
@@ -452,10 +518,22 @@ def main_bench(args: Any) -> None:
     if getattr(args, "plots", False):
         from mirec.experiments.plots import plot_grid
 
-        records = [{"dataset": c.dataset, "variant": c.variant.name, "base": c.variant.base,
-                    "sweep_key": c.variant.sweep_key, "sweep_value": c.variant.sweep_value, "seed": c.seed,
-                    "run_dir": c.run_dir} for c in cells if c.done]
+        records = [
+            {
+                "dataset": c.dataset,
+                "variant": c.variant.name,
+                "base": c.variant.base,
+                "sweep_key": c.variant.sweep_key,
+                "sweep_value": c.variant.sweep_value,
+                "seed": c.seed,
+                "run_dir": c.run_dir,
+            }
+            for c in cells
+            if c.done
+        ]
         written = plot_grid(records, output / "plots", k=ks[-1])
         print(f"{len(written)} plots in {output / 'plots'}", file=sys.stderr)
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})")
+        raise RuntimeError(
+            f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})"
+        )

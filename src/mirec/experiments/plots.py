@@ -78,7 +78,10 @@ def mean_curve(runs: Sequence[tuple[Sequence[int], Sequence[float]]]) -> dict[st
 
 
 def plot_training_curves(
-    curves: dict[str, list[tuple[Sequence[int], Sequence[float]]]], path: str | Path, *, metric: str = "recall@50",
+    curves: dict[str, list[tuple[Sequence[int], Sequence[float]]]],
+    path: str | Path,
+    *,
+    metric: str = "recall@50",
     title: str = "",
 ) -> dict[str, dict[str, list]]:
     """One line per variant: the validation ``metric`` (mean over seeds) against the training step."""
@@ -108,7 +111,10 @@ def plot_training_curves(
 
 
 def plot_metric_bars(
-    values: dict[str, dict[str, Sequence[float]]], path: str | Path, *, metrics: Sequence[str] = ("recall@50", "ndcg@50"),
+    values: dict[str, dict[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    metrics: Sequence[str] = ("recall@50", "ndcg@50"),
     title: str = "",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Grouped bars: for each variant, one bar per metric (mean over seeds) with std error bars."""
@@ -124,8 +130,14 @@ def plot_metric_bars(
             drawn[v][metric] = {"mean": mean, "std": std, "n": n}
             means.append(mean)
             stds.append(std)
-        ax.bar(np.arange(len(variants)) + (j - (len(metrics) - 1) / 2) * width, means, width, yerr=stds,
-               capsize=3, label=metric)
+        ax.bar(
+            np.arange(len(variants)) + (j - (len(metrics) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=metric,
+        )
     ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("test (mean ± std over seeds)")
     ax.set_title(title or "test metrics")
@@ -154,8 +166,12 @@ def _sweep_axis(labels: Sequence[str]) -> tuple[list[str], list[float] | None]:
 
 
 def plot_sweep(
-    values: dict[str, dict[str, dict[str, Sequence[float]]]], path: str | Path, *, key: str,
-    metrics: Sequence[str] = ("recall@50", "ndcg@50"), title: str = "",
+    values: dict[str, dict[str, dict[str, Sequence[float]]]],
+    path: str | Path,
+    *,
+    key: str,
+    metrics: Sequence[str] = ("recall@50", "ndcg@50"),
+    title: str = "",
 ) -> dict[str, dict[str, dict[str, list]]]:
     """``values[base][swept value label][metric]`` = per-seed values -> one panel per metric, one line per
     base variant, metric (mean ± std over seeds) against the swept value."""
@@ -167,11 +183,16 @@ def plot_sweep(
         drawn[base] = {}
         for ax, metric in zip(axes, metrics, strict=True):
             stats = [_mean_std(per_value[label].get(metric, [])) for label in labels]
-            drawn[base][metric] = {"values": labels, "mean": [s[0] for s in stats], "std": [s[1] for s in stats],
-                                   "n": [s[2] for s in stats]}
+            drawn[base][metric] = {
+                "values": labels,
+                "mean": [s[0] for s in stats],
+                "std": [s[1] for s in stats],
+                "n": [s[2] for s in stats],
+            }
             x = xs if xs is not None else list(range(len(labels)))
-            ax.errorbar(x, drawn[base][metric]["mean"], yerr=drawn[base][metric]["std"], marker="o", capsize=3,
-                        label=base)
+            ax.errorbar(
+                x, drawn[base][metric]["mean"], yerr=drawn[base][metric]["std"], marker="o", capsize=3, label=base
+            )
             if xs is None:
                 ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
     for ax, metric in zip(axes, metrics, strict=True):
@@ -210,8 +231,14 @@ def plot_collapse(
         }
     x = np.arange(len(variants))
     for j, name in enumerate(("interest_cosine", "topk_jaccard")):
-        left.bar(x + (j - 0.5) * 0.4, [drawn[v][name][0] for v in variants], 0.4,
-                 yerr=[drawn[v][name][1] for v in variants], capsize=3, label=name)
+        left.bar(
+            x + (j - 0.5) * 0.4,
+            [drawn[v][name][0] for v in variants],
+            0.4,
+            yerr=[drawn[v][name][1] for v in variants],
+            capsize=3,
+            label=name,
+        )
     left.set_xticks(x, variants, rotation=30, ha="right", fontsize="small")
     left.set_ylabel("mean over users (1 = collapsed)")
     left.grid(axis="y", alpha=0.3)
@@ -219,8 +246,9 @@ def plot_collapse(
     bottom = np.zeros(len(variants))
     depth = max((len(drawn[v]["interest_share"]) for v in variants), default=0)
     for i in range(depth):
-        share = np.array([drawn[v]["interest_share"][i] if i < len(drawn[v]["interest_share"]) else 0.0
-                          for v in variants])
+        share = np.array(
+            [drawn[v]["interest_share"][i] if i < len(drawn[v]["interest_share"]) else 0.0 for v in variants]
+        )
         right.bar(x, share, 0.6, bottom=bottom, label=f"interest #{i + 1}")
         bottom += share
     right.set_xticks(x, variants, rotation=30, ha="right", fontsize="small")
@@ -264,11 +292,14 @@ def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int 
             if steps:
                 curves[r["variant"]].append((steps, vals))
         path = out_dir / f"curves_{safe_name(dataset)}.png"
-        written[path] = plot_training_curves(curves, path, metric=metrics[0],
-                                             title=f"{dataset}: valid {metrics[0]} (early-stop metric)")
+        written[path] = plot_training_curves(
+            curves, path, metric=metrics[0], title=f"{dataset}: valid {metrics[0]} (early-stop metric)"
+        )
 
-        bars = {v: {m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]] for m in metrics}
-                for v in variants}
+        bars = {
+            v: {m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]] for m in metrics}
+            for v in variants
+        }
         path = out_dir / f"bars_{safe_name(dataset)}.png"
         written[path] = plot_metric_bars(bars, path, metrics=metrics, title=f"{dataset}: test, mean ± std over seeds")
 
@@ -282,11 +313,14 @@ def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int 
                     if m in rm["test"]:
                         cell[m].append(rm["test"][m])
             path = out_dir / f"sweep_{safe_name(dataset)}_{safe_name(key)}.png"
-            written[path] = plot_sweep(sweep, path, key=key, metrics=metrics,
-                                       title=f"{dataset}: test metrics against {key}")
+            written[path] = plot_sweep(
+                sweep, path, key=key, metrics=metrics, title=f"{dataset}: test metrics against {key}"
+            )
 
-        collapse = {v: [rm["test"]["collapse"] for r, rm in loaded if r["variant"] == v and rm["test"].get("collapse")]
-                    for v in variants}
+        collapse = {
+            v: [rm["test"]["collapse"] for r, rm in loaded if r["variant"] == v and rm["test"].get("collapse")]
+            for v in variants
+        }
         if any(collapse.values()):
             path = out_dir / f"collapse_{safe_name(dataset)}.png"
             written[path] = plot_collapse(collapse, path, title=f"{dataset}: interest collapse (test), mean over seeds")

@@ -57,13 +57,9 @@ def _check_config(config: GraphConfig) -> list[float]:
     if not config.l_time > 0:
         raise ValueError(f"GraphConfig.l_time must be > 0 days, got {config.l_time!r}")
     if config.a < 0 or config.b < 0:
-        raise ValueError(
-            f"GraphConfig.a and .b must be >= 0 (Eq. 2 weights), got a={config.a!r} b={config.b!r}"
-        )
+        raise ValueError(f"GraphConfig.a and .b must be >= 0 (Eq. 2 weights), got a={config.a!r} b={config.b!r}")
     if any(not np.isfinite(w) or w < 0 for w in hop_weights):
-        raise ValueError(
-            f"GraphConfig.hop_weights must be finite and >= 0 (Eq. 5), got {config.hop_weights!r}"
-        )
+        raise ValueError(f"GraphConfig.hop_weights must be finite and >= 0 (Eq. 5), got {config.hop_weights!r}")
     return hop_weights
 
 
@@ -176,9 +172,7 @@ def build_cooccurrence(
     d_inv_sqrt = 1.0 / np.sqrt(np.asarray(a_prime.sum(axis=1)).ravel())
     rows = np.repeat(np.arange(size, dtype=np.int64), np.diff(a_prime.indptr))
     a_prime.data *= d_inv_sqrt[rows] * d_inv_sqrt[a_prime.indices]
-    out = sp.csr_matrix(
-        (a_prime.data.astype(np.float32), a_prime.indices, a_prime.indptr), shape=(size, size)
-    )
+    out = sp.csr_matrix((a_prime.data.astype(np.float32), a_prime.indices, a_prime.indptr), shape=(size, size))
     out.has_sorted_indices = True
     return out
 
@@ -200,9 +194,7 @@ def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     items = np.concatenate([p[1] for p in parts]).astype(np.int32)
     stamps = np.concatenate([p[2] for p in parts]).astype(np.int64)
-    days = (
-        stamps - (stamps.min() if len(stamps) else 0)
-    ) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
+    days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
     del parts, stamps
     info = BuildInfo()
     matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)
@@ -283,8 +275,7 @@ class GlobalContext(nn.Module):
             return item_weight.new_zeros((*ids.shape, item_weight.shape[1]))
         if int(flat.min()) < 0 or int(flat.max()) >= self.size:
             raise IndexError(
-                f"GlobalContext: ids must be in 0..{self.size - 1}, got range "
-                f"{int(flat.min())}..{int(flat.max())}"
+                f"GlobalContext: ids must be in 0..{self.size - 1}, got range {int(flat.min())}..{int(flat.max())}"
             )
         uniq, inverse = torch.unique(flat, return_inverse=True)
         starts, ends = self.indptr[uniq], self.indptr[uniq + 1]

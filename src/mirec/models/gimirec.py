@@ -38,7 +38,12 @@ class GIMIRec(MultiInterestModel):
         self.time_attention = TimeIntervalAttention(d, config.time_span)  # W_T and W_1 of Eq. 9
         self.position_embedding = glorot_embedding(config.maxlen, d) if config.position_embedding else None
         self.star_graph = StarGraph(
-            d, config.num_layers, config.num_heads, config.dropout, GIMIREC_NEIGHBOURS, config.mask_center,
+            d,
+            config.num_layers,
+            config.num_heads,
+            config.dropout,
+            GIMIREC_NEIGHBOURS,
+            config.mask_center,
             config.star_activation,
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)  # W_2: 4d x d, W_3: K x 4d
@@ -58,7 +63,9 @@ class GIMIRec(MultiInterestModel):
         if length > self.config.maxlen:
             raise ValueError(f"batch length {length} exceeds maxlen (L_rec) {self.config.maxlen}")
         m = mask[:, :, None]
-        e_global = (self.embed_items(items) if rows is None else rows) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
+        e_global = (
+            self.embed_items(items) if rows is None else rows
+        ) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
         intervals = time_interval_matrix(batch.days, mask, self.config.time_span)  # Eq. 8
         e_time = self.time_attention(intervals, mask)  # E_time = S1 T' (Eq. 9-10)
         hybrid = e_time + e_global  # Eq. 12

@@ -16,8 +16,9 @@ from mirec.nn.star_graph import PIMI_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
 
 
-def parameter_count_reference(item_count: int, dim: int = 64, maxlen: int = 20, time_span: int = 64,
-                              num_layers: int = 3, num_interests: int = 4) -> int:
+def parameter_count_reference(
+    item_count: int, dim: int = 64, maxlen: int = 20, time_span: int = 64, num_layers: int = 3, num_interests: int = 4
+) -> int:
     """Trainable parameters of PIMI_Rec's TF graph (notes 2.3); ``item_count`` = rows of its item table."""
     return (
         item_count * dim  # item embedding
@@ -25,7 +26,10 @@ def parameter_count_reference(item_count: int, dim: int = 64, maxlen: int = 20, 
         + (time_span + 1) * dim  # time-interval embedding
         + dim  # w_t
         + num_layers * 4 * (dim * dim + dim)  # shared Q/K/V/O dense per layer
-        + dim * 4 * dim + 4 * dim + 4 * dim * num_interests + num_interests  # self-attentive extractor
+        + dim * 4 * dim
+        + 4 * dim
+        + 4 * dim * num_interests
+        + num_interests  # self-attentive extractor
     )
 
 
@@ -33,7 +37,10 @@ class PIMI(MultiInterestModel):
     """Interests = A(h^(L)) @ x: attention from the star-graph output, applied to the raw masked item vectors."""
 
     name = "pimi"
-    paper = "Chen et al., Exploring Periodicity and Interactivity in Multi-Interest Framework for Sequential Recommendation, IJCAI 2021"
+    paper = (
+        "Chen et al., Exploring Periodicity and Interactivity in Multi-Interest Framework for Sequential "
+        "Recommendation, IJCAI 2021"
+    )
     config_class = PIMIConfig
 
     def __init__(self, config: PIMIConfig, n_items: int):
@@ -42,7 +49,12 @@ class PIMI(MultiInterestModel):
         self.position_embedding = glorot_embedding(config.maxlen, d)  # learned absolute positions P
         self.time_attention = TimeIntervalAttention(d, config.time_span)
         self.star_graph = StarGraph(
-            d, config.num_layers, config.num_heads, config.dropout, PIMI_NEIGHBOURS, config.mask_center,
+            d,
+            config.num_layers,
+            config.num_heads,
+            config.dropout,
+            PIMI_NEIGHBOURS,
+            config.mask_center,
             config.star_activation,
         )
         self.extractor = SelfAttentiveExtractor(d, config.num_interests, hidden=4 * d)

@@ -87,9 +87,7 @@ class ResidualQuantizer(nn.Module):
     ):
         super().__init__()
         if input_norm not in INPUT_NORMS:
-            raise ValueError(
-                f"ResidualQuantizer: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}"
-            )
+            raise ValueError(f"ResidualQuantizer: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if encoder not in ENCODERS:
             raise ValueError(f"ResidualQuantizer: encoder must be one of {ENCODERS}, got {encoder!r}")
         if update not in UPDATES:
@@ -121,9 +119,7 @@ class ResidualQuantizer(nn.Module):
         self.decoder: nn.Module | None = None
         if recon_weight > 0:
             width = levels * code_dim
-            self.decoder = nn.Sequential(
-                nn.Linear(width, input_dim), nn.ReLU(), nn.Linear(input_dim, input_dim)
-            )
+            self.decoder = nn.Sequential(nn.Linear(width, input_dim), nn.ReLU(), nn.Linear(input_dim, input_dim))
         init = torch.randn(levels, codes, code_dim) / math.sqrt(code_dim)
         if update == "grad":
             self.codebooks = nn.Parameter(init)

@@ -33,8 +33,8 @@ def _dense(dim: int) -> nn.Linear:
 class StarMultiHeadAttention(nn.Module):
     """PIMI_Rec ``modules.multihead_attention``: Q/K/V/O dense with bias, scaled dot product, attention dropout.
 
-    No residual, no LayerNorm, no FFN; the caller applies the activation (ReLU or none). ``key_mask`` (optional, [..., n] bool, True =
-    keep) is NOT used by the reference; it backs the ``mask_center`` deviation.
+    No residual, no LayerNorm, no FFN; the caller applies the activation (ReLU or none). ``key_mask`` (optional,
+    [..., n] bool, True = keep) is NOT used by the reference; it backs the ``mask_center`` deviation.
     """
 
     def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.1):
@@ -67,9 +67,7 @@ class StarMultiHeadAttention(nn.Module):
         out = (weights[..., None] * v.reshape(*lead, n, heads, dh)).sum(-3)  # [..., heads, dh]
         return self.output(out.reshape(*lead, d))
 
-    def forward(
-        self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """query [..., d], context (keys = values) [..., n, d] -> [..., d]."""
         return self.attend(self.query(query), self.key(context), self.value(context), key_mask)
 

@@ -4,10 +4,14 @@ of histories (:mod:`.model`) and the HTTP service (:mod:`.app`, needs ``mirec[se
 from typing import Any
 
 _EXPORTS = {
-    "ServingModel": "mirec.serving.model", "RecommendRequest": "mirec.serving.model",
-    "IndexParams": "mirec.serving.index", "ItemIndex": "mirec.serving.index",
-    "export_bundle": "mirec.serving.bundle", "load_bundle": "mirec.serving.bundle",
-    "load_serving": "mirec.serving.bundle", "BundleError": "mirec.serving.bundle",
+    "ServingModel": "mirec.serving.model",
+    "RecommendRequest": "mirec.serving.model",
+    "IndexParams": "mirec.serving.index",
+    "ItemIndex": "mirec.serving.index",
+    "export_bundle": "mirec.serving.bundle",
+    "load_bundle": "mirec.serving.bundle",
+    "load_serving": "mirec.serving.bundle",
+    "BundleError": "mirec.serving.bundle",
 }
 __all__ = list(_EXPORTS)
 

@@ -153,8 +153,11 @@ class MicroBatcher:
                 if timeout <= 0 and self.queue.empty():
                     break
                 try:
-                    items.append(await asyncio.wait_for(self.queue.get(), max(timeout, 0)) if timeout > 0
-                                 else self.queue.get_nowait())
+                    items.append(
+                        await asyncio.wait_for(self.queue.get(), max(timeout, 0))
+                        if timeout > 0
+                        else self.queue.get_nowait()
+                    )
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
             await self._serve(items)
@@ -255,13 +258,18 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None,
-               loader=None) -> LimitsAndMetrics:
+def create_app(
+    model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None, loader=None
+) -> LimitsAndMetrics:
     """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload."""
     settings = settings or ServeSettings()
     metrics = Metrics()
-    state: dict[str, Any] = {"model": model, "path": str(bundle_path) if bundle_path else None,
-                             "reloads": 0, "ready": True}
+    state: dict[str, Any] = {
+        "model": model,
+        "path": str(bundle_path) if bundle_path else None,
+        "reloads": 0,
+        "ready": True,
+    }
     reload_lock = threading.Lock()
     batcher = MicroBatcher(lambda: state["model"], settings, metrics)
 
@@ -300,8 +308,11 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
         return RecommendRequest(body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda)
 
     def answer(result, manifest: dict[str, Any]) -> dict[str, Any]:
-        return {**result.to_dict(), "model_version": manifest.get("model_version"),
-                "index_version": manifest.get("index_version")}
+        return {
+            **result.to_dict(),
+            "model_version": manifest.get("model_version"),
+            "index_version": manifest.get("index_version"),
+        }
 
     @app.post("/v1/recommend", dependencies=[Depends(authorised)])
     async def recommend(body: RecommendBody):
@@ -349,8 +360,11 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
             items = await asyncio.to_thread(model.similar, item_id, n)
         except KeyError:
             raise HTTPException(404, f"item {item_id!r} is not known to this model") from None
-        return {"items": items, "model_version": model.manifest.get("model_version"),
-                "index_version": model.manifest.get("index_version")}
+        return {
+            "items": items,
+            "model_version": model.manifest.get("model_version"),
+            "index_version": model.manifest.get("index_version"),
+        }
 
     @app.get("/healthz")
     async def healthz():
@@ -377,8 +391,11 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
             new_model = loader(target)
             state["model"], state["path"] = new_model, str(target)
             state["reloads"] += 1
-        return {"bundle": state["path"], "model_version": new_model.manifest.get("model_version"),
-                "reloads": state["reloads"]}
+        return {
+            "bundle": state["path"],
+            "model_version": new_model.manifest.get("model_version"),
+            "reloads": state["reloads"],
+        }
 
     @app.post("/admin/reload", dependencies=[Depends(authorised)])
     async def admin_reload(body: ReloadBody | None = None):
@@ -391,8 +408,15 @@ def create_app(model: ServingModel, settings: ServeSettings | None = None, bundl
     return LimitsAndMetrics(app, settings.max_body_bytes, metrics)  # type: ignore[return-value]
 
 
-def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,
-          settings: ServeSettings | None = None, device: str = "cpu", threads: int = 1) -> None:
+def serve(
+    bundle: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token_file: str | Path | None = None,
+    settings: ServeSettings | None = None,
+    device: str = "cpu",
+    threads: int = 1,
+) -> None:
     """Load a bundle (or a run folder) and serve it with uvicorn until stopped; SIGHUP reloads the bundle.
     ``threads``: torch intra-op threads (1: micro-batches are small, and the event loop needs a core)."""
     import signal

@@ -25,21 +25,35 @@ from mirec.data.dataset import SECONDS_PER_DAY, PreparedDataset
 from mirec.serving.model import ServingModel
 from mirec.utils import atomic_path
 
-OUTPUT_SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
-                           ("score", pa.float32()), ("interest", pa.int16())])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("user", pa.string()),
+        ("rank", pa.int32()),
+        ("item", pa.string()),
+        ("score", pa.float32()),
+        ("interest", pa.int16()),
+    ]
+)
 
 
-def _rows(users: np.ndarray, ids: torch.Tensor, scores: torch.Tensor, source: torch.Tensor,
-          item_names: np.ndarray) -> pa.RecordBatch:
+def _rows(
+    users: np.ndarray, ids: torch.Tensor, scores: torch.Tensor, source: torch.Tensor, item_names: np.ndarray
+) -> pa.RecordBatch:
     """Flatten [U, n] results into output rows (empty slots dropped), vectorised."""
     ids_np, keep = ids.numpy(), ids.numpy() > 0
     n = ids_np.shape[1]
     ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.int32), ids_np.shape)[keep]
     user_col = np.repeat(np.asarray(users, dtype=object), keep.sum(1))
-    return pa.record_batch([
-        pa.array(user_col.astype(str)), pa.array(ranks), pa.array(item_names[ids_np[keep]].astype(str)),
-        pa.array(scores.numpy()[keep].astype(np.float32)), pa.array(source.numpy()[keep].astype(np.int16)),
-    ], schema=OUTPUT_SCHEMA)
+    return pa.record_batch(
+        [
+            pa.array(user_col.astype(str)),
+            pa.array(ranks),
+            pa.array(item_names[ids_np[keep]].astype(str)),
+            pa.array(scores.numpy()[keep].astype(np.float32)),
+            pa.array(source.numpy()[keep].astype(np.int16)),
+        ],
+        schema=OUTPUT_SCHEMA,
+    )
 
 
 def _write(chunks: Iterator[pa.RecordBatch], output: str | Path) -> int:
@@ -51,7 +65,9 @@ def _write(chunks: Iterator[pa.RecordBatch], output: str | Path) -> int:
     return rows
 
 
-def dataset_histories(dataset: PreparedDataset, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def dataset_histories(
+    dataset: PreparedDataset, split: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per split of ``split`` (valid | test | train | all): (user codes, indptr, items, timestamps) of the
     sequences used as histories: the history part of valid/test users (what evaluation feeds the model), the
     whole sequence of train users (and of every user with ``all``)."""
@@ -81,8 +97,15 @@ def window_batch(indptr: np.ndarray, items: np.ndarray, stamps: np.ndarray, rows
     return Batch(torch.from_numpy(ids), torch.from_numpy(valid.astype(np.float32)), torch.from_numpy(days))
 
 
-def recommend_dataset(serving: ServingModel, dataset: PreparedDataset, split: str, output: str | Path, n: int = 50,
-                      chunk: int = 2048, progress: bool = True) -> dict[str, Any]:
+def recommend_dataset(
+    serving: ServingModel,
+    dataset: PreparedDataset,
+    split: str,
+    output: str | Path,
+    n: int = 50,
+    chunk: int = 2048,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Top-n for every user of a prepared dataset's ``split`` (valid | test | train | all) into ``output``."""
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"split {split!r}; expected train, valid, test or all")
@@ -103,7 +126,12 @@ def recommend_dataset(serving: ServingModel, dataset: PreparedDataset, split: st
 
     written = _write(chunks(), output)
     seconds = time.perf_counter() - started
-    return {"users": total, "rows": written, "seconds": round(seconds, 3), "users_per_second": total / max(seconds, 1e-9)}
+    return {
+        "users": total,
+        "rows": written,
+        "seconds": round(seconds, 3),
+        "users_per_second": total / max(seconds, 1e-9),
+    }
 
 
 def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -117,15 +145,19 @@ def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.n
                 raise ValueError(f"{path}: needs columns user and history, has {names}")
             history = record.column("history")
             offsets = history.offsets.to_numpy().astype(np.int64)
-            flat = history.values.to_numpy(zero_copy_only=False)[offsets[0]: offsets[-1]]
+            flat = history.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
             stamps = None
             if "timestamps" in names:
                 column = record.column("timestamps")
-                stamps = column.values.to_numpy()[column.offsets.to_numpy()[0]: column.offsets.to_numpy()[-1]]
+                stamps = column.values.to_numpy()[column.offsets.to_numpy()[0] : column.offsets.to_numpy()[-1]]
                 if len(stamps) != len(flat):
                     raise ValueError(f"{path}: timestamps and history differ in length")
-            yield (np.asarray(record.column("user").to_pylist(), dtype=object), offsets - offsets[0], flat,
-                   None if stamps is None else stamps.astype(np.int64))
+            yield (
+                np.asarray(record.column("user").to_pylist(), dtype=object),
+                offsets - offsets[0],
+                flat,
+                None if stamps is None else stamps.astype(np.int64),
+            )
         return
     users: list[str] = []
     histories: list[list[str]] = []
@@ -137,8 +169,9 @@ def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.n
         flat = np.asarray([i for h in histories for i in h], dtype=object)
         stamps = None
         if any(s is not None for s in stamps_list):
-            stamps = np.asarray([t for h, s in zip(histories, stamps_list, strict=True) for t in (s or [0] * len(h))],
-                                dtype=np.int64)
+            stamps = np.asarray(
+                [t for h, s in zip(histories, stamps_list, strict=True) for t in (s or [0] * len(h))], dtype=np.int64
+            )
         return np.asarray(users, dtype=object), offsets, flat, stamps
 
     with open(path, encoding="utf-8") as f:
@@ -152,7 +185,9 @@ def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.n
                 if stamps is not None and len(stamps) != len(history):
                     raise ValueError(f"{len(stamps)} timestamps for {len(history)} items")
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path} line {number}: expected {{\"user\", \"history\"[, \"timestamps\"]}} ({exc})") from None
+                raise ValueError(
+                    f'{path} line {number}: expected {{"user", "history"[, "timestamps"]}} ({exc})'
+                ) from None
             users.append(str(record["user"]))
             histories.append(history)
             stamps_list.append(stamps)
@@ -163,8 +198,14 @@ def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.n
         yield emit()
 
 
-def recommend_file(serving: ServingModel, input_path: str | Path, output: str | Path, n: int = 50,
-                   chunk: int = 4096, progress: bool = True) -> dict[str, Any]:
+def recommend_file(
+    serving: ServingModel,
+    input_path: str | Path,
+    output: str | Path,
+    n: int = 50,
+    chunk: int = 4096,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Top-n for each history of a file; users none of whose items is known are counted and left out.
     Vectorised per chunk: ids looked up at once, windows cut from the flat arrays, one search per chunk."""
     started = time.perf_counter()
@@ -190,8 +231,12 @@ def recommend_file(serving: ServingModel, input_path: str | Path, output: str | 
 
     written = _write(chunks(), output)
     seconds = time.perf_counter() - started
-    return {**counts, "rows": written, "seconds": round(seconds, 3),
-            "users_per_second": counts["users"] / max(seconds, 1e-9)}
+    return {
+        **counts,
+        "rows": written,
+        "seconds": round(seconds, 3),
+        "users_per_second": counts["users"] / max(seconds, 1e-9),
+    }
 
 
 __all__ = ["recommend_dataset", "recommend_file", "window_batch", "OUTPUT_SCHEMA"]

@@ -82,15 +82,24 @@ def export_bundle(
     lock = output.resolve().parent / f".{output.name}.lock"
     with exclusive_lock(lock, f"bundle output {output}"), atomic_directory(output) as tmp:
         save_config(config, tmp / "config.toml")
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
+        )
         if model.global_context is not None:
             model.global_context.save(tmp / "graph.safetensors")
         save_file({"item_vectors": vectors}, str(tmp / "item_vectors.safetensors"))
-        categories = dataset.item_categories if dataset.item_categories is not None else np.full(dataset.n_items + 1, -1)
-        pq.write_table(pa.table({
-            "original_id": pa.array(dataset.item_original_ids[1:].astype(str)),
-            "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
-        }), tmp / "items.parquet")
+        categories = (
+            dataset.item_categories if dataset.item_categories is not None else np.full(dataset.n_items + 1, -1)
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "original_id": pa.array(dataset.item_original_ids[1:].astype(str)),
+                    "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
+                }
+            ),
+            tmp / "items.parquet",
+        )
         index_files = item_index.save(tmp)
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
@@ -104,8 +113,11 @@ def export_bundle(
             "dataset": {"name": dataset.name, "meta_sha256": dataset_checksum(dataset)},
             "model_version": model_hash.hexdigest()[:16],
             "index_version": index_hash.hexdigest()[:16],
-            "index": {**item_index.params.__dict__, "build_seconds": round(build_seconds, 3),
-                      "calibration": calibration},
+            "index": {
+                **item_index.params.__dict__,
+                "build_seconds": round(build_seconds, 3),
+                "calibration": calibration,
+            },
             "n_items": dataset.n_items,
             "dim": int(vectors.shape[1]),
             "num_interests": int(config.model.num_interests),
@@ -134,14 +146,21 @@ def validation_interests(model, dataset, config, max_users: int = 2000) -> torch
 def verify_bundle(path: str | Path) -> dict[str, Any]:
     """Read the manifest and check every listed file's size and SHA-256; raises :class:`BundleError`."""
     path = Path(path)
-    manifest = read_format_json(path / MANIFEST, "bundle_format", BUNDLE_FORMAT,
-                                f"missing; is {path} a mirec bundle (mirec export)?", BundleError)
+    manifest = read_format_json(
+        path / MANIFEST,
+        "bundle_format",
+        BUNDLE_FORMAT,
+        f"missing; is {path} a mirec bundle (mirec export)?",
+        BundleError,
+    )
     for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle")
         if file.stat().st_size != expected["bytes"]:
-            raise BundleError(f"{file}: {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)")
+            raise BundleError(
+                f"{file}: {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
+            )
         if sha256_file(file) != expected["sha256"]:
             raise BundleError(f"{file}: checksum differs from the manifest (modified or corrupt)")
     return manifest
@@ -162,13 +181,18 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Serving
     original = np.array([""] + items.column("original_id").to_pylist(), dtype=object)
     categories = np.concatenate([[-1], items.column("category").to_numpy()]).astype(np.int64)
     return ServingModel(
-        model, config, original, ItemIndex.load(path, vectors),
-        item_categories=categories if manifest.get("has_categories") else None, manifest=manifest,
+        model,
+        config,
+        original,
+        ItemIndex.load(path, vectors),
+        item_categories=categories if manifest.get("has_categories") else None,
+        manifest=manifest,
     )
 
 
-def serving_model_of_run(run_dir: str | Path, device: str = "cpu", data: str | Path | None = None,
-                         index: IndexParams | None = None) -> ServingModel:
+def serving_model_of_run(
+    run_dir: str | Path, device: str = "cpu", data: str | Path | None = None, index: IndexParams | None = None
+) -> ServingModel:
     """The serving model of a run folder (its dataset's id map; exact search unless ``index`` says otherwise)."""
     model, dataset, config = load_run(run_dir, resolve_device(device), data)
     return ServingModel.of_run(model, dataset, config, index, source=str(Path(run_dir).resolve()))
@@ -179,5 +203,13 @@ def load_serving(path: str | Path, device: str = "cpu", data: str | Path | None 
     return load_bundle(path, device) if is_bundle(path) else serving_model_of_run(path, device, data)
 
 
-__all__ = ["export_bundle", "load_bundle", "verify_bundle", "load_serving", "serving_model_of_run", "BundleError",
-           "is_bundle", "BUNDLE_FORMAT"]
+__all__ = [
+    "export_bundle",
+    "load_bundle",
+    "verify_bundle",
+    "load_serving",
+    "serving_model_of_run",
+    "BundleError",
+    "is_bundle",
+    "BUNDLE_FORMAT",
+]

@@ -68,9 +68,14 @@ class IndexParams:
         # 4 sqrt(n) lists, but at least 39 items per list (Faiss's k-means warns below that)
         nlist = self.ivf_nlist or max(1, min(int(4 * math.sqrt(n_items)), n_items // 39))
         return IndexParams(
-            kind=self.kind, metric=self.metric, hnsw_m=self.hnsw_m, hnsw_ef_construction=self.hnsw_ef_construction,
-            hnsw_ef_search=self.hnsw_ef_search, ivf_nlist=min(nlist, n_items),
-            ivf_nprobe=self.ivf_nprobe or max(8, nlist // 16), candidates_factor=self.candidates_factor,
+            kind=self.kind,
+            metric=self.metric,
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+            hnsw_ef_search=self.hnsw_ef_search,
+            ivf_nlist=min(nlist, n_items),
+            ivf_nprobe=self.ivf_nprobe or max(8, nlist // 16),
+            candidates_factor=self.candidates_factor,
         )
 
 
@@ -98,7 +103,9 @@ class ItemIndex:
         self.exact = ExactRetriever(self.item_table, "torch")
         self.faiss_index = faiss_index
         if self.params.kind != "exact" and faiss_index is not None and faiss_index.d != self.index_dim:
-            raise ValueError(f"a Faiss index of dimension {faiss_index.d} for {self.dim}-d items ({self.params.metric})")
+            raise ValueError(
+                f"a Faiss index of dimension {faiss_index.d} for {self.dim}-d items ({self.params.metric})"
+            )
         if self.params.kind != "exact" and faiss_index is None:
             self.faiss_index = self._build()
         self._configure()
@@ -191,7 +198,9 @@ class ItemIndex:
             values.setdefault("metric", "l2" if faiss_index.d == int(item_table.shape[1]) + 1 else "ip")
         params = IndexParams(**values)
         if faiss_index is not None and faiss_index.ntotal != int(item_table.shape[0]) - 1:
-            raise ValueError(f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for {int(item_table.shape[0]) - 1} items")
+            raise ValueError(
+                f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for {int(item_table.shape[0]) - 1} items"
+            )
         return cls(item_table, params, faiss_index)
 
 
@@ -202,8 +211,9 @@ def overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
     return float(hits.sum(1).float().mean() / b.shape[1])
 
 
-def calibrate(item_table: torch.Tensor, params: IndexParams, queries: torch.Tensor, n: int = 50,
-              target: float = 0.97) -> tuple[ItemIndex, dict]:
+def calibrate(
+    item_table: torch.Tensor, params: IndexParams, queries: torch.Tensor, n: int = 50, target: float = 0.97
+) -> tuple[ItemIndex, dict]:
     """Build the ANN index for real queries (e.g. validation users' interests [U, K, d]): with ``metric =
     "auto"`` both metrics are built and the one agreeing more with exact search is kept; for HNSW with
     ``hnsw_ef_search = 0`` the smallest efSearch of 64..1024 reaching ``target`` overlap is chosen (the largest
@@ -215,9 +225,11 @@ def calibrate(item_table: torch.Tensor, params: IndexParams, queries: torch.Tens
     exact = ItemIndex(item_table, IndexParams(kind="exact")).search(queries, n)[1]
     report: dict = {"queries": int(queries.shape[0] * queries.shape[1]), "n": n, "target": target, "overlap": {}}
     best: tuple[float, ItemIndex] | None = None
-    for metric in (("ip", "l2") if params.metric == "auto" else (params.metric,)):
+    for metric in ("ip", "l2") if params.metric == "auto" else (params.metric,):
         index = ItemIndex(item_table, IndexParams(**{**params.__dict__, "metric": metric}))
-        searches = [params.hnsw_ef_search] if params.kind != "hnsw" or params.hnsw_ef_search else [64, 128, 256, 512, 1024]
+        searches = (
+            [params.hnsw_ef_search] if params.kind != "hnsw" or params.hnsw_ef_search else [64, 128, 256, 512, 1024]
+        )
         for ef in searches:
             if params.kind == "hnsw":
                 index.params.hnsw_ef_search = ef
@@ -228,8 +240,11 @@ def calibrate(item_table: torch.Tensor, params: IndexParams, queries: torch.Tens
         if best is None or value > best[0]:
             best = (value, index)
     assert best is not None
-    report["chosen"] = {"metric": best[1].params.metric, "hnsw_ef_search": best[1].params.hnsw_ef_search,
-                        "overlap": round(best[0], 4)}
+    report["chosen"] = {
+        "metric": best[1].params.metric,
+        "hnsw_ef_search": best[1].params.hnsw_ef_search,
+        "overlap": round(best[0], 4),
+    }
     return best[1], report
 
 

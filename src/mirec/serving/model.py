@@ -43,8 +43,10 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "items": [{"id": i, "score": s, "interest": k}
-                      for i, s, k in zip(self.items, self.scores, self.interests, strict=True)],
+            "items": [
+                {"id": i, "score": s, "interest": k}
+                for i, s, k in zip(self.items, self.scores, self.interests, strict=True)
+            ],
             "unknown_items": self.unknown_items,
         }
 
@@ -79,8 +81,14 @@ class ServingModel:
         self.n_items = int(len(self.item_original_ids) - 1)
 
     @classmethod
-    def of_run(cls, model: MultiInterestModel, dataset: Any, config: RunConfig, index_params: Any = None,
-               source: str | None = None) -> ServingModel:
+    def of_run(
+        cls,
+        model: MultiInterestModel,
+        dataset: Any,
+        config: RunConfig,
+        index_params: Any = None,
+        source: str | None = None,
+    ) -> ServingModel:
         """The serving model of a trained run held in memory: its dataset's id map and categories, the model's
         item vectors in an index (exact unless ``index_params`` says otherwise)."""
         from mirec.serving.index import IndexParams
@@ -88,9 +96,20 @@ class ServingModel:
         with torch.no_grad():
             vectors = model.output_embeddings().detach().float().cpu()
         params = index_params or IndexParams()
-        manifest = {"model": config.model.name, "source_run": source, "model_version": "run", "index_version": params.kind}
-        return cls(model, config, dataset.item_original_ids, ItemIndex(vectors, params),
-                   item_categories=dataset.item_categories, manifest=manifest)
+        manifest = {
+            "model": config.model.name,
+            "source_run": source,
+            "model_version": "run",
+            "index_version": params.kind,
+        }
+        return cls(
+            model,
+            config,
+            dataset.item_original_ids,
+            ItemIndex(vectors, params),
+            item_categories=dataset.item_categories,
+            manifest=manifest,
+        )
 
     # ------------------------------------------------------------------ ids
     def lookup(self, original: list[str] | np.ndarray) -> np.ndarray:
@@ -103,8 +122,9 @@ class ServingModel:
         found = self._sorted_names[pos_clipped] == query
         return np.where(found, self._sorted_order[pos_clipped] + 1, 0).astype(np.int64)
 
-    def encode(self, requests: list[RecommendRequest], skip_unknown: bool = False
-               ) -> tuple[Batch, list[np.ndarray], list[list[str]]]:
+    def encode(
+        self, requests: list[RecommendRequest], skip_unknown: bool = False
+    ) -> tuple[Batch, list[np.ndarray], list[list[str]]]:
         """(batch of the last ``maxlen`` known items per user, each user's known internal ids, unknown ids).
         A history with no known item raises :class:`UnknownItemsError`, or with ``skip_unknown`` leaves an
         empty row (all padding) for the caller to drop."""
@@ -117,23 +137,23 @@ class ServingModel:
         known_ids: list[np.ndarray] = []
         unknown: list[list[str]] = []
         for row, request in enumerate(requests):  # per user (not per item): slicing and small numpy ops
-            ids = flat[offsets[row]: offsets[row + 1]]
+            ids = flat[offsets[row] : offsets[row + 1]]
             known = ids > 0
             if request.timestamps is not None:
                 if len(request.timestamps) != len(request.history):
                     raise ValueError(f"{len(request.timestamps)} timestamps for {len(request.history)} items")
-                stamps[offsets[row]: offsets[row + 1]] = request.timestamps
+                stamps[offsets[row] : offsets[row + 1]] = request.timestamps
             unknown.append([str(x) for x in np.asarray(request.history, dtype=object)[~known]])
             if not known.any():
                 if not skip_unknown:
                     raise UnknownItemsError(f"none of the {len(request.history)} items is known to this model")
                 known_ids.append(ids[known])
                 continue
-            kept = ids[known][-self.maxlen:]
+            kept = ids[known][-self.maxlen :]
             items[row, : len(kept)] = kept
             if request.timestamps is not None:
-                t = stamps[offsets[row]: offsets[row + 1]][known]
-                days[row, : len(kept)] = (np.rint((t - t.min()) / SECONDS_PER_DAY).astype(np.int64) + 1)[-self.maxlen:]
+                t = stamps[offsets[row] : offsets[row + 1]][known]
+                days[row, : len(kept)] = (np.rint((t - t.min()) / SECONDS_PER_DAY).astype(np.int64) + 1)[-self.maxlen :]
             else:
                 days[row, : len(kept)] = 1
             known_ids.append(ids[known])
@@ -203,8 +223,10 @@ class ServingModel:
         query = self.index.item_table[internal][None, None, :]
         scores, ids = self.index.search(query, n, [np.array([internal])])
         keep = ids[0, 0] > 0
-        return [{"id": str(self.item_original_ids[i]), "score": float(s)}
-                for i, s in zip(ids[0, 0][keep].tolist(), scores[0, 0][keep].tolist(), strict=True)]
+        return [
+            {"id": str(self.item_original_ids[i]), "score": float(s)}
+            for i, s in zip(ids[0, 0][keep].tolist(), scores[0, 0][keep].tolist(), strict=True)
+        ]
 
 
 __all__ = ["ServingModel", "RecommendRequest", "Recommendation", "UnknownItemsError"]

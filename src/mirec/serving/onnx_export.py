@@ -29,11 +29,11 @@ from mirec.utils import sha256_file
 
 NOT_EXPORTABLE = {
     "gemirec": "GemiRec's beam search over the interest dictionary is data-dependent control flow; "
-               "serve it with torch (the bundle without --onnx)",
+    "serve it with torch (the bundle without --onnx)",
     "gru4rec": "not yet: the exported GRU graph (torch.onnx, dynamo and TorchScript exporters) failed the "
-               "onnxruntime check at batch sizes other than the example's; serve it with torch",
+    "onnxruntime check at batch sizes other than the example's; serve it with torch",
     "mind": "MIND draws fresh random routing logits in every forward pass (ComiRec's MIND, at inference too), "
-            "which an ONNX graph cannot reproduce; serve it with torch (the bundle without --onnx)",
+    "which an ONNX graph cannot reproduce; serve it with torch (the bundle without --onnx)",
 }
 
 
@@ -63,7 +63,7 @@ def require_onnx() -> None:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise ImportError(f"--onnx needs the ONNX packages: pip install \"mirec[onnx]\" ({exc})") from None
+        raise ImportError(f'--onnx needs the ONNX packages: pip install "mirec[onnx]" ({exc})') from None
 
 
 def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[str, Any]:
@@ -96,8 +96,13 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
     batch = torch.export.Dim.AUTO  # a named Dim made the GRU's batch axis static; AUTO keeps it dynamic
     with reference_paths():  # the CPU fast paths branch on data; the exported graph takes the plain form
         torch.onnx.export(
-            tower, example, str(path), input_names=["items", "mask", "days"], output_names=["interests"],
-            dynamic_shapes={"items": {0: batch}, "mask": {0: batch}, "days": {0: batch}}, dynamo=True,
+            tower,
+            example,
+            str(path),
+            input_names=["items", "mask", "days"],
+            output_names=["interests"],
+            dynamic_shapes={"items": {0: batch}, "mask": {0: batch}, "days": {0: batch}},
+            dynamo=True,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}  # an input the model never reads may be dropped
@@ -110,11 +115,15 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
     with torch.no_grad():
         torch_out = tower(*example).numpy()
     small, single = run(3), run(1)  # other batch sizes: the batch axis is dynamic
-    entry = {"file": path.name, "inputs": [f"{k} [B, L]" for k in ("items", "mask", "days") if k in names],
-             "output": "interests float32 [B, K, d]", "maxlen": maxlen,
-             "max_abs_diff": float(np.abs(onnx_out - torch_out).max()),
-             "max_abs_diff_batch3": float(np.abs(small - torch_out[:3]).max()),
-             "max_abs_diff_batch1": float(np.abs(single - torch_out[:1]).max())}
+    entry = {
+        "file": path.name,
+        "inputs": [f"{k} [B, L]" for k in ("items", "mask", "days") if k in names],
+        "output": "interests float32 [B, K, d]",
+        "maxlen": maxlen,
+        "max_abs_diff": float(np.abs(onnx_out - torch_out).max()),
+        "max_abs_diff_batch3": float(np.abs(small - torch_out[:3]).max()),
+        "max_abs_diff_batch1": float(np.abs(single - torch_out[:1]).max()),
+    }
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest["onnx"] = entry

@@ -70,8 +70,11 @@ class EarlyStopping:
         """Progress fields: evaluations done, the best value and its step, evaluations left before stopping."""
         if not evaluations:
             return {}
-        return {"evals": str(evaluations), metric: f"{state.best_metric:.4f}@{state.best_step}",
-                "patience_left": str(max(self.patience - state.bad_evals, 0))}
+        return {
+            "evals": str(evaluations),
+            metric: f"{state.best_metric:.4f}@{state.best_step}",
+            "patience_left": str(max(self.patience - state.bad_evals, 0)),
+        }
 
 
 class RunningMeans:

@@ -179,7 +179,9 @@ class Trainer:
         self.config = config
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
         if max(config.eval.topk) > self.dataset.n_items:
-            raise ValueError(f"eval.topk = {config.eval.topk}: a cut-off above the catalogue's {self.dataset.n_items} items")
+            raise ValueError(
+                f"eval.topk = {config.eval.topk}: a cut-off above the catalogue's {self.dataset.n_items} items"
+            )
         self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume else []
         self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
         self.progress = progress
@@ -189,9 +191,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
         self.kept_grads = keep_item_grad_buffer(self.model) if tc.sparse_item_grad and self.device.type == "cpu" else []
-        self.sampler = TrainSampler(
-            self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut
-        )
+        self.sampler = TrainSampler(self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut)
         # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
         # train.sampler_exclude_padding = true draws ids 1..n_items only.
         exclude_padding = tc.sampler_exclude_padding
@@ -225,8 +225,14 @@ class Trainer:
         if kind == "sampled":
             tc = self.config.train
             return sampled_softmax_loss(
-                user_vectors, targets, output_fn, self.negatives, self.num_sampled, self.generator,
-                remove_accidental_hits=tc.remove_accidental_hits, unique=tc.negatives_unique,
+                user_vectors,
+                targets,
+                output_fn,
+                self.negatives,
+                self.num_sampled,
+                self.generator,
+                remove_accidental_hits=tc.remove_accidental_hits,
+                unique=tc.negatives_unique,
             )
         if kind == "full":
             return full_softmax_loss(user_vectors, targets, output_fn)
@@ -273,9 +279,7 @@ class Trainer:
         st.eval_seconds += time.perf_counter() - start
         key = self.config.eval.early_stop_metric
         if key not in metrics:
-            raise KeyError(
-                f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}"
-            )
+            raise KeyError(f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}")
         improved = self.early_stopping.update(st, float(metrics[key]))
         if improved:
             self.best_state = self._state_copy()
@@ -504,7 +508,13 @@ def train_run(
     ``overwrite`` replaces an earlier run); returns metrics.json. ``evaluate`` scores a split (the ComiRec
     protocol's evaluator unless given)."""
     trainer = Trainer(
-        data_dir_or_dataset, config, run_dir, device=device, progress=progress, resume=resume, overwrite=overwrite,
+        data_dir_or_dataset,
+        config,
+        run_dir,
+        device=device,
+        progress=progress,
+        resume=resume,
+        overwrite=overwrite,
         evaluate=evaluate,
     )
     if preset:

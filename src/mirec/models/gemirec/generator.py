@@ -31,9 +31,7 @@ class CausalEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
         if length > self.position.num_embeddings:
-            raise ValueError(
-                f"GemiRec: sequence length {length} exceeds maxlen {self.position.num_embeddings}"
-            )
+            raise ValueError(f"GemiRec: sequence length {length} exceeds maxlen {self.position.num_embeddings}")
         pos = self.position(torch.arange(length, device=x.device))
         h = self.dropout((x + pos[None]) * mask[..., None])
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)

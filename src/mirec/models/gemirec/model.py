@@ -20,11 +20,16 @@ from mirec.models.gemirec.retrieval import InterestRetrieval
 
 # parameter names before the three modules had a file each -> their names now (old run folders still load)
 LEGACY_PREFIXES = {
-    "quantizer.": "dictionary.quantizer.", "item_codes": "dictionary.item_codes",
-    "codes_ready": "dictionary.codes_ready", "code_embedding.": "generator.code_embedding.",
-    "sequence.": "generator.sequence.", "user_sequence.": "generator.user_sequence.",
-    "prefix_embedding.": "generator.prefix_embedding.", "heads.": "generator.heads.",
-    "interest_norm.": "retrieval.interest_norm.", "fusion.": "retrieval.fusion.",
+    "quantizer.": "dictionary.quantizer.",
+    "item_codes": "dictionary.item_codes",
+    "codes_ready": "dictionary.codes_ready",
+    "code_embedding.": "generator.code_embedding.",
+    "sequence.": "generator.sequence.",
+    "user_sequence.": "generator.user_sequence.",
+    "prefix_embedding.": "generator.prefix_embedding.",
+    "heads.": "generator.heads.",
+    "interest_norm.": "retrieval.interest_norm.",
+    "fusion.": "retrieval.fusion.",
     "interest_proj.": "retrieval.interest_proj.",
 }
 
@@ -51,9 +56,7 @@ class GemiRec(MultiInterestModel):
     """
 
     name = "gemirec"
-    paper = (
-        "GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (arXiv 2510.14626)"
-    )
+    paper = "GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (arXiv 2510.14626)"
     config_class = GemiRecConfig
 
     def __init__(self, config: GemiRecConfig, n_items: int):
@@ -97,8 +100,9 @@ class GemiRec(MultiInterestModel):
         """Teacher-forced log p(m | h): h [..., d], codes [..., C] -> [...]."""
         return self.generator.code_log_probs(h, codes)
 
-    def beam_search(self, h: torch.Tensor, k: int, beam_width: int | None = None,
-                    distinct_prefix: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def beam_search(
+        self, h: torch.Tensor, k: int, beam_width: int | None = None, distinct_prefix: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k code tuples by log p(m|h): h [B, d] -> (codes [B, k, C], logp [B, k]); see the generator."""
         return self.generator.beam_search(h, k, beam_width, distinct_prefix)
 
@@ -177,10 +181,10 @@ class GemiRec(MultiInterestModel):
 def _rename_legacy_keys(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     """load_state_dict pre-hook: rename a pre-split GemiRec state dict's keys in place."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         for old, new in LEGACY_PREFIXES.items():
             if name.startswith(old):
-                state_dict[prefix + new + name[len(old):]] = state_dict.pop(key)
+                state_dict[prefix + new + name[len(old) :]] = state_dict.pop(key)
                 break
 
 
