@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mirec.eval.retrieval import ExactRetriever, merge_interests, merge_interests_full, topk_per_interest
+from mirec.eval.retrieval import ExactRetriever, merge_interests, merge_interests_full
 
 
 def brute_topk(interests: np.ndarray, table: np.ndarray, n: int, exclude=None):
@@ -40,7 +40,7 @@ def test_hand_case_padding_never_retrieved():
     table = torch.tensor([[100.0, 100.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [-1.0, 0.0]])
     interests = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
     for backend in ("torch", "faiss"):
-        scores, ids = topk_per_interest(interests, table, 3, backend=backend)
+        scores, ids = ExactRetriever(table, backend).search(interests, 3)
         assert ids.tolist() == [[[1, 3, 2], [2, 3, 1]]]
         assert scores.tolist() == [[[1.0, 0.5, 0.0], [2.0, 1.0, 0.0]]]
 
@@ -49,7 +49,7 @@ def test_more_slots_than_items_are_padded():
     table = torch.tensor([[0.0], [1.0], [2.0]])
     interests = torch.tensor([[[1.0]]])
     for backend in ("torch", "faiss"):
-        scores, ids = topk_per_interest(interests, table, 4, backend=backend, exclude=[np.array([2])])
+        scores, ids = ExactRetriever(table, backend).search(interests, 4, exclude=[np.array([2])])
         assert ids.tolist() == [[[1, -1, -1, -1]]]
         assert scores[0, 0, 0] == 1.0 and torch.isneginf(scores[0, 0, 1:]).all()
 
@@ -67,8 +67,8 @@ def test_torch_faiss_and_brute_force_agree(with_exclusion):
         ]
     ref_s, ref_i = brute_topk(interests, table, n, exclude)
     t_table, t_int = torch.from_numpy(table), torch.from_numpy(interests)
-    s_faiss, i_faiss = topk_per_interest(t_int, t_table, n, backend="faiss", exclude=exclude)
-    s_torch, i_torch = topk_per_interest(t_int, t_table, n, backend="torch", exclude=exclude)
+    s_faiss, i_faiss = ExactRetriever(t_table, "faiss").search(t_int, n, exclude=exclude)
+    s_torch, i_torch = ExactRetriever(t_table, "torch").search(t_int, n, exclude=exclude)
     # tiny blocks: 2 users per block, catalogue in blocks of 37 items
     small = ExactRetriever(t_table, "torch", block_bytes=4 * 37 * k * 2, item_block=37)
     s_small, i_small = small.search(t_int, n, exclude)
@@ -88,8 +88,8 @@ def test_exclusion_removes_exactly_the_history():
     interests = torch.from_numpy(rng.standard_normal((2, 2, d)).astype(np.float32))
     history = [np.array([3, 3, 17, 42]), np.array([], dtype=np.int64)]
     for backend in ("torch", "faiss"):
-        _, full = topk_per_interest(interests, table, n_items, backend=backend)
-        _, kept = topk_per_interest(interests, table, n_items, backend=backend, exclude=history)
+        _, full = ExactRetriever(table, backend).search(interests, n_items)
+        _, kept = ExactRetriever(table, backend).search(interests, n_items, exclude=history)
         for u in range(2):
             for j in range(2):
                 expected = [i for i in full[u, j].tolist() if i not in set(history[u].tolist())]
@@ -101,7 +101,7 @@ def test_exclusion_removes_exactly_the_history():
 def test_bad_exclusion_id_is_reported():
     table = torch.zeros(5, 2)
     with pytest.raises(ValueError, match="user row 1 lists item id 9"):
-        topk_per_interest(torch.zeros(2, 1, 2), table, 2, exclude=[np.array([1]), np.array([9])])
+        ExactRetriever(table).search(torch.zeros(2, 1, 2), 2, exclude=[np.array([1]), np.array([9])])
     with pytest.raises(ValueError, match="backend"):
         ExactRetriever(table, "annoy")
 

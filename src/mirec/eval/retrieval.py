@@ -208,17 +208,6 @@ def _pad(scores: torch.Tensor, ids: torch.Tensor, n: int) -> tuple[torch.Tensor,
     return scores, ids
 
 
-def topk_per_interest(
-    interests: torch.Tensor,
-    item_table: torch.Tensor,
-    n: int,
-    backend: str = "torch",
-    exclude: Sequence[np.ndarray] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-n items of every interest: (scores [U, K, n], ids [U, K, n]); see :class:`ExactRetriever`."""
-    return ExactRetriever(item_table, backend).search(interests, n, exclude)
-
-
 def dedup_candidates(
     scores: torch.Tensor, ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

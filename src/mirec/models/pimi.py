@@ -16,23 +16,6 @@ from mirec.nn.star_graph import PIMI_NEIGHBOURS, StarGraph
 from mirec.nn.time_interval import TimeIntervalAttention, time_interval_matrix
 
 
-def parameter_count_reference(
-    item_count: int, dim: int = 64, maxlen: int = 20, time_span: int = 64, num_layers: int = 3, num_interests: int = 4
-) -> int:
-    """Trainable parameters of PIMI_Rec's TF graph (notes 2.3); ``item_count`` = rows of its item table."""
-    return (
-        item_count * dim  # item embedding
-        + maxlen * dim  # position embedding
-        + (time_span + 1) * dim  # time-interval embedding
-        + dim  # w_t
-        + num_layers * 4 * (dim * dim + dim)  # shared Q/K/V/O dense per layer
-        + dim * 4 * dim
-        + 4 * dim
-        + 4 * dim * num_interests
-        + num_interests  # self-attentive extractor
-    )
-
-
 class PIMI(MultiInterestModel):
     """Interests = A(h^(L)) @ x: attention from the star-graph output, applied to the raw masked item vectors."""
 
