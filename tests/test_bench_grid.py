@@ -331,7 +331,6 @@ def test_tables_only_results_csv_has_the_swept_key_and_value(fake_grid, capsys):
 
 def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     spec, out = fake_grid
-    pytest.importorskip("matplotlib")
     assert (
         cli_main(
             ["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"]
@@ -389,7 +388,6 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
 
 
 def test_plot_functions_directly(tmp_path):
-    pytest.importorskip("matplotlib")
     from mirec.experiments.plots import plot_collapse, plot_metric_bars, plot_sweep
 
     drawn = plot_metric_bars({"a": {"recall@50": [0.1], "ndcg@50": []}}, tmp_path / "b.png")

@@ -60,7 +60,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from mirec.api import train
 
-    overrides = list(args.set)
+    overrides = [*args.set, *log_overrides(args)]
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.seed is not None:
@@ -292,6 +292,7 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from mirec.experiments.grid import main_bench
 
+    args.log_overrides = log_overrides(args)
     main_bench(args)
 
 
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the earlier run in --output (its files and checkpoints; nothing else)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_log_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run on a split, print the metrics as JSON")
@@ -476,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--tables-only", action="store_true", help="only collect finished cells into tables")
     p.add_argument("--plots", action="store_true", help="also write PNG plots to OUTPUT/plots (needs mirec[plot])")
+    add_log_argument(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
@@ -498,6 +501,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 THREADS_HELP = "torch CPU threads (default: torch's choice)"
+
+
+def add_log_argument(parser: argparse.ArgumentParser) -> None:
+    """``--log tensorboard|mlflow`` (repeatable or comma-separated): ``--set train.log_to=...`` for every run."""
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="tensorboard|mlflow",
+        help="mirror each run in TensorBoard and/or MLflow (train.log_to; needs mirec[track])",
+    )
+
+
+def log_overrides(args: argparse.Namespace) -> list[str]:
+    names = [name.strip() for text in getattr(args, "log", []) for name in text.split(",") if name.strip()]
+    return [f'train.log_to="{",".join(dict.fromkeys(names))}"'] if names else []
 
 
 def main(argv: list[str] | None = None) -> int:

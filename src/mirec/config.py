@@ -28,6 +28,7 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
 }
+TRACKERS = ("tensorboard", "mlflow")  # train.log_to
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -135,6 +136,11 @@ class TrainConfig(CheckedConfig):
     checkpoint_every: int = 0  # 0 = at every evaluation
     log_every: int = 100
     eval_users: int = 0  # 0 = all valid users during training evaluations
+    # mirrors of the run in experiment trackers (mirec.training.tracking): "", "tensorboard", "mlflow" or both,
+    # comma-separated; the run folder stays the source of truth and a failing tracker never stops training
+    log_to: str = ""
+    tracking_uri: str = ""  # MLflow store: "" = $MLFLOW_TRACKING_URI, else sqlite:///<output folder>/mlflow.db
+    tracking_experiment: str = ""  # MLflow experiment name; "" = "mirec"
 
     def check(self) -> None:
         for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
@@ -143,6 +149,8 @@ class TrainConfig(CheckedConfig):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         self.require(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
+        trackers = [part.strip() for part in self.log_to.split(",") if part.strip() not in ("", "none")]
+        self.require(set(trackers) <= set(TRACKERS), "log_to", f"a comma-separated subset of {list(TRACKERS)}")
 
 
 @dataclass

@@ -50,6 +50,9 @@ RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR)
 # Options a resumed run may change: budgets, cadence, placement and evaluation speed, not what is learnt.
 RESUME_SAFE = frozenset(
     {
+        "train.log_to",
+        "train.tracking_uri",
+        "train.tracking_experiment",
         "train.max_steps",
         "train.max_minutes",
         "train.patience",

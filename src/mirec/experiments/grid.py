@@ -221,7 +221,7 @@ def resolve_spec(args: Any) -> GridSpec:
     spec.sweeps = _replace_or_add(
         spec.sweeps, [Sweep.parse(t) for t in getattr(args, "sweep", []) or []], key=lambda s: s.key
     )
-    spec.set = [*spec.set, *args.set]
+    spec.set = [*spec.set, *args.set, *getattr(args, "log_overrides", [])]
     if args.seeds is not None:
         spec.seeds = [int(s) for s in args.seeds.split(",")]
     if args.budget_minutes is not None:

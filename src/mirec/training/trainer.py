@@ -56,10 +56,13 @@ from mirec.training.checkpoint import (
     save_tensors,
 )
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
+from mirec.training.tracking import Trackers
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
 # evaluate(model, dataset, split, eval_config, *, maxlen, device, max_users) -> metric dict (the evaluator's)
 EvaluateFn = Callable[..., dict[str, Any]]
+# on_evaluation(step, valid metrics) -> a stop reason (e.g. "pruned" by a tuner) or None to go on
+EvaluationHook = Callable[[int, dict[str, Any]], str | None]
 
 
 def _jsonable(value: Any) -> Any:
@@ -150,9 +153,13 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         evaluate: EvaluateFn = evaluate_split,
+        on_evaluation: EvaluationHook | None = None,
+        test: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.evaluate_fn = evaluate
+        self.on_evaluation = on_evaluation
+        self.test = test  # False (tuning): the test split is never evaluated
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(run_lock(self.run_dir))  # first: a second process fails before any work
         try:
@@ -211,6 +218,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.logger = logging.getLogger(f"mirec.training.{id(self)}")
         self._stop_signal = StopSignal()
+        self.trackers = Trackers(tc.log_to, tc.tracking_uri, tc.tracking_experiment)
 
     # ------------------------------------------------------------------ pieces
     def _resume_graph_path(self) -> Path | None:
@@ -281,6 +289,9 @@ class Trainer:
         if key not in metrics:
             raise KeyError(f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}")
         improved = self.early_stopping.update(st, float(metrics[key]))
+        reason = self.on_evaluation(st.step, metrics) if self.on_evaluation else None
+        if reason and not st.stop_reason:
+            st.stop_reason = reason
         if improved:
             self.best_state = self._state_copy()
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
@@ -302,6 +313,15 @@ class Trainer:
             f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
             f"@{st.best_step} trials={st.bad_evals}"
         )
+        scalars = {f"valid/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.trackers.scalars({**scalars, "valid/best": st.best_metric}, st.step)
+        if self.progress:  # one lasting console line per evaluation, above the bar
+            left = max(self.early_stopping.patience - st.bad_evals, 0)
+            tqdm.write(
+                f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
+                f"{st.best_metric:.4f} at step {st.best_step}; {left} evaluation(s) without gain left before "
+                "early stopping"
+            )
 
     def _validation_status(self) -> dict[str, str]:
         return self.early_stopping.status(self.state, self.config.eval.early_stop_metric, len(self.history))
@@ -370,6 +390,7 @@ class Trainer:
                 self.history = []
             save_config(self.config, self.run_dir / "config.toml")
             write_data_json(self.run_dir, self.dataset)
+            self.trackers.start(self.run_dir, self.config.to_dict(), resumed)
             if self.model.global_context is not None and not resumed:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
             self.logger.info(
@@ -379,6 +400,7 @@ class Trainer:
             self._loop()
             return self._finish()
         finally:
+            self.trackers.close()
             self.logger.removeHandler(handler)
             handler.close()
 
@@ -458,7 +480,12 @@ class Trainer:
             raise FloatingPointError(f"step {self.state.step}: training loss is {mean}")
         rate = logged.steps * self.config.train.batch_size / max(train_seconds, 1e-9)
         bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
-        terms = "".join(f" {name}={value:.5f}" for name, value in logged.mean_terms().items())
+        mean_terms = logged.mean_terms()
+        self.trackers.scalars(
+            {"train/loss": mean, "train/samples_per_s": rate, **{f"train/{k}": v for k, v in mean_terms.items()}},
+            self.state.step,
+        )
+        terms = "".join(f" {name}={value:.5f}" for name, value in mean_terms.items())
         self.logger.info(
             f"step {self.state.step} loss={mean:.5f}{terms} samples/s={rate:.0f} "
             f"wall={time.perf_counter() - wall_start:.1f}s"
@@ -470,10 +497,10 @@ class Trainer:
         self.model.load_state_dict(self.best_state)
         save_tensors(self.run_dir / "model.safetensors", self.best_state)
         valid = self.evaluate("valid")
-        test = self.evaluate("test")
+        test = self.evaluate("test") if self.test else None
         metrics = {
             "valid": valid,
-            "test": test,
+            **({"test": test} if test is not None else {}),
             "train": {
                 "steps": st.step,
                 "seconds": round(st.train_seconds, 3),
@@ -488,7 +515,10 @@ class Trainer:
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         self.logger.info("valid " + json.dumps(valid))
-        self.logger.info("test " + json.dumps(test))
+        if test is not None:
+            self.logger.info("test " + json.dumps(test))
+        files = ["config.toml", "metrics.json", "history.jsonl", "train.log"]
+        self.trackers.final(metrics, [self.run_dir / name for name in files])
         return metrics
 
 
@@ -503,10 +533,13 @@ def train_run(
     progress: bool = True,
     preset: str | None = None,
     evaluate: EvaluateFn = evaluate_split,
+    on_evaluation: EvaluationHook | None = None,
+    test: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (a new or empty folder; ``resume`` continues its checkpoint,
     ``overwrite`` replaces an earlier run); returns metrics.json. ``evaluate`` scores a split (the ComiRec
-    protocol's evaluator unless given)."""
+    protocol's evaluator unless given); ``on_evaluation(step, valid metrics)`` may return a stop reason (a
+    tuner's pruning); ``test=False`` never evaluates the test split (tuning)."""
     trainer = Trainer(
         data_dir_or_dataset,
         config,
@@ -516,6 +549,8 @@ def train_run(
         resume=resume,
         overwrite=overwrite,
         evaluate=evaluate,
+        on_evaluation=on_evaluation,
+        test=test,
     )
     if preset:
         trainer.folder_notes.append(f"presets: {preset} (mirec config show --data ... --model ... prints them)")
