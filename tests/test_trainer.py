@@ -387,3 +387,23 @@ def test_a_models_named_terms_reach_train_log_and_history_as_interval_means(data
         "12.00000",
         "17.00000",
     ]
+
+
+def test_an_evaluation_hook_stops_the_run_and_test_false_never_evaluates_test(data_dir, tmp_path):
+    seen = []
+
+    def hook(step, metrics):
+        seen.append((step, metrics["recall@10"]))
+        return "pruned" if step == 20 else None
+
+    metrics = train_run(
+        data_dir,
+        make_config(max_steps=100, eval_every=10),
+        tmp_path / "hook",
+        progress=False,
+        on_evaluation=hook,
+        test=False,
+    )
+    assert [s for s, _ in seen] == [10, 20] and metrics["train"]["stop_reason"] == "pruned"
+    assert metrics["train"]["steps"] == 20 and "test" not in metrics and "valid" in metrics
+    assert [r["recall@10"] for r in history(tmp_path / "hook")] == [v for _, v in seen]

@@ -289,6 +289,13 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     print(to_toml(config.to_dict()), end="")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from mirec.experiments.tune import main_tune
+
+    args.set = [*args.set, *log_overrides(args)]
+    main_tune(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from mirec.experiments.grid import main_bench
 
@@ -472,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's, else 1,2,3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    p.add_argument("--config", default=None, metavar="FILE.toml", help="applied over the presets of every cell")
     p.add_argument("--budget-minutes", type=float, default=None, help="wall-clock budget per cell (0 = none)")
     p.add_argument("--jobs", type=int, default=None, help="cells trained at once (default 1)")
     p.add_argument("--topk", default="20,50")
@@ -480,6 +488,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", action="store_true", help="also write PNG plots to OUTPUT/plots (needs mirec[plot])")
     add_log_argument(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "tune", help="hyper-parameter search with Optuna on the valid split (needs mirec[tune]); never reads test"
+    )
+    p.add_argument("--data", required=True, help="prepared folder, or 'amazon-grocery' (bundled)")
+    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--space", required=True, metavar="SPACE.toml", help='[space] "train.lr" = {low=.., high=.., log=true}'
+    )
+    p.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials the study ends with")
+    p.add_argument("--output", required=True, help="folder: trials/NNNN run folders, study.db, best.toml, trials.md")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUTPUT/study.db)")
+    p.add_argument("--study", default=None, help="study name (default: the --output folder's name)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--budget-minutes", type=float, default=0.0, help="wall-clock budget of this tuning session")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed and every trial's train.seed")
+    p.add_argument("--config", default=None, help="TOML file applied over the presets for every trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed for every trial")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
+    p.add_argument("--startup-trials", type=int, default=5, help="trials before TPE models and the pruner prunes")
+    p.add_argument("--plots", action="store_true", help="optimisation history and parameter importances (mirec[plot])")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    add_log_argument(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
     p.set_defaults(func=cmd_datasets)

@@ -150,6 +150,7 @@ class GridSpec:
     sweeps: list[Sweep] = field(default_factory=list)
     budget_minutes: float = 0.0
     jobs: int = 1
+    config: str = ""  # a TOML file applied over the presets of every cell (e.g. a tuned best.toml)
 
     def expanded(self) -> list[Variant]:
         """The base variants, or with sweeps each base variant once per swept value (one sweep at a time)."""
@@ -222,6 +223,10 @@ def resolve_spec(args: Any) -> GridSpec:
         spec.sweeps, [Sweep.parse(t) for t in getattr(args, "sweep", []) or []], key=lambda s: s.key
     )
     spec.set = [*spec.set, *args.set, *getattr(args, "log_overrides", [])]
+    if getattr(args, "config", None):
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"--config {args.config}: no such file")
+        spec.config = str(Path(args.config).resolve())
     if args.seeds is not None:
         spec.seeds = [int(s) for s in args.seeds.split(",")]
     if args.budget_minutes is not None:
@@ -233,7 +238,9 @@ def resolve_spec(args: Any) -> GridSpec:
     return spec
 
 
-def check_variants(variants: list[Variant], common: list[str], presets: list[str] | None = None) -> None:
+def check_variants(
+    variants: list[Variant], common: list[str], presets: list[str] | None = None, config_file: str = ""
+) -> None:
     """Build each cell's RunConfig (each variant on each dataset's presets; no data read) so an unknown key, a
     misspelled choice or a cross-field conflict fails before the first cell trains."""
     from mirec.config import ConfigError, load_config
@@ -241,7 +248,7 @@ def check_variants(variants: list[Variant], common: list[str], presets: list[str
     for preset in presets or [None]:
         for v in variants:
             try:
-                load_config(model=v.model, dataset=preset, overrides=[*common, *v.overrides])
+                load_config(config_file or None, model=v.model, dataset=preset, overrides=[*common, *v.overrides])
             except (ConfigError, ValueError) as exc:
                 where = f" on the {preset!r} presets" if preset else ""
                 raise ValueError(f"variant {v.name!r}{where}: {exc}") from None
@@ -270,7 +277,7 @@ def plan(output: Path, datasets: dict[str, str], variants: list[Variant], seeds:
     ]
 
 
-def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int) -> dict[str, Any]:
+def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int, config: str = "") -> dict[str, Any]:
     """Train one cell in a subprocess with a soft (train.max_minutes) and a hard (timeout) budget."""
     cmd = [
         sys.executable,
@@ -287,6 +294,8 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int)
         str(cell.seed),
         "--quiet",
     ]
+    if config:
+        cmd += ["--config", config]
     for text in [*common, *cell.variant.overrides] + (
         [f"train.max_minutes={budget_minutes}"] if budget_minutes else []
     ):
@@ -318,12 +327,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_grid(cells: list[Cell], common: list[str], budget_minutes: float, jobs: int, output: Path) -> list[dict]:
+def run_grid(
+    cells: list[Cell], common: list[str], budget_minutes: float, jobs: int, output: Path, config: str = ""
+) -> list[dict]:
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
     threads = max(1, usable_cpus() // max(jobs, 1))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda c: run_cell(c, common, budget_minutes, threads), todo))
+        results = list(pool.map(lambda c: run_cell(c, common, budget_minutes, threads, config), todo))
     failures = [r for r in results if not r["ok"]]
     failure_file = output / "failures.json"
     old = json.loads(failure_file.read_text()) if failure_file.exists() else []
@@ -474,9 +485,8 @@ def main_bench(args: Any) -> None:
     if not args.tables_only:
         from mirec.api import BUNDLED, preset_of
 
-        check_variants(
-            variants, spec.set, sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()})
-        )
+        presets = sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()})
+        check_variants(variants, spec.set, presets, spec.config)
     unused = sorted(set(datasets) - set(spec.datasets)) if spec.datasets else []
     if unused:
         print(
@@ -493,6 +503,7 @@ def main_bench(args: Any) -> None:
             "datasets": datasets,
             "seeds": spec.seeds,
             "set": spec.set,
+            "config": spec.config,
             "budget_minutes": spec.budget_minutes,
             "variants": [
                 {
@@ -507,7 +518,7 @@ def main_bench(args: Any) -> None:
             ],
         }
         atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
-        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output)
+        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output, spec.config)
         failed = [r for r in results if not r["ok"]]
     rows = collect(cells)
     write_csv(rows, output / "results.csv")
