@@ -161,6 +161,8 @@ class EvalConfig(CheckedConfig):
     exclude_history: bool = False  # ComiRec keeps history items in the ranking
     diversity_lambda: float = 0.0
     batch_size: int = 1024
+    # model-free item interest clusters (mirec.data.interests) for novel_recall@N and interest_coverage@N; 0 = off
+    interest_clusters: int = 64
     # METRIC@N with METRIC a registered metric (mirec.eval.metrics) and N in topk; "" = recall at the largest
     # cut-off (ComiRec: @50)
     early_stop_metric: str = ""
@@ -172,6 +174,7 @@ class EvalConfig(CheckedConfig):
         self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
+        self.require(self.interest_clusters >= 0, "interest_clusters", ">= 0 (0 = no novel-interest metrics)")
         metric, _, cut = self.early_stop_metric.partition("@")
         valid = metric in METRICS and cut.isdigit() and int(cut) in self.topk
         self.require(

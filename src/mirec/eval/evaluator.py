@@ -31,7 +31,7 @@ from mirec.eval.diversity import (
     diverse_aggregate,
     summarize_collapse,
 )
-from mirec.eval.metrics import per_user_metrics
+from mirec.eval.metrics import RankedLists, mean_over_users, per_user_metrics
 from mirec.eval.retrieval import ExactRetriever, merge_interests_full
 from mirec.models.base import MultiInterestModel
 from mirec.utils import atomic_path
@@ -92,12 +92,18 @@ def evaluate(
             f"eval.diversity_lambda = {config.diversity_lambda} needs item categories, but dataset "
             f"{dataset.name!r} has none; set eval.diversity_lambda = 0"
         )
+    clusters = None
+    if config.interest_clusters > 0:
+        from mirec.data.interests import item_clusters
+
+        clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
     was_training = model.training
     model.eval()
     lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     targets: list[np.ndarray] = []
     histories: list[np.ndarray] = []
+    windows: list[np.ndarray] = []  # the history items the model read (the last maxlen)
     rows: list[np.ndarray] = []
     collapse: list[dict[str, np.ndarray]] = []
     seen = 0
@@ -124,6 +130,7 @@ def evaluate(
                     collapse.append(collapse_per_user(interests, ids, source))
                 targets.extend(eb.targets[:size])
                 histories.extend(eb.history[:size])
+                windows.extend(h[-maxlen:] for h in eb.history[:size])
                 rows.append(eb.rows[:size])
                 seen += size
     finally:
@@ -135,9 +142,15 @@ def evaluate(
     arrays: dict[str, np.ndarray] = {}
     recs = {k: np.concatenate(lists[k]) for k in ks}
     for k in ks:  # one pre-pass per list: the diversity greedy's lists are not prefixes of each other
-        arrays.update(per_user_metrics(recs[k], targets, [k], categories=categories))
-    result.update({name: float(values.mean()) for name, values in arrays.items()})
+        arrays.update(
+            per_user_metrics(recs[k], targets, [k], categories=categories, clusters=clusters, history=windows)
+        )
+    result.update({name: mean_over_users(values) for name, values in arrays.items()})
     result["users"] = seen
+    if clusters is not None:  # how often the next items lie outside the interests the history shows
+        result["novel_target_share"] = float(
+            RankedLists(recs[depth], targets, clusters=clusters, history=windows).novel_targets.mean()
+        )
     if collapse:
         result["collapse"] = summarize_collapse(
             {key: np.concatenate([c[key] for c in collapse]) for key in collapse[0]}

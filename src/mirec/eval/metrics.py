@@ -15,6 +15,9 @@ Definitions (per user u, T_u = the target list, S_N = set of the first N recomme
   in time order; DCG = sum over hit positions ``no`` of 1/log2(no+2), IDCG = sum_{r<#hits} 1/log2(r+2),
   0 without hits. This is the variant the published ComiRec / PIMI / GIMIRec NDCG tables used.
 
+- ``novel_recall@N`` (needs interest clusters and the history window): recall over the targets whose
+  cluster occurs nowhere in the items the model read, averaged over the users that have such targets.
+- ``interest_coverage@N`` (needs interest clusters): distinct clusters among the first N recommendations.
 - ``diversity@N`` (needs item categories): ComiRec ``compute_diversity``, the share of pairs among the
   filled slots whose categories differ; an unknown category (-1) counts as one more category.
 
@@ -68,9 +71,18 @@ class RankedLists:
     """U users' ranked lists and targets, with the pre-pass every metric reads (each part computed on first use).
 
     ``recs`` [U, N] int ids in rank order (-1 = empty slot); ``categories`` [n_items + 1] int64 indexed by item
-    id (-1 = unknown) where the dataset has them."""
+    id (-1 = unknown) where the dataset has them; ``clusters`` the same for the model-free interest clusters
+    (:mod:`mirec.data.interests`) and ``history`` each user's history window (the items the model read)."""
 
-    def __init__(self, recs: np.ndarray, targets: Targets, *, categories: np.ndarray | None = None):
+    def __init__(
+        self,
+        recs: np.ndarray,
+        targets: Targets,
+        *,
+        categories: np.ndarray | None = None,
+        clusters: np.ndarray | None = None,
+        history: Targets | None = None,
+    ):
         recs = np.asarray(recs)
         if recs.ndim != 2:
             raise ValueError(f"recs must be [users, N], got shape {recs.shape}")
@@ -85,6 +97,10 @@ class RankedLists:
         if self.n_users and self.lengths.min() == 0:
             raise ValueError(f"user row {int(np.argmin(self.lengths))} has no targets; recall is undefined for it")
         self.categories = None if categories is None else np.asarray(categories, dtype=np.int64)
+        self.clusters = None if clusters is None else np.asarray(clusters, dtype=np.int64)
+        self.history = None if history is None else to_csr(history)
+        if self.history is not None and len(self.history.indptr) - 1 != self.n_users:
+            raise ValueError(f"{len(self.history.indptr) - 1} histories for {self.n_users} recommended lists")
         self._hits: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------ the shared pre-pass
@@ -157,6 +173,21 @@ class RankedLists:
         """c[h] = sum_{r<h} 1/log2(r+2), h = 0..max(depth, longest target list): the ideal DCG of h hits."""
         length = max(self.depth, int(self.lengths.max(initial=0)))
         return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(length) + 2.0))])
+
+    @cached_property
+    def novel_targets(self) -> np.ndarray:
+        """[T] bool: the target's interest cluster occurs nowhere in the user's history window (targets without
+        a cluster are neither novel nor familiar: False)."""
+        assert self.clusters is not None and self.history is not None
+        n_clusters = int(self.clusters.max(initial=0)) + 2
+        h_user = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.history.indptr))
+        h_cluster = self.clusters[self.history.items]
+        known = np.unique((h_user * n_clusters + h_cluster + 1)[h_cluster >= 0])
+        t_cluster = self.clusters[self.targets.items]
+        t_key = self.target_users * n_clusters + t_cluster + 1
+        pos = np.minimum(np.searchsorted(known, t_key), max(len(known) - 1, 0))
+        seen = (known[pos] == t_key) if len(known) else np.zeros(len(t_key), dtype=bool)
+        return (t_cluster >= 0) & ~seen
 
     def hits(self, k: int) -> np.ndarray:
         """[U] float: target entries recommended within the first ``k`` slots (repeats counted)."""
@@ -245,6 +276,34 @@ def diversity(lists: RankedLists, k: int) -> np.ndarray:
     return np.divide(pairs - same, pairs, out=np.zeros(lists.n_users), where=pairs > 0)
 
 
+@register_metric("novel_recall", needs=("clusters", "history"))
+def novel_recall(lists: RankedLists, k: int) -> np.ndarray:
+    """Recall over the targets whose interest cluster is absent from the user's history window (interest
+    evolution); NaN for users without such targets (averaged over the users that have them)."""
+    novel = lists.novel_targets
+    hits = np.bincount(lists.target_users, weights=novel & (lists.target_rank < k), minlength=lists.n_users)
+    count = np.bincount(lists.target_users, weights=novel, minlength=lists.n_users)
+    return np.divide(hits, count, out=np.full(lists.n_users, np.nan), where=count > 0)
+
+
+@register_metric("interest_coverage", needs=("clusters",))
+def interest_coverage(lists: RankedLists, k: int) -> np.ndarray:
+    """Distinct interest clusters among the first k recommendations (items without a cluster not counted)."""
+    assert lists.clusters is not None
+    recs = lists.recs[:, :k]
+    cluster = np.where(recs > 0, lists.clusters[np.maximum(recs, 0)], -1)
+    n_clusters = int(lists.clusters.max(initial=0)) + 1
+    user = np.broadcast_to(np.arange(lists.n_users)[:, None], recs.shape)
+    keys = np.unique((user * n_clusters + cluster)[cluster >= 0])
+    return np.bincount(keys // n_clusters, minlength=lists.n_users).astype(np.float64)
+
+
+def mean_over_users(values: np.ndarray) -> float:
+    """The mean over users, skipping those a metric is undefined for (NaN); 0.0 when it is undefined for all."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else 0.0
+
+
 METRIC_NAMES = tuple(name for name, m in METRICS.items() if not m.needs)  # the ones every dataset reports
 
 
@@ -255,11 +314,13 @@ def per_user_metrics(
     ks: Sequence[int],
     *,
     categories: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
+    history: Targets | None = None,
     names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-user arrays ``{"recall@20": [U], ...}``: every registered metric whose needs are met (or the ``names``
     given; one whose needs are missing is an error) at every N in ``ks`` (see the module docstring)."""
-    lists = RankedLists(recs, targets, categories=categories)
+    lists = RankedLists(recs, targets, categories=categories, clusters=clusters, history=history)
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1 or max(ks) > lists.depth:
         raise ValueError(f"cut-offs {ks} must lie in 1..{lists.depth} (the length of the recommended lists)")
@@ -283,12 +344,14 @@ def compute_metrics(
     per_user: bool = False,
     *,
     categories: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
+    history: Targets | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean over users of every metric at every cut-off (fractions, not percentages).
 
     Returns ``{"recall@20": .., "ndcg@20": .., "ndcg_comirec@20": .., "hit_rate@20": .., ...}`` (and
     ``diversity@N`` with ``categories``); with ``per_user=True`` also the per-user arrays, as ``(summary, per_user)``.
     """
-    arrays = per_user_metrics(recs, targets, ks, categories=categories)
-    summary = {name: float(values.mean()) if len(values) else 0.0 for name, values in arrays.items()}
+    arrays = per_user_metrics(recs, targets, ks, categories=categories, clusters=clusters, history=history)
+    summary = {name: mean_over_users(values) for name, values in arrays.items()}
     return (summary, arrays) if per_user else summary
