@@ -57,7 +57,27 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     _print_json(report.to_dict())
 
 
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """``mirec train --nproc N ...``: the same command under ``torchrun --standalone --nproc-per-node N`` (one
+    machine; across machines run torchrun yourself with a rendezvous endpoint). Returns torchrun's status."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:  # drop --nproc N / --nproc=N; the workers read their rank from torchrun's environment
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "mirec.cli", *rest])
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        args.exit_code = launch_torchrun(args.nproc, args.argv)  # the workers print their own errors
+        return
     from mirec.api import train
 
     overrides = [*args.set, *log_overrides(args)]
@@ -85,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    _print_json(metrics)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics
+        _print_json(metrics)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -363,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the earlier run in --output (its files and checkpoints; nothing else)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL on CUDA)",
+    )
     add_log_argument(p)
     p.set_defaults(func=cmd_train)
 
@@ -557,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         import torch
 
@@ -576,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = " ".join(str(exc).split()) or "(no message)"
         print(f"mirec {args.command}: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
-    return 0
+    return int(getattr(args, "exit_code", 0))
 
 
 def console_main() -> None:

@@ -91,13 +91,23 @@ class EvalBatch:
     history: list[np.ndarray]  # each user's full history part (for --exclude-history and dumps)
 
 
-def iter_eval_batches(split: SplitSequences, maxlen: int, batch_size: int) -> Iterator[EvalBatch]:
-    """Valid/test users in order; history = the last <= maxlen items before the 80% cut."""
+def iter_eval_batches(
+    split: SplitSequences,
+    maxlen: int,
+    batch_size: int,
+    limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[EvalBatch]:
+    """Valid/test users in order; history = the last <= maxlen items before the 80% cut. ``limit``: only the
+    first users (in split order); ``shard = (rank, world)``: every world-th of those, from the rank-th
+    (distributed evaluation: the shards of all ranks are the users of one process)."""
     if split.history_len is None:
         raise ValueError("this split has no history/target cut (is it the training split?)")
     days = split.days()
     items = np.asarray(split.items)
     eligible = np.flatnonzero((split.history_len > 0) & (split.history_len < split.lengths))
+    rank, world = shard
+    eligible = eligible[:limit][rank::world]
     for lo in range(0, len(eligible), batch_size):
         rows = eligible[lo : lo + batch_size]
         cut = split.history_len[rows]

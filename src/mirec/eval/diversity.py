@@ -122,16 +122,3 @@ def collapse_per_user(interests: torch.Tensor, ids: torch.Tensor, source: torch.
         "interest_share": interest_shares(source, interests.shape[1]),
         "active_dims": (interests != 0).any(dim=1).cpu().numpy(),
     }
-
-
-def summarize_collapse(per_user: dict[str, np.ndarray]) -> dict[str, float | list[float]]:
-    """Means over users; ``interest_share`` is the mean sorted share vector (largest first); ``dead_dims`` counts
-    the interest dimensions that are zero for every user and interest (dying units, e.g. after a ReLU)."""
-    out: dict[str, float | list[float]] = {
-        "interest_cosine": float(per_user["interest_cosine"].mean()),
-        "topk_jaccard": float(per_user["topk_jaccard"].mean()),
-        "interest_share": [float(x) for x in per_user["interest_share"].mean(0)],
-    }
-    if "active_dims" in per_user:
-        out["dead_dims"] = int((~per_user["active_dims"].any(0)).sum())
-    return out

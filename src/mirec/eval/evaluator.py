@@ -15,7 +15,7 @@ and the mean sorted per-interest share of the final top-max(N) list; ``users``: 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,10 @@ import numpy as np
 import torch
 
 from mirec.config import EvalConfig
-from mirec.data.batching import Batch, iter_eval_batches
+from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
-from mirec.eval.diversity import (
-    NoCategoriesError,
-    collapse_per_user,
-    diverse_aggregate,
-    summarize_collapse,
-)
-from mirec.eval.metrics import RankedLists, mean_over_users, per_user_metrics
+from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate
+from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
 from mirec.eval.retrieval import ExactRetriever, merge_interests_full
 from mirec.models.base import MultiInterestModel
 from mirec.utils import atomic_path
@@ -71,6 +66,8 @@ def evaluate(
     dump_path: str | Path | None = None,
     per_user: bool = False,
     retriever: Any = None,
+    shard: tuple[int, int] = (0, 1),
+    all_reduce: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (already on ``device``) on the ``split`` users; returns the metric dict.
 
@@ -79,6 +76,9 @@ def evaluate(
     ``max_users`` evaluates only the first users of the split (in split order); ``dump_path`` writes one JSON
     line per user with original ids (user, full history part, targets, final top-max(N) list);
     ``per_user=True`` adds ``"per_user"``: {metric: [U] array, "rows": split rows}.
+    Distributed: ``shard = (rank, world)`` evaluates this rank's share of the users and ``all_reduce`` (a sum
+    over the ranks of a float64 vector) combines the shares' sums, so every rank returns the metrics of all
+    users, equal to one process's up to the order of float64 additions.
     The model is switched to eval mode under ``torch.no_grad()`` and restored to its previous mode after.
     """
     config = config or EvalConfig()
@@ -106,60 +106,105 @@ def evaluate(
     windows: list[np.ndarray] = []  # the history items the model read (the last maxlen)
     rows: list[np.ndarray] = []
     collapse: list[dict[str, np.ndarray]] = []
-    seen = 0
     try:
         with torch.no_grad():
             if retriever is None:
                 retriever = ExactRetriever(model.output_embeddings(), config.backend)  # once per evaluation
-            for eb in iter_eval_batches(sequences, maxlen, config.batch_size):
-                size = len(eb.rows)
-                if max_users is not None:
-                    size = min(size, max_users - seen)
-                    if size <= 0:
-                        break
-                batch = eb.batch
-                if size < len(eb.rows):
-                    batch = Batch(batch.items[:size], batch.mask[:size], batch.days[:size])
-                interests = model(batch.to(device))
-                exclude = eb.history[:size] if config.exclude_history else None
+            for eb in iter_eval_batches(sequences, maxlen, config.batch_size, limit=max_users, shard=shard):
+                interests = model(eb.batch.to(device))
+                exclude = eb.history if config.exclude_history else None
                 scores, ids = retriever.search(interests, depth, exclude=exclude)
                 final, source = _final_lists(scores, ids, ks, config.diversity_lambda, categories)
                 for k in ks:
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:
                     collapse.append(collapse_per_user(interests, ids, source))
-                targets.extend(eb.targets[:size])
-                histories.extend(eb.history[:size])
-                windows.extend(h[-maxlen:] for h in eb.history[:size])
-                rows.append(eb.rows[:size])
-                seen += size
+                targets.extend(eb.targets)
+                histories.extend(eb.history)
+                windows.extend(h[-maxlen:] for h in eb.history)
+                rows.append(eb.rows)
     finally:
         model.train(was_training)
-    if seen == 0:
-        raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no user with both history and targets")
 
-    result: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
-    recs = {k: np.concatenate(lists[k]) for k in ks}
+    recs = {k: np.concatenate(lists[k]) if lists[k] else np.zeros((0, k), np.int64) for k in ks}
     for k in ks:  # one pre-pass per list: the diversity greedy's lists are not prefixes of each other
-        arrays.update(
-            per_user_metrics(recs[k], targets, [k], categories=categories, clusters=clusters, history=windows)
-        )
-    result.update({name: mean_over_users(values) for name, values in arrays.items()})
-    result["users"] = seen
-    if clusters is not None:  # how often the next items lie outside the interests the history shows
-        result["novel_target_share"] = float(
-            RankedLists(recs[depth], targets, clusters=clusters, history=windows).novel_targets.mean()
-        )
-    if collapse:
-        result["collapse"] = summarize_collapse(
-            {key: np.concatenate([c[key] for c in collapse]) for key in collapse[0]}
-        )
-    split_rows = np.concatenate(rows)
+        if len(targets):
+            arrays.update(
+                per_user_metrics(recs[k], targets, [k], categories=categories, clusters=clusters, history=windows)
+            )
+    collapse_arrays = {key: np.concatenate([c[key] for c in collapse]) for key in collapse[0]} if collapse else {}
+    novel = (
+        RankedLists(recs[depth], targets, clusters=clusters, history=windows).novel_targets
+        if clusters is not None and len(targets)
+        else None
+    )
+    names = [
+        f"{metric.name}@{k}"
+        for k in ks
+        for metric in METRICS.values()
+        if all({"categories": categories, "clusters": clusters}.get(need, ()) is not None for need in metric.needs)
+    ]
+    result = _summary(names, arrays, collapse_arrays, novel, len(targets), model, all_reduce)
+    if result["users"] == 0:
+        raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no user with both history and targets")
+    split_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     if per_user:
         result["per_user"] = {**arrays, "rows": split_rows}
     if dump_path is not None:
         _dump(dump_path, dataset, sequences.users[split_rows], histories, targets, recs[depth])
+    return result
+
+
+def _summary(
+    names: list[str],
+    arrays: dict[str, np.ndarray],
+    collapse: dict[str, np.ndarray],
+    novel: np.ndarray | None,
+    users: int,
+    model: MultiInterestModel,
+    all_reduce: Callable[[np.ndarray], np.ndarray] | None,
+) -> dict[str, Any]:
+    """Means over users from sums and counts, so that shards on several ranks add up (one all_reduce)."""
+    parts: dict[str, np.ndarray] = {"users": np.array([users], dtype=np.float64)}
+    for name in names:  # NaN = undefined for that user (novel recall without novel targets): not counted
+        values = arrays.get(name, np.zeros(0))
+        defined = ~np.isnan(values)
+        parts[name] = np.array([values[defined].sum(), defined.sum()], dtype=np.float64)
+    if novel is not None or all_reduce is not None:
+        novel = np.zeros(0, bool) if novel is None else novel
+        parts["novel_target_share"] = np.array([novel.sum(), len(novel)], dtype=np.float64)
+    if model.num_interests > 1:
+        count = len(collapse.get("interest_cosine", ()))
+        parts["collapse.n"] = np.array([count], dtype=np.float64)
+        for key in ("interest_cosine", "topk_jaccard"):
+            parts[f"collapse.{key}"] = np.array([collapse[key].sum() if count else 0.0])
+        share = collapse.get("interest_share", np.zeros((0, model.num_interests)))
+        parts["collapse.interest_share"] = share.sum(0) if count else np.zeros(model.num_interests)
+        active = collapse.get("active_dims")
+        width = model.config.embedding_dim if active is None else active.shape[1]
+        parts["collapse.active"] = active.any(0).astype(np.float64) if count else np.zeros(width)
+    sizes = [len(v) for v in parts.values()]
+    flat = np.concatenate(list(parts.values()))
+    if all_reduce is not None:
+        flat = np.asarray(all_reduce(flat), dtype=np.float64)
+    values = dict(zip(parts, np.split(flat, np.cumsum(sizes)[:-1]), strict=True))
+    result: dict[str, Any] = {}
+    for name in names:
+        total, count = values[name]
+        result[name] = float(total / count) if count else 0.0
+    result["users"] = int(values["users"][0])
+    if "novel_target_share" in values and values["novel_target_share"][1] > 0:
+        result["novel_target_share"] = float(values["novel_target_share"][0] / values["novel_target_share"][1])
+    count = values.get("collapse.n", [0.0])[0]
+    if count > 0:
+        result["collapse"] = {
+            "interest_cosine": float(values["collapse.interest_cosine"][0] / count),
+            "topk_jaccard": float(values["collapse.topk_jaccard"][0] / count),
+            "interest_share": [float(x) for x in values["collapse.interest_share"] / count],
+        }
+        if "collapse.active" in values:
+            result["collapse"]["dead_dims"] = int((values["collapse.active"] == 0).sum())
     return result
 
 

@@ -36,6 +36,8 @@ class MultiInterestModel(nn.Module):
     config_class = ModelConfig
     # True for models built around the global context (GIMIRec): the trainer always attaches one.
     requires_global_context: ClassVar[bool] = False
+    # True where a training step may leave parameters without a gradient (DDP must then look for them)
+    may_skip_parameters: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__()

@@ -106,6 +106,8 @@ class TrainState:
     # the loss of the steps since the last evaluation (a checkpoint taken between evaluations, e.g. on Ctrl-C)
     interval_loss_sum: float = 0.0
     interval_steps: int = 0
+    # distributed runs: every rank's sampler and random states (mirec.training.distributed), rank order
+    rank_states: list[dict[str, Any]] = field(default_factory=list)
 
 
 def checkpoint_versions(run_dir: str | Path) -> list[Path]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -55,6 +56,7 @@ from mirec.training.checkpoint import (
     save_checkpoint,
     save_tensors,
 )
+from mirec.training.distributed import Distributed, TrainingStep, rank_random_state, restore_rank_random_state
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
 from mirec.training.tracking import Trackers
 from mirec.utils import atomic_write_text, resolve_device, seed_everything
@@ -157,11 +159,13 @@ class Trainer:
         test: bool = True,
     ):
         self.run_dir = Path(run_dir)
+        self.dist = Distributed.from_env()  # rank 0 of 1 unless launched by torchrun
         self.evaluate_fn = evaluate
         self.on_evaluation = on_evaluation
         self.test = test  # False (tuning): the test split is never evaluated
         self._lock = contextlib.ExitStack()
-        self._lock.enter_context(run_lock(self.run_dir))  # first: a second process fails before any work
+        if self.dist.main:  # rank 0 alone owns the run folder
+            self._lock.enter_context(run_lock(self.run_dir))  # first: a second process fails before any work
         try:
             self._setup(data, config, device, progress, resume, overwrite)
         except BaseException:
@@ -181,7 +185,8 @@ class Trainer:
         resume: bool,
         overwrite: bool,
     ) -> None:
-        self.folder_notes = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
+        main = self.dist.main
+        self.folder_notes = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite) if main else []
         tc = config.train  # choices and ranges were checked when the config was built (mirec.config)
         self.config = config
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
@@ -189,16 +194,23 @@ class Trainer:
             raise ValueError(
                 f"eval.topk = {config.eval.topk}: a cut-off above the catalogue's {self.dataset.n_items} items"
             )
-        self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume else []
+        self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume and main else []
         self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
+        self.device = self.dist.device(self.device)
+        self._own_group = self.dist.active and not torch.distributed.is_initialized()
+        self.dist.start(self.device)
         self.progress = progress
         self.resume = resume
         seed_everything(tc.seed)
         self.model = build_model(config, self.dataset, self._resume_graph_path())
         self.model.to(self.device)
         self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
-        self.kept_grads = keep_item_grad_buffer(self.model) if tc.sparse_item_grad and self.device.type == "cpu" else []
-        self.sampler = TrainSampler(self.dataset.train, config.model.maxlen, tc.batch_size, tc.seed, tc.min_cut)
+        # the kept row-gradient buffer is written outside autograd, where DDP's all-reduce would not see it
+        keep = tc.sparse_item_grad and self.device.type == "cpu" and not self.dist.active
+        self.kept_grads = keep_item_grad_buffer(self.model) if keep else []
+        self.sampler = TrainSampler(
+            self.dataset.train, config.model.maxlen, tc.batch_size, self.dist.seed(tc.seed), tc.min_cut
+        )
         # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
         # train.sampler_exclude_padding = true draws ids 1..n_items only.
         exclude_padding = tc.sampler_exclude_padding
@@ -210,7 +222,10 @@ class Trainer:
                 f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
                 f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
             )
-        self.generator = torch.Generator().manual_seed(tc.seed)  # negatives (CPU), checkpointed
+        self.generator = torch.Generator().manual_seed(self.dist.seed(tc.seed))  # negatives (CPU), checkpointed
+        self.step_module: torch.nn.Module = TrainingStep(self.model, self.loss)
+        if self.dist.active:
+            self.step_module = self._data_parallel(self.step_module)
         self.state = TrainState()
         self.schedule = Schedule.of(tc)
         self.early_stopping = EarlyStopping(tc.patience)
@@ -219,6 +234,17 @@ class Trainer:
         self.logger = logging.getLogger(f"mirec.training.{id(self)}")
         self._stop_signal = StopSignal()
         self.trackers = Trackers(tc.log_to, tc.tracking_uri, tc.tracking_experiment)
+
+    def _data_parallel(self, step: torch.nn.Module) -> torch.nn.Module:
+        """DDP over the model and its loss. The global context's sparse adjacency (identical on every rank, built
+        from the data) is neither broadcast nor synced: gloo and NCCL do not broadcast sparse tensors."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        sparse = [name for name, buffer in step.named_buffers() if buffer.is_sparse]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, sparse)
+        devices = [self.device.index] if self.device.type == "cuda" else None
+        skips = self.model.may_skip_parameters  # GemiRec: a step may use only one of its branches
+        return DistributedDataParallel(step, device_ids=devices, find_unused_parameters=skips)
 
     # ------------------------------------------------------------------ pieces
     def _resume_graph_path(self) -> Path | None:
@@ -249,20 +275,22 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
         """One optimiser step on a fresh batch; returns the detached loss and the model's named terms."""
         batch = self.sampler.sample().to(self.device)
-        output = self.model.training_output(batch)
-        loss = self.loss(output.user_vectors, batch.targets)
-        if output.aux_loss is not None:
-            loss = loss + output.aux_loss
+        loss, terms = self.step_module(batch)
         zero_grads(self.optimizer, self.kept_grads)
         loss.backward()
         self.optimizer.step()
         self.model.on_step_end(self.state.step + 1)
-        return loss.detach(), output.terms
+        return loss.detach(), terms
 
     def evaluate(self, split: str, max_users: int | None = None) -> dict[str, float]:
         self.model.eval()
         try:
             with torch.no_grad():
+                shards = (
+                    {"shard": (self.dist.rank, self.dist.world), "all_reduce": self.dist.all_reduce_sum}
+                    if self.dist.active
+                    else {}
+                )
                 result = self.evaluate_fn(
                     self.model,
                     self.dataset,
@@ -271,6 +299,7 @@ class Trainer:
                     maxlen=self.config.model.maxlen,
                     device=self.device,
                     max_users=max_users,
+                    **shards,
                 )
         finally:
             self.model.train()
@@ -294,7 +323,8 @@ class Trainer:
             st.stop_reason = reason
         if improved:
             self.best_state = self._state_copy()
-            save_tensors(self.run_dir / "model.safetensors", self.best_state)
+            if self.dist.main:
+                save_tensors(self.run_dir / "model.safetensors", self.best_state)
         st.last_eval_step = st.step
         interval_loss, terms = interval.mean_loss(), interval.mean_terms()
         entry = {
@@ -307,7 +337,8 @@ class Trainer:
             "eval_seconds": round(st.eval_seconds, 3),
         }
         self.history.append(entry)
-        atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
+        if self.dist.main:
+            atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
         shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
         self.logger.info(
             f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
@@ -315,7 +346,7 @@ class Trainer:
         )
         scalars = {f"valid/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.trackers.scalars({**scalars, "valid/best": st.best_metric}, st.step)
-        if self.progress:  # one lasting console line per evaluation, above the bar
+        if self.progress and self.dist.main:  # one lasting console line per evaluation, above the bar
             left = max(self.early_stopping.patience - st.bad_evals, 0)
             tqdm.write(
                 f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
@@ -328,6 +359,10 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
+        if self.dist.active:  # every rank's random states, written by rank 0
+            self.state.rank_states = self.dist.gather_json(rank_random_state(self.sampler.state(), self.generator))
+            if not self.dist.main:
+                return
         save_checkpoint(
             self.run_dir,
             model_state=self.model.state_dict(),
@@ -350,6 +385,15 @@ class Trainer:
         self.sampler.set_state(self.state.sampler_state)
         torch.set_rng_state(ckpt.rng["torch_cpu"])
         self.generator.set_state(ckpt.rng["negatives"])
+        ranks = len(self.state.rank_states) or 1
+        if ranks != self.dist.world:
+            raise RuntimeError(
+                f"{path}: the checkpoint was written by {ranks} process(es); resume it with --nproc {ranks}"
+            )
+        if self.dist.active:
+            mine = self.state.rank_states[self.dist.rank]
+            self.sampler.set_state(mine["sampler"])
+            restore_rank_random_state(mine, self.generator)
         if "torch_cuda" in ckpt.rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(ckpt.rng["torch_cuda"]))
         history = self.run_dir / "history.jsonl"
@@ -359,6 +403,11 @@ class Trainer:
         return True
 
     def _open_log(self, append: bool) -> logging.Handler:
+        if not self.dist.main:  # rank 0 writes train.log
+            handler: logging.Handler = logging.NullHandler()
+            self.logger.addHandler(handler)
+            self.logger.propagate = False
+            return handler
         handler = logging.FileHandler(self.run_dir / "train.log", mode="a" if append else "w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(handler)
@@ -374,6 +423,8 @@ class Trainer:
             return self._fit(self.resume and self.restore_checkpoint())
         finally:
             self.close()
+            if self._own_group:
+                self.dist.stop()
 
     def _fit(self, resumed: bool) -> dict[str, Any]:
         if resumed and self.state.stop_reason in ("max_steps", "max_minutes", "interrupted"):
@@ -388,10 +439,11 @@ class Trainer:
                     self.logger.info(f"resume applies {change}")
             else:
                 self.history = []
-            save_config(self.config, self.run_dir / "config.toml")
-            write_data_json(self.run_dir, self.dataset)
-            self.trackers.start(self.run_dir, self.config.to_dict(), resumed)
-            if self.model.global_context is not None and not resumed:
+            if self.dist.main:
+                save_config(self.config, self.run_dir / "config.toml")
+                write_data_json(self.run_dir, self.dataset)
+                self.trackers.start(self.run_dir, self.config.to_dict(), resumed)
+            if self.model.global_context is not None and not resumed and self.dist.main:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
             self.logger.info(
                 f"model {self.config.model.name} on {self.device}; "
@@ -417,7 +469,7 @@ class Trainer:
         bar = tqdm(
             total=tc.max_steps if tc.max_steps < TrainConfig.max_steps else None,
             initial=st.step,
-            disable=not self.progress,
+            disable=not self.progress or not self.dist.main,
             dynamic_ncols=True,
             desc=f"train {self.config.model.name}",
         )
@@ -434,10 +486,16 @@ class Trainer:
         try:
             try:
                 while not st.stop_reason:
-                    if self._stop_signal.requested:
-                        raise _StopRequested
+                    requested = self._stop_signal.requested
                     st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                    st.stop_reason = schedule.limit_reached(st)
+                    limit = schedule.limit_reached(st)
+                    if self.dist.active:  # one collective per step: every rank stops at the same step
+                        flags = self.dist.all_reduce_sum(np.array([float(requested), float(bool(limit))]))
+                        requested = bool(flags[0] > 0)
+                        limit = limit or ("max_minutes" if flags[1] > 0 else "")  # a clock another rank read
+                    if requested:
+                        raise _StopRequested
+                    st.stop_reason = limit
                     if st.stop_reason:
                         break
                     start = time.perf_counter()
@@ -495,7 +553,8 @@ class Trainer:
         st, tc = self.state, self.config.train
         assert self.best_state is not None
         self.model.load_state_dict(self.best_state)
-        save_tensors(self.run_dir / "model.safetensors", self.best_state)
+        if self.dist.main:
+            save_tensors(self.run_dir / "model.safetensors", self.best_state)
         valid = self.evaluate("valid")
         test = self.evaluate("test") if self.test else None
         metrics = {
@@ -513,6 +572,8 @@ class Trainer:
                 "device": str(self.device),
             },
         }
+        if not self.dist.main:
+            return metrics
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         self.logger.info("valid " + json.dumps(valid))
         if test is not None:

@@ -58,6 +58,7 @@ class GemiRec(MultiInterestModel):
     name = "gemirec"
     paper = "GemiRec: Interest Quantization and Generation for Multi-Interest Recommendation (arXiv 2510.14626)"
     config_class = GemiRecConfig
+    may_skip_parameters = True  # the teacher-forcing and generated-interest branches use different modules
 
     def __init__(self, config: GemiRecConfig, n_items: int):
         super().__init__(config, n_items)
