@@ -136,7 +136,10 @@ def test_a_study_resumes_to_its_trial_count_and_refuses_other_arguments(data_dir
 
 def test_two_worker_processes_share_one_study(data_dir, tmp_path):
     output = tmp_path / "shared"
-    assert tune(data_dir, write_space(tmp_path / "s.toml", SPACE), output, 4, "--jobs", "2") == 0
+    assert (
+        tune(data_dir, write_space(tmp_path / "s.toml", SPACE), output, 4, "--jobs", "2", "--prune-after-evals", "0")
+        == 0
+    )
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{output / 'study.db'}")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 4 and len({t.number for t in finished}) == len(finished)

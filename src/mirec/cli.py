@@ -536,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
     p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
     p.add_argument("--startup-trials", type=int, default=5, help="trials before TPE models and the pruner prunes")
+    p.add_argument(
+        "--prune-after-evals",
+        type=int,
+        default=3,
+        help="evaluations a trial always gets before the median pruner may stop it (early values are noisy)",
+    )
     p.add_argument("--plots", action="store_true", help="optimisation history and parameter importances (mirec[plot])")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     add_log_argument(p)

@@ -125,7 +125,8 @@ def check_space(space: list[Dimension], model: str, preset: str, config_file: st
 
 
 # ---------------------------------------------------------------- the study
-def open_study(args: argparse.Namespace, worker: int = 0) -> Any:
+def open_study(args: argparse.Namespace, worker: int = 0, warmup_steps: int = 0) -> Any:
+    """The study on its storage; ``warmup_steps``: training steps before the median pruner may stop a trial."""
     import optuna
 
     url = args.storage
@@ -144,7 +145,9 @@ def open_study(args: argparse.Namespace, worker: int = 0) -> Any:
         else optuna.samplers.TPESampler(seed=seed, n_startup_trials=args.startup_trials)
     )
     pruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=0),
+        "median": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=args.startup_trials, n_warmup_steps=warmup_steps
+        ),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }[args.pruner]()
@@ -199,10 +202,12 @@ def run_worker(args: argparse.Namespace, worker: int = 0) -> None:
     space = load_space(args.space)
     fixed = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     check_space(space, args.model, preset, args.config, fixed)
-    study = open_study(args, worker)
+    base = load_config(args.config, model=args.model, dataset=preset, overrides=fixed)
+    # early evaluations are noisy: no trial is pruned before its --prune-after-evals-th evaluation
+    study = open_study(args, worker, warmup_steps=args.prune_after_evals * base.train.eval_every)
     check_identity(study, study_identity(args, space, data_dir))
     dataset = load_dataset(data_dir)
-    metric = load_config(args.config, model=args.model, dataset=preset, overrides=fixed).eval.early_stop_metric
+    metric = base.eval.early_stop_metric
 
     def objective(trial: Any) -> float:
         params = {dim.key: dim.suggest(trial) for dim in space}
@@ -394,6 +399,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--data", str(args.data), "--model", args.model, "--space", str(args.space), "--trials", str(args.trials)]
     argv += ["--storage", args.storage, "--study", args.study, "--output", str(args.output), "--jobs", "1"]
     argv += ["--sampler", args.sampler, "--pruner", args.pruner, "--startup-trials", str(args.startup_trials)]
+    argv += ["--prune-after-evals", str(args.prune_after_evals)]
     if args.config:
         argv += ["--config", str(args.config)]
     if args.seed is not None:
