@@ -188,12 +188,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(data_dir, tmp_path, mo
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_90)
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     expected = RuntimeError if interruption is RuntimeError else KeyboardInterrupt
     with pytest.raises(expected):
         train_run(data_dir, config, tmp_path / "resumed", progress=False)
     state = json.loads((latest(tmp_path / "resumed") / "state.json").read_text())
     assert state["step"] == (91 if isinstance(interruption, str) else 80)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is restored
     with pytest.raises(RunFolderError, match="not empty"):  # a fresh run cannot clobber the interrupted one
         train_run(data_dir, config, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(Trainer, "train_step", original)
