@@ -57,6 +57,7 @@ NEW_OPTION_DEFAULTS = {
     "train.tracking_experiment": "",
     "eval.interest_clusters": 64,
 }
+NEW_GEMIREC_DEFAULTS = {"model.base": "none", "model.generative": True}
 
 
 def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
@@ -84,7 +85,7 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
         for section, values in expected.items():  # options added since keep their defaults (checked below)
             assert {k: got[section][k] for k in values} == values, pair
         added = {f"{s}.{k}": v for s, vs in got.items() for k, v in vs.items() if k not in expected[s]}
-        assert added == NEW_OPTION_DEFAULTS, pair
+        assert added == NEW_OPTION_DEFAULTS | (NEW_GEMIREC_DEFAULTS if model == "gemirec" else {}), pair
 
 
 def test_the_option_registry_and_the_model_registry_name_the_same_models():

@@ -565,3 +565,98 @@ def test_a_gemirec_saved_before_the_module_split_loads_and_serves_identically():
         got = model(make_batch([4, 6, 1], 8, 30, seed=9))
     assert torch.equal(got, expected)
     assert bool(model.dictionary.codes_ready)
+
+
+# ----------------------------------------------------------------------------- GemiRec over a base model
+BASES = ["comirec-sa", "comirec-dr", "mind", "pimi", "gimirec"]
+
+
+def base_pair(base: str, generative: bool, seed: int = 0, n_items: int = 30):
+    """A plain base model and a GemiRec over the same base holding the same weights (one shared global context)."""
+    from mirec.models import get_model_class
+    from tests.test_gimirec import DenseContext
+
+    cls = get_model_class(base)
+    torch.manual_seed(seed)
+    options = dict(embedding_dim=16, num_interests=3, maxlen=8)
+    plain = cls(cls.config_class(name=base, **options), n_items)
+    wrapped = GemiRec(tiny_config(base=base, generative=generative, num_interests=3), n_items)
+    if base == "gimirec":
+        A = torch.rand(n_items + 1, n_items + 1)
+        context = DenseContext(A / A.sum(1, keepdim=True))
+        plain.global_context = context
+        wrapped.global_context = context
+    state = {("" if k == "item_embedding.weight" else "base.") + k: v for k, v in plain.state_dict().items()}
+    if generative:
+        wrapped.load_state_dict(state, strict=False)
+    else:
+        wrapped.load_state_dict(state)  # strict: exactly the base's parameters, the item table once
+    return plain, wrapped
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_gemirec_without_its_generative_part_is_its_base(base):
+    plain, wrapped = base_pair(base, generative=False)
+    assert wrapped.num_interests == plain.num_interests == 3
+    assert sum(p.numel() for p in wrapped.parameters()) == sum(p.numel() for p in plain.parameters())
+    batch = make_batch([3, 8, 5, 1], 8, 30, seed=2)
+    for mode in ("eval", "train"):  # dropout draws made equal by the seed
+        getattr(plain, mode)()
+        getattr(wrapped, mode)()
+        torch.manual_seed(5)
+        expected = plain(batch), plain.training_output(batch)
+        torch.manual_seed(5)
+        got = wrapped(batch), wrapped.training_output(batch)
+        assert torch.equal(got[0], expected[0])
+        assert torch.equal(got[1].user_vectors, expected[1].user_vectors) and got[1].aux_loss is None
+
+
+@pytest.mark.parametrize("base", ["comirec-sa", "gimirec"])
+def test_gemirec_over_a_base_serves_the_bases_interests_then_the_generated_ones(base):
+    plain, wrapped = base_pair(base, generative=True)
+    wrapped.eval()
+    plain.eval()
+    batch = make_batch([3, 8, 5], 8, 30, seed=3)
+    with torch.no_grad():
+        served = wrapped(batch)
+        assert served.shape == (3, 6, 16) and wrapped.num_interests == 6
+        assert torch.equal(served[:, :3], plain(batch))  # the base's K interests come first, unchanged
+    wrapped.train()
+    out = wrapped.training_output(batch)
+    assert torch.isfinite(out.aux_loss) and "mipdm_ce" in out.terms
+    (out.user_vectors.sum() + out.aux_loss).backward()
+    assert wrapped.item_embedding.weight.grad is not None  # one table, trained through both parts
+
+
+def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
+    from mirec.api import load
+    from mirec.training.trainer import train_run
+    from tests.test_trainer import cycle_dataset
+
+    cycle_dataset().save(tmp_path / "data")
+    config = load_config(
+        model="gemirec",
+        dataset="default",
+        overrides=[
+            "model.base=comirec-sa",
+            "model.embedding_dim=16",
+            "model.maxlen=8",
+            "model.num_interests=2",
+            "model.idmm_codes=4",
+            "model.idmm_code_dim=8",
+            "model.beam_width=4",
+            "model.mipdm_heads=2",
+            "train.batch_size=16",
+            "train.max_steps=20",
+            "train.eval_every=10",
+            "train.num_negatives_factor=2",
+            "eval.topk=[5, 10]",
+            "eval.early_stop_metric=recall@10",
+        ],
+    )
+    metrics = train_run(tmp_path / "data", config, tmp_path / "run", progress=False)
+    assert len(metrics["test"]["collapse"]["interest_share"]) == 4  # 2 base + 2 generated interests served
+    again = load(tmp_path / "run", device="cpu").evaluate("test")
+    assert again["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
+    with pytest.raises(Exception, match="generative"):
+        load_config(model="gemirec", overrides=["model.generative=false"])

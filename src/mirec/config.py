@@ -275,6 +275,12 @@ class GIMIRecConfig(ModelConfig):
 @dataclass
 class GemiRecConfig(ModelConfig):
     name: str = "gemirec"
+    # Framework-level use [PAPER: "a framework-level refinement"]: "none" = our standalone design; a model name
+    # = that model extracts K interests from the history (with its default options, over this model's item
+    # table and global context) and the generated interests are served beside them (K + K vectors) [OURS]
+    base: Literal["none", "comirec-sa", "comirec-dr", "mind", "pimi", "gimirec"] = "none"
+    # False (with a base): no dictionary, generator or retrieval module; the model is exactly its base
+    generative: bool = True
     # IDMM: residual quantizer over sg[item embeddings] [SECONDARY: RQ, C levels, concat form]
     idmm_levels: int = 2  # C [OURS: not published]
     idmm_codes: int = 64  # M per level [OURS: suited to ~10k-item catalogues]
@@ -318,6 +324,7 @@ class GemiRecConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
+        self.require(self.generative or self.base != "none", "generative", "true without a base (model.base)")
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
         self.require(
             self.idmm_codes**self.idmm_levels >= self.num_interests,

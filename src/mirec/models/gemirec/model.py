@@ -62,10 +62,26 @@ class GemiRec(MultiInterestModel):
 
     def __init__(self, config: GemiRecConfig, n_items: int):
         super().__init__(config, n_items)
-        self.dictionary = InterestDictionary(config, n_items)  # IDMM [SECONDARY]
-        self.generator = InterestGenerator(config)  # MIPDM [SECONDARY]
-        self.retrieval = InterestRetrieval(config)  # MIRM [SECONDARY]
+        self.base: MultiInterestModel | None = None
+        if config.base != "none":
+            self.base = _base_model(config, n_items, self.item_embedding)
+            self.requires_global_context = self.base.requires_global_context  # GIMIRec's graph for its base
+        if config.generative:
+            self.dictionary = InterestDictionary(config, n_items)  # IDMM [SECONDARY]
+            self.generator = InterestGenerator(config)  # MIPDM [SECONDARY]
+            self.retrieval = InterestRetrieval(config)  # MIRM [SECONDARY]
         self._register_load_state_dict_pre_hook(_rename_legacy_keys, with_module=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "global_context" and getattr(self, "base", None) is not None:
+            object.__setattr__(self.base, "global_context", value)  # shared, registered here only
+
+    @property
+    def num_interests(self) -> int:
+        """Interest vectors served: the base's K and the K generated ones (K alone without one of them)."""
+        k = self.config.num_interests
+        return k * ((self.base is not None) + bool(self.config.generative))
 
     # ----------------------------------------------------------------- IDMM maintenance
     def refresh_assignments(self) -> None:
@@ -115,15 +131,20 @@ class GemiRec(MultiInterestModel):
 
     # ----------------------------------------------------------------- model contract
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Serving: the K most probable interest tuples (beam search) -> K user vectors [B, K, d]."""
+        """Serving: the base's K interests (with a base), then the user vectors of the K most probable interest
+        tuples (beam search): [B, K or 2K, d]."""
+        if not self.config.generative:
+            assert self.base is not None
+            return self.base(batch)
         h, u_seq = self._encode(batch)
-        codes, _ = self.beam_search(last_valid(h, batch.mask), self.num_interests)
-        return self.interest_vectors(u_seq, codes)
+        codes, _ = self.beam_search(last_valid(h, batch.mask), self.config.num_interests)
+        generated = self.interest_vectors(u_seq, codes)
+        return generated if self.base is None else torch.cat([self.base(batch), generated], dim=1)
 
     def generate(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The K generated interest tuples [B, K, C] and their log-probabilities [B, K]."""
         h, _ = self._encode(batch)
-        return self.beam_search(last_valid(h, batch.mask), self.num_interests)
+        return self.beam_search(last_valid(h, batch.mask), self.config.num_interests)
 
     def training_output(self, batch: Batch) -> TrainingOutput:
         """u_{m*(target)} [B, d] (teacher forcing on the target's tuple), the auxiliary loss, and its terms plus
@@ -133,6 +154,9 @@ class GemiRec(MultiInterestModel):
         """
         if batch.targets is None:
             raise ValueError("GemiRec.training_output: the batch has no targets")
+        if not self.config.generative:
+            assert self.base is not None
+            return self.base.training_output(batch)
         pieces = [batch.targets, batch.items[batch.mask > 0]]
         extra = self.config.idmm_uniform_items
         if extra > 0 and self.training:  # [OURS] cover the catalogue, not only the popular batch items
@@ -160,9 +184,13 @@ class GemiRec(MultiInterestModel):
             # gradient through the search), read out by the largest inner product with the target (ComiRec);
             # each row keeps the teacher-forced vector with probability mirm_teacher_prob.
             with torch.no_grad():
-                generated, _ = self.beam_search(h_last, self.num_interests)
+                generated, _ = self.beam_search(h_last, self.config.num_interests)
             interests = self.interest_vectors(u_seq, generated)
-            read = self.readout(interests, self.output_embeddings(batch.targets).detach())
+            target_vectors = self.output_embeddings(batch.targets)
+            if self.base is not None:  # [OURS] one readout over the base's and the generated interests
+                read = self.readout(torch.cat([self.base(batch), interests], dim=1), target_vectors)
+            else:
+                read = self.readout(interests, target_vectors.detach())
             if teacher <= 0.0:
                 user = read
             else:
@@ -177,6 +205,19 @@ class GemiRec(MultiInterestModel):
             **self.dictionary.batch_perplexity(quant.codes),
         }
         return TrainingOutput(user, aux, terms)
+
+
+def _base_model(config: GemiRecConfig, n_items: int, item_embedding: torch.nn.Module) -> MultiInterestModel:
+    """The base model with its own default options and this model's shared ones, reading the wrapper's item
+    table: one table, registered (and saved) once, as ``item_embedding``."""
+    from mirec.models import get_model_class
+
+    cls = get_model_class(config.base)
+    shared = {k: getattr(config, k) for k in ("embedding_dim", "num_interests", "maxlen", "readout_power")}
+    base = cls(cls.config_class(name=config.base, **shared), n_items)
+    del base.item_embedding
+    object.__setattr__(base, "item_embedding", item_embedding)  # read by the base, owned by the wrapper
+    return base
 
 
 def _rename_legacy_keys(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
