@@ -660,3 +660,34 @@ def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
     assert again["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
     with pytest.raises(Exception, match="generative"):
         load_config(model="gemirec", overrides=["model.generative=false"])
+
+
+def test_generator_hit_rate_by_level_by_hand(monkeypatch):
+    model = GemiRec(tiny_config(num_interests=2), 30)
+    codes = torch.zeros(31, 2, dtype=torch.long)
+    codes[5], codes[6], codes[7] = torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([4, 0])
+    model.dictionary.item_codes.copy_(codes)
+    model.dictionary.codes_ready.fill_(True)
+    generated = torch.tensor([[[1, 2], [4, 1]], [[0, 0], [3, 3]]])  # user 0: (1,2), (4,1); user 1: (0,0), (3,3)
+    monkeypatch.setattr(model, "generate", lambda batch: (generated, torch.zeros(2, 2)))
+    got = model.diagnostics(make_batch([2, 2], 8, 30), [torch.tensor([5, 6, 7]), torch.tensor([7])])
+    # user 0: item 5 (1,2) full hit; 6 (1,3) level-1 hit only; 7 (4,0) level-1 hit only -> 3/3 and 1/3
+    # user 1: item 7 (4,0) matches no first code -> 0 and 0
+    assert got["generator_hit_l1"].tolist() == [1.0, 0.0]
+    assert got["generator_hit_l2"].tolist() == pytest.approx([1 / 3, 0.0])
+
+
+def test_the_evaluator_reports_gemirecs_diagnostics(tmp_path):
+    from mirec.config import EvalConfig
+    from mirec.eval.evaluator import evaluate
+    from tests.test_trainer import cycle_dataset
+
+    dataset = cycle_dataset()
+    model = GemiRec(tiny_config(num_interests=2, maxlen=8), dataset.n_items)
+    result = evaluate(model, dataset, "valid", EvalConfig(topk=[5], interest_clusters=0), maxlen=8, per_user=True)
+    hits = result["diagnostics"]
+    assert (
+        set(hits) == {"generator_hit_l1", "generator_hit_l2"}
+        and 0 <= hits["generator_hit_l2"] <= hits["generator_hit_l1"] <= 1
+    )
+    assert hits["generator_hit_l1"] == pytest.approx(result["per_user"]["diagnostics.generator_hit_l1"].mean())

@@ -106,6 +106,7 @@ def evaluate(
     windows: list[np.ndarray] = []  # the history items the model read (the last maxlen)
     rows: list[np.ndarray] = []
     collapse: list[dict[str, np.ndarray]] = []
+    diagnostics: list[dict[str, np.ndarray]] = []  # the model's own (GemiRec: generator hit rate by level)
     try:
         with torch.no_grad():
             if retriever is None:
@@ -119,6 +120,8 @@ def evaluate(
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:
                     collapse.append(collapse_per_user(interests, ids, source))
+                found = model.diagnostics(eb.batch.to(device), [torch.from_numpy(np.asarray(t)) for t in eb.targets])
+                diagnostics.append({name: values.cpu().numpy() for name, values in found.items()})
                 targets.extend(eb.targets)
                 histories.extend(eb.history)
                 windows.extend(h[-maxlen:] for h in eb.history)
@@ -145,7 +148,12 @@ def evaluate(
         for metric in METRICS.values()
         if all({"categories": categories, "clusters": clusters}.get(need, ()) is not None for need in metric.needs)
     ]
+    diagnostic_names = list(diagnostics[0]) if diagnostics else []
+    arrays.update({f"diagnostics.{n}": np.concatenate([d[n] for d in diagnostics]) for n in diagnostic_names})
+    names += [f"diagnostics.{n}" for n in diagnostic_names]
     result = _summary(names, arrays, collapse_arrays, novel, len(targets), model, all_reduce)
+    for name in diagnostic_names:
+        result.setdefault("diagnostics", {})[name] = result.pop(f"diagnostics.{name}")
     if result["users"] == 0:
         raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no user with both history and targets")
     split_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)

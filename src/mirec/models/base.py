@@ -78,6 +78,11 @@ class MultiInterestModel(nn.Module):
         interests = self(batch)
         return TrainingOutput(self.readout(interests, self.output_embeddings(batch.targets)))
 
+    def diagnostics(self, batch: Batch, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Model-specific evaluation diagnostics: per-user values [B] (NaN = undefined for that user), averaged by
+        the evaluator into ``result["diagnostics"]`` (e.g. GemiRec's generator hit rate). None by default."""
+        return {}
+
     def on_step_end(self, step: int) -> None:
         """Hook called by the trainer after each optimiser step (e.g. GemiRec's dictionary maintenance)."""
 

@@ -146,6 +146,23 @@ class GemiRec(MultiInterestModel):
         h, _ = self._encode(batch)
         return self.beam_search(last_valid(h, batch.mask), self.config.num_interests)
 
+    @torch.no_grad()
+    def diagnostics(self, batch: Batch, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per user: the share of its targets whose interest tuple, up to level c, is the prefix of one of the
+        K generated tuples (``generator_hit_l{c}``); the last level = the target's whole tuple was generated."""
+        if not self.config.generative:
+            return {}
+        generated, _ = self.generate(batch)  # [B, K, C]
+        lengths = torch.tensor([len(t) for t in targets], device=generated.device)
+        user = torch.repeat_interleave(torch.arange(len(targets), device=generated.device), lengths)
+        codes = self.dictionary.codes_of(torch.cat(targets).to(generated.device))  # [T, C]
+        same = (generated[user] == codes[:, None]).long().cumprod(-1).bool()  # [T, K, C]: prefix match to level c
+        hit = same.any(1).double()  # [T, C]
+        per_user = torch.zeros(len(targets), hit.shape[1], dtype=torch.float64, device=hit.device)
+        per_user.index_add_(0, user, hit)
+        per_user /= lengths.clamp(min=1)[:, None]
+        return {f"generator_hit_l{c + 1}": per_user[:, c] for c in range(hit.shape[1])}
+
     def training_output(self, batch: Batch) -> TrainingOutput:
         """u_{m*(target)} [B, d] (teacher forcing on the target's tuple), the auxiliary loss, and its terms plus
         the batch's code perplexity per level (codebook usage) for the log.
