@@ -107,6 +107,7 @@ def evaluate(
     rows: list[np.ndarray] = []
     collapse: list[dict[str, np.ndarray]] = []
     diagnostics: list[dict[str, np.ndarray]] = []  # the model's own (GemiRec: generator hit rate by level)
+    has_diagnostics = type(model).diagnostics is not MultiInterestModel.diagnostics
     try:
         with torch.no_grad():
             if retriever is None:
@@ -120,8 +121,9 @@ def evaluate(
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:
                     collapse.append(collapse_per_user(interests, ids, source))
-                found = model.diagnostics(eb.batch.to(device), [torch.from_numpy(np.asarray(t)) for t in eb.targets])
-                diagnostics.append({name: values.cpu().numpy() for name, values in found.items()})
+                if has_diagnostics:
+                    found = model.diagnostics(eb.batch.to(device), [torch.tensor(np.asarray(t)) for t in eb.targets])
+                    diagnostics.append({name: values.cpu().numpy() for name, values in found.items()})
                 targets.extend(eb.targets)
                 histories.extend(eb.history)
                 windows.extend(h[-maxlen:] for h in eb.history)
