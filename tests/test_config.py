@@ -56,6 +56,8 @@ NEW_OPTION_DEFAULTS = {
     "train.tracking_uri": "",
     "train.tracking_experiment": "",
     "eval.interest_clusters": 64,
+    "graph.engine": "embedded",
+    "graph.spark_master": "local[2]",
 }
 NEW_GEMIREC_DEFAULTS = {"model.base": "none", "model.generative": True}
 

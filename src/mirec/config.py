@@ -103,6 +103,9 @@ class GraphConfig(CheckedConfig):
     count_pairs: bool = True  # False = GIMIRec-IN: q = 1 for a present pair
     use_threshold: bool = True  # False = GIMIRec-INT: no L_time threshold
     self_pairs: bool = True  # keep <i, i> pairs (same item n and n+k), as Eq. 1-4 do; False drops them
+    # who builds A: this process (numpy/scipy) or a Spark job (mirec.graph.spark; pip install "mirec[spark]")
+    engine: Literal["embedded", "spark"] = "embedded"
+    spark_master: str = "local[2]"  # with engine = "spark": local[N], spark://HOST:PORT, yarn, ...
     section: ClassVar[str] = "graph"
 
     def check(self) -> None:

@@ -50,6 +50,8 @@ RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR)
 # Options a resumed run may change: budgets, cadence, placement and evaluation speed, not what is learnt.
 RESUME_SAFE = frozenset(
     {
+        "graph.engine",
+        "graph.spark_master",
         "train.log_to",
         "train.tracking_uri",
         "train.tracking_experiment",

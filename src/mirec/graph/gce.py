@@ -197,7 +197,13 @@ def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
     days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
     del parts, stamps
     info = BuildInfo()
-    matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)
+    if config.engine == "spark":
+        from mirec.graph.spark import build_cooccurrence_spark
+
+        info.n_interactions, info.n_sequences = len(items), len(indptr) - 1
+        matrix = build_cooccurrence_spark(indptr, items, days, dataset.n_items, config)
+    else:
+        matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)
     return GlobalContext(matrix, config, info)
 
 
