@@ -691,3 +691,27 @@ def test_the_evaluator_reports_gemirecs_diagnostics(tmp_path):
         and 0 <= hits["generator_hit_l2"] <= hits["generator_hit_l1"] <= 1
     )
     assert hits["generator_hit_l1"] == pytest.approx(result["per_user"]["diagnostics.generator_hit_l1"].mean())
+
+
+def test_idmm_forward_follows_the_equations_on_a_hand_built_case():
+    """r_1 = z_enc(sg[v]); m_c = argmin ||r_c - e_c^j||^2; r_{c+1} = r_c - sg[e_c^{m_c}]; the interest embedding
+    is the concatenation (width C * d); no gradient from the IDMM reaches the item vectors."""
+    q = ResidualQuantizer(2, 2, 2, 3, encoder="identity", update="grad", input_norm="none", recon_weight=0.0)
+    with torch.no_grad():
+        q.codebooks.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], [[0.1, 0.0], [0.0, 0.1], [1.0, 1.0]]]))
+        q.initialized.fill_(True)
+    q.eval()
+    v = torch.tensor([[1.2, 0.1], [0.1, 0.9]], requires_grad=True)
+    out = q(v)
+    # v0: level 1 -> (1, 0), residual (0.2, 0.1) -> level 2 (0.1, 0); v1: (0, 1), residual (0.1, -0.1) -> (0.1, 0)
+    assert out.codes.tolist() == [[0, 0], [1, 0]]
+    torch.testing.assert_close(out.residuals[:, 1], torch.tensor([[0.2, 0.1], [0.1, -0.1]]))
+    assert out.quantized.shape == (2, 4)  # concat(e_1, e_2): C * d = 2 * 2
+    torch.testing.assert_close(out.quantized, torch.tensor([[1.0, 0.0, 0.1, 0.0], [0.0, 1.0, 0.1, 0.0]]))
+    expected = ((v.detach() - torch.tensor([[1.0, 0.0], [0.0, 1.0]])) ** 2).mean() + (
+        (torch.tensor([[0.2, 0.1], [0.1, -0.1]]) - 0.1 * torch.tensor([[1.0, 0.0], [1.0, 0.0]])) ** 2
+    ).mean()
+    assert float(out.commitment) == pytest.approx(float(expected), rel=1e-5)
+    (out.loss + out.quantized.sum()).backward()
+    assert v.grad is None or not v.grad.any()  # sg[v]: the item table is trained by retrieval only
+    assert q.codebooks.grad is not None and q.codebooks.grad.abs().sum() > 0  # codebook loss ||sg[r_c] - e_c||^2
