@@ -1,5 +1,6 @@
-"""The global context built by Spark (local[2]) equals the embedded build entry for entry, for the paper's
-settings and the ablations' switches. Needs Java: without it the module is skipped with that reason."""
+"""Spark (local[2]) against the embedded engine: the global context entry for entry (the paper's settings and
+the ablations' switches) and the prepared folder (a sample of a shared log; illegal rows, ties, two files,
+the k-core). Needs Java: without it the module is skipped with that reason."""
 
 from __future__ import annotations
 
@@ -29,10 +30,9 @@ def sequences():
 @pytest.mark.parametrize(
     "options",
     [
-        {},
-        {"l_time": 20.0, "hop_weights": [5.0, 0.0, 1.0]},
-        {"count_pairs": False},
-        {"use_threshold": False, "self_pairs": False, "a": 0.2, "b": 0.7},
+        {},  # the paper's settings; below every switch at once: a zero hop weight, GIMIRec-IN and -INT
+        {"hop_weights": [5.0, 0.0, 1.0], "count_pairs": False, "use_threshold": False, "self_pairs": False},
+        {"l_time": 20.0, "a": 0.2, "b": 0.7},
     ],
 )
 def test_spark_builds_the_embedded_matrix(sequences, options):
@@ -54,3 +54,74 @@ def test_a_dataset_graph_by_spark_equals_the_embedded_one():
     a, b = embedded.to_scipy(), spark.to_scipy()
     assert a.nnz == b.nnz and np.array_equal(a.indices, b.indices)
     np.testing.assert_allclose(b.data, a.data, rtol=2e-6)
+
+
+def same_prepared(a_dir, b_dir) -> None:
+    from mirec.data.dataset import load_dataset
+
+    a, b = load_dataset(a_dir), load_dataset(b_dir)
+    assert a.n_items == b.n_items
+    for split in ("train", "valid", "test"):
+        for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+            x, y = getattr(a.split(split), attr), getattr(b.split(split), attr)
+            assert (x is None and y is None) or np.array_equal(x, y), (split, attr)
+    assert np.array_equal(a.item_original_ids, b.item_original_ids)
+    assert np.array_equal(a.user_original_ids, b.user_original_ids)
+    assert (a.item_categories is None) == (b.item_categories is None)
+    assert a.item_categories is None or np.array_equal(a.item_categories, b.item_categories)
+    assert {k: v for k, v in a.meta.items() if k != "read"} == {k: v for k, v in b.meta.items() if k != "read"}
+    assert b.meta["read"]["engine"] == "spark"
+
+
+def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tmp_path):
+    import gzip
+
+    from tests.conftest import SHARED
+
+    source = SHARED / "datasets" / "amazon-beauty" / "interactions.tsv.gz"
+    if not source.exists():
+        pytest.fail(f"{source} missing: the shared datasets must sit beside the repository")
+    with gzip.open(source, "rt") as f:
+        sample = "".join(next(f) for _ in range(12001))  # header + 12,000 rows
+    log = tmp_path / "beauty-sample.tsv"
+    log.write_text(sample)
+    from mirec.data.prepare import prepare
+
+    prepare(log, "csv", tmp_path / "embedded", name="sample")
+    prepare(log, "csv", tmp_path / "spark", name="sample", engine="spark")
+    same_prepared(tmp_path / "embedded", tmp_path / "spark")
+
+
+def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kcore(tmp_path):
+    """Missing ids, non-numeric and non-positive timestamps, equal timestamps (input order decides), decimal
+    millisecond timestamps, categories that change between an item's rows, two files, the iterative k-core."""
+    from mirec.data.dataset import load_dataset
+    from mirec.data.prepare import PrepareOptions, prepare
+
+    rng = np.random.default_rng(0)
+    lines_a, lines_b = ["user,item,timestamp,category"], ["user,item,timestamp,category"]
+    for row in range(900):
+        user, item = f"u{rng.integers(0, 60)}", f"i{rng.integers(0, 50)}"
+        stamp = str(1_500_000_000_000 + int(rng.integers(0, 20)) * 1000)  # milliseconds, many ties
+        if row % 97 == 0:
+            stamp = "not-a-time"
+        elif row % 89 == 0:
+            stamp = "-5"
+        elif row % 83 == 0:
+            stamp = f"{stamp}.75"
+        if row % 101 == 0:
+            user = ""
+        category = f"c{rng.integers(0, 4)}" if row % 7 else "10"  # numeric and text categories mixed
+        (lines_a if row % 3 else lines_b).append(f"{user},{item},{stamp},{category}")
+    (tmp_path / "a.csv").write_text("\n".join(lines_a) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(lines_b) + "\n")
+    files = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for iterative in (False, True):
+        options = PrepareOptions(min_item_count=8, min_user_count=8, iterative_kcore=iterative)
+        out = f"k{int(iterative)}"
+        prepare(files, "csv", tmp_path / f"{out}-embedded", name="edge", options=options, on_bad_rows="skip")
+        prepare(
+            files, "csv", tmp_path / f"{out}-spark", name="edge", options=options, on_bad_rows="skip", engine="spark"
+        )
+        same_prepared(tmp_path / f"{out}-embedded", tmp_path / f"{out}-spark")
+        assert load_dataset(tmp_path / f"{out}-spark").item_categories is not None

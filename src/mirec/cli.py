@@ -53,6 +53,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         reader_options=reader_options or None,
         overwrite=args.overwrite,
         timestamp_unit=args.timestamp_unit,
+        engine=args.engine,
+        spark_master=args.spark_master,
     )
     _print_json(report.to_dict())
 
@@ -352,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="unit of the timestamps (auto: detected from their magnitude; stored as seconds)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["embedded", "spark"],
+        default="embedded",
+        help="spark: read, clean and filter as a Spark job (csv, parquet; needs mirec[spark]); the same folder",
+    )
+    p.add_argument("--spark-master", default="local[2]", help="with --engine spark: local[N], spark://HOST:PORT, ...")
     p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
     p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
     p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")

@@ -134,6 +134,11 @@ def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return np.asarray(codes, dtype=np.int64), dictionary
 
 
+def _empty_as_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ "" -> null, so that a row with an empty user or item id is dropped as a missing id (as Spark reads it)."""
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
+
+
 def _category_order(vocab: pa.Array) -> np.ndarray:
     """Order of category strings: numeric when all are integers (keeps e.g. 0..56 as is), else lexicographic."""
     values = vocab.to_numpy(zero_copy_only=False).astype(str)
@@ -219,8 +224,8 @@ def prepare_log(
     clean: dict[str, Any] = {"rows_in": int(table.num_rows)}
 
     # 1. ids -> codes (first-appearance order), timestamps -> numpy; drop illegal rows.
-    user, user_vocab = _encode(table.column("user"))
-    item, item_vocab = _encode(table.column("item"))
+    user, user_vocab = _encode(_empty_as_null(table.column("user")))  # an empty id is a missing id
+    item, item_vocab = _encode(_empty_as_null(table.column("item")))
     ts_col = table.column("timestamp")
     ts_valid = pc.is_valid(ts_col).to_numpy(zero_copy_only=False)
     ts = pc.fill_null(ts_col, 0).to_numpy().astype(np.int64, copy=False)
@@ -275,6 +280,49 @@ def prepare_log(
         )
     user, item, ts, ts_raw = user[rows], item[rows], ts[rows], ts_raw[rows]
     category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
+    return assemble(
+        user,
+        item,
+        ts,
+        ts_raw,
+        rows,
+        user_vocab,
+        item_vocab,
+        category_of_item,
+        file_split,
+        clean=clean,
+        options=options,
+        seed=seed,
+        name=name,
+        meta=meta,
+        unit=unit,
+        read_report=log.report,
+    )
+
+
+def assemble(
+    user: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    ts_raw: np.ndarray,
+    rows: np.ndarray,
+    user_vocab: pa.Array,
+    item_vocab: pa.Array,
+    category_of_item: tuple[np.ndarray, pa.Array] | None,
+    file_split: np.ndarray | None,
+    *,
+    clean: dict[str, Any],
+    options: PrepareOptions,
+    seed: int,
+    name: str | None,
+    meta: dict[str, Any] | None,
+    unit: str,
+    read_report: Any,
+) -> PreparedDataset:
+    """Steps 3-7 of preparation on the kept rows, in input order (user and item codes in first-appearance order
+    of the whole input, ``rows`` their input positions): shared by the embedded and the Spark engines, so both
+    give the same dataset from the same kept rows."""
+    split_given = file_split is not None
 
     # 3. internal users 0..U-1 in first-appearance order (compaction, no sort); sort (user, time) stably.
     user_present = np.bincount(user, minlength=len(user_vocab)) > 0
@@ -362,7 +410,7 @@ def prepare_log(
         options=dataclasses.asdict(options),
         seed=seed,
         timestamp_unit=unit,
-        read=log.report,
+        read=read_report,
         clean=clean,
         n_interactions=int(len(rows)),
     )
@@ -445,8 +493,13 @@ def prepare(
     reader_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     timestamp_unit: str = "auto",
+    engine: str = "embedded",
+    spark_master: str = "local[2]",
 ) -> PrepareReport:
     """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically.
+
+    ``engine = "spark"`` reads, cleans and filters with a Spark job (:mod:`mirec.data.spark_prepare`; csv and
+    parquet inputs) and writes the same folder.
 
     ``output`` must be new, empty, or (with ``overwrite``) a prepared dataset; it is locked for the whole
     run so two prepares into one folder cannot interleave. ``timestamp_unit``: auto | s | ms | us | ns.
@@ -458,7 +511,11 @@ def prepare(
     with exclusive_lock(output_lock_file(output), f"dataset output {output}"):
         check_output_folder(output, paths, overwrite)  # again under the lock: another process may have written
         t0 = time.perf_counter()
-        log = read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
+        log = (
+            None
+            if engine == "spark"
+            else read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
+        )
         t1 = time.perf_counter()
         sources = []
         for path in paths:
@@ -473,7 +530,24 @@ def prepare(
             "reader_options": dict(reader_options or {}),
             "on_bad_rows": on_bad_rows,
         }
-        dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
+        if log is None:
+            from mirec.data.spark_prepare import prepare_log_spark
+
+            files = [Path(s["path"]) for s in sources]
+            dataset = prepare_log_spark(
+                files,
+                fmt,
+                master=spark_master,
+                name=name,
+                options=options,
+                seed=seed,
+                meta=meta,
+                on_bad_rows=on_bad_rows,
+                reader_options=reader_options,
+                timestamp_unit=timestamp_unit,
+            )
+        else:
+            dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
         t2 = time.perf_counter()
         dataset.save(output, overwrite=True)  # check_output_folder allowed it: new, empty, or ours with overwrite
         t3 = time.perf_counter()
@@ -484,7 +558,7 @@ def prepare(
         n_items=dataset.n_items,
         n_interactions=int(dataset.meta["n_interactions"]),
         splits={s: {"users": len(dataset.split(s)), "interactions": int(len(dataset.split(s).items))} for s in SPLITS},
-        read=log.report,
+        read=dataset.meta["read"],
         clean=dataset.meta["clean"],
         seconds={"read": t1 - t0, "prepare": t2 - t1, "save": t3 - t2, "total": t3 - t0},
     )

@@ -347,25 +347,19 @@ def _sniff_delimiter(line: str) -> str:
 # --------------------------------------------------------------------------------------------- readers
 
 
-def read_csv(
-    path: str | Path,
-    *,
-    on_bad_rows: str = "error",
+def csv_layout(
+    path: Path,
     delimiter: str | None = None,
-    header: bool | None = None,
+    header: bool | str | None = None,
     user: str | int | None = None,
     item: str | int | None = None,
     timestamp: str | int | None = None,
     category: str | int | None = None,
     column_names: Sequence[str] | None = None,
     encoding: str = "utf-8",
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Generic CSV/TSV (gzip or not, header or not, delimiter auto or given, columns by name or index).
-
-    Reads the shared ``interactions.tsv.gz`` files (``user_id item_id timestamp [category]``).
-    Without a header the defaults are user=0, item=1, timestamp=2, no category.
-    """
-    path = Path(path)
+) -> tuple[str, bool, dict[str, str | int]]:
+    """(delimiter, header, {column: name or index}) of a CSV/TSV file from its first line and the options; shared
+    by this reader and the Spark engine (mirec.data.spark_prepare), so both read a file the same way."""
     header = _as_bool(header)
     first = _first_line(path, encoding)
     delimiter = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}.get(
@@ -389,6 +383,31 @@ def read_csv(
     missing = [c for c in ("user", "item", "timestamp") if c not in keep]
     if missing:
         raise MalformedRowError(path, 1, f"cannot find column(s) {missing} in header {fields}; pass them explicitly")
+    return delimiter, bool(header), keep
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    on_bad_rows: str = "error",
+    delimiter: str | None = None,
+    header: bool | None = None,
+    user: str | int | None = None,
+    item: str | int | None = None,
+    timestamp: str | int | None = None,
+    category: str | int | None = None,
+    column_names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Generic CSV/TSV (gzip or not, header or not, delimiter auto or given, columns by name or index).
+
+    Reads the shared ``interactions.tsv.gz`` files (``user_id item_id timestamp [category]``).
+    Without a header the defaults are user=0, item=1, timestamp=2, no category.
+    """
+    path = Path(path)
+    delimiter, header, keep = csv_layout(
+        path, delimiter, header, user, item, timestamp, category, column_names, encoding
+    )
     table, skipped = _read_delimited(
         path,
         delimiter=delimiter,
