@@ -14,8 +14,8 @@ What the Spark job does, as the embedded engine (docs/models.md section 6):
 
 Formats: ``csv`` (delimiter, header and columns resolved from the first line exactly as the embedded reader,
 :func:`mirec.data.readers.csv_layout`) and ``parquet`` (files or partitioned folders with ``user``, ``item``,
-``timestamp`` columns, and ``category`` where present). Not yet: ``drop_duplicates``, the other formats' readers, and writing
-partitioned Parquet for logs whose integer codes exceed the driver's memory.
+``timestamp`` columns, and ``category`` where present). Not yet: ``drop_duplicates``, the other formats'
+readers, and writing partitioned Parquet for logs whose integer codes exceed the driver's memory.
 """
 
 from __future__ import annotations
