@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mirec.config import GraphConfig
-from mirec.graph.gce import build_cooccurrence, build_global_context
+from mirec.graph import build_cooccurrence, build_global_context
 from tests.conftest import random_dataset
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (none on PATH)")
@@ -86,9 +86,10 @@ def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tm
     log = tmp_path / "beauty-sample.tsv"
     log.write_text(sample)
     from mirec.data.prepare import prepare
+    from mirec.data.spark_prepare import prepare_with_spark
 
     prepare(log, "csv", tmp_path / "embedded", name="sample")
-    prepare(log, "csv", tmp_path / "spark", name="sample", engine="spark")
+    prepare_with_spark(log, "csv", tmp_path / "spark", name="sample")
     same_prepared(tmp_path / "embedded", tmp_path / "spark")
 
 
@@ -97,6 +98,7 @@ def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kc
     millisecond timestamps, categories that change between an item's rows, two files, the iterative k-core."""
     from mirec.data.dataset import load_dataset
     from mirec.data.prepare import PrepareOptions, prepare
+    from mirec.data.spark_prepare import prepare_with_spark
 
     rng = np.random.default_rng(0)
     lines_a, lines_b = ["user,item,timestamp,category"], ["user,item,timestamp,category"]
@@ -120,8 +122,6 @@ def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kc
         options = PrepareOptions(min_item_count=8, min_user_count=8, iterative_kcore=iterative)
         out = f"k{int(iterative)}"
         prepare(files, "csv", tmp_path / f"{out}-embedded", name="edge", options=options, on_bad_rows="skip")
-        prepare(
-            files, "csv", tmp_path / f"{out}-spark", name="edge", options=options, on_bad_rows="skip", engine="spark"
-        )
+        prepare_with_spark(files, "csv", tmp_path / f"{out}-spark", name="edge", options=options, on_bad_rows="skip")
         same_prepared(tmp_path / f"{out}-embedded", tmp_path / f"{out}-spark")
         assert load_dataset(tmp_path / f"{out}-spark").item_categories is not None

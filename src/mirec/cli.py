@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         files, fmt, registry_options = registry.resolve(inputs[0])
         inputs = [str(f) for f in files]
         reader_options = {**registry_options, **reader_options}
+    if args.engine == "spark":
+        from mirec.data.spark_prepare import prepare_with_spark
+
+        prepare = partial(prepare_with_spark, spark_master=args.spark_master)
     report = prepare(
         inputs,
         fmt,
@@ -53,8 +58,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         reader_options=reader_options or None,
         overwrite=args.overwrite,
         timestamp_unit=args.timestamp_unit,
-        engine=args.engine,
-        spark_master=args.spark_master,
     )
     _print_json(report.to_dict())
 

@@ -493,13 +493,13 @@ def prepare(
     reader_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     timestamp_unit: str = "auto",
-    engine: str = "embedded",
-    spark_master: str = "local[2]",
+    frontend: Any = None,
 ) -> PrepareReport:
     """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically.
 
-    ``engine = "spark"`` reads, cleans and filters with a Spark job (:mod:`mirec.data.spark_prepare`; csv and
-    parquet inputs) and writes the same folder.
+    ``frontend(files, fmt, name=, options=, seed=, meta=, on_bad_rows=, reader_options=, timestamp_unit=)``
+    replaces this process's reading and cleaning (:func:`mirec.data.spark_prepare.prepare_with_spark` passes
+    the Spark job's); the folder is the same.
 
     ``output`` must be new, empty, or (with ``overwrite``) a prepared dataset; it is locked for the whole
     run so two prepares into one folder cannot interleave. ``timestamp_unit``: auto | s | ms | us | ns.
@@ -511,11 +511,7 @@ def prepare(
     with exclusive_lock(output_lock_file(output), f"dataset output {output}"):
         check_output_folder(output, paths, overwrite)  # again under the lock: another process may have written
         t0 = time.perf_counter()
-        log = (
-            None
-            if engine == "spark"
-            else read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
-        )
+        log = None if frontend else read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
         t1 = time.perf_counter()
         sources = []
         for path in paths:
@@ -530,14 +526,10 @@ def prepare(
             "reader_options": dict(reader_options or {}),
             "on_bad_rows": on_bad_rows,
         }
-        if log is None:
-            from mirec.data.spark_prepare import prepare_log_spark
-
-            files = [Path(s["path"]) for s in sources]
-            dataset = prepare_log_spark(
-                files,
+        if frontend is not None:
+            dataset = frontend(
+                [Path(s["path"]) for s in sources],
                 fmt,
-                master=spark_master,
                 name=name,
                 options=options,
                 seed=seed,

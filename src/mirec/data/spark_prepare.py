@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mirec.data.prepare import TIMESTAMP_UNITS, EmptyDatasetError, PrepareOptions, assemble, check_time_range
+from mirec.data.prepare import (
+    TIMESTAMP_UNITS,
+    EmptyDatasetError,
+    PrepareOptions,
+    assemble,
+    check_time_range,
+    prepare,
+)
 from mirec.data.readers import csv_layout
 
 SPARK_FORMATS = ("csv", "parquet")
@@ -213,10 +220,19 @@ def _first_categories(rows: Any, kept: Any, n_items: int) -> tuple[np.ndarray, p
     return item_cat, _vocabulary(codes, "category")
 
 
+def prepare_with_spark(inputs: Any, fmt: str, output: Any, *, spark_master: str = "local[2]", **options: Any) -> Any:
+    """:func:`mirec.data.prepare.prepare` (same checks, lock, atomic folder) with this module's Spark front end."""
+
+    def frontend(files: list[Path], fmt: str, **kw: Any) -> Any:
+        return prepare_log_spark(files, fmt, master=spark_master, **kw)
+
+    return prepare(inputs, fmt, output, frontend=frontend, **options)
+
+
 def _vocabulary(codes: Any, column: str) -> pa.Array:
     """The values in code order, as an Arrow string array (the embedded engine's dictionary)."""
     table = codes.orderBy(f"{column}_code").select(column).toArrow()
     return table.column(column).combine_chunks().cast(pa.string())
 
 
-__all__ = ["prepare_log_spark", "SPARK_FORMATS"]
+__all__ = ["prepare_log_spark", "prepare_with_spark", "SPARK_FORMATS"]

@@ -1,5 +1,19 @@
 """Global context extraction (GIMIRec section 4.2): the k-hop co-occurrence graph and E_global = A E_item."""
 
-from mirec.graph.gce import BuildInfo, GlobalContext, build_cooccurrence, build_global_context, graph_stats
+from typing import Any
+
+from mirec.config import GraphConfig
+from mirec.graph import gce
+from mirec.graph.gce import BuildInfo, GlobalContext, build_cooccurrence, graph_stats
+
+
+def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
+    """The dataset's global context, built by this process or, with ``graph.engine = "spark"``, by Spark."""
+    if config.engine == "spark":
+        from mirec.graph.spark import build_cooccurrence_spark
+
+        return gce.build_global_context(dataset, config, build=build_cooccurrence_spark)
+    return gce.build_global_context(dataset, config)
+
 
 __all__ = ["BuildInfo", "GlobalContext", "build_cooccurrence", "build_global_context", "graph_stats"]

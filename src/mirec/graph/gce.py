@@ -187,8 +187,10 @@ def _history_csr(split: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.minimum(lengths, np.asarray(split.history_len, dtype=np.int64)), items[mask], stamps[mask]
 
 
-def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
-    """GCE graph of a ``PreparedDataset``: training users' full sequences + valid/test users' history only."""
+def build_global_context(dataset: Any, config: GraphConfig, build: Any = None) -> GlobalContext:
+    """GCE graph of a ``PreparedDataset``: training users' full sequences + valid/test users' history only.
+    ``build(indptr, items, days, n_items, config) -> A`` replaces this process's :func:`build_cooccurrence`
+    (``mirec.graph.build_global_context`` passes the Spark builder for ``graph.engine = "spark"``)."""
     parts = [_history_csr(dataset.train), _history_csr(dataset.valid), _history_csr(dataset.test)]
     lengths = np.concatenate([p[0] for p in parts])
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -197,11 +199,9 @@ def build_global_context(dataset: Any, config: GraphConfig) -> GlobalContext:
     days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
     del parts, stamps
     info = BuildInfo()
-    if config.engine == "spark":
-        from mirec.graph.spark import build_cooccurrence_spark
-
+    if build is not None:
         info.n_interactions, info.n_sequences = len(items), len(indptr) - 1
-        matrix = build_cooccurrence_spark(indptr, items, days, dataset.n_items, config)
+        matrix = build(indptr, items, days, dataset.n_items, config)
     else:
         matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)
     return GlobalContext(matrix, config, info)
