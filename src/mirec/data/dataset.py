@@ -95,6 +95,24 @@ class PreparedDataset:
             counts += np.bincount(split.items[split.history_mask()], minlength=self.n_items + 1)
         return counts
 
+    def context_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR (indptr, items, timestamps) of every interaction a model may read: the training users' whole
+        sequences, then the valid and test users' history parts (never a target). The global-context graph and
+        the interest clusters are built from these."""
+        lengths, items, stamps = [], [], []
+        for split in (self.train, self.valid, self.test):
+            if split.history_len is None:
+                lengths.append(np.asarray(split.lengths, dtype=np.int64))
+                items.append(np.asarray(split.items))
+                stamps.append(np.asarray(split.timestamps))
+            else:
+                mask = split.history_mask()
+                lengths.append(np.minimum(split.lengths, np.asarray(split.history_len, dtype=np.int64)))
+                items.append(np.asarray(split.items)[mask])
+                stamps.append(np.asarray(split.timestamps)[mask])
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+        return indptr, np.concatenate(items).astype(np.int64), np.concatenate(stamps).astype(np.int64)
+
     def item_index(self) -> dict[str, int]:
         """Original item id -> internal id."""
         return {str(o): i for i, o in enumerate(self.item_original_ids) if i > 0}

@@ -2,8 +2,8 @@
 
 An item's interest is its cluster in an embedding of item co-occurrence (docs/models.md section 6):
 
-1. co-occurrence counts of item pairs at most ``window`` positions apart in the same sequence, over the
-   training users' sequences and the valid/test users' history parts (never a valid/test target);
+1. co-occurrence counts of item pairs at most ``window`` positions apart in the same sequence, over
+   :meth:`~mirec.data.dataset.PreparedDataset.context_sequences` (never a valid/test target);
 2. positive PMI of those counts, a truncated SVD (``dim`` components, scaled by sqrt of the singular values),
    rows L2-normalised (the usual SVD-of-PPMI item embedding, as word2vec's matrix view);
 3. k-means (k-means++ seeding, Lloyd iterations) into ``n_clusters`` clusters with a fixed seed.
@@ -25,21 +25,6 @@ from mirec.data.dataset import PreparedDataset
 DEFAULT_CLUSTERS = 64
 WINDOW = 5
 DIM = 32
-
-
-def context_sequences(dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, items) of every sequence a model may read: training users whole, valid/test history parts."""
-    parts_indptr, parts_items = [dataset.train.indptr], [np.asarray(dataset.train.items)]
-    offset = int(dataset.train.indptr[-1])
-    for split in (dataset.valid, dataset.test):
-        keep = split.history_mask()
-        kept_per_user = np.bincount(
-            np.repeat(np.arange(len(split)), split.lengths), weights=keep, minlength=len(split)
-        ).astype(np.int64)
-        parts_indptr.append(offset + np.cumsum(kept_per_user))
-        parts_items.append(np.asarray(split.items)[keep])
-        offset += int(kept_per_user.sum())
-    return np.concatenate(parts_indptr).astype(np.int64), np.concatenate(parts_items).astype(np.int64)
 
 
 def cooccurrence(indptr: np.ndarray, items: np.ndarray, n_items: int, window: int = WINDOW) -> sp.csr_matrix:
@@ -114,7 +99,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 25) -> np.ndarray:
 
 def compute_item_clusters(dataset: PreparedDataset, n_clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> np.ndarray:
     """[n_items + 1] int64 cluster of every item id (-1: padding, or never seen outside valid/test targets)."""
-    indptr, items = context_sequences(dataset)
+    indptr, items, _ = dataset.context_sequences()
     counts = cooccurrence(indptr, items, dataset.n_items)
     seen = np.flatnonzero(np.asarray(counts.sum(1)).ravel() > 0)
     seen = seen[seen > 0]
@@ -158,4 +143,4 @@ def _store(path: Path, clusters: np.ndarray) -> None:
         warnings.warn(f"{path}: interest clusters not stored ({exc}); they are recomputed next time", stacklevel=3)
 
 
-__all__ = ["item_clusters", "compute_item_clusters", "context_sequences", "cooccurrence", "DEFAULT_CLUSTERS"]
+__all__ = ["item_clusters", "compute_item_clusters", "cooccurrence", "DEFAULT_CLUSTERS"]

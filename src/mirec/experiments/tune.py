@@ -187,22 +187,39 @@ def check_identity(study: Any, identity: dict[str, Any]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class StudySetup:
+    """What every trial shares: the prepared data, its preset, the fixed options (``--set``, ``--seed``) and the
+    config they give before the searched options."""
+
+    data_dir: Path
+    preset: str
+    fixed: list[str]
+    base: Any
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> StudySetup:
+        from mirec.api import preset_of, resolve_data
+
+        data_dir = resolve_data(args.data)
+        preset = preset_of(data_dir)
+        fixed = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+        return cls(data_dir, preset, fixed, load_config(args.config, model=args.model, dataset=preset, overrides=fixed))
+
+
 def run_worker(args: argparse.Namespace, worker: int = 0) -> None:
     """Run trials until the study holds ``--trials`` finished (complete or pruned) trials or the budget ends."""
     import optuna
 
-    from mirec.api import preset_of, resolve_data
     from mirec.data.dataset import load_dataset
     from mirec.training.checkpoint import latest_checkpoint
     from mirec.training.trainer import train_run
 
     output = Path(args.output)
-    data_dir = resolve_data(args.data)
-    preset = preset_of(data_dir)
+    setup = StudySetup.of(args)
+    data_dir, preset, fixed, base = setup.data_dir, setup.preset, setup.fixed, setup.base
     space = load_space(args.space)
-    fixed = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     check_space(space, args.model, preset, args.config, fixed)
-    base = load_config(args.config, model=args.model, dataset=preset, overrides=fixed)
     # early evaluations are noisy: no trial is pruned before its --prune-after-evals-th evaluation
     study = open_study(args, worker, warmup_steps=args.prune_after_evals * base.train.eval_every)
     check_identity(study, study_identity(args, space, data_dir))
@@ -300,13 +317,9 @@ def best_toml(study: Any, args: argparse.Namespace, metric_name: str) -> str:
 def write_reports(args: argparse.Namespace) -> None:
     import optuna
 
-    from mirec.api import preset_of, resolve_data
-
     output = Path(args.output)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
-    preset = preset_of(resolve_data(args.data))
-    fixed = list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    metric = load_config(args.config, model=args.model, dataset=preset, overrides=fixed).eval.early_stop_metric
+    metric = StudySetup.of(args).base.eval.early_stop_metric
     rows = trial_rows(study, metric)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
@@ -362,10 +375,9 @@ def main_tune(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plots, the retry
     if args.trials < 1 or args.jobs < 1:
         raise ValueError("--trials and --jobs must be >= 1")
-    from mirec.api import preset_of, resolve_data
-
     # everything that can be wrong is checked before the first trial (and before anything is written)
-    check_space(load_space(args.space), args.model, preset_of(resolve_data(args.data)), args.config, list(args.set))
+    setup = StudySetup.of(args)
+    check_space(load_space(args.space), args.model, setup.preset, args.config, setup.fixed)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{(output / 'study.db').resolve()}"

@@ -177,27 +177,14 @@ def build_cooccurrence(
     return out
 
 
-def _history_csr(split: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lengths, items, timestamps) of a split, restricted to the history part of valid/test users."""
-    lengths = np.asarray(split.lengths, dtype=np.int64)
-    items, stamps = np.asarray(split.items), np.asarray(split.timestamps)
-    if split.history_len is None:
-        return lengths, items, stamps
-    mask = split.history_mask()  # never the targets (docs/models.md section 6)
-    return np.minimum(lengths, np.asarray(split.history_len, dtype=np.int64)), items[mask], stamps[mask]
-
-
 def build_global_context(dataset: Any, config: GraphConfig, build: Any = None) -> GlobalContext:
     """GCE graph of a ``PreparedDataset``: training users' full sequences + valid/test users' history only.
     ``build(indptr, items, days, n_items, config) -> A`` replaces this process's :func:`build_cooccurrence`
     (``mirec.graph.build_global_context`` passes the Spark builder for ``graph.engine = "spark"``)."""
-    parts = [_history_csr(dataset.train), _history_csr(dataset.valid), _history_csr(dataset.test)]
-    lengths = np.concatenate([p[0] for p in parts])
-    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    items = np.concatenate([p[1] for p in parts]).astype(np.int32)
-    stamps = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    indptr, items, stamps = dataset.context_sequences()  # never the valid/test targets (docs/models.md 6)
+    items = items.astype(np.int32)
     days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
-    del parts, stamps
+    del stamps
     info = BuildInfo()
     if build is not None:
         info.n_interactions, info.n_sequences = len(items), len(indptr) - 1
