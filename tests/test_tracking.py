@@ -54,7 +54,8 @@ def test_tensorboard_holds_the_runs_losses_validation_metrics_and_final_metrics(
     assert "| train.lr | 0.01 |" in config_text.tensor_proto.string_val[0].decode()
 
 
-def test_mlflow_holds_params_metric_history_artefacts_and_a_resumed_run_continues_it(data_dir, tmp_path):
+def test_mlflow_holds_params_metric_history_artefacts_and_a_resumed_run_continues_it(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # artefacts must land beside the store, not in the working directory
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = make_config(max_steps=40, eval_every=20, log_every=20, log_to="mlflow", tracking_uri=uri)
     config.train.tracking_experiment = "tests"
@@ -74,6 +75,7 @@ def test_mlflow_holds_params_metric_history_artefacts_and_a_resumed_run_continue
         "history.jsonl",
         "train.log",
     }
+    assert (tmp_path / "mlflow-artifacts").is_dir() and not (tmp_path / ".." / "mlruns").exists()
     # resume with a raised step cap: the same MLflow run gets the new evaluations
     config.train.max_steps = 60
     Trainer(data_dir, config, run, progress=False, resume=True).fit()

@@ -132,7 +132,7 @@ class MLflowTracker(Tracker):
         uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve().parent / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        experiment_id = found.experiment_id if found else self._create_experiment(uri)
         marker = run_dir / "mlflow_run.txt"  # a resumed mirec run continues its MLflow run
         run_id = marker.read_text().strip() if resumed and marker.exists() else ""
         if not run_id:
@@ -148,6 +148,13 @@ class MLflowTracker(Tracker):
                 run_id, params=[Param(k, repr(v) if isinstance(v, list) else str(v)) for k, v in params.items()]
             )
         self.run_id = run_id
+
+    def _create_experiment(self, uri: str) -> str:
+        # a SQLite store would put artefacts in ./mlruns of whatever the working directory is: keep them by the db
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlflow-artifacts").as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=artifacts)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
