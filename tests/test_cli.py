@@ -105,6 +105,14 @@ def test_bad_input_exits_nonzero_with_one_line_reason(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_parquet_layout_is_refused_without_the_spark_engine(tmp_path, capsys):
+    log = tmp_path / "log.tsv"
+    log.write_text("user_id\titem_id\ttimestamp\nu1\ti1\t1300000000\n")
+    assert main(["prepare", str(log), "--format", "csv", "--layout", "parquet", "--output", str(tmp_path / "o")]) == 1
+    assert "--layout parquet is written by --engine spark only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_model_and_missing_data_are_clear_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "dnn", "--output", str(tmp_path / "r")]) == 1
     assert "no such prepared folder" in capsys.readouterr().err

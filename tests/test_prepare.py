@@ -332,10 +332,10 @@ def test_drop_duplicates_option():
 
 def test_split_cut_points_match_comirec():
     # ComiRec: train = users[:int(n*0.8)], valid = users[int(n*0.8):int(n*0.9)]
-    from mirec.data.prepare import _split_of_users
+    from mirec.data.prepare import split_of_users
 
     for n in (10, 97, 14681, 123457):
-        counts = np.bincount(_split_of_users(n, (0.8, 0.1, 0.1), 1230), minlength=3)
+        counts = np.bincount(split_of_users(n, (0.8, 0.1, 0.1), 1230), minlength=3)
         assert counts.tolist() == [int(n * 0.8), int(n * 0.9) - int(n * 0.8), n - int(n * 0.9)]
 
 

@@ -69,11 +69,13 @@ def same_prepared(a_dir, b_dir) -> None:
     assert np.array_equal(a.user_original_ids, b.user_original_ids)
     assert (a.item_categories is None) == (b.item_categories is None)
     assert a.item_categories is None or np.array_equal(a.item_categories, b.item_categories)
-    assert {k: v for k, v in a.meta.items() if k != "read"} == {k: v for k, v in b.meta.items() if k != "read"}
-    assert b.meta["read"]["engine"] == "spark"
+    skip = ("read", "layout")
+    assert {k: v for k, v in a.meta.items() if k not in skip} == {k: v for k, v in b.meta.items() if k not in skip}
+    assert b.meta["read"]["engine"] == "spark" and b.meta["layout"] == b.meta["read"]["layout"]
 
 
-def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tmp_path):
+@pytest.mark.parametrize("layout", ["arrays", "parquet"])
+def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tmp_path, layout):
     import gzip
 
     from tests.conftest import SHARED
@@ -89,13 +91,18 @@ def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tm
     from mirec.data.spark_prepare import prepare_with_spark
 
     prepare(log, "csv", tmp_path / "embedded", name="sample")
-    prepare_with_spark(log, "csv", tmp_path / "spark", name="sample")
+    prepare_with_spark(log, "csv", tmp_path / "spark", name="sample", layout=layout)
     same_prepared(tmp_path / "embedded", tmp_path / "spark")
+    if layout == "parquet":  # the executors wrote Parquet datasets; no per-interaction array passed the driver
+        folder = tmp_path / "spark"
+        assert (folder / "interactions" / "split=valid").is_dir() and (folder / "users").is_dir()
+        assert not list(folder.glob("*.npy"))
 
 
 def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kcore(tmp_path):
     """Missing ids, non-numeric and non-positive timestamps, equal timestamps (input order decides), decimal
-    millisecond timestamps, categories that change between an item's rows, two files, the iterative k-core."""
+    millisecond timestamps, categories that change between an item's rows, two files, the iterative k-core,
+    repeated (user, item, second) rows dropped or kept; both layouts."""
     from mirec.data.dataset import load_dataset
     from mirec.data.prepare import PrepareOptions, prepare
     from mirec.data.spark_prepare import prepare_with_spark
@@ -118,10 +125,15 @@ def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kc
     (tmp_path / "a.csv").write_text("\n".join(lines_a) + "\n")
     (tmp_path / "b.csv").write_text("\n".join(lines_b) + "\n")
     files = [tmp_path / "a.csv", tmp_path / "b.csv"]
-    for iterative in (False, True):
-        options = PrepareOptions(min_item_count=8, min_user_count=8, iterative_kcore=iterative)
-        out = f"k{int(iterative)}"
+    for iterative, dedupe, layout in ((False, False, "arrays"), (True, True, "parquet"), (False, True, "arrays")):
+        options = PrepareOptions(min_item_count=8, min_user_count=8, iterative_kcore=iterative, drop_duplicates=dedupe)
+        out = f"k{int(iterative)}{int(dedupe)}"
         prepare(files, "csv", tmp_path / f"{out}-embedded", name="edge", options=options, on_bad_rows="skip")
-        prepare_with_spark(files, "csv", tmp_path / f"{out}-spark", name="edge", options=options, on_bad_rows="skip")
+        prepare_with_spark(
+            files, "csv", tmp_path / f"{out}-spark", name="edge", options=options, on_bad_rows="skip", layout=layout
+        )
         same_prepared(tmp_path / f"{out}-embedded", tmp_path / f"{out}-spark")
-        assert load_dataset(tmp_path / f"{out}-spark").item_categories is not None
+        spark = load_dataset(tmp_path / f"{out}-spark")
+        assert spark.item_categories is not None
+        dropped = spark.meta["clean"].get("dropped_duplicates")
+        assert dropped > 0 if dedupe else dropped is None

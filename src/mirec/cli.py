@@ -46,7 +46,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.engine == "spark":
         from mirec.data.spark_prepare import prepare_with_spark
 
-        prepare = partial(prepare_with_spark, spark_master=args.spark_master)
+        prepare = partial(prepare_with_spark, spark_master=args.spark_master, layout=args.layout)
+    elif args.layout != "arrays":
+        raise ValueError("--layout parquet is written by --engine spark only")
     report = prepare(
         inputs,
         fmt,
@@ -364,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="spark: read, clean and filter as a Spark job (csv, parquet; needs mirec[spark]); the same folder",
     )
     p.add_argument("--spark-master", default="local[2]", help="with --engine spark: local[N], spark://HOST:PORT, ...")
+    p.add_argument(
+        "--layout",
+        choices=["arrays", "parquet"],
+        default="arrays",
+        help="arrays: memory-mapped .npy; parquet (--engine spark): interactions and users written by the "
+        "executors as Parquet datasets, never gathered on the driver (read into memory by train/evaluate)",
+    )
     p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
     p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
     p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")

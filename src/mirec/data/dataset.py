@@ -13,6 +13,12 @@ Layout of a prepared folder::
                                                                the interests, the rest are the targets
 
 Item ids are 1..n_items by descending training popularity (0 is padding), as ComiRec's preprocessing.
+
+``layout = "parquet"`` in meta.json (``mirec prepare --engine spark --layout parquet``, for logs whose
+interactions should never pass through one process): ``users/`` and ``interactions/`` are Parquet datasets written
+by Spark's executors instead of users.parquet and the .npy arrays; ``users/`` holds (user, original_id, split,
+history_len), ``interactions/split={train,valid,test}/`` (user, item, timestamp, position in the user's
+sequence). :func:`load_dataset` reads them into the same in-memory arrays (not memory-mapped).
 """
 
 from __future__ import annotations
@@ -113,6 +119,15 @@ class PreparedDataset:
         indptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
         return indptr, np.concatenate(items).astype(np.int64), np.concatenate(stamps).astype(np.int64)
 
+    @property
+    def n_users(self) -> int:
+        return len(self.user_original_ids)
+
+    def split_sizes(self) -> dict[str, dict[str, int]]:
+        """{split: {"users": n, "interactions": n}} (meta.json's ``splits``)."""
+        sizes = {name: (len(self.split(name)), int(len(self.split(name).items))) for name in SPLITS}
+        return {name: {"users": users, "interactions": rows} for name, (users, rows) in sizes.items()}
+
     def item_index(self) -> dict[str, int]:
         """Original item id -> internal id."""
         return {str(o): i for i, o in enumerate(self.item_original_ids) if i > 0}
@@ -127,25 +142,12 @@ class PreparedDataset:
                     value = getattr(split, attr)
                     if value is not None:
                         np.save(tmp / f"{name}_{attr}.npy", np.ascontiguousarray(value, dtype=np.int64))
-            item_columns = {"original_id": pa.array(self.item_original_ids[1:].astype(str))}
-            if self.item_categories is not None:
-                item_columns["category"] = pa.array(self.item_categories[1:].astype(np.int64))
-            pq.write_table(pa.table(item_columns), tmp / "items.parquet")
             pq.write_table(
                 pa.table({"original_id": pa.array(self.user_original_ids.astype(str))}), tmp / "users.parquet"
             )
-            meta = dict(self.meta)
-            meta.update(
-                format_version=FORMAT_VERSION,
-                n_items=int(self.n_items),
-                n_users=int(len(self.user_original_ids)),
-                has_categories=self.item_categories is not None,
-                splits={
-                    name: {"users": len(self.split(name)), "interactions": int(len(self.split(name).items))}
-                    for name in SPLITS
-                },
+            write_items_and_meta(
+                tmp, self.item_original_ids, self.item_categories, self.meta, self.n_users, self.split_sizes()
             )
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         self.path = path
         return path
 
@@ -160,6 +162,32 @@ def is_prepared_dataset(path: str | Path) -> bool:
     return isinstance(meta, dict) and "format_version" in meta and "splits" in meta
 
 
+def write_items_and_meta(
+    folder: Path,
+    item_original_ids: np.ndarray,
+    item_categories: np.ndarray | None,
+    meta: dict[str, Any],
+    n_users: int,
+    splits: dict[str, dict[str, int]],
+    layout: str = "arrays",
+) -> None:
+    """items.parquet and meta.json of a prepared folder being built (both layouts)."""
+    item_columns = {"original_id": pa.array(np.asarray(item_original_ids[1:]).astype(str))}
+    if item_categories is not None:
+        item_columns["category"] = pa.array(np.asarray(item_categories[1:]).astype(np.int64))
+    pq.write_table(pa.table(item_columns), folder / "items.parquet")
+    meta = dict(meta)
+    meta.update(
+        format_version=FORMAT_VERSION,
+        layout=layout,
+        n_items=int(len(item_original_ids) - 1),
+        n_users=int(n_users),
+        has_categories=item_categories is not None,
+        splits=splits,
+    )
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
 def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
     """Load a prepared folder; the big arrays are memory-mapped."""
     path = Path(path)
@@ -169,20 +197,23 @@ def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
     meta = json.loads(meta_file.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_file}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    mode = "r" if mmap else None
-    splits = {}
-    for name in SPLITS:
-        arrays = {}
-        for attr in ("users", "indptr", "items", "timestamps", "history_len"):
-            file = path / f"{name}_{attr}.npy"
-            arrays[attr] = np.load(file, mmap_mode=mode, allow_pickle=False) if file.exists() else None
-        splits[name] = SplitSequences(**arrays)
+    if meta.get("layout", "arrays") == "parquet":
+        splits, users = _read_parquet_layout(path)
+    else:
+        mode = "r" if mmap else None
+        splits = {}
+        for name in SPLITS:
+            arrays = {}
+            for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+                file = path / f"{name}_{attr}.npy"
+                arrays[attr] = np.load(file, mmap_mode=mode, allow_pickle=False) if file.exists() else None
+            splits[name] = SplitSequences(**arrays)
+        users = np.array(pq.read_table(path / "users.parquet").column("original_id").to_pylist(), dtype=object)
     items = pq.read_table(path / "items.parquet")
     original = np.array([""] + items.column("original_id").to_pylist(), dtype=object)
     categories = None
     if "category" in items.column_names:
         categories = np.concatenate([[-1], items.column("category").to_numpy()]).astype(np.int64)
-    users = np.array(pq.read_table(path / "users.parquet").column("original_id").to_pylist(), dtype=object)
     return PreparedDataset(
         n_items=int(meta["n_items"]),
         item_original_ids=original,
@@ -192,3 +223,32 @@ def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
         path=path,
         **splits,
     )
+
+
+def _read_parquet_layout(path: Path) -> tuple[dict[str, SplitSequences], np.ndarray]:
+    """The CSR splits and user ids of a ``layout = "parquet"`` folder (``mirec prepare --engine spark --layout
+    parquet``), read into memory: ``users/`` (user, original_id, split, history_len) and ``interactions/``
+    partitioned by split (user, item, timestamp, position), both in any row order."""
+    import pyarrow.dataset as ds
+
+    users = pq.read_table(path / "users").sort_by("user")
+    if not np.array_equal(users.column("user").to_numpy(), np.arange(users.num_rows)):
+        raise ValueError(f"{path / 'users'}: user ids are not 0..{users.num_rows - 1}")
+    split_of_user = np.asarray(users.column("split").to_numpy(zero_copy_only=False))
+    history_len = users.column("history_len").to_numpy()
+    frame = ds.dataset(path / "interactions", format="parquet", partitioning="hive")
+    splits = {}
+    for name in SPLITS:
+        rows = frame.to_table(filter=ds.field("split") == name, columns=["user", "item", "timestamp", "position"])
+        user = rows.column("user").to_numpy()
+        order = np.lexsort((rows.column("position").to_numpy(), user))
+        users_s = np.flatnonzero(split_of_user == name)
+        lengths = np.bincount(user, minlength=len(split_of_user))[users_s]
+        splits[name] = SplitSequences(
+            users=users_s.astype(np.int64),
+            indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            items=rows.column("item").to_numpy()[order].astype(np.int64),
+            timestamps=rows.column("timestamp").to_numpy()[order].astype(np.int64),
+            history_len=None if name == "train" else history_len[users_s].astype(np.int64),
+        )
+    return splits, np.array(users.column("original_id").to_pylist(), dtype=object)

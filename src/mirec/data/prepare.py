@@ -183,7 +183,7 @@ def _stable_user_time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return order[np.argsort(user[order], kind="stable")]
 
 
-def _split_of_users(n_users: int, ratios: Sequence[float], seed: int) -> np.ndarray:
+def split_of_users(n_users: int, ratios: Sequence[float], seed: int) -> np.ndarray:
     """Shuffle users with ``seed`` and cut 8:1:1 at int(n*0.8), int(n*0.9) (ComiRec preprocess/data.py)."""
     perm = np.random.default_rng(seed).permutation(n_users)
     cut1 = int(n_users * ratios[0])
@@ -343,7 +343,7 @@ def assemble(
             bad = int(user[np.flatnonzero(row_split != np.repeat(split_of_user, lengths))[0]])
             raise ValueError(f"pre-split input: user {user_vocab[int(user_codes[bad])]} appears in several split files")
     else:
-        split_of_user = _split_of_users(n_users, options.split_ratios, seed)
+        split_of_user = split_of_users(n_users, options.split_ratios, seed)
     for code, split_name in enumerate(SPLITS):
         if not (split_of_user == code).any():
             raise EmptyDatasetError(f"{name or 'dataset'}: the {split_name} split has no user ({n_users} users in all)")
@@ -352,30 +352,14 @@ def assemble(
     is_train_row = (split_of_user[user] == 0) | (position < history_len[user])
 
     # 5. item ids by descending training popularity, ties by first appearance (code order).
-    present = np.flatnonzero(np.bincount(item, minlength=len(item_vocab)))
-    train_counts = np.bincount(item[is_train_row], minlength=len(item_vocab))
-    rank = np.lexsort((present, -train_counts[present]))
-    ordered_codes = present[rank]
-    new_id = np.zeros(len(item_vocab), dtype=np.int64)
-    new_id[ordered_codes] = np.arange(1, len(ordered_codes) + 1)
+    ordered_codes, new_id = popularity_ids(
+        np.bincount(item, minlength=len(item_vocab)), np.bincount(item[is_train_row], minlength=len(item_vocab))
+    )
     n_items = len(ordered_codes)
     item_ids = new_id[item]
 
     # 6. categories (item -> category of its first row; strings -> 0..C-1, -1 unknown).
-    item_categories = None
-    category_names: list[str] | None = None
-    if category_of_item is not None:
-        item_cat, cat_vocab = category_of_item
-        cat_order = _category_order(cat_vocab)
-        cat_rank = np.empty(len(cat_vocab), dtype=np.int64)
-        cat_rank[cat_order] = np.arange(len(cat_vocab))
-        ranked = np.where(item_cat >= 0, cat_rank[np.maximum(item_cat, 0)], -1)[ordered_codes]
-        used = np.flatnonzero(np.bincount(ranked[ranked >= 0], minlength=len(cat_vocab)))
-        remap = np.full(len(cat_vocab), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))  # compact to 0..C-1 over the categories actually used
-        item_categories = np.concatenate([[-1], np.where(ranked >= 0, remap[np.maximum(ranked, 0)], -1)])
-        names_sorted = np.asarray(cat_vocab.to_numpy(zero_copy_only=False), dtype=object)[cat_order]
-        category_names = [str(n) for n in names_sorted[used]]
+    item_categories, category_names = compact_categories(category_of_item, ordered_codes)
 
     # 7. CSR per split, users ascending.
     splits: dict[str, SplitSequences] = {}
@@ -395,8 +379,48 @@ def assemble(
     item_original[0] = ""
     item_original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
     user_original = np.asarray(user_vocab.take(pa.array(user_codes)).to_numpy(zero_copy_only=False), dtype=object)
+    dataset_meta = prepared_meta(
+        meta,
+        clean,
+        n_rows=len(rows),
+        n_users=n_users,
+        n_items=n_items,
+        split_given=split_given,
+        category_names=category_names,
+        options=options,
+        seed=seed,
+        name=name,
+        unit=unit,
+        read_report=read_report,
+    )
+    return PreparedDataset(
+        n_items=n_items,
+        item_original_ids=item_original,
+        user_original_ids=user_original,
+        item_categories=item_categories,
+        meta=dataset_meta,
+        **splits,
+    )
+
+
+def prepared_meta(
+    meta: dict[str, Any] | None,
+    clean: dict[str, Any],
+    *,
+    n_rows: int,
+    n_users: int,
+    n_items: int,
+    split_given: bool,
+    category_names: list[str] | None,
+    options: PrepareOptions,
+    seed: int,
+    name: str | None,
+    unit: str,
+    read_report: Any,
+) -> dict[str, Any]:
+    """meta.json's report of a preparation (both engines, both layouts)."""
     clean.update(
-        rows_out=int(len(rows)),
+        rows_out=int(n_rows),
         n_users=int(n_users),
         n_items=int(n_items),
         split="given (pre-split input)" if split_given else {"seed": seed, "ratios": list(options.split_ratios)},
@@ -412,18 +436,41 @@ def assemble(
         timestamp_unit=unit,
         read=read_report,
         clean=clean,
-        n_interactions=int(len(rows)),
+        n_interactions=int(n_rows),
     )
     if category_names is not None:
         dataset_meta["category_names"] = category_names
-    return PreparedDataset(
-        n_items=n_items,
-        item_original_ids=item_original,
-        user_original_ids=user_original,
-        item_categories=item_categories,
-        meta=dataset_meta,
-        **splits,
-    )
+    return dataset_meta
+
+
+def popularity_ids(row_counts: np.ndarray, train_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item codes in id order, code -> id 1..n with 0 for absent codes): descending training count, ties by
+    code (first appearance); ``row_counts``/``train_counts`` per item code over all kept / training rows."""
+    present = np.flatnonzero(row_counts)
+    ordered_codes = present[np.lexsort((present, -train_counts[present]))]
+    new_id = np.zeros(len(row_counts), dtype=np.int64)
+    new_id[ordered_codes] = np.arange(1, len(ordered_codes) + 1)
+    return ordered_codes, new_id
+
+
+def compact_categories(
+    category_of_item: tuple[np.ndarray, pa.Array] | None, ordered_codes: np.ndarray
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """(category per internal item id, -1 at padding and for none; the names of categories 0..C-1), the used
+    categories only, in :func:`_category_order`; (None, None) without categories."""
+    if category_of_item is None:
+        return None, None
+    item_cat, cat_vocab = category_of_item
+    cat_order = _category_order(cat_vocab)
+    cat_rank = np.empty(len(cat_vocab), dtype=np.int64)
+    cat_rank[cat_order] = np.arange(len(cat_vocab))
+    ranked = np.where(item_cat >= 0, cat_rank[np.maximum(item_cat, 0)], -1)[ordered_codes]
+    used = np.flatnonzero(np.bincount(ranked[ranked >= 0], minlength=len(cat_vocab)))
+    remap = np.full(len(cat_vocab), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))  # compact to 0..C-1 over the categories actually used
+    item_categories = np.concatenate([[-1], np.where(ranked >= 0, remap[np.maximum(ranked, 0)], -1)])
+    names_sorted = np.asarray(cat_vocab.to_numpy(zero_copy_only=False), dtype=object)[cat_order]
+    return item_categories, [str(n) for n in names_sorted[used]]
 
 
 def _first_category(table: pa.Table, item: np.ndarray, rows: np.ndarray, n_codes: int) -> tuple[np.ndarray, pa.Array]:
@@ -546,10 +593,10 @@ def prepare(
     return PrepareReport(
         name=name,
         output=str(output),
-        n_users=len(dataset.user_original_ids),
+        n_users=dataset.n_users,
         n_items=dataset.n_items,
         n_interactions=int(dataset.meta["n_interactions"]),
-        splits={s: {"users": len(dataset.split(s)), "interactions": int(len(dataset.split(s).items))} for s in SPLITS},
+        splits=dataset.split_sizes(),
         read=dataset.meta["read"],
         clean=dataset.meta["clean"],
         seconds={"read": t1 - t0, "prepare": t2 - t1, "save": t3 - t2, "total": t3 - t0},

@@ -14,29 +14,42 @@ What the Spark job does, as the embedded engine (docs/models.md section 6):
 
 Formats: ``csv`` (delimiter, header and columns resolved from the first line exactly as the embedded reader,
 :func:`mirec.data.readers.csv_layout`) and ``parquet`` (files or partitioned folders with ``user``, ``item``,
-``timestamp`` columns, and ``category`` where present). Not yet: ``drop_duplicates``, the other formats'
-readers, and writing partitioned Parquet for logs whose integer codes exceed the driver's memory.
+``timestamp`` columns, and ``category`` where present). Not yet: the other formats' readers (jsonl, comirec).
+
+Layouts: ``arrays`` (default) brings the kept rows to the driver as integer codes (about 24 bytes per
+interaction, never the log's strings) and writes the memory-mapped arrays; ``parquet`` keeps every per-interaction
+step in Spark (the time order, the split's history cut, the popularity re-coding) and has the executors write
+``interactions/`` partitioned by split and ``users/`` as Parquet: the driver then holds per-user counts (16 bytes
+a user) and per-item arrays only. Both give the same dataset (tested).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from mirec.data.dataset import SPLITS, write_items_and_meta
 from mirec.data.prepare import (
     TIMESTAMP_UNITS,
     EmptyDatasetError,
     PrepareOptions,
     assemble,
     check_time_range,
+    compact_categories,
+    popularity_ids,
     prepare,
+    prepared_meta,
+    split_of_users,
 )
 from mirec.data.readers import csv_layout
+from mirec.utils import atomic_directory
 
 SPARK_FORMATS = ("csv", "parquet")
+LAYOUTS = ("arrays", "parquet")
 
 
 def _frame(spark: Any, files: list[Path], fmt: str, reader_options: dict[str, Any], on_bad_rows: str) -> Any:
@@ -92,16 +105,19 @@ def prepare_log_spark(
     on_bad_rows: str = "error",
     reader_options: dict[str, Any] | None = None,
     timestamp_unit: str = "auto",
+    layout: str = "arrays",
 ) -> Any:
-    """The Spark twin of :func:`mirec.data.prepare.prepare_log` for ``csv`` / ``parquet`` inputs."""
+    """The Spark twin of :func:`mirec.data.prepare.prepare_log` for ``csv`` / ``parquet`` inputs: a
+    :class:`PreparedDataset` (``layout = "arrays"``) or a :class:`SparkPreparedLog` (``"parquet"``)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from mirec.graph.spark import spark_session
 
     if fmt not in SPARK_FORMATS:
         raise ValueError(f"--engine spark reads {list(SPARK_FORMATS)}; {fmt!r} is read by the embedded engine only")
-    if options.drop_duplicates:
-        raise NotImplementedError("drop_duplicates is not supported by the Spark engine yet")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     spark = spark_session(master)
     rows = _frame(spark, files, fmt, dict(reader_options or {}), on_bad_rows).cache()
     # integers exactly, decimals floored (as the embedded reader), anything else null (try_cast: ANSI mode)
@@ -140,6 +156,12 @@ def prepare_log_spark(
     }
     n_legal = legal.count()
     clean["dropped_illegal_timestamp"] = int(counts["rows_in"] - clean["dropped_missing_id"] - n_legal)
+    if options.drop_duplicates:  # a repeated (user, item, second) keeps its first row in input order
+        first = Window.partitionBy("user_code", "item_code", "sec").orderBy("file", "pos")
+        legal = legal.withColumn("copy", F.row_number().over(first)).where(F.col("copy") == 1).drop("copy")
+        n_unique = legal.count()
+        clean["dropped_duplicates"] = int(n_legal - n_unique)
+        n_legal = n_unique
     if n_legal == 0:
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
     clean["timestamp_unit"] = unit
@@ -168,17 +190,19 @@ def prepare_log_spark(
         "iterative": options.iterative_kcore,
         "passes": passes,
     }
+    report = {"format": fmt, "engine": "spark", "master": master, "files": [str(f) for f in files], "layout": layout}
+    if layout == "parquet":
+        n_kept = kept.count()
+        _check_kept(n_kept, n_legal, options, name)
+        clean["dropped_by_filter"] = int(n_legal - n_kept)
+        common = dict(clean=clean, options=options, seed=seed, name=name, meta=meta, unit=unit, read_report=report)
+        return _assemble_in_spark(spark, rows, kept, users, items, n_kept, **common)
     table = kept.orderBy("file", "pos").select("user_code", "item_code", "sec", "ts").toArrow()
     clean["dropped_by_filter"] = int(n_legal - table.num_rows)
-    if table.num_rows == 0:
-        raise EmptyDatasetError(
-            f"{name or 'dataset'}: nothing left after the filter (min_item_count={options.min_item_count}, "
-            f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); {n_legal} rows before"
-        )
+    _check_kept(table.num_rows, n_legal, options, name)
     user_vocab = _vocabulary(users, "user")
     item_vocab = _vocabulary(items, "item")
     category_of_item = _first_categories(rows, kept, len(item_vocab))
-    report = {"format": fmt, "engine": "spark", "master": master, "files": [str(f) for f in files]}
     return assemble(
         table.column("user_code").to_numpy().astype(np.int64),
         table.column("item_code").to_numpy().astype(np.int64),
@@ -197,6 +221,150 @@ def prepare_log_spark(
         unit=unit,
         read_report=report,
     )
+
+
+def _check_kept(n_kept: int, n_legal: int, options: PrepareOptions, name: str | None) -> None:
+    if n_kept == 0:
+        raise EmptyDatasetError(
+            f"{name or 'dataset'}: nothing left after the filter (min_item_count={options.min_item_count}, "
+            f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); {n_legal} rows before"
+        )
+
+
+@dataclass
+class SparkPreparedLog:
+    """A prepared log still in Spark (``layout = "parquet"``): ``save`` has the executors write the interactions
+    and users as Parquet datasets; the driver holds only per-item arrays and the per-split counts."""
+
+    interactions: Any  # DataFrame (user, item, timestamp, position, split)
+    users: Any  # DataFrame (user, original_id, split, history_len)
+    item_original_ids: np.ndarray
+    item_categories: np.ndarray | None
+    meta: dict[str, Any]
+    n_users: int
+    sizes: dict[str, dict[str, int]]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_original_ids) - 1
+
+    def split_sizes(self) -> dict[str, dict[str, int]]:
+        return self.sizes
+
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the folder atomically (built under a temporary name, then renamed); the path must be one the
+        driver and the executors share (a local path with ``local[N]``)."""
+        path = Path(path)
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            self.interactions.write.partitionBy("split").parquet(str(tmp / "interactions"))
+            self.users.write.parquet(str(tmp / "users"))
+            write_items_and_meta(
+                tmp, self.item_original_ids, self.item_categories, self.meta, self.n_users, self.sizes, "parquet"
+            )
+        return path
+
+
+def _assemble_in_spark(
+    spark: Any,
+    rows: Any,
+    kept: Any,
+    users: Any,
+    items: Any,
+    n_kept: int,
+    *,
+    clean: dict[str, Any],
+    options: PrepareOptions,
+    seed: int,
+    name: str | None,
+    meta: dict[str, Any],
+    unit: str,
+    read_report: Any,
+) -> SparkPreparedLog:
+    """Steps 3-7 of :func:`mirec.data.prepare.assemble` as a Spark job: the rows stay in Spark; per-user counts
+    (16 bytes a user) and per-item counts come to the driver, which draws the split and ranks the items with the
+    embedded engine's own functions, so the result is the same dataset."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    per_user = kept.groupBy("user_code").count().toArrow()
+    order = np.argsort(per_user.column("user_code").to_numpy())
+    user_codes = per_user.column("user_code").to_numpy()[order]
+    lengths = per_user.column("count").to_numpy()[order].astype(np.int64)
+    n_users = len(user_codes)  # internal users 0..U-1 in code (first-appearance) order, as the embedded engine
+    split_of_user = split_of_users(n_users, options.split_ratios, seed)
+    for code, split_name in enumerate(SPLITS):
+        if not (split_of_user == code).any():
+            raise EmptyDatasetError(f"{name or 'dataset'}: the {split_name} split has no user ({n_users} users in all)")
+    history_len = (lengths * options.history_ratio).astype(np.int64)  # PIMI data_iterator: k = int(len*0.8)
+    split_names = np.asarray(SPLITS, dtype=object)[split_of_user]
+    user_table = spark.createDataFrame(
+        pa.table(
+            {
+                "user_code": user_codes,
+                "user_id": np.arange(n_users, dtype=np.int64),
+                "split": pa.array(split_names, pa.string()),
+                "history_len": history_len,
+            }
+        )
+    )
+    by_time = Window.partitionBy("user_code").orderBy("ts", "file", "pos")  # ties keep input order
+    sequences = (
+        kept.select("user_code", "item_code", "sec", "ts", "file", "pos")
+        .join(user_table, "user_code")
+        .withColumn("position", F.row_number().over(by_time) - 1)
+    )
+    is_train_row = (F.col("split") == SPLITS[0]) | (F.col("position") < F.col("history_len"))
+    counts = (
+        sequences.groupBy("item_code")
+        .agg(F.count("*").alias("rows"), F.sum(is_train_row.cast("long")).alias("train"))
+        .toArrow()
+    )
+    item_vocab = _vocabulary(items, "item")
+    row_counts = np.zeros(len(item_vocab), dtype=np.int64)
+    train_counts = np.zeros(len(item_vocab), dtype=np.int64)
+    codes = counts.column("item_code").to_numpy()
+    row_counts[codes] = counts.column("rows").to_numpy()
+    train_counts[codes] = counts.column("train").to_numpy()
+    ordered_codes, _ = popularity_ids(row_counts, train_counts)
+    item_table = spark.createDataFrame(
+        pa.table({"item_code": ordered_codes, "item_id": np.arange(1, len(ordered_codes) + 1, dtype=np.int64)})
+    )
+    interactions = sequences.join(item_table, "item_code").select(
+        F.col("user_id").alias("user"),
+        F.col("item_id").alias("item"),
+        F.col("sec").alias("timestamp"),
+        "position",
+        "split",
+    )
+    user_rows = users.join(user_table, "user_code").select(
+        F.col("user_id").alias("user"), F.col("user").alias("original_id"), "split", "history_len"
+    )
+    item_categories, category_names = compact_categories(_first_categories(rows, kept, len(item_vocab)), ordered_codes)
+    item_original = np.empty(len(ordered_codes) + 1, dtype=object)
+    item_original[0] = ""
+    item_original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
+    sizes = {
+        split_name: {
+            "users": int((split_of_user == code).sum()),
+            "interactions": int(lengths[split_of_user == code].sum()),
+        }
+        for code, split_name in enumerate(SPLITS)
+    }
+    dataset_meta = prepared_meta(
+        meta,
+        clean,
+        n_rows=n_kept,
+        n_users=n_users,
+        n_items=len(ordered_codes),
+        split_given=False,
+        category_names=category_names,
+        options=options,
+        seed=seed,
+        name=name,
+        unit=unit,
+        read_report=read_report,
+    )
+    return SparkPreparedLog(interactions, user_rows, item_original, item_categories, dataset_meta, n_users, sizes)
 
 
 def _first_categories(rows: Any, kept: Any, n_items: int) -> tuple[np.ndarray, pa.Array] | None:
@@ -220,11 +388,13 @@ def _first_categories(rows: Any, kept: Any, n_items: int) -> tuple[np.ndarray, p
     return item_cat, _vocabulary(codes, "category")
 
 
-def prepare_with_spark(inputs: Any, fmt: str, output: Any, *, spark_master: str = "local[2]", **options: Any) -> Any:
+def prepare_with_spark(
+    inputs: Any, fmt: str, output: Any, *, spark_master: str = "local[2]", layout: str = "arrays", **options: Any
+) -> Any:
     """:func:`mirec.data.prepare.prepare` (same checks, lock, atomic folder) with this module's Spark front end."""
 
     def frontend(files: list[Path], fmt: str, **kw: Any) -> Any:
-        return prepare_log_spark(files, fmt, master=spark_master, **kw)
+        return prepare_log_spark(files, fmt, master=spark_master, layout=layout, **kw)
 
     return prepare(inputs, fmt, output, frontend=frontend, **options)
 
@@ -235,4 +405,4 @@ def _vocabulary(codes: Any, column: str) -> pa.Array:
     return table.column(column).combine_chunks().cast(pa.string())
 
 
-__all__ = ["prepare_log_spark", "prepare_with_spark", "SPARK_FORMATS"]
+__all__ = ["prepare_log_spark", "prepare_with_spark", "SparkPreparedLog", "LAYOUTS", "SPARK_FORMATS"]
