@@ -60,6 +60,7 @@ NEW_OPTION_DEFAULTS = {
     "graph.spark_master": "local[2]",
 }
 NEW_GEMIREC_DEFAULTS = {"model.base": "none", "model.generative": True}
+NEW_GIMIREC_DEFAULTS = {"model.time_scale": 1.0}
 
 
 def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
@@ -87,7 +88,8 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
         for section, values in expected.items():  # options added since keep their defaults (checked below)
             assert {k: got[section][k] for k in values} == values, pair
         added = {f"{s}.{k}": v for s, vs in got.items() for k, v in vs.items() if k not in expected[s]}
-        assert added == NEW_OPTION_DEFAULTS | (NEW_GEMIREC_DEFAULTS if model == "gemirec" else {}), pair
+        per_model = {"gemirec": NEW_GEMIREC_DEFAULTS, "gimirec": NEW_GIMIREC_DEFAULTS}.get(model, {})
+        assert added == NEW_OPTION_DEFAULTS | per_model, pair
 
 
 def test_the_option_registry_and_the_model_registry_name_the_same_models():

@@ -47,7 +47,7 @@ def slow_gimirec(model: GIMIRec, batch: Batch, A: torch.Tensor | None = None) ->
     e_global = (A @ model.item_embedding.weight)[batch.items] * m  # Eq. 7, 11
     T = torch.from_numpy(slow_interval_matrix(batch.days.numpy(), mask.sum(1).long().numpy(), model.config.time_span))
     e_time = slow_time_attention(model.time_attention, T, mask)  # Eq. 8-10
-    hybrid = (e_time + e_global) * m  # Eq. 12
+    hybrid = (model.config.time_scale * e_time + e_global) * m  # Eq. 12 (time_scale 1 in the paper)
     center = hybrid.sum(1) / mask.sum(1, keepdim=True)  # Eq. 13 (over the real items)
     E, _ = slow_star_graph(model.star_graph, hybrid, center, e_global, mask)  # Eq. 14-19
     ex = model.extractor
@@ -67,6 +67,19 @@ def test_shapes_and_slow_reference():
     assert interests.shape == (4, 3, 16) and center.shape == (4, 16)
     torch.testing.assert_close(E, ref_E, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(interests, ref_interests, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("time_scale", [0.25, 0.0])
+def test_time_scale_weights_the_time_interval_representation_and_zero_ignores_the_days(time_scale):
+    model = make_model(time_scale=time_scale).eval()
+    batch = random_batch(4, 6, 30, seed=11)
+    with torch.no_grad():
+        interests = model(batch)
+        _, ref_interests = slow_gimirec(model, batch)
+        batch.days = batch.days * 3  # other intervals: only the time-interval representation can see them
+        moved = model(batch)
+    torch.testing.assert_close(interests, ref_interests, rtol=1e-5, atol=1e-6)
+    assert torch.equal(interests, moved) == (time_scale == 0.0)
 
 
 def test_interests_are_attention_over_aggregation_output():

@@ -265,6 +265,13 @@ class GIMIRecConfig(ModelConfig):
     # Values the interest attention S2 is applied to: "aggregated" = the star-graph output E (Eq. 21, the paper);
     # "embedding" = the E_global rows, as PIMI_Rec applies its attention to the raw item vectors (a deviation).
     interest_values: Literal["aggregated", "embedding"] = "aggregated"
+    # Weight of E_time in Eq. 12 (E_hyb = time_scale * E_time + E_global): 1 = the paper; 0 = no time-interval
+    # representation (an ablation); below 1 offsets E_time's ~27x larger norm at initialisation [OURS]
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(math.isfinite(self.time_scale) and self.time_scale >= 0, "time_scale", "a finite number >= 0")
 
     def check_with(self, run: RunConfig) -> None:
         # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip

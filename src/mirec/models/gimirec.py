@@ -66,9 +66,12 @@ class GIMIRec(MultiInterestModel):
         e_global = (
             self.embed_items(items) if rows is None else rows
         ) * m  # E^u_global rows (Eq. 11); padding zeroed as PIMI_Rec
-        intervals = time_interval_matrix(batch.days, mask, self.config.time_span)  # Eq. 8
-        e_time = self.time_attention(intervals, mask)  # E_time = S1 T' (Eq. 9-10)
-        hybrid = e_time + e_global  # Eq. 12
+        if self.config.time_scale != 0.0:
+            intervals = time_interval_matrix(batch.days, mask, self.config.time_span)  # Eq. 8
+            e_time = self.time_attention(intervals, mask)  # E_time = S1 T' (Eq. 9-10)
+            hybrid = self.config.time_scale * e_time + e_global  # Eq. 12 (time_scale 1)
+        else:
+            hybrid = e_global
         if self.position_embedding is not None:
             hybrid = hybrid + self.position_embedding.weight[:length]
         hybrid = hybrid * m
