@@ -394,3 +394,46 @@ def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+def write_partitioned_log(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A Hive-partitioned Parquet folder (month=.../part-*.parquet, plus _SUCCESS and hidden staging litter) and one
+    Parquet file with the same rows in the folder's reading order (partition folders sorted, then files)."""
+    import pyarrow.parquet as pq
+
+    log = synthetic_log(120, 60, 1500, seed=seed, n_clusters=5)
+    table = pa.table(
+        {"user": log.user.astype(str), "item": log.item.astype(str), "timestamp": log.timestamp}
+    ).append_column("month", pa.array((log.timestamp // (30 * 86400)) % 3))
+    parts = []
+    for month in range(3):
+        part = table.filter(pa.compute.equal(table.column("month"), month)).drop(["month"])
+        for index, piece in enumerate((part.slice(0, part.num_rows // 2), part.slice(part.num_rows // 2))):
+            target = folder / "log" / f"month={month}" / f"part-{index:05d}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(piece, target)
+            (target.parent / f".part-{index:05d}.parquet.inprogress").write_bytes(b"\0")  # hidden staging file
+            parts.append(piece)
+    (folder / "log" / "_SUCCESS").write_text("")
+    pq.write_table(pa.concat_tables(parts), folder / "flat.parquet")
+    return folder / "log", folder / "flat.parquet"
+
+
+def test_a_partitioned_parquet_folder_reads_as_its_files_in_order(tmp_path):
+    from mirec.data.readers import input_files
+
+    partitioned, flat = write_partitioned_log(tmp_path)
+    files = input_files([partitioned])
+    assert [f.relative_to(partitioned).as_posix() for f in files] == [
+        f"month={m}/part-{i:05d}.parquet" for m in range(3) for i in range(2)
+    ]
+    prepare(partitioned, "parquet", tmp_path / "a", options=PrepareOptions(2, 2))
+    prepare(flat, "parquet", tmp_path / "b", options=PrepareOptions(2, 2))
+    a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
+    for s in ("train", "valid", "test"):
+        assert np.array_equal(a.split(s).items, b.split(s).items) and np.array_equal(a.split(s).users, b.split(s).users)
+    assert a.item_original_ids.tolist() == b.item_original_ids.tolist()
+    assert len(a.meta["sources"]) == 6
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no data file"):
+        input_files([tmp_path / "empty"])

@@ -137,3 +137,14 @@ def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kc
         assert spark.item_categories is not None
         dropped = spark.meta["clean"].get("dropped_duplicates")
         assert dropped > 0 if dedupe else dropped is None
+
+
+def test_spark_reads_a_partitioned_parquet_folder_as_the_embedded_engine(tmp_path):
+    from mirec.data.prepare import PrepareOptions, prepare
+    from mirec.data.spark_prepare import prepare_with_spark
+    from tests.test_prepare import write_partitioned_log
+
+    partitioned, _ = write_partitioned_log(tmp_path)
+    prepare(partitioned, "parquet", tmp_path / "embedded", name="p", options=PrepareOptions(2, 2))
+    prepare_with_spark(partitioned, "parquet", tmp_path / "spark", name="p", options=PrepareOptions(2, 2))
+    same_prepared(tmp_path / "embedded", tmp_path / "spark")

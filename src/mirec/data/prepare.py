@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, is_prepared_dataset
-from mirec.data.readers import Interactions, read_interactions
+from mirec.data.readers import Interactions, input_files, read_interactions
 from mirec.utils import exclusive_lock, sha256_file
 
 DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
@@ -560,12 +560,8 @@ def prepare(
         t0 = time.perf_counter()
         log = None if frontend else read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
         t1 = time.perf_counter()
-        sources = []
-        for path in paths:
-            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            sources.extend(
-                {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
-            )
+        files = input_files(paths)
+        sources = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
         meta = {
             "name": name,
             "format": fmt,

@@ -752,6 +752,28 @@ def _merge_reports(files: list[dict[str, Any]], fmt: str, **extra: Any) -> dict[
     }
 
 
+def input_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files behind the inputs, in reading order: a file as given; a folder (a partitioned dataset too)
+    as every file beneath it sorted by relative path, skipping names that start with "." or "_" (Spark's and
+    Hive's _SUCCESS, .crc and staging files). Partition values in folder names are not read."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(
+            f
+            for f in path.rglob("*")
+            if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)
+        )
+        if not found:
+            raise FileNotFoundError(f"input folder {path} holds no data file")
+        files.extend(found)
+    return files
+
+
 def read_interactions(
     inputs: Sequence[str | Path] | str | Path, fmt: str, *, on_bad_rows: str = "error", **reader_options: Any
 ) -> Interactions:
@@ -770,9 +792,7 @@ def read_interactions(
     reader = FILE_READERS[fmt]
     tables = []
     reports = []
-    for path in paths:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; format {fmt!r} expects files")
+    for path in input_files(paths):
         table, report = reader(path, on_bad_rows=on_bad_rows, **reader_options)
         tables.append(table)
         reports.append(report)
