@@ -97,6 +97,13 @@ def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tm
         folder = tmp_path / "spark"
         assert (folder / "interactions" / "split=valid").is_dir() and (folder / "users").is_dir()
         assert not list(folder.glob("*.npy"))
+        # the graph read by the executors from that folder equals the embedded build from the embedded folder
+        from mirec.data.dataset import load_dataset
+
+        embedded = build_global_context(load_dataset(tmp_path / "embedded"), GraphConfig()).to_scipy()
+        spark = build_global_context(load_dataset(folder), GraphConfig(engine="spark")).to_scipy()
+        assert embedded.nnz == spark.nnz and np.array_equal(embedded.indices, spark.indices)
+        np.testing.assert_allclose(spark.data, embedded.data, rtol=2e-6)
 
 
 def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kcore(tmp_path):

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mirec.config import GraphConfig
+from mirec.graph.gce import SECONDS_PER_DAY
 
 
 def spark_session(master: str) -> Any:
@@ -44,12 +45,9 @@ def build_cooccurrence_spark(
     indptr: np.ndarray, items: np.ndarray, timestamps_days: np.ndarray, n_items: int, config: GraphConfig
 ) -> sp.csr_matrix:
     """Spark twin of ``build_cooccurrence``: normalised A as a float32 CSR matrix of shape (n_items+1)^2."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    from mirec.graph.gce import _check_config
 
-    from mirec.graph.gce import DT_TOLERANCE_DAYS, _check_config
-
-    hop_weights = _check_config(config)
+    _check_config(config)  # a bad option fails before Spark starts
     indptr = np.asarray(indptr, dtype=np.int64)
     lengths = np.diff(indptr)
     table = pa.table(
@@ -61,45 +59,75 @@ def build_cooccurrence_spark(
         }
     )
     spark = spark_session(config.spark_master)
-    l_time = float(config.l_time)
     with tempfile.TemporaryDirectory(prefix="mirec-gce-") as tmp:
         pq.write_table(table, Path(tmp) / "sequences.parquet")
-        frame = spark.read.parquet(str(Path(tmp) / "sequences.parquet"))
-        order = Window.partitionBy("seq").orderBy("pos")
-        parts = [spark.range(n_items + 1).select(F.col("id").alias("u"), F.col("id").alias("v"), F.lit(1.0).alias("w"))]
-        for k, weight in enumerate(hop_weights, start=1):  # Eq. 1-4, one hop at a time
-            pairs = frame.select(
-                F.col("item").alias("u"),
-                F.lead("item", k).over(order).alias("v"),
-                (F.lead("days", k).over(order) - F.col("days")).alias("dt"),
-            ).where(F.col("v").isNotNull())
-            if config.use_threshold:
-                pairs = pairs.where(F.col("dt") <= l_time + DT_TOLERANCE_DAYS)
-            if not config.self_pairs:
-                pairs = pairs.where(F.col("u") != F.col("v"))
-            if config.count_pairs:  # Eq. 2, the interval normalised to [0, 1]
-                clipped = F.least(F.greatest((F.lit(l_time) - F.col("dt")) / l_time, F.lit(0.0)), F.lit(1.0))
-                pairs = pairs.withColumn("p", F.lit(config.a) * clipped + F.lit(config.b))
-            else:
-                pairs = pairs.withColumn("p", F.lit(1.0))
-            q = pairs.groupBy("u", "v").agg(F.sum("p").alias("q")).where(F.col("q") != 0)  # Eq. 3
-            if not config.count_pairs:
-                q = q.withColumn("q", F.lit(1.0))  # GIMIRec-IN: presence of the pair
-            if weight == 0.0:
-                continue
-            scaled = q.select("u", "v", (F.col("q") * weight).alias("w"))
-            parts += [scaled, scaled.select(F.col("v").alias("u"), F.col("u").alias("v"), "w")]  # q + q^T
-        a_prime = parts[0]
-        for part in parts[1:]:
-            a_prime = a_prime.unionByName(part)
-        a_prime = a_prime.groupBy("u", "v").agg(F.sum("w").alias("w"))  # Eq. 5
-        degree = a_prime.groupBy("u").agg((1.0 / F.sqrt(F.sum("w"))).alias("du"))
-        normalised = (  # Eq. 6: D^-1/2 A' D^-1/2
-            a_prime.join(degree, "u")
-            .join(degree.select(F.col("u").alias("v"), F.col("du").alias("dv")), "v")
-            .select("u", "v", (F.col("w") * F.col("du") * F.col("dv")).alias("a"))
-        )
-        result = _to_arrow(normalised)
+        return _cooccurrence(spark, spark.read.parquet(str(Path(tmp) / "sequences.parquet")), n_items, config)
+
+
+def cooccurrence_from_parquet_layout(folder: str | Path, n_items: int, config: GraphConfig) -> sp.csr_matrix:
+    """The same matrix straight from a ``layout = "parquet"`` prepared folder: the executors read
+    ``interactions/`` and keep the training users' whole sequences and the valid/test users' history parts
+    (position < history_len), so no sequence passes through the driver."""
+    from pyspark.sql import functions as F
+
+    spark = spark_session(config.spark_master)
+    rows = spark.read.parquet(str(Path(folder) / "interactions"))
+    cuts = spark.read.parquet(str(Path(folder) / "users")).select("user", "history_len")
+    context = rows.join(cuts, "user").where((F.col("split") == "train") | (F.col("position") < F.col("history_len")))
+    first = context.agg(F.min("timestamp")).first()[0] or 0  # days from the earliest context row, as the embedded
+    frame = context.select(
+        F.col("user").alias("seq"),
+        F.col("position").alias("pos"),
+        "item",
+        ((F.col("timestamp") - F.lit(first)) / float(SECONDS_PER_DAY)).alias("days"),
+    )
+    return _cooccurrence(spark, frame, n_items, config)
+
+
+def _cooccurrence(spark: Any, frame: Any, n_items: int, config: GraphConfig) -> sp.csr_matrix:
+    """Eq. 1-6 over a frame of (seq, pos, item, days)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from mirec.graph.gce import DT_TOLERANCE_DAYS, _check_config
+
+    hop_weights = _check_config(config)
+    l_time = float(config.l_time)
+    order = Window.partitionBy("seq").orderBy("pos")
+    parts = [spark.range(n_items + 1).select(F.col("id").alias("u"), F.col("id").alias("v"), F.lit(1.0).alias("w"))]
+    for k, weight in enumerate(hop_weights, start=1):  # Eq. 1-4, one hop at a time
+        pairs = frame.select(
+            F.col("item").alias("u"),
+            F.lead("item", k).over(order).alias("v"),
+            (F.lead("days", k).over(order) - F.col("days")).alias("dt"),
+        ).where(F.col("v").isNotNull())
+        if config.use_threshold:
+            pairs = pairs.where(F.col("dt") <= l_time + DT_TOLERANCE_DAYS)
+        if not config.self_pairs:
+            pairs = pairs.where(F.col("u") != F.col("v"))
+        if config.count_pairs:  # Eq. 2, the interval normalised to [0, 1]
+            clipped = F.least(F.greatest((F.lit(l_time) - F.col("dt")) / l_time, F.lit(0.0)), F.lit(1.0))
+            pairs = pairs.withColumn("p", F.lit(config.a) * clipped + F.lit(config.b))
+        else:
+            pairs = pairs.withColumn("p", F.lit(1.0))
+        q = pairs.groupBy("u", "v").agg(F.sum("p").alias("q")).where(F.col("q") != 0)  # Eq. 3
+        if not config.count_pairs:
+            q = q.withColumn("q", F.lit(1.0))  # GIMIRec-IN: presence of the pair
+        if weight == 0.0:
+            continue
+        scaled = q.select("u", "v", (F.col("q") * weight).alias("w"))
+        parts += [scaled, scaled.select(F.col("v").alias("u"), F.col("u").alias("v"), "w")]  # q + q^T
+    a_prime = parts[0]
+    for part in parts[1:]:
+        a_prime = a_prime.unionByName(part)
+    a_prime = a_prime.groupBy("u", "v").agg(F.sum("w").alias("w"))  # Eq. 5
+    degree = a_prime.groupBy("u").agg((1.0 / F.sqrt(F.sum("w"))).alias("du"))
+    normalised = (  # Eq. 6: D^-1/2 A' D^-1/2
+        a_prime.join(degree, "u")
+        .join(degree.select(F.col("u").alias("v"), F.col("du").alias("dv")), "v")
+        .select("u", "v", (F.col("w") * F.col("du") * F.col("dv")).alias("a"))
+    )
+    result = _to_arrow(normalised)
     u = result.column("u").to_numpy()
     v = result.column("v").to_numpy()
     a = result.column("a").to_numpy().astype(np.float32)
@@ -117,4 +145,4 @@ def _to_arrow(frame: Any) -> pa.Table:
     return pa.table({name: [r[name] for r in rows] for name in frame.columns})
 
 
-__all__ = ["build_cooccurrence_spark", "spark_session"]
+__all__ = ["build_cooccurrence_spark", "cooccurrence_from_parquet_layout", "spark_session"]
