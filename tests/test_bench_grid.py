@@ -329,6 +329,25 @@ def test_tables_only_results_csv_has_the_swept_key_and_value(fake_grid, capsys):
     assert not (out / "plots").exists()
 
 
+def test_a_tracked_bench_mirrors_its_tables_and_plots_in_mlflow_and_tensorboard(fake_grid, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec, out = fake_grid
+    argv = ["bench", "--grid", str(spec), "--data", "ds=unused", "--output", str(out), "--tables-only", "--plots"]
+    assert cli_main([*argv, "--log", "mlflow,tensorboard"]) == 0
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")  # the grid's own store, beside its runs
+    run_id = (out / "mlflow_run.txt").read_text().strip()
+    artefacts = {a.path for a in client.list_artifacts(run_id)}
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert artefacts == {"results.md", "results.csv", *plots} and len(plots) == 4
+    assert client.get_run(run_id).data.params["seeds"] == "[1, 2]"
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == sorted(f"plots/{Path(p).stem}" for p in plots)
+
+
 def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     spec, out = fake_grid
     assert (

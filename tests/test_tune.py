@@ -134,6 +134,20 @@ def test_a_study_resumes_to_its_trial_count_and_refuses_other_arguments(data_dir
     assert "was started with other space" in capsys.readouterr().err
 
 
+def test_a_tracked_study_puts_its_trials_and_its_summary_in_one_mlflow_store(data_dir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    output = tmp_path / "study"
+    assert tune(data_dir, write_space(tmp_path / "s.toml", SPACE), output, 2, "--log", "mlflow", "--plots") == 0
+    client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mirec").experiment_id])
+    summary = (output / "mlflow_run.txt").read_text().strip()
+    assert len(runs) == 3 and summary in {r.info.run_id for r in runs}  # two trials and the study
+    artefacts = {a.path for a in client.list_artifacts(summary)}
+    assert {"best.toml", "trials.csv", "trials.md", "optimization_history.png"} <= artefacts
+
+
 def test_two_worker_processes_share_one_study(data_dir, tmp_path):
     output = tmp_path / "shared"
     assert (

@@ -320,14 +320,14 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from mirec.experiments.tune import main_tune
 
-    args.set = [*args.set, *log_overrides(args)]
+    args.set = [*args.set, *log_overrides(args, shared_store=Path(args.output))]
     main_tune(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from mirec.experiments.grid import main_bench
 
-    args.log_overrides = log_overrides(args)
+    args.log_overrides = log_overrides(args, shared_store=Path(args.output))
     main_bench(args)
 
 
@@ -601,9 +601,15 @@ def add_log_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def log_overrides(args: argparse.Namespace) -> list[str]:
+def log_overrides(args: argparse.Namespace, shared_store: Path | None = None) -> list[str]:
+    """``train.log_to`` from ``--log``; with ``shared_store`` (bench, tune) and MLflow on, the runs share one
+    SQLite store OUTPUT/mlflow.db unless a tracking URI is given (``--set train.tracking_uri``, the env)."""
     names = [name.strip() for text in getattr(args, "log", []) for name in text.split(",") if name.strip()]
-    return [f'train.log_to="{",".join(dict.fromkeys(names))}"'] if names else []
+    out = [f'train.log_to="{",".join(dict.fromkeys(names))}"'] if names else []
+    given = any(text.split("=", 1)[0].strip() in ("train.tracking_uri", "tracking_uri") for text in args.set)
+    if shared_store is not None and "mlflow" in names and not given and not os.environ.get("MLFLOW_TRACKING_URI"):
+        out.append(f'train.tracking_uri="sqlite:///{shared_store.resolve() / "mlflow.db"}"')
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

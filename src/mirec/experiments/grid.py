@@ -544,6 +544,12 @@ def main_bench(args: Any) -> None:
         ]
         written = plot_grid(records, output / "plots", k=ks[-1])
         print(f"{len(written)} plots in {output / 'plots'}", file=sys.stderr)
+    from mirec.training.tracking import mirror_summary
+
+    summary = {"datasets": {k: str(v) for k, v in datasets.items()}, "seeds": spec.seeds, "set": spec.set}
+    summary["variants"] = [f"{v.name} = {v.model}: {'; '.join(v.overrides)}" for v in variants]  # names hold [ ]
+    files = [output / "results.md", output / "results.csv", *sorted((output / "plots").glob("*.png"))]
+    mirror_summary(output, spec.set, summary, files)
     if failed:
         raise RuntimeError(
             f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})"

@@ -339,6 +339,11 @@ def write_reports(args: argparse.Namespace) -> None:
     print(f"best: trial {best.number}, valid {metric} = {best.value:.5f}, {best.params} -> {output / 'best.toml'}")
     if args.plots:
         write_plots(study, output / "plots", len(completed))
+    from mirec.training.tracking import mirror_summary
+
+    summary = {"study": args.study, "model": args.model, "trials": len(study.trials), "best": best.params}
+    files = [output / n for n in ("best.toml", "trials.csv", "trials.md")] + sorted((output / "plots").glob("*.png"))
+    mirror_summary(output, args.set, summary, files)
 
 
 def write_plots(study: Any, folder: Path, completed: int) -> list[Path]:

@@ -88,7 +88,7 @@ class Tracker:
         raise NotImplementedError
 
     def _files(self, paths: list[Path]) -> None:
-        """Only MLflow stores files; TensorBoard's mirror is the event files themselves."""
+        """Only MLflow stores files; TensorBoard shows the PNG plots among them as images."""
 
     def _close(self) -> None:
         raise NotImplementedError
@@ -113,6 +113,15 @@ class TensorBoardTracker(Tracker):
     def _final(self, values: dict[str, float]) -> None:
         for name, value in values.items():
             self.writer.add_scalar(f"final/{name}", value, 0)
+        self.writer.flush()
+
+    def _files(self, paths: list[Path]) -> None:
+        import matplotlib.image
+
+        for path in paths:
+            if path.suffix == ".png":
+                image = matplotlib.image.imread(path)[..., :3]  # RGBA PNG -> RGB
+                self.writer.add_image(f"plots/{path.stem}", image, 0, dataformats="HWC")
         self.writer.flush()
 
     def _close(self) -> None:
@@ -203,4 +212,36 @@ class Trackers:
             t.close()
 
 
-__all__ = ["Trackers", "TensorBoardTracker", "MLflowTracker", "parse_log_to", "TRACKERS"]
+def tracking_settings(overrides: list[str]) -> dict[str, str]:
+    """(log_to, uri, experiment) as the ``--set train.*`` overrides of a bench grid or a study give them."""
+    from mirec.config import parse_override
+
+    found = {"log_to": "", "tracking_uri": "", "tracking_experiment": ""}
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) == 2 and keys[0] == "train" and keys[1] in found:
+            found[keys[1]] = str(value)
+    return found
+
+
+def mirror_summary(folder: Path, overrides: list[str], params: Mapping[str, Any], files: list[Path]) -> None:
+    """One tracker run for a bench grid or a tuning study (beside its runs): the spec as parameters, the tables
+    and the plots as files (MLflow artefacts; PNGs as TensorBoard images). Nothing when tracking is off."""
+    settings = tracking_settings(overrides)
+    trackers = Trackers(settings["log_to"], settings["tracking_uri"], settings["tracking_experiment"])
+    if not trackers:
+        return
+    trackers.start(folder, params, resumed=True)  # a re-run continues the folder's tracker run
+    trackers.final({}, files)
+    trackers.close()
+
+
+__all__ = [
+    "Trackers",
+    "mirror_summary",
+    "tracking_settings",
+    "TensorBoardTracker",
+    "MLflowTracker",
+    "parse_log_to",
+    "TRACKERS",
+]
