@@ -113,6 +113,18 @@ def test_the_parquet_layout_is_refused_without_the_spark_engine(tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_drop_duplicates_on_the_command_line(tmp_path, capsys):
+    from mirec.data.dataset import load_dataset
+
+    rows = [f"u{u}\ti{i}\t{1300000000 + 86400 * i}" for u in range(6) for i in range(6)]
+    log = tmp_path / "log.tsv"
+    log.write_text("user_id\titem_id\ttimestamp\n" + "\n".join(rows + rows[:3]) + "\n")  # 3 repeated rows
+    for flag, dropped in (([], None), (["--drop-duplicates"], 3)):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["prepare", str(log), "--format", "csv", "--output", str(out), *flag]) == 0
+        assert load_dataset(out).meta["clean"].get("dropped_duplicates") == dropped
+
+
 def test_unknown_model_and_missing_data_are_clear_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "dnn", "--output", str(tmp_path / "r")]) == 1
     assert "no such prepared folder" in capsys.readouterr().err

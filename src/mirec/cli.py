@@ -24,6 +24,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         iterative_kcore=args.kcore,
         min_timestamp=args.min_timestamp,
         max_timestamp=args.max_timestamp,
+        drop_duplicates=args.drop_duplicates,
     )
     reader_options: dict[str, Any] = {}
     for text in args.reader_option:
@@ -376,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1230, help="user-split seed (ComiRec uses 1230)")
     p.add_argument("--min-count", type=int, default=5, help="keep items, then users, with >= N interactions")
     p.add_argument("--kcore", action="store_true", help="iterate the filter to a true k-core (ComiRec: one pass)")
+    p.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="drop repeated (user, item, second) rows, keeping the first (ComiRec keeps them)",
+    )
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)
     p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy, pv,cart or all")
