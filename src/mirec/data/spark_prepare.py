@@ -129,7 +129,7 @@ def prepare_log_spark(
         ),
     )
     users, items = _codes(rows, "user"), _codes(rows, "item")
-    coded = rows.join(users, "user", "left").join(items, "item", "left")
+    coded = rows.join(users, "user", "left").join(items, "item", "left").cache()  # read by four aggregations
     missing_id = F.col("user_code").isNull() | F.col("item_code").isNull()
     illegal = F.col("ts").isNull() | (F.col("ts") <= 0)
     counts = coded.agg(
@@ -150,6 +150,7 @@ def prepare_log_spark(
         legal = legal.where(F.col("sec") >= options.min_timestamp)
     if options.max_timestamp is not None:
         legal = legal.where(F.col("sec") <= options.max_timestamp)
+    legal = legal.select("user_code", "item_code", "ts", "sec", "file", "pos", "category").cache()
     clean: dict[str, Any] = {
         "rows_in": int(counts["rows_in"]),
         "dropped_missing_id": int(counts["missing"] or 0),

@@ -11,6 +11,7 @@ picks the cluster (``local[2]`` by default; ``spark://HOST:7077``, ``yarn``, ...
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,29 @@ from mirec.config import GraphConfig
 from mirec.graph.gce import SECONDS_PER_DAY
 
 
+def local_driver_memory(master: str) -> str | None:
+    """The driver heap for a ``local[...]`` master, where the driver is also the executor: MIREC_SPARK_DRIVER_MEMORY,
+    else half the machine's memory (at most 32g); None (Spark's own setting) for a cluster master or when
+    SPARK_DRIVER_MEMORY is set. Spark's default, 1g, makes a few million rows spill and crawl."""
+    if not master.startswith("local") or os.environ.get("SPARK_DRIVER_MEMORY"):
+        return None
+    if os.environ.get("MIREC_SPARK_DRIVER_MEMORY"):
+        return os.environ["MIREC_SPARK_DRIVER_MEMORY"]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1, min(32, total // 2**31))}g"
+
+
 def spark_session(master: str) -> Any:
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise ImportError('graph.engine = "spark" needs PySpark: pip install "mirec[spark]"') from None
+    builder = SparkSession.builder
+    memory = local_driver_memory(master)
+    if memory:
+        builder = builder.config("spark.driver.memory", memory)  # read only when this call starts the JVM
     spark = (
-        SparkSession.builder.master(master)
+        builder.master(master)
         .appName("mirec-global-context")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")  # no stage bars over mirec's own output
