@@ -513,3 +513,22 @@ def test_thread_share_follows_the_cpu_affinity_not_the_machine(monkeypatch):
     assert usable_cpus() == 3
     monkeypatch.delattr("os.sched_getaffinity", raising=False)
     assert usable_cpus() == 16
+
+
+def test_bench_threads_reach_every_cell_and_default_to_the_cores_shared_by_the_jobs(monkeypatch, tmp_path):
+    import mirec.experiments.grid as grid
+
+    seen: list[int] = []
+
+    def fake_cell(cell, common, budget, threads, config):
+        seen.append(threads)
+        return {"ok": True, "cell": str(cell.run_dir), "seconds": 0.0, "reason": ""}
+
+    monkeypatch.setattr(grid, "run_cell", fake_cell)
+    monkeypatch.setattr(grid, "usable_cpus", lambda: 8)
+    cells = grid.plan(tmp_path, {"ds": "x"}, [grid.Variant("a", "dnn", [])], [1, 2])
+    grid.run_grid(cells, [], 0.0, 2, tmp_path)
+    assert seen == [4, 4]  # 8 cores shared by 2 jobs
+    seen.clear()
+    grid.run_grid(cells, [], 0.0, 2, tmp_path, threads=1)  # `mirec bench --threads 1`
+    assert seen == [1, 1]

@@ -328,11 +328,19 @@ def usable_cpus() -> int:
 
 
 def run_grid(
-    cells: list[Cell], common: list[str], budget_minutes: float, jobs: int, output: Path, config: str = ""
+    cells: list[Cell],
+    common: list[str],
+    budget_minutes: float,
+    jobs: int,
+    output: Path,
+    config: str = "",
+    threads: int | None = None,
 ) -> list[dict]:
+    """Train the cells not done yet, ``jobs`` at a time, each with ``threads`` CPU threads (default: the usable
+    CPUs shared out among the jobs; more threads than cores makes OpenMP's spinning threads crawl)."""
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
-    threads = max(1, usable_cpus() // max(jobs, 1))
+    threads = threads or max(1, usable_cpus() // max(jobs, 1))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda c: run_cell(c, common, budget_minutes, threads, config), todo))
     failures = [r for r in results if not r["ok"]]
@@ -518,7 +526,8 @@ def main_bench(args: Any) -> None:
             ],
         }
         atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
-        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output, spec.config)
+        threads = getattr(args, "threads", None)  # `mirec bench --threads N`: each cell's, not only this process's
+        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output, spec.config, threads)
         failed = [r for r in results if not r["ok"]]
     rows = collect(cells)
     write_csv(rows, output / "results.csv")
