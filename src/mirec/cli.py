@@ -288,8 +288,8 @@ def cmd_models(args: argparse.Namespace) -> None:
                 **{name: get_model_class(name).paper for name in MODEL_PATHS},
                 "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
                 "most accurate measured": "comirec-sa+gc (ComiRec-SA on GIMIRec's global context): recall@50 0.1696 "
-                "Grocery (ComiRec split), 0.1626 Beauty, 0.1711 Yelp-B; GIMIRec 0.1527 / "
-                "0.1296 / 0.1412 (docs/results.md 4, 4b)",
+                "Grocery (ComiRec split), 0.1626 Beauty, 0.1711 Yelp-B; then GIMIRec's preset 0.1635 / 0.1587 / "
+                "0.1674 and pimi+gc 0.1630 / 0.1546 / 0.1652 (3 seeds; docs/results.md 4, 4b, 12c)",
             }
         )
         return
