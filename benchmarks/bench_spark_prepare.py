@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_prepare import books_like_shape
+from bench_support import describe_machine, machine_info
 
 from mirec.data.dataset import SPLITS, load_dataset
 from mirec.data.synthetic import write_synthetic_csv
@@ -33,10 +34,6 @@ ENGINES = {
     "spark (arrays)": ["--engine", "spark", "--layout", "arrays"],
     "spark (parquet)": ["--engine", "spark", "--layout", "parquet"],
 }
-
-
-def books_like_shape(rows: int) -> tuple[int, int]:
-    return max(1, rows // 15), max(10, rows * 370 // 9000)
 
 
 def _children() -> dict[int, list[int]]:
@@ -113,10 +110,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated logs and prepared folders")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(
-        f"machine: {platform.platform()} | cpu_count={os.cpu_count()} | python {platform.python_version()} | "
-        f"spark master {args.master}"
-    )
+    print(f"{describe_machine(machine_info())} | spark master {args.master}")
     results: list[tuple[int, str, dict[str, float]]] = []
     try:
         for rows in [int(r) for r in args.memory_rows.split(",") if r]:

@@ -612,7 +612,9 @@ def log_overrides(args: argparse.Namespace, shared_store: Path | None = None) ->
     SQLite store OUTPUT/mlflow.db unless a tracking URI is given (``--set train.tracking_uri``, the env)."""
     names = [name.strip() for text in getattr(args, "log", []) for name in text.split(",") if name.strip()]
     out = [f'train.log_to="{",".join(dict.fromkeys(names))}"'] if names else []
-    given = any(text.split("=", 1)[0].strip() in ("train.tracking_uri", "tracking_uri") for text in args.set)
+    from mirec.config import parse_override
+
+    given = any(parse_override(text)[0][-1] == "tracking_uri" for text in args.set)
     if shared_store is not None and "mlflow" in names and not given and not os.environ.get("MLFLOW_TRACKING_URI"):
         out.append(f'train.tracking_uri="sqlite:///{shared_store.resolve() / "mlflow.db"}"')
     return out

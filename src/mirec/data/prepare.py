@@ -272,32 +272,79 @@ def prepare_log(
         }
     clean["dropped_by_filter"] = int(keep.sum() - kept_rows.sum())
     rows = np.flatnonzero(kept_rows)
-    if len(rows) == 0:
+    check_kept(len(rows), int(keep.sum()), options, name)
+    user, item, ts, ts_raw = user[rows], item[rows], ts[rows], ts_raw[rows]
+    category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
+    record = PreparationRecord(meta, clean, options, seed, name, unit, log.report)
+    return assemble(user, item, ts, ts_raw, rows, user_vocab, item_vocab, category_of_item, file_split, record)
+
+
+def check_kept(n_kept: int, n_before: int, options: PrepareOptions, name: str | None) -> None:
+    """The k-core filter must leave a row (both engines)."""
+    if n_kept == 0:
         raise EmptyDatasetError(
             f"{name or 'dataset'}: nothing left after the filter (min_item_count={options.min_item_count}, "
             f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); "
-            f"{int(keep.sum())} rows before filtering"
+            f"{n_before} rows before filtering"
         )
-    user, item, ts, ts_raw = user[rows], item[rows], ts[rows], ts_raw[rows]
-    category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
-    return assemble(
-        user,
-        item,
-        ts,
-        ts_raw,
-        rows,
-        user_vocab,
-        item_vocab,
-        category_of_item,
-        file_split,
-        clean=clean,
-        options=options,
-        seed=seed,
-        name=name,
-        meta=meta,
-        unit=unit,
-        read_report=log.report,
-    )
+
+
+@dataclass
+class PreparationRecord:
+    """What a preparation reports beside its counts, carried from the engine's front end to meta.json: the
+    caller's meta (sources, reader options), the cleaning report being filled, the options, the split seed, the
+    dataset name, the timestamp unit and the reader's report."""
+
+    meta: dict[str, Any] | None
+    clean: dict[str, Any]
+    options: PrepareOptions
+    seed: int
+    name: str | None
+    unit: str
+    read_report: Any
+
+    def meta_json(
+        self, *, n_rows: int, n_users: int, n_items: int, split_given: bool, category_names: list[str] | None
+    ) -> dict[str, Any]:
+        """meta.json's report of the preparation (both engines, both layouts)."""
+        options, clean = self.options, self.clean
+        clean.update(
+            rows_out=int(n_rows),
+            n_users=int(n_users),
+            n_items=int(n_items),
+            split="given (pre-split input)"
+            if split_given
+            else {"seed": self.seed, "ratios": list(options.split_ratios)},
+            history_ratio=options.history_ratio,
+            popularity="training only (train users + valid/test history parts)",
+            n_categories=None if category_names is None else len(category_names),
+        )
+        dataset_meta = dict(self.meta or {})
+        dataset_meta.update(
+            name=self.name or dataset_meta.get("name") or "dataset",
+            options=dataclasses.asdict(options),
+            seed=self.seed,
+            timestamp_unit=self.unit,
+            read=self.read_report,
+            clean=clean,
+            n_interactions=int(n_rows),
+        )
+        if category_names is not None:
+            dataset_meta["category_names"] = category_names
+        return dataset_meta
+
+
+def history_cut(
+    split_of_user: np.ndarray, lengths: np.ndarray, options: PrepareOptions, name: str | None
+) -> np.ndarray:
+    """Every split must hold a user; then each user's history length, int(len * history_ratio) (PIMI
+    data_iterator: k = int(len*0.8)); the valid/test users' later items are their targets (both engines)."""
+    for code, split_name in enumerate(SPLITS):
+        if not (split_of_user == code).any():
+            raise EmptyDatasetError(
+                f"{name or 'dataset'}: the {split_name} split has no user ({len(split_of_user)} users in all)"
+            )
+    return (lengths * options.history_ratio).astype(np.int64)
 
 
 def assemble(
@@ -310,19 +357,13 @@ def assemble(
     item_vocab: pa.Array,
     category_of_item: tuple[np.ndarray, pa.Array] | None,
     file_split: np.ndarray | None,
-    *,
-    clean: dict[str, Any],
-    options: PrepareOptions,
-    seed: int,
-    name: str | None,
-    meta: dict[str, Any] | None,
-    unit: str,
-    read_report: Any,
+    record: PreparationRecord,
 ) -> PreparedDataset:
     """Steps 3-7 of preparation on the kept rows, in input order (user and item codes in first-appearance order
     of the whole input, ``rows`` their input positions): shared by the embedded and the Spark engines, so both
     give the same dataset from the same kept rows."""
     split_given = file_split is not None
+    options, name = record.options, record.name
 
     # 3. internal users 0..U-1 in first-appearance order (compaction, no sort); sort (user, time) stably.
     user_present = np.bincount(user, minlength=len(user_vocab)) > 0
@@ -343,11 +384,8 @@ def assemble(
             bad = int(user[np.flatnonzero(row_split != np.repeat(split_of_user, lengths))[0]])
             raise ValueError(f"pre-split input: user {user_vocab[int(user_codes[bad])]} appears in several split files")
     else:
-        split_of_user = split_of_users(n_users, options.split_ratios, seed)
-    for code, split_name in enumerate(SPLITS):
-        if not (split_of_user == code).any():
-            raise EmptyDatasetError(f"{name or 'dataset'}: the {split_name} split has no user ({n_users} users in all)")
-    history_len = (lengths * options.history_ratio).astype(np.int64)  # PIMI data_iterator: k = int(len*0.8)
+        split_of_user = split_of_users(n_users, options.split_ratios, record.seed)
+    history_len = history_cut(split_of_user, lengths, options, name)
     position = np.arange(len(user)) - indptr[:-1][user]
     is_train_row = (split_of_user[user] == 0) | (position < history_len[user])
 
@@ -375,23 +413,10 @@ def assemble(
             history_len=None if code == 0 else history_len[users_s],
         )
 
-    item_original = np.empty(n_items + 1, dtype=object)
-    item_original[0] = ""
-    item_original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
+    item_original = original_item_ids(item_vocab, ordered_codes)
     user_original = np.asarray(user_vocab.take(pa.array(user_codes)).to_numpy(zero_copy_only=False), dtype=object)
-    dataset_meta = prepared_meta(
-        meta,
-        clean,
-        n_rows=len(rows),
-        n_users=n_users,
-        n_items=n_items,
-        split_given=split_given,
-        category_names=category_names,
-        options=options,
-        seed=seed,
-        name=name,
-        unit=unit,
-        read_report=read_report,
+    dataset_meta = record.meta_json(
+        n_rows=len(rows), n_users=n_users, n_items=n_items, split_given=split_given, category_names=category_names
     )
     return PreparedDataset(
         n_items=n_items,
@@ -403,46 +428,6 @@ def assemble(
     )
 
 
-def prepared_meta(
-    meta: dict[str, Any] | None,
-    clean: dict[str, Any],
-    *,
-    n_rows: int,
-    n_users: int,
-    n_items: int,
-    split_given: bool,
-    category_names: list[str] | None,
-    options: PrepareOptions,
-    seed: int,
-    name: str | None,
-    unit: str,
-    read_report: Any,
-) -> dict[str, Any]:
-    """meta.json's report of a preparation (both engines, both layouts)."""
-    clean.update(
-        rows_out=int(n_rows),
-        n_users=int(n_users),
-        n_items=int(n_items),
-        split="given (pre-split input)" if split_given else {"seed": seed, "ratios": list(options.split_ratios)},
-        history_ratio=options.history_ratio,
-        popularity="training only (train users + valid/test history parts)",
-        n_categories=None if category_names is None else len(category_names),
-    )
-    dataset_meta = dict(meta or {})
-    dataset_meta.update(
-        name=name or dataset_meta.get("name") or "dataset",
-        options=dataclasses.asdict(options),
-        seed=seed,
-        timestamp_unit=unit,
-        read=read_report,
-        clean=clean,
-        n_interactions=int(n_rows),
-    )
-    if category_names is not None:
-        dataset_meta["category_names"] = category_names
-    return dataset_meta
-
-
 def popularity_ids(row_counts: np.ndarray, train_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(item codes in id order, code -> id 1..n with 0 for absent codes): descending training count, ties by
     code (first appearance); ``row_counts``/``train_counts`` per item code over all kept / training rows."""
@@ -451,6 +436,14 @@ def popularity_ids(row_counts: np.ndarray, train_counts: np.ndarray) -> tuple[np
     new_id = np.zeros(len(row_counts), dtype=np.int64)
     new_id[ordered_codes] = np.arange(1, len(ordered_codes) + 1)
     return ordered_codes, new_id
+
+
+def original_item_ids(item_vocab: pa.Array, ordered_codes: np.ndarray) -> np.ndarray:
+    """[n_items + 1] object array: "" at padding, then the original id of each internal item id."""
+    original = np.empty(len(ordered_codes) + 1, dtype=object)
+    original[0] = ""
+    original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
+    return original
 
 
 def compact_categories(

@@ -36,13 +36,16 @@ from mirec.data.dataset import SPLITS, write_items_and_meta
 from mirec.data.prepare import (
     TIMESTAMP_UNITS,
     EmptyDatasetError,
+    PreparationRecord,
     PrepareOptions,
     assemble,
+    check_kept,
     check_time_range,
     compact_categories,
+    history_cut,
+    original_item_ids,
     popularity_ids,
     prepare,
-    prepared_meta,
     split_of_users,
 )
 from mirec.data.readers import csv_layout
@@ -192,44 +195,22 @@ def prepare_log_spark(
         "passes": passes,
     }
     report = {"format": fmt, "engine": "spark", "master": master, "files": [str(f) for f in files], "layout": layout}
+    record = PreparationRecord(meta, clean, options, seed, name, unit, report)
     if layout == "parquet":
         n_kept = kept.count()
-        _check_kept(n_kept, n_legal, options, name)
+        check_kept(n_kept, n_legal, options, name)
         clean["dropped_by_filter"] = int(n_legal - n_kept)
-        common = dict(clean=clean, options=options, seed=seed, name=name, meta=meta, unit=unit, read_report=report)
-        return _assemble_in_spark(spark, rows, kept, users, items, n_kept, **common)
+        return _assemble_in_spark(spark, rows, kept, users, items, n_kept, record)
     table = kept.orderBy("file", "pos").select("user_code", "item_code", "sec", "ts").toArrow()
     clean["dropped_by_filter"] = int(n_legal - table.num_rows)
-    _check_kept(table.num_rows, n_legal, options, name)
-    user_vocab = _vocabulary(users, "user")
+    check_kept(table.num_rows, n_legal, options, name)
     item_vocab = _vocabulary(items, "item")
-    category_of_item = _first_categories(rows, kept, len(item_vocab))
+    user, item, sec, ts = (table.column(c).to_numpy().astype(np.int64) for c in ("user_code", "item_code", "sec", "ts"))
+    rows_in_order = np.arange(table.num_rows, dtype=np.int64)
+    categories = _first_categories(rows, kept, len(item_vocab))
     return assemble(
-        table.column("user_code").to_numpy().astype(np.int64),
-        table.column("item_code").to_numpy().astype(np.int64),
-        table.column("sec").to_numpy().astype(np.int64),
-        table.column("ts").to_numpy().astype(np.int64),
-        np.arange(table.num_rows, dtype=np.int64),
-        user_vocab,
-        item_vocab,
-        category_of_item,
-        None,
-        clean=clean,
-        options=options,
-        seed=seed,
-        name=name,
-        meta=meta,
-        unit=unit,
-        read_report=report,
+        user, item, sec, ts, rows_in_order, _vocabulary(users, "user"), item_vocab, categories, None, record
     )
-
-
-def _check_kept(n_kept: int, n_legal: int, options: PrepareOptions, name: str | None) -> None:
-    if n_kept == 0:
-        raise EmptyDatasetError(
-            f"{name or 'dataset'}: nothing left after the filter (min_item_count={options.min_item_count}, "
-            f"min_user_count={options.min_user_count}, iterative={options.iterative_kcore}); {n_legal} rows before"
-        )
 
 
 @dataclass
@@ -266,20 +247,7 @@ class SparkPreparedLog:
 
 
 def _assemble_in_spark(
-    spark: Any,
-    rows: Any,
-    kept: Any,
-    users: Any,
-    items: Any,
-    n_kept: int,
-    *,
-    clean: dict[str, Any],
-    options: PrepareOptions,
-    seed: int,
-    name: str | None,
-    meta: dict[str, Any],
-    unit: str,
-    read_report: Any,
+    spark: Any, rows: Any, kept: Any, users: Any, items: Any, n_kept: int, record: PreparationRecord
 ) -> SparkPreparedLog:
     """Steps 3-7 of :func:`mirec.data.prepare.assemble` as a Spark job: the rows stay in Spark; per-user counts
     (16 bytes a user) and per-item counts come to the driver, which draws the split and ranks the items with the
@@ -292,11 +260,8 @@ def _assemble_in_spark(
     user_codes = per_user.column("user_code").to_numpy()[order]
     lengths = per_user.column("count").to_numpy()[order].astype(np.int64)
     n_users = len(user_codes)  # internal users 0..U-1 in code (first-appearance) order, as the embedded engine
-    split_of_user = split_of_users(n_users, options.split_ratios, seed)
-    for code, split_name in enumerate(SPLITS):
-        if not (split_of_user == code).any():
-            raise EmptyDatasetError(f"{name or 'dataset'}: the {split_name} split has no user ({n_users} users in all)")
-    history_len = (lengths * options.history_ratio).astype(np.int64)  # PIMI data_iterator: k = int(len*0.8)
+    split_of_user = split_of_users(n_users, record.options.split_ratios, record.seed)
+    history_len = history_cut(split_of_user, lengths, record.options, record.name)
     split_names = np.asarray(SPLITS, dtype=object)[split_of_user]
     user_table = spark.createDataFrame(
         pa.table(
@@ -341,9 +306,7 @@ def _assemble_in_spark(
         F.col("user_id").alias("user"), F.col("user").alias("original_id"), "split", "history_len"
     )
     item_categories, category_names = compact_categories(_first_categories(rows, kept, len(item_vocab)), ordered_codes)
-    item_original = np.empty(len(ordered_codes) + 1, dtype=object)
-    item_original[0] = ""
-    item_original[1:] = item_vocab.take(pa.array(ordered_codes)).to_numpy(zero_copy_only=False)
+    item_original = original_item_ids(item_vocab, ordered_codes)
     sizes = {
         split_name: {
             "users": int((split_of_user == code).sum()),
@@ -351,19 +314,8 @@ def _assemble_in_spark(
         }
         for code, split_name in enumerate(SPLITS)
     }
-    dataset_meta = prepared_meta(
-        meta,
-        clean,
-        n_rows=n_kept,
-        n_users=n_users,
-        n_items=len(ordered_codes),
-        split_given=False,
-        category_names=category_names,
-        options=options,
-        seed=seed,
-        name=name,
-        unit=unit,
-        read_report=read_report,
+    dataset_meta = record.meta_json(
+        n_rows=n_kept, n_users=n_users, n_items=len(ordered_codes), split_given=False, category_names=category_names
     )
     return SparkPreparedLog(interactions, user_rows, item_original, item_categories, dataset_meta, n_users, sizes)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mirec.config import load_config
 from mirec.config import toml_literal as config_toml_literal
 from mirec.utils import atomic_write_text
 
@@ -243,7 +244,7 @@ def check_variants(
 ) -> None:
     """Build each cell's RunConfig (each variant on each dataset's presets; no data read) so an unknown key, a
     misspelled choice or a cross-field conflict fails before the first cell trains."""
-    from mirec.config import ConfigError, load_config
+    from mirec.config import ConfigError
 
     for preset in presets or [None]:
         for v in variants:
@@ -558,7 +559,8 @@ def main_bench(args: Any) -> None:
     summary = {"datasets": {k: str(v) for k, v in datasets.items()}, "seeds": spec.seeds, "set": spec.set}
     summary["variants"] = [f"{v.name} = {v.model}: {'; '.join(v.overrides)}" for v in variants]  # names hold [ ]
     files = [output / "results.md", output / "results.csv", *sorted((output / "plots").glob("*.png"))]
-    mirror_summary(output, spec.set, summary, files)
+    train = load_config(spec.config or None, model=variants[0].model, overrides=spec.set).train  # every cell's
+    mirror_summary(output, train, summary, files)
     if failed:
         raise RuntimeError(
             f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})"

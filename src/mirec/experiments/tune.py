@@ -319,7 +319,8 @@ def write_reports(args: argparse.Namespace) -> None:
 
     output = Path(args.output)
     study = optuna.load_study(study_name=args.study, storage=args.storage)
-    metric = StudySetup.of(args).base.eval.early_stop_metric
+    base = StudySetup.of(args).base
+    metric = base.eval.early_stop_metric
     rows = trial_rows(study, metric)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
@@ -343,7 +344,7 @@ def write_reports(args: argparse.Namespace) -> None:
 
     summary = {"study": args.study, "model": args.model, "trials": len(study.trials), "best": best.params}
     files = [output / n for n in ("best.toml", "trials.csv", "trials.md")] + sorted((output / "plots").glob("*.png"))
-    mirror_summary(output, args.set, summary, files)
+    mirror_summary(output, base.train, summary, files)
 
 
 def write_plots(study: Any, folder: Path, completed: int) -> list[Path]:

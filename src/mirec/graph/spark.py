@@ -64,7 +64,7 @@ def build_cooccurrence_spark(
     """Spark twin of ``build_cooccurrence``: normalised A as a float32 CSR matrix of shape (n_items+1)^2."""
     from mirec.graph.gce import _check_config
 
-    _check_config(config)  # a bad option fails before Spark starts
+    hop_weights = _check_config(config)  # a bad option fails before Spark starts
     indptr = np.asarray(indptr, dtype=np.int64)
     lengths = np.diff(indptr)
     table = pa.table(
@@ -78,7 +78,8 @@ def build_cooccurrence_spark(
     spark = spark_session(config.spark_master)
     with tempfile.TemporaryDirectory(prefix="mirec-gce-") as tmp:
         pq.write_table(table, Path(tmp) / "sequences.parquet")
-        return _cooccurrence(spark, spark.read.parquet(str(Path(tmp) / "sequences.parquet")), n_items, config)
+        frame = spark.read.parquet(str(Path(tmp) / "sequences.parquet"))
+        return _cooccurrence(spark, frame, n_items, config, hop_weights)
 
 
 def cooccurrence_from_parquet_layout(folder: str | Path, n_items: int, config: GraphConfig) -> sp.csr_matrix:
@@ -87,6 +88,9 @@ def cooccurrence_from_parquet_layout(folder: str | Path, n_items: int, config: G
     (position < history_len), so no sequence passes through the driver."""
     from pyspark.sql import functions as F
 
+    from mirec.graph.gce import _check_config
+
+    hop_weights = _check_config(config)  # a bad option fails before Spark starts
     spark = spark_session(config.spark_master)
     rows = spark.read.parquet(str(Path(folder) / "interactions"))
     cuts = spark.read.parquet(str(Path(folder) / "users")).select("user", "history_len")
@@ -98,17 +102,16 @@ def cooccurrence_from_parquet_layout(folder: str | Path, n_items: int, config: G
         "item",
         ((F.col("timestamp") - F.lit(first)) / float(SECONDS_PER_DAY)).alias("days"),
     )
-    return _cooccurrence(spark, frame, n_items, config)
+    return _cooccurrence(spark, frame, n_items, config, hop_weights)
 
 
-def _cooccurrence(spark: Any, frame: Any, n_items: int, config: GraphConfig) -> sp.csr_matrix:
-    """Eq. 1-6 over a frame of (seq, pos, item, days)."""
+def _cooccurrence(spark: Any, frame: Any, n_items: int, config: GraphConfig, hop_weights: list[float]) -> sp.csr_matrix:
+    """Eq. 1-6 over a frame of (seq, pos, item, days), with the checked config's hop weights."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from mirec.graph.gce import DT_TOLERANCE_DAYS, _check_config
+    from mirec.graph.gce import DT_TOLERANCE_DAYS
 
-    hop_weights = _check_config(config)
     l_time = float(config.l_time)
     order = Window.partitionBy("seq").orderBy("pos")
     parts = [spark.range(n_items + 1).select(F.col("id").alias("u"), F.col("id").alias("v"), F.lit(1.0).alias("w"))]

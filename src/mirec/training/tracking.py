@@ -212,23 +212,11 @@ class Trackers:
             t.close()
 
 
-def tracking_settings(overrides: list[str]) -> dict[str, str]:
-    """(log_to, uri, experiment) as the ``--set train.*`` overrides of a bench grid or a study give them."""
-    from mirec.config import parse_override
-
-    found = {"log_to": "", "tracking_uri": "", "tracking_experiment": ""}
-    for text in overrides:
-        keys, value = parse_override(text)
-        if len(keys) == 2 and keys[0] == "train" and keys[1] in found:
-            found[keys[1]] = str(value)
-    return found
-
-
-def mirror_summary(folder: Path, overrides: list[str], params: Mapping[str, Any], files: list[Path]) -> None:
-    """One tracker run for a bench grid or a tuning study (beside its runs): the spec as parameters, the tables
-    and the plots as files (MLflow artefacts; PNGs as TensorBoard images). Nothing when tracking is off."""
-    settings = tracking_settings(overrides)
-    trackers = Trackers(settings["log_to"], settings["tracking_uri"], settings["tracking_experiment"])
+def mirror_summary(folder: Path, train: Any, params: Mapping[str, Any], files: list[Path]) -> None:
+    """One tracker run for a bench grid or a tuning study (beside its runs), set up by the ``train`` section of
+    their config (``log_to``, ``tracking_uri``, ``tracking_experiment``): the spec as parameters, the tables and
+    the plots as files (MLflow artefacts; PNGs as TensorBoard images). Nothing when tracking is off."""
+    trackers = Trackers(train.log_to, train.tracking_uri, train.tracking_experiment)
     if not trackers:
         return
     trackers.start(folder, params, resumed=True)  # a re-run continues the folder's tracker run
@@ -239,7 +227,6 @@ def mirror_summary(folder: Path, overrides: list[str], params: Mapping[str, Any]
 __all__ = [
     "Trackers",
     "mirror_summary",
-    "tracking_settings",
     "TensorBoardTracker",
     "MLflowTracker",
     "parse_log_to",
