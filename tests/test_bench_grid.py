@@ -23,9 +23,9 @@ from mirec.experiments.grid import (
     plan,
     resolve_spec,
     shipped_grids,
-    usable_cpus,
     write_csv,
 )
+from mirec.utils import usable_cpus
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BASELINES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa", "pimi"]
@@ -525,7 +525,7 @@ def test_bench_threads_reach_every_cell_and_default_to_the_cores_shared_by_the_j
         return {"ok": True, "cell": str(cell.run_dir), "seconds": 0.0, "reason": ""}
 
     monkeypatch.setattr(grid, "run_cell", fake_cell)
-    monkeypatch.setattr(grid, "usable_cpus", lambda: 8)
+    monkeypatch.setattr("mirec.utils.usable_cpus", lambda: 8)
     cells = grid.plan(tmp_path, {"ds": "x"}, [grid.Variant("a", "dnn", [])], [1, 2])
     grid.run_grid(cells, [], 0.0, 2, tmp_path)
     assert seen == [4, 4]  # 8 cores shared by 2 jobs

@@ -14,6 +14,7 @@ from mirec.cli import main
 from mirec.config import ConfigError, load_config
 from mirec.data.dataset import PreparedDataset
 from mirec.experiments.tune import Dimension, load_space
+from mirec.utils import threads_per_job
 from tests.test_trainer import cycle_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,6 +163,8 @@ def test_two_worker_processes_share_one_study(data_dir, tmp_path):
         assert (metrics["train"]["stop_reason"] == "pruned") == (t.state.name == "PRUNED")
         assert metrics["train"]["steps"] == max(t.intermediate_values)
     assert (output / "best.toml").exists()
+    threads = {json.loads((p / "metrics.json").read_text())["train"]["cpu_threads"] for p in output.glob("trials/*")}
+    assert threads == {threads_per_job(2)}  # each worker its share of the cores (explicit --threads wins)
 
 
 def test_a_killed_tuner_resumes_its_cut_trial_from_the_trials_checkpoint(data_dir, tmp_path, monkeypatch):

@@ -187,3 +187,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int) -> int:
+    """torch threads for each of ``jobs`` processes sharing this machine: more threads than cores makes OpenMP's
+    spinning threads crawl (two 2-thread runs on 2 cores ran 25x slower than two 1-thread runs)."""
+    return max(1, usable_cpus() // max(jobs, 1))

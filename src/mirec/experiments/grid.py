@@ -31,7 +31,7 @@ import numpy as np
 
 from mirec.config import load_config
 from mirec.config import toml_literal as config_toml_literal
-from mirec.utils import atomic_write_text
+from mirec.utils import atomic_write_text, threads_per_job
 
 
 @dataclass
@@ -320,14 +320,6 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int,
     return {"cell": str(cell.run_dir), "ok": ok, "reason": reason, "seconds": time.time() - started}
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def run_grid(
     cells: list[Cell],
     common: list[str],
@@ -341,7 +333,7 @@ def run_grid(
     CPUs shared out among the jobs; more threads than cores makes OpenMP's spinning threads crawl)."""
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
-    threads = threads or max(1, usable_cpus() // max(jobs, 1))
+    threads = threads or threads_per_job(jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda c: run_cell(c, common, budget_minutes, threads, config), todo))
     failures = [r for r in results if not r["ok"]]

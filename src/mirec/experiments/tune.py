@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mirec.config import ConfigError, load_config, toml_literal
-from mirec.utils import atomic_write_text
+from mirec.utils import atomic_write_text, threads_per_job
 
 HEARTBEAT_SECONDS = 10  # a worker's running trial proves it is alive this often
 GRACE_SECONDS = 30  # a trial without a heartbeat for this long is failed (and retried once)
@@ -418,6 +418,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--storage", args.storage, "--study", args.study, "--output", str(args.output), "--jobs", "1"]
     argv += ["--sampler", args.sampler, "--pruner", args.pruner, "--startup-trials", str(args.startup_trials)]
     argv += ["--prune-after-evals", str(args.prune_after_evals)]
+    argv += ["--threads", str(getattr(args, "threads", None) or threads_per_job(args.jobs))]
     if args.config:
         argv += ["--config", str(args.config)]
     if args.seed is not None:
