@@ -337,7 +337,7 @@ def train_steps(model: GemiRec, steps: int, n_items: int) -> None:
     model.train()
     for step in range(1, steps + 1):
         batch = make_batch([2, 5, 8, 3, 6, 4], model.config.maxlen, n_items, seed=step)
-        user, aux, _ = model.training_output(batch)
+        user, aux, _, _ = model.training_output(batch)
         logits = user @ model.output_embeddings().T
         loss = F.cross_entropy(logits, batch.targets) + aux
         model.zero_grad()
@@ -398,7 +398,7 @@ def test_training_output_teacher_forcing_and_gradients(options):
     expected_codes = model.dictionary.quantizer.assign(
         model.embed_items(batch.targets)
     )  # before this step's EMA update
-    user, aux, terms = model.training_output(batch)
+    user, aux, terms, _ = model.training_output(batch)
     with torch.no_grad():
         h, u_seq = model._encode(batch)
         ref = model.interest_vectors(u_seq, expected_codes[:, None])[:, 0]
@@ -437,7 +437,7 @@ def test_readout_over_generated_interests(teacher):
     model.training_output(batch)  # init
     target_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))
     torch.manual_seed(17)
-    user, aux, _ = model.training_output(batch)
+    user, aux, _, _ = model.training_output(batch)
     with torch.no_grad():  # mipdm_dropout = 0: the reference pass sees the same encodings
         h, u_seq = model._encode(batch)
         generated, _ = model.beam_search(h[torch.arange(8), batch.mask.sum(1).long() - 1], cfg.num_interests)
@@ -571,7 +571,7 @@ def test_a_gemirec_saved_before_the_module_split_loads_and_serves_identically():
 BASES = ["comirec-sa", "comirec-dr", "mind", "pimi", "gimirec"]
 
 
-def base_pair(base: str, generative: bool, seed: int = 0, n_items: int = 30):
+def base_pair(base: str, generative: bool, seed: int = 0, n_items: int = 30, **gemirec_options):
     """A plain base model and a GemiRec over the same base holding the same weights (one shared global context)."""
     from mirec.models import get_model_class
     from tests.test_gimirec import DenseContext
@@ -580,7 +580,7 @@ def base_pair(base: str, generative: bool, seed: int = 0, n_items: int = 30):
     torch.manual_seed(seed)
     options = dict(embedding_dim=16, num_interests=3, maxlen=8)
     plain = cls(cls.config_class(name=base, **options), n_items)
-    wrapped = GemiRec(tiny_config(base=base, generative=generative, num_interests=3), n_items)
+    wrapped = GemiRec(tiny_config(base=base, generative=generative, num_interests=3, **gemirec_options), n_items)
     if base == "gimirec":
         A = torch.rand(n_items + 1, n_items + 1)
         context = DenseContext(A / A.sum(1, keepdim=True))
@@ -626,6 +626,100 @@ def test_gemirec_over_a_base_serves_the_bases_interests_then_the_generated_ones(
     assert torch.isfinite(out.aux_loss) and "mipdm_ce" in out.terms
     (out.user_vectors.sum() + out.aux_loss).backward()
     assert wrapped.item_embedding.weight.grad is not None  # one table, trained through both parts
+
+
+def full_loss(model, detach_items: bool = False):
+    """Full softmax of user vectors against the model's items (detached: no gradient reaches them)."""
+    from mirec.nn.sampled_softmax import full_softmax_loss
+
+    def items(ids=None):
+        vectors = model.output_embeddings(ids)
+        return vectors.detach() if detach_items else vectors
+
+    return lambda user_vectors, targets: full_softmax_loss(user_vectors, targets, items)
+
+
+@pytest.mark.parametrize("base", ["comirec-sa", "gimirec"])
+def test_with_item_table_gradient_base_only_the_bases_loss_trains_the_item_table(base):
+    plain, wrapped = base_pair(base, generative=True, item_table_gradient="base")
+    plain.eval(), wrapped.eval()  # no dropout draws: the base's forward must be the same computation
+    batch = make_batch([3, 8, 5, 6], 8, 30, seed=4)
+    out = wrapped.training_output(batch)
+    assert out.side_user_vectors is not None and out.side_user_vectors.shape == (4, 16)
+    assert torch.equal(out.user_vectors, plain.training_output(batch).user_vectors)  # the base's own readout
+    loss = full_loss(wrapped)(out.user_vectors, batch.targets) + full_loss(wrapped, detach_items=True)(
+        out.side_user_vectors, batch.targets
+    )
+    (loss + out.aux_loss).backward()
+    full_loss(plain)(plain.training_output(batch).user_vectors, batch.targets).backward()
+    assert torch.allclose(wrapped.item_embedding.weight.grad, plain.item_embedding.weight.grad, atol=1e-7)
+    generator_grads = [p.grad for p in wrapped.generator.parameters() if p.grad is not None]
+    assert generator_grads and any(float(g.abs().sum()) > 0 for g in generator_grads)  # the generator still learns
+    # "all" (joint training): the generator's losses reach the table
+    _, joint = base_pair(base, generative=True)
+    joint.eval()
+    out = joint.training_output(batch)
+    out.aux_loss.backward()
+    assert float(joint.item_embedding.weight.grad.abs().sum()) > 0
+
+
+def test_the_trainers_detached_loss_leaves_the_item_table_alone(tmp_path):
+    from mirec.training.trainer import Trainer
+    from tests.test_trainer import cycle_dataset
+
+    cycle_dataset().save(tmp_path / "data")
+    options = ["model.embedding_dim=8", "model.maxlen=8", "train.batch_size=4", "train.device=cpu"]
+    config = load_config(model="comirec-sa", overrides=options)
+    trainer = Trainer(tmp_path / "data", config, tmp_path / "run", progress=False, test=False)
+    user = torch.randn(4, 8, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 4])
+    trainer.generator.manual_seed(3)  # the same negatives for both
+    attached = trainer.loss(user, targets)
+    attached.backward()
+    user_grad, user.grad = user.grad.clone(), None
+    assert float(trainer.model.item_embedding.weight.grad.abs().sum()) > 0
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.generator.manual_seed(3)
+    detached = trainer.loss(user, targets, detach_items=True)
+    detached.backward()
+    assert trainer.model.item_embedding.weight.grad is None
+    assert float(detached.detach()) == pytest.approx(float(attached.detach()))
+    assert torch.allclose(user.grad, user_grad)
+
+
+def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
+    import json
+
+    from mirec.config import EvalConfig
+    from mirec.data.batching import iter_eval_batches
+    from mirec.eval.evaluator import evaluate
+    from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
+    from tests.test_trainer import cycle_dataset
+
+    assert GemiRec(tiny_config(), 30).first_generated_interest is None  # standalone: nothing is extracted
+    assert base_pair("comirec-sa", generative=False)[1].first_generated_interest is None
+    _, wrapped = base_pair("comirec-sa", generative=True, n_items=120)
+    assert wrapped.first_generated_interest == 3  # after the base's 3 interests
+    wrapped.eval()
+    with torch.no_grad():  # small generated interests: the plain merge would give them few slots
+        for parameter in wrapped.retrieval.parameters():
+            parameter.mul_(0.1)
+    dataset = cycle_dataset()
+    # the expected lists, by hand: every test user's 6 interests, exact search, the merge with 8 of 10 reserved
+    retriever = ExactRetriever(wrapped.output_embeddings().detach())
+    expected, from_generated, plain_from_generated = [], [], []
+    with torch.no_grad():
+        for eb in iter_eval_batches(dataset.split("test"), 8, 1024):
+            scores, ids = retriever.search(wrapped(eb.batch), 10)
+            out_ids, _, source = merge_with_reserved_share(scores, ids, 10, 3, 0.8)
+            expected += [[str(dataset.item_original_ids[i]) for i in row if i > 0] for row in out_ids.tolist()]
+            from_generated += (source >= 3).sum(1).tolist()
+            plain_from_generated += (merge_interests_full(scores, ids, 10)[2] >= 3).sum(1).tolist()
+    assert min(from_generated) >= 8 > min(plain_from_generated)  # round(0.8 * 10) slots, which the plain merge
+    evaluate(wrapped, dataset, "test", EvalConfig(topk=[10], generated_share=0.8), maxlen=8, dump_path=tmp_path / "r")
+    assert [json.loads(line)["recommendations"] for line in open(tmp_path / "r")] == expected
+    with pytest.raises(Exception, match="generated_share"):
+        load_config(model="gemirec", overrides=["eval.generated_share=1.5"])
 
 
 def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):

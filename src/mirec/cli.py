@@ -130,6 +130,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         overrides["diversity_lambda"] = args.diversity_lambda
     if args.topk:
         overrides["topk"] = [int(k) for k in args.topk.split(",")]
+    if args.generated_share is not None:
+        overrides["generated_share"] = args.generated_share
     _print_json(rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides))
 
 
@@ -428,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch", "faiss"], default=None)
     p.add_argument("--diversity-lambda", type=float, default=None)
     p.add_argument("--topk", default=None, help="comma-separated cut-offs, e.g. 20,50")
+    p.add_argument(
+        "--generated-share",
+        type=float,
+        default=None,
+        help="share of the list reserved for generated interests (GemiRec over a base; eval.generated_share)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_evaluate)

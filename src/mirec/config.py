@@ -163,6 +163,9 @@ class EvalConfig(CheckedConfig):
     backend: Literal["torch", "faiss"] = "torch"  # identical rankings; faiss is faster on CPU for big catalogues
     exclude_history: bool = False  # ComiRec keeps history items in the ranking
     diversity_lambda: float = 0.0
+    # share of the final top-N reserved for the best items of the interests a model generates rather than extracts
+    # (GemiRec over a base); the rest is the max-score merge over all interests; 0 = that merge alone [OURS]
+    generated_share: float = 0.0
     batch_size: int = 1024
     # model-free item interest clusters (mirec.data.interests) for novel_recall@N and interest_coverage@N; 0 = off
     interest_clusters: int = 64
@@ -177,6 +180,10 @@ class EvalConfig(CheckedConfig):
         self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
+        self.require(0.0 <= self.generated_share <= 1.0, "generated_share", "in [0, 1]")
+        self.require(
+            self.generated_share == 0 or self.diversity_lambda == 0, "generated_share", "0 with diversity_lambda > 0"
+        )
         self.require(self.interest_clusters >= 0, "interest_clusters", ">= 0 (0 = no novel-interest metrics)")
         metric, _, cut = self.early_stop_metric.partition("@")
         valid = metric in METRICS and cut.isdigit() and int(cut) in self.topk
@@ -331,11 +338,18 @@ class GemiRecConfig(ModelConfig):
     # total loss = retrieval + lambda_mipdm * CE + lambda_idmm * IDMM loss [OURS: lambdas not published]
     lambda_mipdm: float = 1.0
     lambda_idmm: float = 1.0
+    # With a base [OURS]: "all" = every loss trains the shared item table and the training user vector is one
+    # readout over the base's and the generated interests; "base" = only the base's own loss reaches the table
+    # (the base trains exactly as alone), the generator reads sg[item vectors] and the generated interests'
+    # readout is scored against a detached table (docs/results.md 16b: "all" costs the base 18% recall@50)
+    item_table_gradient: Literal["all", "base"] = "all"
 
     def check(self) -> None:
         super().check()
         self.require(self.generative or self.base != "none", "generative", "true without a base (model.base)")
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
+        standalone = self.base == "none"
+        self.require(self.item_table_gradient == "all" or not standalone, "item_table_gradient", '"all" without a base')
         self.require(
             self.idmm_codes**self.idmm_levels >= self.num_interests,
             "idmm_codes",

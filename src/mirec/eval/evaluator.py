@@ -27,7 +27,7 @@ from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
 from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate
 from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
-from mirec.eval.retrieval import ExactRetriever, merge_interests_full
+from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
 from mirec.models.base import MultiInterestModel
 from mirec.utils import atomic_path
 
@@ -38,9 +38,15 @@ def _final_lists(
     ks: list[int],
     diversity_lambda: float,
     categories: np.ndarray | None,
+    reserved: tuple[int, float] | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Final ranked list per cut-off ({N: ids [U, N]}) and the source interest of the top-max(N) list."""
+    """Final ranked list per cut-off ({N: ids [U, N]}) and the source interest of the top-max(N) list.
+    ``reserved``: (the model's first generated interest, eval.generated_share), see ``merge_with_reserved_share``."""
     depth = max(ks)
+    if reserved is not None and diversity_lambda <= 0:
+        # a share of N is not prefix-consistent either: one merge per cut-off
+        per_k = {k: merge_with_reserved_share(scores[:, :, :k], ids[:, :, :k], k, *reserved) for k in ks}
+        return {k: out[0] for k, out in per_k.items()}, per_k[depth][2]
     if diversity_lambda > 0:
         # The greedy is not prefix-consistent: ComiRec runs it per N on the per-interest top-N pools.
         lists = {}
@@ -98,6 +104,8 @@ def evaluate(
 
         clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
+    first_generated = model.first_generated_interest
+    reserved = (first_generated, config.generated_share) if first_generated is not None else None
     was_training = model.training
     model.eval()
     lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}
@@ -116,7 +124,7 @@ def evaluate(
                 interests = model(eb.batch.to(device))
                 exclude = eb.history if config.exclude_history else None
                 scores, ids = retriever.search(interests, depth, exclude=exclude)
-                final, source = _final_lists(scores, ids, ks, config.diversity_lambda, categories)
+                final, source = _final_lists(scores, ids, ks, config.diversity_lambda, categories, reserved)
                 for k in ks:
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:

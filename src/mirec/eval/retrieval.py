@@ -256,6 +256,42 @@ def merge_interests_full(
     return out_ids, out_s, source
 
 
+def merge_with_reserved_share(
+    scores: torch.Tensor, ids: torch.Tensor, n: int, first_reserved: int, share: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The max-score merge with ``q = round(share * n)`` slots reserved for interests ``first_reserved..K-1``
+    (GemiRec's generated interests): the top ``n - q`` of the merge over all K interests, then the best items of
+    the reserved interests' own merge not among them (up to q), then, if those run out, the merge's next items;
+    the union is ordered by score. ``share = 0`` is :func:`merge_interests_full`. Same outputs as that function.
+    """
+    merged, merged_s, source = merge_interests_full(scores, ids, n)
+    q = min(n, max(0, round(share * n)))
+    if q == 0 or first_reserved >= scores.shape[1]:
+        return merged, merged_s, source
+    r_ids, r_s, r_src = merge_interests_full(scores[:, first_reserved:], ids[:, first_reserved:], n)
+    r_src = torch.where(r_src >= 0, r_src + first_reserved, r_src)
+    head = merged[:, : n - q]
+    taken = (r_ids[:, :, None] == head[:, None, :]).any(2) | (r_ids < 0)
+    r_take = ~taken & (torch.cumsum((~taken).long(), 1) <= q)
+    # the merge's items after the head fill what the reserved interests could not (excluding their picks)
+    tail, tail_s, tail_src = merged[:, n - q :], merged_s[:, n - q :], source[:, n - q :]
+    picked = torch.where(r_take, r_ids, torch.full_like(r_ids, -1))
+    tail_free = (tail >= 0) & ~(tail[:, :, None] == picked[:, None, :]).any(2)
+    missing = q - r_take.sum(1, keepdim=True)
+    tail_take = tail_free & (torch.cumsum(tail_free.long(), 1) <= missing)
+    cand_ids = torch.cat([head, r_ids, tail], 1)
+    cand_s = torch.cat([merged_s[:, : n - q], r_s, tail_s], 1)
+    cand_src = torch.cat([source[:, : n - q], r_src, tail_src], 1)
+    take = torch.cat([head >= 0, r_take, tail_take], 1)
+    key = torch.where(take, cand_s.float(), torch.full_like(cand_s.float(), float("-inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :n]
+    kept = take.gather(1, order)
+    out_ids = torch.where(kept, cand_ids.gather(1, order), torch.full_like(order, -1))
+    out_s = torch.where(kept, cand_s.gather(1, order), torch.full_like(order, float("-inf"), dtype=cand_s.dtype))
+    out_src = torch.where(kept, cand_src.gather(1, order), torch.full_like(order, -1))
+    return out_ids, out_s, out_src
+
+
 def merge_interests(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
     """ComiRec lambda = 0 aggregation (``evaluate_full``): the K*n results sorted by score, duplicates and
     id 0 dropped, the first n kept; -1 fills rows with fewer than n distinct items. Returns ids [U, n]."""

@@ -26,6 +26,9 @@ class TrainingOutput(NamedTuple):
     aux_loss: torch.Tensor | None = None  # added to that loss (GemiRec's generator and dictionary objectives)
     # named detached 0-d tensors the trainer logs as means over each log interval (no device sync per step)
     terms: Mapping[str, torch.Tensor] = MappingProxyType({})
+    # [B, d] scored by the same loss against a detached item table: trains only the modules that made them
+    # (GemiRec's generated interests beside a base with item_table_gradient = "base")
+    side_user_vectors: torch.Tensor | None = None
 
 
 class MultiInterestModel(nn.Module):
@@ -62,6 +65,13 @@ class MultiInterestModel(nn.Module):
         if ids is None:
             ids = torch.arange(self.n_items + 1, device=self.item_embedding.weight.device)
         return self.embed_items(ids)
+
+    @property
+    def first_generated_interest(self) -> int | None:
+        """Index of the first served interest that is generated rather than extracted from the history (they
+        come last; ``eval.generated_share`` reserves list slots for them), or None: every model but GemiRec
+        over a base."""
+        return None
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         """Return the interests [B, K, d]."""

@@ -252,9 +252,11 @@ class Trainer:
         path = self.run_dir / "graph.safetensors"
         return path if self.resume and latest_checkpoint(self.run_dir) is not None and path.exists() else None
 
-    def loss(self, user_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The configured softmax loss (mean over the batch)."""
+    def loss(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
+        """The configured softmax loss (mean over the batch); ``detach_items``: no gradient reaches the items."""
         output_fn = self.model.output_embeddings
+        if detach_items:
+            output_fn = lambda ids=None: self.model.output_embeddings(ids).detach()  # noqa: E731
         kind = self.config.train.loss
         if kind == "sampled":
             tc = self.config.train
@@ -570,6 +572,7 @@ class Trainer:
                 "best_valid_metric": st.best_metric,
                 "stop_reason": st.stop_reason,
                 "device": str(self.device),
+                "cpu_threads": torch.get_num_threads(),  # throughput depends on it (and on what shared the cores)
             },
         }
         if not self.dist.main:

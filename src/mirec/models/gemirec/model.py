@@ -83,6 +83,11 @@ class GemiRec(MultiInterestModel):
         k = self.config.num_interests
         return k * ((self.base is not None) + bool(self.config.generative))
 
+    @property
+    def first_generated_interest(self) -> int | None:
+        """The generated interests follow the base's K."""
+        return self.config.num_interests if self.base is not None and self.config.generative else None
+
     # ----------------------------------------------------------------- IDMM maintenance
     def refresh_assignments(self) -> None:
         """Re-assign every catalogue item to its interest tuple."""
@@ -111,7 +116,10 @@ class GemiRec(MultiInterestModel):
         """Causal encoding of the history: (h [B, L, d] for MIPDM, u_seq [B, d] for MIRM)."""
         needs_codes = self.config.mipdm_input in ("item+code", "code")
         codes = self._history_codes(batch.items) if needs_codes else None
-        return self.generator.encode(self.embed_items(batch.items), codes, batch.mask)
+        items = self.embed_items(batch.items)
+        if self.config.item_table_gradient == "base":  # the generator's losses stay off the shared table
+            items = items.detach()
+        return self.generator.encode(items, codes, batch.mask)
 
     def code_log_probs(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log p(m | h): h [..., d], codes [..., C] -> [...]."""
@@ -194,6 +202,7 @@ class GemiRec(MultiInterestModel):
         else:
             ce = -self.code_log_probs(h_last, target_codes).mean()
         teacher = self.config.mirm_teacher_prob
+        isolated = self.config.item_table_gradient == "base"
         if teacher > 0.0:
             user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]  # teacher forcing (5.3 item 4)
         if teacher < 1.0:
@@ -204,7 +213,9 @@ class GemiRec(MultiInterestModel):
                 generated, _ = self.beam_search(h_last, self.config.num_interests)
             interests = self.interest_vectors(u_seq, generated)
             target_vectors = self.output_embeddings(batch.targets)
-            if self.base is not None:  # [OURS] one readout over the base's and the generated interests
+            if isolated:  # the generated interests' own readout, scored against a detached table
+                read = self.readout(interests, target_vectors.detach())
+            elif self.base is not None:  # [OURS] one readout over the base's and the generated interests
                 read = self.readout(torch.cat([self.base(batch), interests], dim=1), target_vectors)
             else:
                 read = self.readout(interests, target_vectors.detach())
@@ -221,6 +232,12 @@ class GemiRec(MultiInterestModel):
             "reconstruction": quant.reconstruction.detach(),
             **self.dictionary.batch_perplexity(quant.codes),
         }
+        if isolated:  # the base trains on its own readout exactly as alone; the generated rows beside it
+            assert self.base is not None
+            base = self.base.training_output(batch)
+            if base.aux_loss is not None:
+                aux = aux + base.aux_loss
+            return TrainingOutput(base.user_vectors, aux, {**base.terms, **terms}, side_user_vectors=user)
         return TrainingOutput(user, aux, terms)
 
 
