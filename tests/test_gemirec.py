@@ -716,8 +716,10 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
             from_generated += (source >= 3).sum(1).tolist()
             plain_from_generated += (merge_interests_full(scores, ids, 10)[2] >= 3).sum(1).tolist()
     assert min(from_generated) >= 8 > min(plain_from_generated)  # round(0.8 * 10) slots, which the plain merge
-    evaluate(wrapped, dataset, "test", EvalConfig(topk=[10], generated_share=0.8), maxlen=8, dump_path=tmp_path / "r")
+    config = EvalConfig(topk=[10], generated_share=0.8)
+    result = evaluate(wrapped, dataset, "test", config, maxlen=8, dump_path=tmp_path / "r")
     assert [json.loads(line)["recommendations"] for line in open(tmp_path / "r")] == expected
+    assert result["collapse"]["generated_list_share"] == pytest.approx(np.mean(from_generated) / 10)
     with pytest.raises(Exception, match="generated_share"):
         load_config(model="gemirec", overrides=["eval.generated_share=1.5"])
 

@@ -113,12 +113,20 @@ def interest_shares(source: torch.Tensor, k: int) -> np.ndarray:
     return shares.sort(dim=1, descending=True).values.cpu().numpy()
 
 
-def collapse_per_user(interests: torch.Tensor, ids: torch.Tensor, source: torch.Tensor) -> dict[str, np.ndarray]:
+def collapse_per_user(
+    interests: torch.Tensor, ids: torch.Tensor, source: torch.Tensor, first_generated: int | None = None
+) -> dict[str, np.ndarray]:
     """The diagnostics per user: interest_cosine [U], topk_jaccard [U], interest_share [U, K], and
-    active_dims [U, d] (True where any of the user's interests is non-zero in that dimension)."""
-    return {
+    active_dims [U, d] (True where any of the user's interests is non-zero in that dimension); with
+    ``first_generated`` (GemiRec over a base) also generated_list_share [U], the final list's share from the
+    generated interests (index >= first_generated)."""
+    out = {
         "interest_cosine": interest_cosine(interests),
         "topk_jaccard": topk_jaccard(ids),
         "interest_share": interest_shares(source, interests.shape[1]),
         "active_dims": (interests != 0).any(dim=1).cpu().numpy(),
     }
+    if first_generated is not None:
+        filled = (source >= 0).sum(1).clamp(min=1).double()
+        out["generated_list_share"] = ((source >= first_generated).sum(1).double() / filled).cpu().numpy()
+    return out

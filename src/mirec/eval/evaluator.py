@@ -9,7 +9,8 @@ Reported keys: every registered metric (:data:`mirec.eval.metrics.METRICS`) as `
 ``config.topk``: ``recall``, ``ndcg``, ``ndcg_comirec``, ``hit_rate``, and ``diversity`` whenever the dataset
 has item categories (whatever lambda: it is cheap and makes the accuracy/diversity trade-off visible);
 ``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard overlap of the per-interest top-max(N) lists
-and the mean sorted per-interest share of the final top-max(N) list; ``users``: the number of users evaluated.
+and the mean sorted per-interest share of the final top-max(N) list (and, for GemiRec over a base, the share
+from its generated interests); ``users``: the number of users evaluated.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def evaluate(
                 for k in ks:
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:
-                    collapse.append(collapse_per_user(interests, ids, source))
+                    collapse.append(collapse_per_user(interests, ids, source, first_generated))
                 if has_diagnostics:
                     found = model.diagnostics(eb.batch.to(device), [torch.tensor(np.asarray(t)) for t in eb.targets])
                     diagnostics.append({name: values.cpu().numpy() for name, values in found.items()})
@@ -195,7 +196,9 @@ def _summary(
     if model.num_interests > 1:
         count = len(collapse.get("interest_cosine", ()))
         parts["collapse.n"] = np.array([count], dtype=np.float64)
-        for key in ("interest_cosine", "topk_jaccard"):
+        per_user_means = ["interest_cosine", "topk_jaccard"]
+        per_user_means += ["generated_list_share"] if model.first_generated_interest is not None else []
+        for key in per_user_means:
             parts[f"collapse.{key}"] = np.array([collapse[key].sum() if count else 0.0])
         share = collapse.get("interest_share", np.zeros((0, model.num_interests)))
         parts["collapse.interest_share"] = share.sum(0) if count else np.zeros(model.num_interests)
@@ -221,6 +224,8 @@ def _summary(
             "topk_jaccard": float(values["collapse.topk_jaccard"][0] / count),
             "interest_share": [float(x) for x in values["collapse.interest_share"] / count],
         }
+        if "collapse.generated_list_share" in values:
+            result["collapse"]["generated_list_share"] = float(values["collapse.generated_list_share"][0] / count)
         if "collapse.active" in values:
             result["collapse"]["dead_dims"] = int((values["collapse.active"] == 0).sum())
     return result
