@@ -656,7 +656,7 @@ def test_with_item_table_gradient_base_only_the_bases_loss_trains_the_item_table
     generator_grads = [p.grad for p in wrapped.generator.parameters() if p.grad is not None]
     assert generator_grads and any(float(g.abs().sum()) > 0 for g in generator_grads)  # the generator still learns
     # "all" (joint training): the generator's losses reach the table
-    _, joint = base_pair(base, generative=True)
+    _, joint = base_pair(base, generative=True, item_table_gradient="all")
     joint.eval()
     out = joint.training_output(batch)
     out.aux_loss.backward()

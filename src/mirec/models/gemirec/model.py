@@ -84,6 +84,11 @@ class GemiRec(MultiInterestModel):
         return k * ((self.base is not None) + bool(self.config.generative))
 
     @property
+    def _isolated(self) -> bool:
+        """Only the base's loss trains the item table (``item_table_gradient = "base"`` with a base)."""
+        return self.base is not None and self.config.item_table_gradient == "base"
+
+    @property
     def first_generated_interest(self) -> int | None:
         """The generated interests follow the base's K."""
         return self.config.num_interests if self.base is not None and self.config.generative else None
@@ -117,7 +122,7 @@ class GemiRec(MultiInterestModel):
         needs_codes = self.config.mipdm_input in ("item+code", "code")
         codes = self._history_codes(batch.items) if needs_codes else None
         items = self.embed_items(batch.items)
-        if self.config.item_table_gradient == "base":  # the generator's losses stay off the shared table
+        if self._isolated:  # the generator's losses stay off the base's item table
             items = items.detach()
         return self.generator.encode(items, codes, batch.mask)
 
@@ -202,7 +207,7 @@ class GemiRec(MultiInterestModel):
         else:
             ce = -self.code_log_probs(h_last, target_codes).mean()
         teacher = self.config.mirm_teacher_prob
-        isolated = self.config.item_table_gradient == "base"
+        isolated = self._isolated
         if teacher > 0.0:
             user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]  # teacher forcing (5.3 item 4)
         if teacher < 1.0:
