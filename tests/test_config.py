@@ -47,7 +47,10 @@ def test_a_recipe_is_its_model_with_its_options_and_user_overrides_win():
     assert {**config.to_dict()["model"], "global_context": False} == plain.to_dict()["model"]
     assert config.train == plain.train  # the preset of the recipe's model
     assert load_config(model="comirec-sa+gc", overrides=["model.global_context=false"]).model.global_context is False
-    assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc"}
+    assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc", "gemirec-over-sa+gc"}
+    gemirec = load_config(model="gemirec-over-sa+gc", dataset="amazon-grocery").model
+    assert (gemirec.name, gemirec.base, gemirec.global_context) == ("gemirec", "comirec-sa", True)
+    assert gemirec.item_table_gradient == "base"
 
 
 # options added after the reference was written, with the defaults every preset must give them

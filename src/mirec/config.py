@@ -27,6 +27,8 @@ PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
+    # GemiRec's generated interests beside ComiRec-SA + gc (docs/results.md 16c; Grocery only so far)
+    "gemirec-over-sa+gc": ("gemirec", ("model.base=comirec-sa", "model.global_context=true")),
 }
 TRACKERS = ("tensorboard", "mlflow")  # train.log_to
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
