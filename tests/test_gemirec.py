@@ -722,6 +722,16 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     assert result["collapse"]["generated_list_share"] == pytest.approx(np.mean(from_generated) / 10)
     with pytest.raises(Exception, match="generated_share"):
         load_config(model="gemirec", overrides=["eval.generated_share=1.5"])
+    for model, extra in (
+        ("comirec-sa", []),
+        ("gemirec", []),
+        ("gemirec", ["model.base=pimi", "model.generative=false"]),
+    ):
+        with pytest.raises(Exception, match="needs a model that serves generated interests"):
+            load_config(model=model, overrides=["eval.generated_share=0.2", *extra])
+    assert load_config(model="gemirec-over-sa+gc", overrides=["eval.generated_share=0.2"]).eval.generated_share == 0.2
+    with pytest.raises(ValueError, match="needs a model that serves generated interests"):
+        evaluate(GemiRec(tiny_config(), 120), dataset, "test", EvalConfig(topk=[10], generated_share=0.2), maxlen=8)
 
 
 def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):

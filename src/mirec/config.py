@@ -78,7 +78,16 @@ class ModelConfig(CheckedConfig):
     readout_power: float = math.inf
 
     def check_with(self, run: RunConfig) -> None:
-        """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model overrides it."""
+        """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model extends it."""
+        if run.eval.generated_share > 0 and not self.serves_generated_interests():
+            raise ConfigError(
+                f"eval.generated_share = {run.eval.generated_share} needs a model that serves generated interests "
+                f"(gemirec with model.base set); model {self.name!r} has none"
+            )
+
+    def serves_generated_interests(self) -> bool:
+        """True where some served interests are generated rather than extracted (GemiRec over a base)."""
+        return False
 
     def check(self) -> None:
         for name in ("embedding_dim", "num_interests", "maxlen"):
@@ -283,6 +292,7 @@ class GIMIRecConfig(ModelConfig):
         self.require(math.isfinite(self.time_scale) and self.time_scale >= 0, "time_scale", "a finite number >= 0")
 
     def check_with(self, run: RunConfig) -> None:
+        super().check_with(run)
         # Eq. 1 and Eq. 8 use one L_time: the graph's pair window and the interval embedding's clip
         if run.graph.use_threshold and float(self.time_span) != float(run.graph.l_time):
             raise ConfigError(
@@ -346,6 +356,9 @@ class GemiRecConfig(ModelConfig):
     # over the base's and the generated interests. "base" chosen on valid recall@50 (docs/results.md 16c:
     # +15% / +20% over "all" on Grocery over ComiRec-SA / +gc). No effect without a base.
     item_table_gradient: Literal["all", "base"] = "base"
+
+    def serves_generated_interests(self) -> bool:
+        return self.base != "none" and self.generative
 
     def check(self) -> None:
         super().check()

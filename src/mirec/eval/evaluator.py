@@ -106,6 +106,11 @@ def evaluate(
         clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
     first_generated = model.first_generated_interest
+    if config.generated_share > 0 and first_generated is None:
+        raise ValueError(
+            f"eval.generated_share = {config.generated_share} needs a model that serves generated interests "
+            f"(gemirec with model.base set); {model.name!r} has none"
+        )
     reserved = (first_generated, config.generated_share) if first_generated is not None else None
     was_training = model.training
     model.eval()
