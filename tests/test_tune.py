@@ -177,7 +177,8 @@ def test_a_killed_tuner_resumes_its_cut_trial_from_the_trials_checkpoint(data_di
     import mirec.experiments.tune as tune_module
 
     space, output = write_space(tmp_path / "s.toml", SPACE), tmp_path / "killed"
-    longer = ["--set", "train.max_steps=400", "--set", "train.checkpoint_every=20"]
+    # long enough that a loaded machine's polling still kills it mid-trial (400 steps finished first under load)
+    longer = ["--set", "train.max_steps=1200", "--set", "train.checkpoint_every=20"]
     argv = [sys.executable, "-m", "mirec.cli", "--threads", "1", "tune", "--data", str(data_dir), "--model", "dnn"]
     argv += ["--space", str(space), "--trials", "1", "--output", str(output), "--seed", "3", "--pruner", "none"]
     argv += [arg for text in TINY for arg in ("--set", text)] + longer
@@ -199,4 +200,4 @@ def test_a_killed_tuner_resumes_its_cut_trial_from_the_trials_checkpoint(data_di
     assert sorted(p.name for p in (output / "trials").iterdir()) == ["0000"]
     log = (output / "trials" / "0000" / "train.log").read_text()
     assert "resumed from step" in log
-    assert json.loads((output / "trials" / "0000" / "metrics.json").read_text())["train"]["steps"] == 400
+    assert json.loads((output / "trials" / "0000" / "metrics.json").read_text())["train"]["steps"] == 1200
