@@ -38,6 +38,15 @@ class ConfigError(ValueError):
     pass
 
 
+def check_generated_share(share: float, serves_generated: bool, model_name: str) -> None:
+    """eval.generated_share reserves slots for generated interests: a model must serve some (config and evaluate)."""
+    if share > 0 and not serves_generated:
+        raise ConfigError(
+            f"eval.generated_share = {share} needs a model that serves generated interests "
+            f"(gemirec with model.base set); model {model_name!r} has none"
+        )
+
+
 class CheckedConfig:
     """Checks a config section when it is built (from TOML, ``--set`` or in code): every ``Literal`` field
     against its choices, then the section's own ranges and cross-field rules in :meth:`check`."""
@@ -79,11 +88,7 @@ class ModelConfig(CheckedConfig):
 
     def check_with(self, run: RunConfig) -> None:
         """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model extends it."""
-        if run.eval.generated_share > 0 and not self.serves_generated_interests():
-            raise ConfigError(
-                f"eval.generated_share = {run.eval.generated_share} needs a model that serves generated interests "
-                f"(gemirec with model.base set); model {self.name!r} has none"
-            )
+        check_generated_share(run.eval.generated_share, self.serves_generated_interests(), self.name)
 
     def serves_generated_interests(self) -> bool:
         """True where some served interests are generated rather than extracted (GemiRec over a base)."""

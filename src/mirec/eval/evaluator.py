@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirec.config import EvalConfig
+from mirec.config import EvalConfig, check_generated_share
 from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
 from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate
@@ -42,7 +42,8 @@ def _final_lists(
     reserved: tuple[int, float] | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Final ranked list per cut-off ({N: ids [U, N]}) and the source interest of the top-max(N) list.
-    ``reserved``: (the model's first generated interest, eval.generated_share), see ``merge_with_reserved_share``."""
+    ``reserved``: (the model's first generated interest, eval.generated_share > 0), see
+    ``merge_with_reserved_share``."""
     depth = max(ks)
     if reserved is not None and diversity_lambda <= 0:
         # a share of N is not prefix-consistent either: one merge per cut-off
@@ -106,12 +107,9 @@ def evaluate(
         clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
     first_generated = model.first_generated_interest
-    if config.generated_share > 0 and first_generated is None:
-        raise ValueError(
-            f"eval.generated_share = {config.generated_share} needs a model that serves generated interests "
-            f"(gemirec with model.base set); {model.name!r} has none"
-        )
-    reserved = (first_generated, config.generated_share) if first_generated is not None else None
+    check_generated_share(config.generated_share, first_generated is not None, model.name)
+    # share 0 is the plain max-score merge: one merge for every cut-off, not one per cut-off
+    reserved = (first_generated, config.generated_share) if config.generated_share > 0 else None
     was_training = model.training
     model.eval()
     lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mirec.config import TRACKERS
+from mirec.config import TRACKERS, TrainConfig
 
 
 def parse_log_to(text: str) -> list[str]:
@@ -212,7 +212,7 @@ class Trackers:
             t.close()
 
 
-def mirror_summary(folder: Path, train: Any, params: Mapping[str, Any], files: list[Path]) -> None:
+def mirror_summary(folder: Path, train: TrainConfig, params: Mapping[str, Any], files: list[Path]) -> None:
     """One tracker run for a bench grid or a tuning study (beside its runs), set up by the ``train`` section of
     their config (``log_to``, ``tracking_uri``, ``tracking_experiment``): the spec as parameters, the tables and
     the plots as files (MLflow artefacts; PNGs as TensorBoard images). Nothing when tracking is off."""

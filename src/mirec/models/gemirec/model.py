@@ -91,7 +91,7 @@ class GemiRec(MultiInterestModel):
     @property
     def first_generated_interest(self) -> int | None:
         """The generated interests follow the base's K."""
-        return self.config.num_interests if self.base is not None and self.config.generative else None
+        return self.config.num_interests if self.config.serves_generated_interests() else None
 
     # ----------------------------------------------------------------- IDMM maintenance
     def refresh_assignments(self) -> None:
@@ -218,11 +218,9 @@ class GemiRec(MultiInterestModel):
                 generated, _ = self.beam_search(h_last, self.config.num_interests)
             interests = self.interest_vectors(u_seq, generated)
             target_vectors = self.output_embeddings(batch.targets)
-            if isolated:  # the generated interests' own readout, scored against a detached table
-                read = self.readout(interests, target_vectors.detach())
-            elif self.base is not None:  # [OURS] one readout over the base's and the generated interests
+            if self.base is not None and not isolated:  # [OURS] one readout over the base's and the generated
                 read = self.readout(torch.cat([self.base(batch), interests], dim=1), target_vectors)
-            else:
+            else:  # the generated interests' own readout (isolated: scored against a detached table)
                 read = self.readout(interests, target_vectors.detach())
             if teacher <= 0.0:
                 user = read
