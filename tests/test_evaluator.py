@@ -334,3 +334,38 @@ def test_dead_dims_counts_dimensions_zero_for_every_user_and_interest():
     assert summary["dead_dims"] == 1
     assert summary["interest_cosine"] == pytest.approx(per_user["interest_cosine"].mean())
     assert summary["interest_share"] == pytest.approx(per_user["interest_share"].mean(0).tolist())
+
+
+def test_group_cosines_against_a_slow_loop_and_the_overall_mean():
+    from mirec.eval.diversity import collapse_per_user, generated_collapse_keys, group_cosines
+
+    interests = torch.randn(5, 6, 4, generator=torch.Generator().manual_seed(0))
+    first = 2  # 2 base interests, 4 generated
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
+    for user in range(5):
+        u = interests[user]
+        slow_base = cos(u[0], u[1])
+        slow_generated = np.mean([cos(u[i], u[j]) for i in range(2, 6) for j in range(i + 1, 6)])
+        slow_cross = np.mean([cos(u[i], u[j]) for i in range(2) for j in range(2, 6)])
+        got = group_cosines(interests, first)
+        assert got["interest_cosine_base"][user] == pytest.approx(slow_base, abs=1e-6)
+        assert got["interest_cosine_generated"][user] == pytest.approx(slow_generated, abs=1e-6)
+        assert got["interest_cosine_cross"][user] == pytest.approx(slow_cross, abs=1e-6)
+        # the 15 pairs of the overall mean are the 1 base, 6 generated and 8 cross pairs
+        overall = (slow_base + 6 * slow_generated + 8 * slow_cross) / 15
+        assert interest_cosine(interests)[user] == pytest.approx(overall, abs=1e-6)
+    # one generated interest: no within-generated pair, so no entry; the summary reports exactly the keys made
+    assert sorted(group_cosines(interests[:, :3], 2)) == ["interest_cosine_base", "interest_cosine_cross"]
+    assert sorted(generated_collapse_keys(2, 3)) == sorted(
+        ["generated_list_share", "interest_cosine_base", "interest_cosine_cross"]
+    )
+    ids = torch.arange(1, 5 * 6 * 2 + 1).reshape(5, 6, 2)
+    per_user = collapse_per_user(interests, ids, torch.zeros(5, 2, dtype=torch.long), first)
+    assert sorted(k for k in per_user if k.startswith("interest_cosine_")) == [
+        "interest_cosine_base",
+        "interest_cosine_cross",
+        "interest_cosine_generated",
+    ]

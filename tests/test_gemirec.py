@@ -692,6 +692,7 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
 
     from mirec.config import EvalConfig
     from mirec.data.batching import iter_eval_batches
+    from mirec.eval.diversity import interest_cosine
     from mirec.eval.evaluator import evaluate
     from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
     from tests.test_trainer import cycle_dataset
@@ -707,11 +708,17 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     dataset = cycle_dataset()
     # the expected lists, by hand: every test user's 6 interests, exact search, the merge with 8 of 10 reserved
     retriever = ExactRetriever(wrapped.output_embeddings().detach())
-    expected, from_generated, plain_from_generated = [], [], []
+    expected, from_generated, plain_from_generated, base_cosines, cross_cosines = [], [], [], [], []
     with torch.no_grad():
         for eb in iter_eval_batches(dataset.split("test"), 8, 1024):
-            scores, ids = retriever.search(wrapped(eb.batch), 10)
+            interests = wrapped(eb.batch)
+            scores, ids = retriever.search(interests, 10)
             out_ids, _, source = merge_with_reserved_share(scores, ids, 10, 3, 0.8)
+            base_cosines += [float(interest_cosine(interests[u, :3][None])[0]) for u in range(len(interests))]
+            cross_cosines += [
+                float(F.cosine_similarity(interests[u, :3, None], interests[u, None, 3:], dim=2).mean())
+                for u in range(len(interests))
+            ]
             expected += [[str(dataset.item_original_ids[i]) for i in row if i > 0] for row in out_ids.tolist()]
             from_generated += (source >= 3).sum(1).tolist()
             plain_from_generated += (merge_interests_full(scores, ids, 10)[2] >= 3).sum(1).tolist()
@@ -720,6 +727,8 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     result = evaluate(wrapped, dataset, "test", config, maxlen=8, dump_path=tmp_path / "r")
     assert [json.loads(line)["recommendations"] for line in open(tmp_path / "r")] == expected
     assert result["collapse"]["generated_list_share"] == pytest.approx(np.mean(from_generated) / 10)
+    assert result["collapse"]["interest_cosine_base"] == pytest.approx(np.mean(base_cosines), abs=1e-6)
+    assert result["collapse"]["interest_cosine_cross"] == pytest.approx(np.mean(cross_cosines), abs=1e-6)
     with pytest.raises(Exception, match="generated_share"):
         load_config(model="gemirec", overrides=["eval.generated_share=1.5"])
     for model, extra in (

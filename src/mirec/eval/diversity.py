@@ -129,4 +129,30 @@ def collapse_per_user(
     if first_generated is not None:
         filled = (source >= 0).sum(1).clamp(min=1).double()
         out["generated_list_share"] = ((source >= first_generated).sum(1).double() / filled).cpu().numpy()
+        out.update(group_cosines(interests, first_generated))
+    return out
+
+
+def generated_collapse_keys(first_generated: int, num_interests: int) -> list[str]:
+    """The per-user collapse entries of a model serving generated interests from ``first_generated`` on."""
+    keys = ["generated_list_share", "interest_cosine_cross"]
+    keys += ["interest_cosine_base"] if first_generated > 1 else []
+    keys += ["interest_cosine_generated"] if num_interests - first_generated > 1 else []
+    return keys
+
+
+def group_cosines(interests: torch.Tensor, first_generated: int) -> dict[str, np.ndarray]:
+    """Per user: the mean pairwise interest cosine within the base's interests (index < first_generated),
+    within the generated ones, and across the two groups (each base x generated pair); a group of one interest
+    has no within-group pair and no entry. Says where a GemiRec-over-base user's interest similarity sits."""
+    base, generated = interests[:, :first_generated], interests[:, first_generated:]
+    out = {}
+    for name, group in (("base", base), ("generated", generated)):
+        if group.shape[1] > 1:
+            out[f"interest_cosine_{name}"] = interest_cosine(group)
+    if base.shape[1] and generated.shape[1]:
+        unit_base = torch.nn.functional.normalize(base.detach().float(), dim=2)
+        unit_generated = torch.nn.functional.normalize(generated.detach().float(), dim=2)
+        cross = unit_base @ unit_generated.transpose(1, 2)  # [U, K_base, K_generated]
+        out["interest_cosine_cross"] = cross.flatten(1).mean(1).cpu().numpy().astype(np.float64)
     return out

@@ -10,7 +10,8 @@ Reported keys: every registered metric (:data:`mirec.eval.metrics.METRICS`) as `
 has item categories (whatever lambda: it is cheap and makes the accuracy/diversity trade-off visible);
 ``collapse`` (K > 1): mean pairwise interest cosine, mean Jaccard overlap of the per-interest top-max(N) lists
 and the mean sorted per-interest share of the final top-max(N) list (and, for GemiRec over a base, the share
-from its generated interests); ``users``: the number of users evaluated.
+from its generated interests and the mean cosine within the base's interests, within the generated ones and
+across the two groups); ``users``: the number of users evaluated.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from mirec.config import EvalConfig, check_generated_share
 from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
-from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate
+from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate, generated_collapse_keys
 from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
 from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
 from mirec.models.base import MultiInterestModel
@@ -189,6 +190,8 @@ def _summary(
 ) -> dict[str, Any]:
     """Means over users from sums and counts, so that shards on several ranks add up (one all_reduce)."""
     parts: dict[str, np.ndarray] = {"users": np.array([users], dtype=np.float64)}
+    first_generated = model.first_generated_interest
+    generated_keys = [] if first_generated is None else generated_collapse_keys(first_generated, model.num_interests)
     for name in names:  # NaN = undefined for that user (novel recall without novel targets): not counted
         values = arrays.get(name, np.zeros(0))
         defined = ~np.isnan(values)
@@ -200,7 +203,8 @@ def _summary(
         count = len(collapse.get("interest_cosine", ()))
         parts["collapse.n"] = np.array([count], dtype=np.float64)
         per_user_means = ["interest_cosine", "topk_jaccard"]
-        per_user_means += ["generated_list_share"] if model.first_generated_interest is not None else []
+        # GemiRec over a base: the list's generated share and the cosine within / across the two interest groups
+        per_user_means += generated_keys
         for key in per_user_means:
             parts[f"collapse.{key}"] = np.array([collapse[key].sum() if count else 0.0])
         share = collapse.get("interest_share", np.zeros((0, model.num_interests)))
@@ -227,8 +231,8 @@ def _summary(
             "topk_jaccard": float(values["collapse.topk_jaccard"][0] / count),
             "interest_share": [float(x) for x in values["collapse.interest_share"] / count],
         }
-        if "collapse.generated_list_share" in values:
-            result["collapse"]["generated_list_share"] = float(values["collapse.generated_list_share"][0] / count)
+        for key in generated_keys:
+            result["collapse"][key] = float(values[f"collapse.{key}"][0] / count)
         if "collapse.active" in values:
             result["collapse"]["dead_dims"] = int((values["collapse.active"] == 0).sum())
     return result
