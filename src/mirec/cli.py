@@ -289,10 +289,10 @@ def cmd_models(args: argparse.Namespace) -> None:
             {
                 **{name: get_model_class(name).paper for name in MODEL_PATHS},
                 "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
-                "most accurate measured": "comirec-sa+gc (ComiRec-SA on GIMIRec's global context): recall@50 0.1696 "
-                "Grocery (ComiRec split), 0.1626 Beauty, 0.1711 Yelp-B; then GIMIRec's preset 0.1635 / 0.1587 / "
-                "0.1674 and pimi+gc 0.1630 / 0.1546 / 0.1652 (3 seeds; docs/results.md 4, 4b, 12c); on Grocery "
-                "gemirec-over-sa+gc beats them all, 0.1807 (3 seeds; 16c; one seed: Beauty 0.1653, Yelp-B 0.1649)",
+                "most accurate measured": "test recall@50, 3 seeds, 6,000 steps (docs/results.md 4b, 12c, "
+                "12d, 16d), Grocery / Beauty / Yelp-B: gemirec-over-sa+gc 0.1807 / 0.1615 / 0.1654, "
+                "comirec-sa+gc 0.1587 / 0.1626 / 0.1711, gimirec 0.1635 / 0.1587 / 0.1674, "
+                "pimi+gc 0.1630 / 0.1546 / 0.1652",
             }
         )
         return

@@ -22,12 +22,12 @@ PRESET_ROOT = Path(__file__).parent / "configs"
 # Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
 PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 # Named recipes: a model plus options, usable wherever a model name is (train, bench, config show).
-# "comirec-sa+gc" is the most accurate configuration measured (docs/results.md sections 4 and 4b: recall@50
-# 0.1696 Grocery ComiRec split, 0.1626 Beauty, 0.1711 Yelp-B, 3 seeds each, +11% / +25% / +21% over GIMIRec).
+# The most accurate configurations measured (README "Which model to use"; docs/results.md 12d, 16d): on Grocery
+# "gemirec-over-sa+gc", on Beauty and Yelp-B "comirec-sa+gc" (level with it on Beauty).
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
-    # GemiRec's generated interests beside ComiRec-SA + gc (docs/results.md 16c; Grocery only so far)
+    # GemiRec's generated interests beside ComiRec-SA + gc (docs/results.md 16c, 16d)
     "gemirec-over-sa+gc": ("gemirec", ("model.base=comirec-sa", "model.global_context=true")),
 }
 TRACKERS = ("tensorboard", "mlflow")  # train.log_to
