@@ -11,6 +11,7 @@ collapse report's cosine is not meaningful for an ensemble; the list overlap is)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from mirec.models.base import MultiInterestModel
 
 
 class RunEnsemble(MultiInterestModel):
-    """The interests of several models of one catalogue, each scored against its own item table."""
+    """The interests of several trained models of one catalogue, each scored against its own item table (for
+    evaluation: it is never trained)."""
 
     name = "ensemble"
 
@@ -57,7 +59,9 @@ class RunEnsemble(MultiInterestModel):
         return torch.cat(blocks, dim=1)
 
 
-def evaluate_runs(run_dirs: Sequence[str], split: str = "test", device: str = "cpu", **eval_overrides: Any) -> dict:
+def evaluate_runs(
+    run_dirs: Sequence[str | Path], split: str = "test", device: str = "cpu", **eval_overrides: Any
+) -> dict:
     """Evaluate the ensemble of trained run folders (the first run's dataset, maxlen and evaluation settings)."""
     from dataclasses import replace
 
