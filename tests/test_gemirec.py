@@ -382,6 +382,7 @@ def test_state_dict_round_trip_via_safetensors(tmp_path):
     [
         {},
         {"mirm_fusion": "gated", "user_encoder": "separate", "idmm_update": "grad"},
+        {"mirm_fusion": "code"},
         {"mipdm_input": "code", "idmm_recon_weight": 0.0},
         {"idmm_input_norm": "l2", "beam_distinct_prefix": True},
     ],
@@ -425,6 +426,23 @@ def test_training_output_teacher_forcing_and_gradients(options):
         groups["user encoder"] = model.generator.user_sequence.parameters()
     for name, params in groups.items():
         assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
+
+
+def test_code_fusion_gives_one_vector_per_tuple_whatever_the_user():
+    from mirec.models.gemirec.retrieval import InterestRetrieval
+
+    torch.manual_seed(5)
+    retrieval = InterestRetrieval(tiny_config(mirm_fusion="code"))
+    width = retrieval.interest_norm.normalized_shape[0]
+    codes = torch.randn(3, width)
+    interests = codes[torch.tensor([[0, 1, 2], [2, 0, 0]])]  # user 1 holds tuple 2 then tuple 0 twice
+    u_seq = torch.randn(2, tiny_config().embedding_dim, requires_grad=True)
+    out = retrieval(u_seq, interests)
+    assert torch.allclose(out[0, 0], out[1, 1]) and torch.allclose(out[1, 1], out[1, 2])  # tuple 0, any user
+    assert torch.allclose(out[0, 2], out[1, 0]) and not torch.allclose(out[0, 0], out[0, 1])
+    assert torch.allclose(out, retrieval(torch.randn_like(u_seq), interests))  # the user vector is not read
+    mlp = InterestRetrieval(tiny_config(mirm_fusion="mlp"))
+    assert not torch.allclose(mlp(u_seq, interests)[0, 0], mlp(u_seq, interests)[1, 1])  # "mlp" reads the user
 
 
 @pytest.mark.parametrize("teacher", [0.0, 0.5])

@@ -346,7 +346,9 @@ class GemiRecConfig(ModelConfig):
     # which mostly share their first code (near-duplicate interests; docs/results.md section 10) [OURS]
     beam_distinct_prefix: bool = True
     # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
-    mirm_fusion: Literal["mlp", "gated"] = "mlp"  # on the concatenation | gated sum [OURS]
+    # on the concatenation | gated sum | the code alone (no user vector: the K generated interests differ as their
+    # tuples do; docs/results.md 16d found the "mlp" ones near-duplicates) [OURS]
+    mirm_fusion: Literal["mlp", "gated", "code"] = "mlp"
     # share of training rows whose user vector is built from the target's own tuple (teacher forcing); the rest
     # use the hard readout over the K generated interests [OURS]; 0 is best measured (docs/results.md section 10)
     mirm_teacher_prob: float = 0.0
