@@ -346,8 +346,8 @@ class GemiRecConfig(ModelConfig):
     # which mostly share their first code (near-duplicate interests; docs/results.md section 10) [OURS]
     beam_distinct_prefix: bool = True
     # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
-    # on the concatenation | gated sum | the code alone (no user vector: the K generated interests differ as their
-    # tuples do; docs/results.md 16d found the "mlp" ones near-duplicates) [OURS]
+    # on the concatenation | gated sum | the code alone (no user vector: the K generated interests differ only as
+    # their tuples do; on Yelp-B no less alike than "mlp"'s and lower on valid, docs/results.md 16d) [OURS]
     mirm_fusion: Literal["mlp", "gated", "code"] = "mlp"
     # share of training rows whose user vector is built from the target's own tuple (teacher forcing); the rest
     # use the hard readout over the K generated interests [OURS]; 0 is best measured (docs/results.md section 10)
