@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mirec.config import RunConfig, dataset_preset, load_config
+from mirec.config import EvalConfig, RunConfig, dataset_preset, load_config
 from mirec.utils import resolve_device
 
 if TYPE_CHECKING:  # torch and the data arrays load only when a model or a dataset is used
@@ -88,20 +88,23 @@ class Recommender:
     device: torch.device | None = None
     _serving: Any = field(default=None, repr=False)
 
-    def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:
+    def eval_config(self, **eval_overrides: Any) -> EvalConfig:
+        """The run's evaluation settings with ``eval_overrides`` applied."""
         from dataclasses import replace
-
-        from mirec.eval.evaluator import evaluate
 
         if "topk" in eval_overrides and "early_stop_metric" not in eval_overrides:
             # the stop metric is training's; at evaluation it only has to name a computed cut-off
             eval_overrides["early_stop_metric"] = f"recall@{max(eval_overrides['topk'])}"
-        eval_config = replace(self.config.eval, **eval_overrides)
+        return replace(self.config.eval, **eval_overrides)
+
+    def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:
+        from mirec.eval.evaluator import evaluate
+
         return evaluate(
             self.model,
             self.dataset,
             split,
-            eval_config,
+            self.eval_config(**eval_overrides),
             maxlen=self.config.model.maxlen,
             device=self.device,
             dump_path=dump_recs,

@@ -75,15 +75,24 @@ def diverse_aggregate(
 # Interest-collapse diagnostics (K > 1)
 
 
-def interest_cosine(interests: torch.Tensor) -> np.ndarray:
-    """Per user: mean pairwise cosine similarity of its K interest vectors (1 = fully collapsed)."""
-    n_users, k, _ = interests.shape
+def cosine_gram(interests: torch.Tensor) -> torch.Tensor:
+    """Per user: the K x K cosine similarities of its interest vectors -> [U, K, K]."""
+    unit = torch.nn.functional.normalize(interests.detach().float(), dim=2)
+    return unit @ unit.transpose(1, 2)
+
+
+def _mean_over_pairs(gram: torch.Tensor) -> np.ndarray:
+    """Per user: the mean of a cosine gram's entries above the diagonal (1 where there is no pair)."""
+    n_users, k, _ = gram.shape
     if k < 2:
         return np.ones(n_users)
-    unit = torch.nn.functional.normalize(interests.detach().float(), dim=2)
-    gram = unit @ unit.transpose(1, 2)
     upper = torch.triu_indices(k, k, offset=1, device=gram.device)
     return gram[:, upper[0], upper[1]].mean(1).cpu().numpy().astype(np.float64)
+
+
+def interest_cosine(interests: torch.Tensor) -> np.ndarray:
+    """Per user: mean pairwise cosine similarity of its K interest vectors (1 = fully collapsed)."""
+    return _mean_over_pairs(cosine_gram(interests))
 
 
 def topk_jaccard(ids: torch.Tensor) -> np.ndarray:
@@ -143,16 +152,13 @@ def generated_collapse_keys(first_generated: int, num_interests: int) -> list[st
 
 def group_cosines(interests: torch.Tensor, first_generated: int) -> dict[str, np.ndarray]:
     """Per user: the mean pairwise interest cosine within the base's interests (index < first_generated),
-    within the generated ones, and across the two groups (each base x generated pair); a group of one interest
-    has no within-group pair and no entry. Says where a GemiRec-over-base user's interest similarity sits."""
-    base, generated = interests[:, :first_generated], interests[:, first_generated:]
-    out = {}
-    for name, group in (("base", base), ("generated", generated)):
-        if group.shape[1] > 1:
-            out[f"interest_cosine_{name}"] = interest_cosine(group)
-    if base.shape[1] and generated.shape[1]:
-        unit_base = torch.nn.functional.normalize(base.detach().float(), dim=2)
-        unit_generated = torch.nn.functional.normalize(generated.detach().float(), dim=2)
-        cross = unit_base @ unit_generated.transpose(1, 2)  # [U, K_base, K_generated]
-        out["interest_cosine_cross"] = cross.flatten(1).mean(1).cpu().numpy().astype(np.float64)
-    return out
+    within the generated ones, and across the two groups (each base x generated pair), all from one gram; a
+    group of one interest has no within-group pair and no entry (``generated_collapse_keys`` decides).
+    Says where a GemiRec-over-base user's interest similarity sits."""
+    gram, g = cosine_gram(interests), first_generated
+    values = {
+        "interest_cosine_base": _mean_over_pairs(gram[:, :g, :g]),
+        "interest_cosine_generated": _mean_over_pairs(gram[:, g:, g:]),
+        "interest_cosine_cross": gram[:, :g, g:].flatten(1).mean(1).cpu().numpy().astype(np.float64),
+    }
+    return {key: values[key] for key in generated_collapse_keys(g, interests.shape[1]) if key in values}

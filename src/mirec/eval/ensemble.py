@@ -63,8 +63,6 @@ def evaluate_runs(
     run_dirs: Sequence[str | Path], split: str = "test", device: str = "cpu", **eval_overrides: Any
 ) -> dict:
     """Evaluate the ensemble of trained run folders (the first run's dataset, maxlen and evaluation settings)."""
-    from dataclasses import replace
-
     from mirec.api import load
     from mirec.eval.evaluator import evaluate
 
@@ -79,7 +77,7 @@ def evaluate_runs(
                 f"{first.config.model.maxlen}"
             )
     model = RunEnsemble([run.model for run in runs])
-    config = replace(first.config.eval, **eval_overrides)
+    config = first.eval_config(**eval_overrides)
     return evaluate(model, first.dataset, split, config, maxlen=first.config.model.maxlen, device=first.device)
 
 
