@@ -63,7 +63,12 @@ NEW_OPTION_DEFAULTS = {
     "graph.engine": "embedded",
     "graph.spark_master": "local[2]",
 }
-NEW_GEMIREC_DEFAULTS = {"model.base": "none", "model.generative": True, "model.item_table_gradient": "base"}
+NEW_GEMIREC_DEFAULTS = {
+    "model.base": "none",
+    "model.generative": True,
+    "model.item_table_gradient": "base",
+    "model.generated_diversity": 0.0,
+}
 NEW_GIMIREC_DEFAULTS = {"model.time_scale": 1.0}
 # deliberate preset changes since the reference was taken (docs/results.md 12c: chosen on the valid splits)
 CHANGED_PRESET_VALUES = {"gimirec": {"model": {"interest_values": "embedding"}}}

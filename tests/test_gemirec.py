@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -485,6 +486,42 @@ def test_readout_over_generated_interests(teacher):
         "MIPDM heads": model.generator.heads.parameters(),
     }.items():
         assert sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0, name
+
+
+@pytest.mark.parametrize("base", ["none", "comirec-sa"])
+def test_generated_diversity_adds_the_weighted_mean_pairwise_cosine_of_the_generated_interests(base):
+    import copy
+
+    torch.manual_seed(21)
+    model = GemiRec(tiny_config(base=base, num_interests=3), 40)
+    model.train()
+    batch = make_batch([2, 5, 8, 3, 6, 4], 8, 40, seed=7)
+    model.training_output(batch)  # init the dictionary
+    penalised = copy.deepcopy(model)
+    penalised.config = dataclasses.replace(model.config, generated_diversity=0.7)
+    plain = model.training_output(batch)
+    out = penalised.training_output(batch)
+    assert "generated_cosine" not in plain.terms
+    with torch.no_grad():  # slow reference on the same state: cosine of every pair of generated interests
+        h, u_seq = penalised._encode(batch)
+        generated, _ = penalised.beam_search(h[torch.arange(6), batch.mask.sum(1).long() - 1], 3)
+        interests = penalised.interest_vectors(u_seq, generated)
+    per_user = []
+    for b in range(6):
+        pairs = [(i, j) for i in range(3) for j in range(i + 1, 3)]
+        cos = [
+            float(interests[b, i] @ interests[b, j] / (interests[b, i].norm() * interests[b, j].norm()))
+            for i, j in pairs
+        ]
+        per_user.append(sum(cos) / len(cos))
+    expected = sum(per_user) / len(per_user)
+    assert float(out.terms["generated_cosine"]) == pytest.approx(expected, abs=1e-5)
+    assert float((out.aux_loss - plain.aux_loss).detach()) == pytest.approx(0.7 * expected, abs=1e-5)
+    penalised.zero_grad()
+    out.aux_loss.backward()  # the fusion enters aux through the penalty only
+    assert sum(float(p.grad.abs().sum()) for p in penalised.retrieval.fusion.parameters()) > 0
+    with pytest.raises(ValueError, match="generated_diversity"):
+        GemiRec(tiny_config(generated_diversity=-1.0), 10)
 
 
 def test_maintenance_schedule_refreshes_catalogue_codes():

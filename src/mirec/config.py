@@ -352,6 +352,9 @@ class GemiRecConfig(ModelConfig):
     # share of training rows whose user vector is built from the target's own tuple (teacher forcing); the rest
     # use the hard readout over the K generated interests [OURS]; 0 is best measured (docs/results.md section 10)
     mirm_teacher_prob: float = 0.0
+    # weight of a penalty on the mean pairwise cosine of the K generated interests (per user), added to the
+    # training loss; 0 = none. Against the near-duplicate generated interests of docs/results.md 16d [OURS]
+    generated_diversity: float = 0.0
     # u_seq from the MIPDM transformer (shared) or from a separate one [OURS]
     user_encoder: Literal["shared", "separate"] = "shared"
     # total loss = retrieval + lambda_mipdm * CE + lambda_idmm * IDMM loss [OURS: lambdas not published]
@@ -371,6 +374,7 @@ class GemiRecConfig(ModelConfig):
         super().check()
         self.require(self.generative or self.base != "none", "generative", "true without a base (model.base)")
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
+        self.require(self.generated_diversity >= 0.0, "generated_diversity", ">= 0")
         self.require(
             self.idmm_codes**self.idmm_levels >= self.num_interests,
             "idmm_codes",

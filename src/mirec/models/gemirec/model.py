@@ -17,6 +17,7 @@ from mirec.models.base import MultiInterestModel, TrainingOutput
 from mirec.models.gemirec.dictionary import InterestDictionary
 from mirec.models.gemirec.generator import InterestGenerator, last_valid
 from mirec.models.gemirec.retrieval import InterestRetrieval
+from mirec.nn.regularizers import mean_pairwise_cosine
 
 # parameter names before the three modules had a file each -> their names now (old run folders still load)
 LEGACY_PREFIXES = {
@@ -207,16 +208,18 @@ class GemiRec(MultiInterestModel):
         else:
             ce = -self.code_log_probs(h_last, target_codes).mean()
         teacher = self.config.mirm_teacher_prob
+        diversity = self.config.generated_diversity
         isolated = self._isolated
         if teacher > 0.0:
             user = self.interest_vectors(u_seq, target_codes[:, None])[:, 0]  # teacher forcing (5.3 item 4)
-        if teacher < 1.0:
-            # [OURS] train the fusion on the interests it serves with: the K generated tuples (beam, no
-            # gradient through the search), read out by the largest inner product with the target (ComiRec);
-            # each row keeps the teacher-forced vector with probability mirm_teacher_prob.
+        if teacher < 1.0 or diversity > 0.0:
+            # [OURS] the K generated tuples the model serves with (beam, no gradient through the search)
             with torch.no_grad():
                 generated, _ = self.beam_search(h_last, self.config.num_interests)
             interests = self.interest_vectors(u_seq, generated)
+        if teacher < 1.0:
+            # [OURS] train the fusion on the interests it serves with, read out by the largest inner product with
+            # the target (ComiRec); each row keeps the teacher-forced vector with probability mirm_teacher_prob.
             target_vectors = self.output_embeddings(batch.targets)
             if self.base is not None and not isolated:  # [OURS] one readout over the base's and the generated
                 read = self.readout(torch.cat([self.base(batch), interests], dim=1), target_vectors)
@@ -235,6 +238,10 @@ class GemiRec(MultiInterestModel):
             "reconstruction": quant.reconstruction.detach(),
             **self.dictionary.batch_perplexity(quant.codes),
         }
+        if diversity > 0.0:  # [OURS] push the generated interests apart (they were near-duplicates, 16d)
+            generated_cosine = mean_pairwise_cosine(interests).mean()
+            aux = aux + diversity * generated_cosine
+            terms["generated_cosine"] = generated_cosine.detach()
         if isolated:  # the base trains on its own readout exactly as alone; the generated rows beside it
             assert self.base is not None
             base = self.base.training_output(batch)
