@@ -179,7 +179,7 @@ def test_evaluate_matches_slow_reference(backend, exclude, coef):
     assert got["users"] == users == len(dataset.valid) - 1
     for name, value in ref.items():
         assert got[name] == pytest.approx(value, abs=1e-9), name
-    assert set(got["collapse"]) == {"interest_cosine", "topk_jaccard", "interest_share", "dead_dims"}
+    assert set(got["collapse"]) == {"interest_cosine", "topk_jaccard", "interest_share", "dead_dims", "item_cosine"}
     assert sum(got["collapse"]["interest_share"]) == pytest.approx(1.0)
     assert model.training  # mode restored
 
@@ -318,6 +318,22 @@ def test_collapse_diagnostics_hand_cases():
     _, _, source = merge_interests_full(scores, torch.tensor([[[1, 2, 3]] * 3]), 3)
     assert interest_shares(source, 3).tolist() == [[1.0, 0.0, 0.0]]
     assert interest_shares(torch.tensor([[2, 0, 2, -1]]), 3).tolist() == [pytest.approx([2 / 3, 1 / 3, 0.0])]
+
+
+def test_item_cosine_against_every_pair_and_in_the_collapse_report():
+    from mirec.eval.diversity import item_cosine
+
+    vectors = torch.randn(7, 3, generator=torch.Generator().manual_seed(4)) + torch.tensor([1.0, 0.0, 0.0])
+    pairs = [(i, j) for i in range(7) for j in range(7) if i != j]
+    v = vectors.double()
+    slow = np.mean([float(v[i] @ v[j] / (v[i].norm() * v[j].norm())) for i, j in pairs])
+    assert item_cosine(vectors) == pytest.approx(slow, abs=1e-9)
+    assert item_cosine(torch.tensor([[1.0, 0.0], [2.0, 0.0]])) == pytest.approx(1.0)
+    assert item_cosine(torch.tensor([[1.0, 0.0], [-3.0, 0.0]])) == pytest.approx(-1.0)
+    model, dataset = make_model(k=2), make_dataset()
+    report = evaluate(model, dataset, "valid", EvalConfig(topk=[5]), maxlen=MAXLEN)["collapse"]
+    with torch.no_grad():  # the catalogue without the padding row
+        assert report["item_cosine"] == pytest.approx(item_cosine(model.output_embeddings()[1:]))
 
 
 def test_dead_dims_counts_dimensions_zero_for_every_user_and_interest():

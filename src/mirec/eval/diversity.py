@@ -95,6 +95,18 @@ def interest_cosine(interests: torch.Tensor) -> np.ndarray:
     return _mean_over_pairs(cosine_gram(interests))
 
 
+def item_cosine(item_vectors: torch.Tensor) -> float:
+    """Mean cosine over all pairs of distinct catalogue items ([n, d], padding row excluded by the caller): the
+    similarity two unrelated interests share through the item space alone, the floor to read interest_cosine
+    against. Exact in O(n d): sum over pairs = (|sum of unit vectors|^2 - sum of their squared norms) / 2."""
+    n = item_vectors.shape[0]
+    if n < 2:
+        return 0.0
+    unit = torch.nn.functional.normalize(item_vectors.detach().double(), dim=1)
+    total = unit.sum(0)
+    return float((total @ total - (unit * unit).sum()) / (n * (n - 1)))
+
+
 def topk_jaccard(ids: torch.Tensor) -> np.ndarray:
     """Per user: mean Jaccard overlap |A ∩ B| / |A ∪ B| over pairs of its per-interest top-n lists ([U, K, n],
     -1 = empty slot; each list holds distinct ids)."""

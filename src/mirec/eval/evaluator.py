@@ -27,7 +27,13 @@ import torch
 from mirec.config import EvalConfig, check_generated_share
 from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
-from mirec.eval.diversity import NoCategoriesError, collapse_per_user, diverse_aggregate, generated_collapse_keys
+from mirec.eval.diversity import (
+    NoCategoriesError,
+    collapse_per_user,
+    diverse_aggregate,
+    generated_collapse_keys,
+    item_cosine,
+)
 from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
 from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
 from mirec.models.base import MultiInterestModel
@@ -123,8 +129,9 @@ def evaluate(
     has_diagnostics = type(model).diagnostics is not MultiInterestModel.diagnostics
     try:
         with torch.no_grad():
+            item_vectors = model.output_embeddings()
             if retriever is None:
-                retriever = ExactRetriever(model.output_embeddings(), config.backend)  # once per evaluation
+                retriever = ExactRetriever(item_vectors, config.backend)  # once per evaluation
             for eb in iter_eval_batches(sequences, maxlen, config.batch_size, limit=max_users, shard=shard):
                 interests = model(eb.batch.to(device))
                 exclude = eb.history if config.exclude_history else None
@@ -167,6 +174,8 @@ def evaluate(
     arrays.update({f"diagnostics.{n}": np.concatenate([d[n] for d in diagnostics]) for n in diagnostic_names})
     names += [f"diagnostics.{n}" for n in diagnostic_names]
     result = _summary(names, arrays, collapse_arrays, novel, len(targets), model, all_reduce)
+    if "collapse" in result:  # the same on every rank: the whole catalogue, not a share of users
+        result["collapse"]["item_cosine"] = item_cosine(item_vectors[1:])
     for name in diagnostic_names:
         result.setdefault("diagnostics", {})[name] = result.pop(f"diagnostics.{name}")
     if result["users"] == 0:
