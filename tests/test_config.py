@@ -68,6 +68,7 @@ NEW_GEMIREC_DEFAULTS = {
     "model.generative": True,
     "model.item_table_gradient": "base",
     "model.generated_diversity": 0.0,
+    "model.beam_diversity": 0.0,
 }
 NEW_GIMIREC_DEFAULTS = {"model.time_scale": 1.0}
 # deliberate preset changes since the reference was taken (docs/results.md 12c: chosen on the valid splits)

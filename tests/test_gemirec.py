@@ -285,6 +285,60 @@ def test_distinct_prefix_beam_returns_the_best_tuples_with_distinct_first_codes(
         assert any(len(set(plain[b, :, 0].tolist())) < k for b in range(8))
 
 
+def slow_mmr(scores: list[float], unit: torch.Tensor, k: int, weight: float) -> list[int]:
+    chosen: list[int] = []
+    for _ in range(k):
+
+        def value(g):
+            penalty = max((float(unit[g] @ unit[c]) for c in chosen), default=0.0)
+            return scores[g] - weight * penalty
+
+        chosen.append(max((g for g in range(len(scores)) if g not in chosen), key=value))
+    return chosen
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 2.0, 50.0])
+def test_diverse_selection_equals_a_slow_greedy_mmr(weight):
+    from mirec.models.gemirec.generator import diverse_selection
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    unit = F.normalize(torch.randn(5, 7, 3, generator=g, dtype=torch.float64), dim=-1)
+    order, chosen = diverse_selection(scores, unit, 4, weight)
+    for b in range(5):
+        assert order[b].tolist() == slow_mmr(scores[b].tolist(), unit[b], 4, weight)
+        assert chosen[b].tolist() == scores[b, order[b]].tolist()
+    if weight == 0.0:  # no penalty: the plain top-k, best first
+        assert order.tolist() == scores.topk(4, dim=1).indices.tolist()
+
+
+def test_beam_diversity_picks_among_the_first_code_candidates_by_mmr():
+    torch.manual_seed(8)
+    model = GemiRec(tiny_config(num_interests=3, idmm_codes=5, beam_width=5), 40)
+    model.train()
+    batch = make_batch([2, 5, 8, 3, 6, 4], 8, 40, seed=9)
+    model.training_output(batch)  # init the dictionary
+    model.eval()
+    with torch.no_grad():
+        h, _ = model._encode(batch)
+        h = h[torch.arange(6), batch.mask.sum(1).long() - 1]
+        plain = model.beam_search(h, 3)
+        model.config = dataclasses.replace(model.config, beam_diversity=1.5)
+        codes, logp = model.beam_search(h, 3)
+        candidates, cand_logp = model.generator.first_code_candidates(h, 5)
+        unit = F.normalize(model.retrieval.interest_norm(model.dictionary.quantizer.lookup(candidates)), dim=-1)
+    top = cand_logp.topk(3, dim=1).indices
+    assert torch.equal(plain[0], candidates.gather(1, top[..., None].expand(-1, -1, 2)))  # weight 0 = top-k
+    for b in range(6):
+        expected = slow_mmr(cand_logp[b].tolist(), unit[b], 3, 1.5)
+        assert codes[b].tolist() == candidates[b, expected].tolist()
+        assert logp[b].tolist() == pytest.approx(cand_logp[b, expected].tolist())
+        assert len(set(codes[b, :, 0].tolist())) == 3  # still distinct first codes
+    assert not torch.equal(codes, plain[0])  # the penalty changed some user's choice (fixed seed)
+    with pytest.raises(ValueError, match="beam_diversity"):
+        GemiRec(tiny_config(beam_diversity=-0.1), 10)
+
+
 def test_distinct_prefix_narrow_beam_and_default_switch():
     torch.manual_seed(13)
     cfg = tiny_config(idmm_levels=3, idmm_codes=5, num_interests=3, beam_width=3, beam_distinct_prefix=True)

@@ -345,6 +345,11 @@ class GemiRecConfig(ModelConfig):
     # the K served tuples are the best ones with pairwise-distinct first-level codes, not the K best overall,
     # which mostly share their first code (near-duplicate interests; docs/results.md section 10) [OURS]
     beam_distinct_prefix: bool = True
+    # > 0 (with beam_distinct_prefix): the K served tuples are chosen among the first-code candidates by maximal
+    # marginal relevance, log p minus this weight (nats) times the largest cosine of the tuple's interest
+    # embedding to those already chosen; the best distinct first codes are often neighbouring codes
+    # (docs/results.md 16e) [OURS]
+    beam_diversity: float = 0.0
     # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
     # on the concatenation | gated sum | the code alone (no user vector: the K generated interests differ only as
     # their tuples do; on Yelp-B no less alike than "mlp"'s and lower on valid, docs/results.md 16d) [OURS]
@@ -375,6 +380,7 @@ class GemiRecConfig(ModelConfig):
         self.require(self.generative or self.base != "none", "generative", "true without a base (model.base)")
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
         self.require(self.generated_diversity >= 0.0, "generated_diversity", ">= 0")
+        self.require(self.beam_diversity >= 0.0, "beam_diversity", ">= 0")
         self.require(
             self.idmm_codes**self.idmm_levels >= self.num_interests,
             "idmm_codes",

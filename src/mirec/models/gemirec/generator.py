@@ -145,21 +145,46 @@ class InterestGenerator(nn.Module):
         """[OURS] The k best tuples with pairwise-distinct first-level codes (one interest per coarse code).
 
         A plain top-k beam returns tuples that mostly share m_1 and differ in the small last-level residual
-        codes, i.e. near-duplicate interests. Here each of the G = min(M, width) most probable first codes
-        runs its own beam (width ``width``) over the remaining levels; the best completion of each first code
-        scores s(m_1) = max_rest log p(m_1, rest), and the k first codes with the largest s(m_1) are returned
-        with their best completions. Exact when width >= M and width >= M^(C-2).
+        codes, i.e. near-duplicate interests. Here the k best of :meth:`first_code_candidates` are returned.
         """
-        M, C = self.codes_per_level, self.levels
-        groups = min(M, width)
+        codes, scores = self.first_code_candidates(h, width)
+        best, order = scores.topk(k, dim=1)  # best completion per first code -> top-k first codes
+        return codes.gather(1, order[..., None].expand(-1, -1, codes.shape[-1])), best
+
+    def first_code_candidates(self, h: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best tuple of each of the G = min(M, width) most probable first codes: h [B, d] -> (codes
+        [B, G, C], log p [B, G]). Each first code runs its own beam (width ``width``) over the remaining levels
+        and keeps its best completion, of score max_rest log p(m_1, rest). Exact when width >= M and
+        width >= M^(C-2)."""
+        groups = min(self.codes_per_level, width)
         first_logp = F.log_softmax(self.heads[0](h), dim=-1)  # [B, M]
         scores, first = first_logp.topk(groups, dim=1)  # [B, G]
         g = (h[:, None] + self.prefix_embedding(first))[:, :, None]  # [B, G, beam=1, d]
-        # one beam per first code over the remaining levels, keeping only its best completion
         prefix, scores = self._extend_beams(scores[..., None], first[..., None, None], g, 1, width, 1)
-        best, order = scores[..., 0].topk(k, dim=1)  # best completion per first code -> top-k first codes
-        codes = prefix[:, :, 0].gather(1, order[..., None].expand(-1, -1, C))
-        return codes, best
+        return prefix[:, :, 0], scores[..., 0]
 
 
-__all__ = ["CausalEncoder", "InterestGenerator", "last_valid"]
+def diverse_selection(
+    scores: torch.Tensor, unit: torch.Tensor, k: int, weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximal marginal relevance over candidates: scores [B, G] (log p), unit [B, G, D] (unit vectors) -> the
+    indices [B, k] of the greedily chosen candidates, in choice order, and their scores [B, k]. Each step picks
+    argmax_g scores_g - weight * max_{chosen c} cos(g, c) (the first pick is the most probable). Vectorised over
+    users; the loop is over the k picks [OURS, after Carbonell & Goldstein 1998]."""
+    batch, groups = scores.shape
+    rows = torch.arange(batch, device=scores.device)
+    gram = unit @ unit.transpose(1, 2)  # [B, G, G]
+    closest = torch.zeros_like(scores)  # max cosine to the chosen ones (none chosen: no penalty)
+    free = torch.ones_like(scores, dtype=torch.bool)
+    picks = []
+    for _ in range(min(k, groups)):
+        pick = torch.where(free, scores - weight * closest, torch.full_like(scores, float("-inf"))).argmax(1)
+        picks.append(pick)
+        free[rows, pick] = False
+        sim = gram[rows, pick]  # [B, G]
+        closest = sim if len(picks) == 1 else torch.maximum(closest, sim)
+    order = torch.stack(picks, 1)
+    return order, scores.gather(1, order)
+
+
+__all__ = ["CausalEncoder", "InterestGenerator", "diverse_selection", "last_valid"]

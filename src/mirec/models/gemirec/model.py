@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from mirec.config import GemiRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel, TrainingOutput
 from mirec.models.gemirec.dictionary import InterestDictionary
-from mirec.models.gemirec.generator import InterestGenerator, last_valid
+from mirec.models.gemirec.generator import InterestGenerator, diverse_selection, last_valid
 from mirec.models.gemirec.retrieval import InterestRetrieval
 from mirec.nn.regularizers import mean_pairwise_cosine
 
@@ -134,8 +135,18 @@ class GemiRec(MultiInterestModel):
     def beam_search(
         self, h: torch.Tensor, k: int, beam_width: int | None = None, distinct_prefix: bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k code tuples by log p(m|h): h [B, d] -> (codes [B, k, C], logp [B, k]); see the generator."""
-        return self.generator.beam_search(h, k, beam_width, distinct_prefix)
+        """Top-k code tuples by log p(m|h): h [B, d] -> (codes [B, k, C], logp [B, k]); see the generator. With
+        ``beam_diversity`` > 0 (and distinct first codes) the k are chosen from the first-code candidates by
+        maximal marginal relevance on the cosine of their interest embeddings as the fusion reads them [OURS]."""
+        weight = self.config.beam_diversity
+        distinct = self.config.beam_distinct_prefix if distinct_prefix is None else distinct_prefix
+        if weight <= 0.0 or not distinct:
+            return self.generator.beam_search(h, k, beam_width, distinct_prefix)
+        width = max(beam_width or self.config.beam_width, k)
+        candidates, logp = self.generator.first_code_candidates(h, width)
+        embedded = self.retrieval.interest_norm(self.dictionary.quantizer.lookup(candidates))
+        order, chosen_logp = diverse_selection(logp, F.normalize(embedded, dim=-1), k, weight)
+        return candidates.gather(1, order[..., None].expand(-1, -1, candidates.shape[-1])), chosen_logp
 
     # ----------------------------------------------------------------- MIRM
     def interest_vectors(self, u_seq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
