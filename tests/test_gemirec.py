@@ -899,6 +899,19 @@ def test_generator_hit_rate_by_level_by_hand(monkeypatch):
     # user 1: item 7 (4,0) matches no first code -> 0 and 0
     assert got["generator_hit_l1"].tolist() == [1.0, 0.0]
     assert got["generator_hit_l2"].tolist() == pytest.approx([1 / 3, 0.0])
+    # the generated tuples' similarity before the fusion, by hand from the codebooks
+    with torch.no_grad():
+        model.dictionary.quantizer.codebooks.copy_(torch.randn_like(model.dictionary.quantizer.codebooks))
+        got = model.diagnostics(make_batch([2, 2], 8, 30), [torch.tensor([5, 6, 7]), torch.tensor([7])])
+        books = model.dictionary.quantizer.codebooks
+        for user in range(2):
+            (a1, a2), (b1, b2) = generated[user].tolist()
+            first = F.cosine_similarity(books[0, a1], books[0, b1], dim=0)
+            concat_a = model.retrieval.interest_norm(torch.cat([books[0, a1], books[1, a2]]))
+            concat_b = model.retrieval.interest_norm(torch.cat([books[0, b1], books[1, b2]]))
+            whole = F.cosine_similarity(concat_a, concat_b, dim=0)
+            assert float(got["generated_first_code_cosine"][user]) == pytest.approx(float(first), abs=1e-6)
+            assert float(got["generated_code_cosine"][user]) == pytest.approx(float(whole), abs=1e-6)
 
 
 def test_the_evaluator_reports_gemirecs_diagnostics(tmp_path):
@@ -911,10 +924,11 @@ def test_the_evaluator_reports_gemirecs_diagnostics(tmp_path):
     result = evaluate(model, dataset, "valid", EvalConfig(topk=[5], interest_clusters=0), maxlen=8, per_user=True)
     hits = result["diagnostics"]
     assert (
-        set(hits) == {"generator_hit_l1", "generator_hit_l2"}
+        set(hits) == {"generator_hit_l1", "generator_hit_l2", "generated_first_code_cosine", "generated_code_cosine"}
         and 0 <= hits["generator_hit_l2"] <= hits["generator_hit_l1"] <= 1
     )
-    assert hits["generator_hit_l1"] == pytest.approx(result["per_user"]["diagnostics.generator_hit_l1"].mean())
+    for name in hits:
+        assert hits[name] == pytest.approx(result["per_user"][f"diagnostics.{name}"].mean()), name
 
 
 def test_idmm_forward_follows_the_equations_on_a_hand_built_case():

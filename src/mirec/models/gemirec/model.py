@@ -174,10 +174,19 @@ class GemiRec(MultiInterestModel):
     @torch.no_grad()
     def diagnostics(self, batch: Batch, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per user: the share of its targets whose interest tuple, up to level c, is the prefix of one of the
-        K generated tuples (``generator_hit_l{c}``); the last level = the target's whole tuple was generated."""
+        K generated tuples (``generator_hit_l{c}``); the last level = the target's whole tuple was generated.
+        And how alike the K generated tuples are before the fusion: the mean pairwise cosine of their first-level
+        code vectors (``generated_first_code_cosine``) and of their normalised code embeddings, the fusion's
+        input (``generated_code_cosine``); the fused vectors' cosine is in the collapse report."""
         if not self.config.generative:
             return {}
         generated, _ = self.generate(batch)  # [B, K, C]
+        first_codes = self.dictionary.quantizer.codebooks[0][generated[..., 0]]  # [B, K, D]
+        embedded = self.retrieval.interest_norm(self.dictionary.quantizer.lookup(generated))
+        similarity = {
+            "generated_first_code_cosine": mean_pairwise_cosine(first_codes),
+            "generated_code_cosine": mean_pairwise_cosine(embedded),
+        }
         lengths = torch.tensor([len(t) for t in targets], device=generated.device)
         user = torch.repeat_interleave(torch.arange(len(targets), device=generated.device), lengths)
         codes = self.dictionary.codes_of(torch.cat(targets).to(generated.device))  # [T, C]
@@ -186,7 +195,7 @@ class GemiRec(MultiInterestModel):
         per_user = torch.zeros(len(targets), hit.shape[1], dtype=torch.float64, device=hit.device)
         per_user.index_add_(0, user, hit)
         per_user /= lengths.clamp(min=1)[:, None]
-        return {f"generator_hit_l{c + 1}": per_user[:, c] for c in range(hit.shape[1])}
+        return {**{f"generator_hit_l{c + 1}": per_user[:, c] for c in range(hit.shape[1])}, **similarity}
 
     def training_output(self, batch: Batch) -> TrainingOutput:
         """u_{m*(target)} [B, d] (teacher forcing on the target's tuple), the auxiliary loss, and its terms plus
