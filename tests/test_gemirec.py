@@ -337,6 +337,8 @@ def test_beam_diversity_picks_among_the_first_code_candidates_by_mmr():
     assert not torch.equal(codes, plain[0])  # the penalty changed some user's choice (fixed seed)
     with pytest.raises(ValueError, match="beam_diversity"):
         GemiRec(tiny_config(beam_diversity=-0.1), 10)
+    with pytest.raises(ValueError, match="beam_distinct_prefix"):
+        GemiRec(tiny_config(beam_diversity=1.0, beam_distinct_prefix=False), 10)
 
 
 def test_distinct_prefix_narrow_beam_and_default_switch():

@@ -381,6 +381,8 @@ class GemiRecConfig(ModelConfig):
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
         self.require(self.generated_diversity >= 0.0, "generated_diversity", ">= 0")
         self.require(self.beam_diversity >= 0.0, "beam_diversity", ">= 0")
+        if self.beam_diversity > 0.0:  # it chooses among the best tuples of distinct first codes
+            self.require(self.beam_distinct_prefix, "beam_distinct_prefix", "true when beam_diversity > 0")
         self.require(
             self.idmm_codes**self.idmm_levels >= self.num_interests,
             "idmm_codes",

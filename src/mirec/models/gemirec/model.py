@@ -140,7 +140,7 @@ class GemiRec(MultiInterestModel):
         maximal marginal relevance on the cosine of their interest embeddings as the fusion reads them [OURS]."""
         weight = self.config.beam_diversity
         distinct = self.config.beam_distinct_prefix if distinct_prefix is None else distinct_prefix
-        if weight <= 0.0 or not distinct:
+        if weight <= 0.0 or not distinct:  # an explicit distinct_prefix=False asks for the plain top-k beam
             return self.generator.beam_search(h, k, beam_width, distinct_prefix)
         width = max(beam_width or self.config.beam_width, k)
         candidates, logp = self.generator.first_code_candidates(h, width)
