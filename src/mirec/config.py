@@ -22,8 +22,9 @@ PRESET_ROOT = Path(__file__).parent / "configs"
 # Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
 PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 # Named recipes: a model plus options, usable wherever a model name is (train, bench, config show).
-# The most accurate configurations measured (README "Which model to use"; docs/results.md 12d, 16d): on Grocery
-# "gemirec-over-sa+gc", on Beauty and Yelp-B "comirec-sa+gc" (level with it on Beauty).
+# The most accurate configurations measured (README "Which model to use"; docs/results.md 12d, 12e, 16d): on Grocery
+# "gemirec-over-sa+gc", on Beauty and Yelp-B "comirec-sa+gc" (level with it on Beauty; GIMIRec level with it too
+# when both train to 12,000 steps).
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
