@@ -1,7 +1,8 @@
 """Reusable layers: sampled softmax, capsule routing, self-attentive extractor, time-interval and star-graph
-attention, residual quantizer."""
+attention, residual quantizer, interest-diversity penalty."""
 
 from mirec.nn.capsule import CapsuleRouting, squash
+from mirec.nn.regularizers import mean_pairwise_cosine
 from mirec.nn.sampled_softmax import LogUniformSampler, sampled_softmax_loss
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 from mirec.nn.star_graph import StarGraph, StarMultiHeadAttention
@@ -11,6 +12,7 @@ __all__ = [
     "CapsuleRouting",
     "squash",
     "LogUniformSampler",
+    "mean_pairwise_cosine",
     "sampled_softmax_loss",
     "SelfAttentiveExtractor",
     "StarGraph",
