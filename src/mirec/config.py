@@ -349,7 +349,7 @@ class GemiRecConfig(ModelConfig):
     # > 0 (with beam_distinct_prefix): the K served tuples are chosen among the first-code candidates by maximal
     # marginal relevance, log p minus this weight (nats) times the largest cosine of the tuple's interest
     # embedding to those already chosen; the best distinct first codes are often neighbouring codes
-    # (docs/results.md 16e) [OURS]
+    # (docs/results.md 16e: at serving it cost recall) [OURS]
     beam_diversity: float = 0.0
     # MIRM: u_m = f(u_seq, e_m) [SECONDARY: fuses the user embedding with the quantized interest]
     # on the concatenation | gated sum | the code alone (no user vector: the K generated interests differ only as
@@ -359,7 +359,8 @@ class GemiRecConfig(ModelConfig):
     # use the hard readout over the K generated interests [OURS]; 0 is best measured (docs/results.md section 10)
     mirm_teacher_prob: float = 0.0
     # weight of a penalty on the mean pairwise cosine of the K generated interests (per user), added to the
-    # training loss; 0 = none. Against the near-duplicate generated interests of docs/results.md 16d [OURS]
+    # training loss; 0 = none. Against the near-duplicate generated interests of docs/results.md 16d; 1.0 spreads
+    # them and raises novel recall, valid recall@50 lower or level (16e), so 0 stays the default [OURS]
     generated_diversity: float = 0.0
     # u_seq from the MIPDM transformer (shared) or from a separate one [OURS]
     user_encoder: Literal["shared", "separate"] = "shared"
