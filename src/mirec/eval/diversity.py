@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mirec.eval.retrieval import dedup_candidates
+from mirec.nn import regularizers
 
 
 class NoCategoriesError(ValueError):
@@ -76,18 +77,15 @@ def diverse_aggregate(
 
 
 def cosine_gram(interests: torch.Tensor) -> torch.Tensor:
-    """Per user: the K x K cosine similarities of its interest vectors -> [U, K, K]."""
-    unit = torch.nn.functional.normalize(interests.detach().float(), dim=2)
-    return unit @ unit.transpose(1, 2)
+    """Per user: the K x K cosine similarities of its interest vectors (no gradient, float32) -> [U, K, K]."""
+    return regularizers.cosine_gram(interests.detach().float())
 
 
 def _mean_over_pairs(gram: torch.Tensor) -> np.ndarray:
     """Per user: the mean of a cosine gram's entries above the diagonal (1 where there is no pair)."""
-    n_users, k, _ = gram.shape
-    if k < 2:
-        return np.ones(n_users)
-    upper = torch.triu_indices(k, k, offset=1, device=gram.device)
-    return gram[:, upper[0], upper[1]].mean(1).cpu().numpy().astype(np.float64)
+    if gram.shape[1] < 2:
+        return np.ones(gram.shape[0])
+    return regularizers.mean_above_diagonal(gram).cpu().numpy().astype(np.float64)
 
 
 def interest_cosine(interests: torch.Tensor) -> np.ndarray:

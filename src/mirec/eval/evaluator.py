@@ -129,8 +129,9 @@ def evaluate(
     has_diagnostics = type(model).diagnostics is not MultiInterestModel.diagnostics
     try:
         with torch.no_grad():
-            item_vectors = model.output_embeddings()
+            item_vectors = None  # the catalogue's output table, built once (here or for item_cosine)
             if retriever is None:
+                item_vectors = model.output_embeddings()
                 retriever = ExactRetriever(item_vectors, config.backend)  # once per evaluation
             for eb in iter_eval_batches(sequences, maxlen, config.batch_size, limit=max_users, shard=shard):
                 interests = model(eb.batch.to(device))
@@ -148,6 +149,8 @@ def evaluate(
                 histories.extend(eb.history)
                 windows.extend(h[-maxlen:] for h in eb.history)
                 rows.append(eb.rows)
+            if item_vectors is None and model.num_interests > 1:  # a given retriever (ANN) kept its own copy
+                item_vectors = model.output_embeddings()  # for item_cosine, in eval mode like the retriever's
     finally:
         model.train(was_training)
 
@@ -175,6 +178,7 @@ def evaluate(
     names += [f"diagnostics.{n}" for n in diagnostic_names]
     result = _summary(names, arrays, collapse_arrays, novel, len(targets), model, all_reduce)
     if "collapse" in result:  # the same on every rank: the whole catalogue, not a share of users
+        assert item_vectors is not None
         result["collapse"]["item_cosine"] = item_cosine(item_vectors[1:])
     for name in diagnostic_names:
         result.setdefault("diagnostics", {})[name] = result.pop(f"diagnostics.{name}")

@@ -144,11 +144,14 @@ class GemiRec(MultiInterestModel):
             return self.generator.beam_search(h, k, beam_width, distinct_prefix)
         width = max(beam_width or self.config.beam_width, k)
         candidates, logp = self.generator.first_code_candidates(h, width)
-        embedded = self.retrieval.interest_norm(self.dictionary.quantizer.lookup(candidates))
-        order, chosen_logp = diverse_selection(logp, F.normalize(embedded, dim=-1), k, weight)
+        order, chosen_logp = diverse_selection(logp, F.normalize(self._fusion_input(candidates), dim=-1), k, weight)
         return candidates.gather(1, order[..., None].expand(-1, -1, candidates.shape[-1])), chosen_logp
 
     # ----------------------------------------------------------------- MIRM
+    def _fusion_input(self, codes: torch.Tensor) -> torch.Tensor:
+        """The normalised interest embedding the fusion reads for each tuple: codes [..., C] -> [..., C * D]."""
+        return self.retrieval.interest_norm(self.dictionary.quantizer.lookup(codes))
+
     def interest_vectors(self, u_seq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """u_m = f(u_seq, e_m), e_m = concat of the tuple's codes: u_seq [B, d], codes [B, K, C] -> [B, K, d]."""
         # [OURS] the codebooks are trained by the IDMM only
@@ -182,10 +185,9 @@ class GemiRec(MultiInterestModel):
             return {}
         generated, _ = self.generate(batch)  # [B, K, C]
         first_codes = self.dictionary.quantizer.codebooks[0][generated[..., 0]]  # [B, K, D]
-        embedded = self.retrieval.interest_norm(self.dictionary.quantizer.lookup(generated))
         similarity = {
             "generated_first_code_cosine": mean_pairwise_cosine(first_codes),
-            "generated_code_cosine": mean_pairwise_cosine(embedded),
+            "generated_code_cosine": mean_pairwise_cosine(self._fusion_input(generated)),
         }
         lengths = torch.tensor([len(t) for t in targets], device=generated.device)
         user = torch.repeat_interleave(torch.arange(len(targets), device=generated.device), lengths)
