@@ -60,6 +60,8 @@ NEW_OPTION_DEFAULTS = {
     "train.tracking_experiment": "",
     "eval.interest_clusters": 64,
     "eval.generated_share": 0.0,
+    "eval.base_share": 0.0,
+    "eval.base_share_grid": [],
     "graph.engine": "embedded",
     "graph.spark_master": "local[2]",
 }

@@ -824,7 +824,7 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
         for eb in iter_eval_batches(dataset.split("test"), 8, 1024):
             interests = wrapped(eb.batch)
             scores, ids = retriever.search(interests, 10)
-            out_ids, _, source = merge_with_reserved_share(scores, ids, 10, 3, 0.8)
+            out_ids, _, source = merge_with_reserved_share(scores, ids, 10, slice(3, None), 0.8)
             base_cosines += [float(interest_cosine(interests[u, :3][None])[0]) for u in range(len(interests))]
             cross_cosines += [
                 float(F.cosine_similarity(interests[u, :3, None], interests[u, None, 3:], dim=2).mean())
@@ -852,6 +852,40 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     assert load_config(model="gemirec-over-sa+gc", overrides=["eval.generated_share=0.2"]).eval.generated_share == 0.2
     with pytest.raises(ValueError, match="needs a model that serves generated interests"):
         evaluate(GemiRec(tiny_config(), 120), dataset, "test", EvalConfig(topk=[10], generated_share=0.2), maxlen=8)
+
+
+def test_a_full_base_share_serves_exactly_the_bases_list_and_a_partial_one_caps_the_generated(tmp_path):
+    import json
+
+    from mirec.config import EvalConfig
+    from mirec.eval.evaluator import evaluate
+    from tests.test_trainer import cycle_dataset
+
+    plain, wrapped = base_pair("comirec-sa", generative=True, n_items=120)
+    plain.eval()
+    wrapped.eval()
+    with torch.no_grad():  # large generated interests: the plain merge gives them most of the list
+        for parameter in wrapped.retrieval.parameters():
+            parameter.mul_(3.0)
+    dataset = cycle_dataset()
+
+    def lists(model, name, **shares):
+        result = evaluate(model, dataset, "test", EvalConfig(topk=[10], **shares), maxlen=8, dump_path=tmp_path / name)
+        return result, [json.loads(line)["recommendations"] for line in open(tmp_path / name)]
+
+    base_result, base_lists = lists(plain, "plain")
+    full_result, full_lists = lists(wrapped, "full", base_share=1.0)
+    assert full_lists == base_lists  # the base's own ranking, from the wrapped model's first K interests
+    assert full_result["recall@10"] == pytest.approx(base_result["recall@10"])
+    assert full_result["collapse"]["generated_list_share"] == 0.0
+    merged_result, _ = lists(wrapped, "merged")
+    capped_result, _ = lists(wrapped, "capped", base_share=0.6)
+    assert merged_result["collapse"]["generated_list_share"] > 0.4  # the premise: the merge favours them
+    assert capped_result["collapse"]["generated_list_share"] <= 0.4 + 1e-9  # round(0.6 * 10) slots for the base
+    with pytest.raises(Exception, match="base_share"):
+        load_config(model="gemirec-over-sa+gc", overrides=["eval.base_share=0.5", "eval.generated_share=0.2"])
+    with pytest.raises(Exception, match="base_share = 0.5 needs a model that serves generated interests"):
+        load_config(model="comirec-sa", overrides=["eval.base_share=0.5"])
 
 
 def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
@@ -886,6 +920,20 @@ def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
     assert again["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
     with pytest.raises(Exception, match="generative"):
         load_config(model="gemirec", overrides=["model.generative=false"])
+
+    # the base's list share chosen on valid after training: the first best of the grid, kept in config.toml
+    grid = [0.0, 0.5, 1.0]
+    config.eval.base_share_grid = grid
+    metrics = train_run(tmp_path / "data", config, tmp_path / "run-share", progress=False)
+    rec = load(tmp_path / "run-share", device="cpu")
+    by_share = {share: rec.evaluate("valid", base_share=share)["recall@10"] for share in grid}
+    assert metrics["base_share_choice"]["valid"] == pytest.approx({str(s): v for s, v in by_share.items()})
+    best = max(grid, key=by_share.get)
+    assert metrics["base_share_choice"]["chosen"] == best == rec.config.eval.base_share
+    assert rec.evaluate("test")["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
+    assert metrics["valid"]["recall@10"] == pytest.approx(by_share[best])
+    with pytest.raises(Exception, match="base_share_grid"):
+        load_config(model="comirec-sa", overrides=["eval.base_share_grid=[0.5]"])
 
 
 def test_generator_hit_rate_by_level_by_hand(monkeypatch):

@@ -134,21 +134,24 @@ def comirec_merge(scores: np.ndarray, ids: np.ndarray, n: int) -> list[int]:
     return out + [-1] * (n - len(out))
 
 
-def reserved_merge_loop(scores: np.ndarray, ids: np.ndarray, n: int, first: int, share: float) -> list[int]:
+def reserved_merge_loop(
+    scores: np.ndarray, ids: np.ndarray, n: int, first: int, share: float, stop: int | None = None
+) -> list[int]:
     """Slow reference of the reserved-share merge: the merge's head, the reserved interests' best new items,
     the merge's next items if those run out; the union ordered by the score each item was picked with."""
     q = round(share * n)
+    stop = ids.shape[0] if stop is None else stop
     merged = comirec_merge(scores, ids, n)
     best = {}  # item -> best score over all interests / over the reserved ones
     best_r = {}
     for k in range(ids.shape[0]):
         for iid, sc in zip(ids[k].tolist(), scores[k].tolist(), strict=True):
             best[iid] = max(best.get(iid, -np.inf), sc)
-            if k >= first:
+            if first <= k < stop:
                 best_r[iid] = max(best_r.get(iid, -np.inf), sc)
     head = [i for i in merged[: n - q] if i > 0]
     picks = [(i, best[i]) for i in head]
-    reserved = [i for i in comirec_merge(scores[first:], ids[first:], n) if i > 0 and i not in head][:q]
+    reserved = [i for i in comirec_merge(scores[first:stop], ids[first:stop], n) if i > 0 and i not in head][:q]
     picks += [(i, best_r[i]) for i in reserved]
     fill = [i for i in merged[n - q :] if i > 0 and i not in reserved][: q - len(reserved)]
     picks += [(i, best[i]) for i in fill]
@@ -161,15 +164,17 @@ def test_reserved_share_merge_by_hand():
     scores = torch.tensor([[[0.9, 0.8, 0.7], [0.85, 0.75, 0.65], [0.3, 0.2, 0.1]]])
     ids = torch.tensor([[[1, 2, 3], [4, 5, 6], [1, 7, 8]]])
     assert merge_interests_full(scores, ids, 4)[0].tolist() == [[1, 4, 2, 5]]  # max merge: no reserved item
-    out_ids, out_s, source = merge_with_reserved_share(scores, ids, 4, 2, 0.5)
+    out_ids, out_s, source = merge_with_reserved_share(scores, ids, 4, slice(2, None), 0.5)
     # head = 1, 4; reserved merge = 1 (taken), 7, 8 -> 7, 8; ordered by score
     assert out_ids.tolist() == [[1, 4, 7, 8]]
     assert out_s[0].tolist() == pytest.approx([0.9, 0.85, 0.2, 0.1])
     assert source.tolist() == [[0, 1, 2, 2]]
-    assert torch.equal(merge_with_reserved_share(scores, ids, 4, 2, 0.0)[0], merge_interests_full(scores, ids, 4)[0])
+    assert torch.equal(
+        merge_with_reserved_share(scores, ids, 4, slice(2, None), 0.0)[0], merge_interests_full(scores, ids, 4)[0]
+    )
     # the reserved interest has one new item only: the merge's next item fills the second reserved slot
     ids_few = torch.tensor([[[1, 2, 3], [4, 5, 6], [1, 4, 9]]])
-    assert merge_with_reserved_share(scores, ids_few, 4, 2, 0.5)[0].tolist() == [[1, 4, 2, 9]]
+    assert merge_with_reserved_share(scores, ids_few, 4, slice(2, None), 0.5)[0].tolist() == [[1, 4, 2, 9]]
 
 
 def test_reserved_share_merge_matches_the_slow_loop_on_random_lists():
@@ -179,9 +184,13 @@ def test_reserved_share_merge_matches_the_slow_loop_on_random_lists():
     scores = rng.permutation(n_users * k * per).reshape(n_users, k, per).astype(np.float32)
     for n, first, share in [(12, 3, 0.25), (10, 3, 0.5), (8, 5, 1.0), (12, 2, 0.1)]:
         s, i = scores[:, :, :n], ids[:, :, :n]
-        got = merge_with_reserved_share(torch.from_numpy(s), torch.from_numpy(i), n, first, share)[0]
+        got = merge_with_reserved_share(torch.from_numpy(s), torch.from_numpy(i), n, slice(first, None), share)[0]
         for u in range(n_users):
             assert got[u].tolist() == reserved_merge_loop(s[u], i[u], n, first, share), (n, share, u)
+        # the same slots for the first interests instead (eval.base_share: GemiRec's base)
+        got = merge_with_reserved_share(torch.from_numpy(s), torch.from_numpy(i), n, slice(0, first), share)[0]
+        for u in range(n_users):
+            assert got[u].tolist() == reserved_merge_loop(s[u], i[u], n, 0, share, stop=first), (n, share, u)
 
 
 def test_merge_matches_literal_loop_on_random_lists():

@@ -132,6 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         overrides["topk"] = [int(k) for k in args.topk.split(",")]
     if args.generated_share is not None:
         overrides["generated_share"] = args.generated_share
+    if args.base_share is not None:
+        overrides["base_share"] = args.base_share
     _print_json(rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides))
 
 
@@ -437,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="share of the list reserved for generated interests (GemiRec over a base; eval.generated_share)",
+    )
+    p.add_argument(
+        "--base-share",
+        type=float,
+        default=None,
+        help="share of the list reserved for the base's interests (GemiRec over a base; eval.base_share)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")

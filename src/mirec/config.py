@@ -39,13 +39,16 @@ class ConfigError(ValueError):
     pass
 
 
-def check_generated_share(share: float, serves_generated: bool, model_name: str) -> None:
-    """eval.generated_share reserves slots for generated interests: a model must serve some (config and evaluate)."""
-    if share > 0 and not serves_generated:
-        raise ConfigError(
-            f"eval.generated_share = {share} needs a model that serves generated interests "
-            f"(gemirec with model.base set); model {model_name!r} has none"
-        )
+def check_list_shares(config: EvalConfig, serves_generated: bool, model_name: str) -> None:
+    """eval.generated_share / eval.base_share reserve slots for generated or for extracted interests: a model must
+    serve both kinds (config and evaluate)."""
+    for key in ("generated_share", "base_share", "base_share_grid"):
+        share = getattr(config, key)
+        if share and not serves_generated:
+            raise ConfigError(
+                f"eval.{key} = {share} needs a model that serves generated interests "
+                f"(gemirec with model.base set); model {model_name!r} has none"
+            )
 
 
 class CheckedConfig:
@@ -89,7 +92,7 @@ class ModelConfig(CheckedConfig):
 
     def check_with(self, run: RunConfig) -> None:
         """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model extends it."""
-        check_generated_share(run.eval.generated_share, self.serves_generated_interests(), self.name)
+        check_list_shares(run.eval, self.serves_generated_interests(), self.name)
 
     def serves_generated_interests(self) -> bool:
         """True where some served interests are generated rather than extracted (GemiRec over a base)."""
@@ -183,6 +186,12 @@ class EvalConfig(CheckedConfig):
     # share of the final top-N reserved for the best items of the interests a model generates rather than extracts
     # (GemiRec over a base); the rest is the max-score merge over all interests; 0 = that merge alone [OURS]
     generated_share: float = 0.0
+    # the same for the base's (extracted) interests: a cap on what the generated ones take; 1 = the base's own list
+    # (its ranking, not its collapse figures); chosen per dataset on the valid split (docs/results.md 16f) [OURS]
+    base_share: float = 0.0
+    # non-empty: after training, eval.base_share is chosen from these on the valid split (early_stop_metric; the
+    # first best wins) and written to the run's config.toml, so evaluate, bundles and the service use it [OURS]
+    base_share_grid: list[float] = field(default_factory=list)
     batch_size: int = 1024
     # model-free item interest clusters (mirec.data.interests) for novel_recall@N and interest_coverage@N; 0 = off
     interest_clusters: int = 64
@@ -198,8 +207,13 @@ class EvalConfig(CheckedConfig):
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
         self.require(0.0 <= self.generated_share <= 1.0, "generated_share", "in [0, 1]")
+        self.require(0.0 <= self.base_share <= 1.0, "base_share", "in [0, 1]")
+        for key in ("generated_share", "base_share"):
+            self.require(getattr(self, key) == 0 or self.diversity_lambda == 0, key, "0 with diversity_lambda > 0")
+        self.require(self.generated_share == 0 or self.base_share == 0, "base_share", "0 with generated_share > 0")
+        self.require(all(0.0 <= x <= 1.0 for x in self.base_share_grid), "base_share_grid", "shares in [0, 1]")
         self.require(
-            self.generated_share == 0 or self.diversity_lambda == 0, "generated_share", "0 with diversity_lambda > 0"
+            not self.base_share_grid or self.generated_share == 0, "base_share_grid", "empty with generated_share > 0"
         )
         self.require(self.interest_clusters >= 0, "interest_clusters", ">= 0 (0 = no novel-interest metrics)")
         metric, _, cut = self.early_stop_metric.partition("@")

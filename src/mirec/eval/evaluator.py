@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirec.config import EvalConfig, check_generated_share
+from mirec.config import EvalConfig, check_list_shares
 from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
 from mirec.eval.diversity import (
@@ -35,7 +35,7 @@ from mirec.eval.diversity import (
     item_cosine,
 )
 from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
-from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
+from mirec.eval.retrieval import ExactRetriever, list_reservation, merge_interests_full, merge_with_reserved_share
 from mirec.models.base import MultiInterestModel
 from mirec.utils import atomic_path
 
@@ -46,10 +46,10 @@ def _final_lists(
     ks: list[int],
     diversity_lambda: float,
     categories: np.ndarray | None,
-    reserved: tuple[int, float] | None = None,
+    reserved: tuple[slice, float] | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Final ranked list per cut-off ({N: ids [U, N]}) and the source interest of the top-max(N) list.
-    ``reserved``: (the model's first generated interest, eval.generated_share > 0), see
+    ``reserved``: (the interests given slots, their share), from ``list_reservation``; see
     ``merge_with_reserved_share``."""
     depth = max(ks)
     if reserved is not None and diversity_lambda <= 0:
@@ -114,9 +114,9 @@ def evaluate(
         clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
     first_generated = model.first_generated_interest
-    check_generated_share(config.generated_share, first_generated is not None, model.name)
-    # share 0 is the plain max-score merge: one merge for every cut-off, not one per cut-off
-    reserved = (first_generated, config.generated_share) if config.generated_share > 0 else None
+    check_list_shares(config, first_generated is not None, model.name)
+    # no reserved share is the plain max-score merge: one merge for every cut-off, not one per cut-off
+    reserved = list_reservation(first_generated, config.generated_share, config.base_share)
     was_training = model.training
     model.eval()
     lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}

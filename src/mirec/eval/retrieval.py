@@ -257,19 +257,21 @@ def merge_interests_full(
 
 
 def merge_with_reserved_share(
-    scores: torch.Tensor, ids: torch.Tensor, n: int, first_reserved: int, share: float
+    scores: torch.Tensor, ids: torch.Tensor, n: int, reserved: slice, share: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The max-score merge with ``q = round(share * n)`` slots reserved for interests ``first_reserved..K-1``
-    (GemiRec's generated interests): the top ``n - q`` of the merge over all K interests, then the best items of
-    the reserved interests' own merge not among them (up to q), then, if those run out, the merge's next items;
-    the union is ordered by score. ``share = 0`` is :func:`merge_interests_full`. Same outputs as that function.
+    """The max-score merge with ``q = round(share * n)`` slots reserved for the interests ``reserved`` (a slice of
+    the K; GemiRec's generated interests ``slice(K_base, None)`` or its base's ``slice(0, K_base)``): the top
+    ``n - q`` of the merge over all K interests, then the best items of the reserved interests' own merge not among
+    them (up to q), then, if those run out, the merge's next items; the union is ordered by score. ``share = 0`` is
+    :func:`merge_interests_full`. Same outputs as that function.
     """
     merged, merged_s, source = merge_interests_full(scores, ids, n)
     q = min(n, max(0, round(share * n)))
-    if q == 0 or first_reserved >= scores.shape[1]:
+    first, stop, _ = reserved.indices(scores.shape[1])
+    if q == 0 or first >= stop:
         return merged, merged_s, source
-    r_ids, r_s, r_src = merge_interests_full(scores[:, first_reserved:], ids[:, first_reserved:], n)
-    r_src = torch.where(r_src >= 0, r_src + first_reserved, r_src)
+    r_ids, r_s, r_src = merge_interests_full(scores[:, first:stop], ids[:, first:stop], n)
+    r_src = torch.where(r_src >= 0, r_src + first, r_src)
     head = merged[:, : n - q]
     taken = (r_ids[:, :, None] == head[:, None, :]).any(2) | (r_ids < 0)
     r_take = ~taken & (torch.cumsum((~taken).long(), 1) <= q)
@@ -290,6 +292,20 @@ def merge_with_reserved_share(
     out_s = torch.where(kept, cand_s.gather(1, order), torch.full_like(order, float("-inf"), dtype=cand_s.dtype))
     out_src = torch.where(kept, cand_src.gather(1, order), torch.full_like(order, -1))
     return out_ids, out_s, out_src
+
+
+def list_reservation(
+    first_generated: int | None, generated_share: float, base_share: float
+) -> tuple[slice, float] | None:
+    """Which interests get reserved list slots (eval.generated_share / eval.base_share, at most one > 0), or None
+    for the plain max-score merge: GemiRec over a base serves its base's interests 0..first_generated-1 first."""
+    if first_generated is None:
+        return None
+    if generated_share > 0:
+        return slice(first_generated, None), generated_share
+    if base_share > 0:
+        return slice(0, first_generated), base_share
+    return None
 
 
 def merge_interests(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from mirec.config import RunConfig
 from mirec.data.batching import Batch
 from mirec.data.dataset import SECONDS_PER_DAY
 from mirec.eval.diversity import diverse_aggregate
-from mirec.eval.retrieval import merge_interests_full, merge_with_reserved_share
+from mirec.eval.retrieval import list_reservation, merge_interests_full, merge_with_reserved_share
 from mirec.models import MultiInterestModel
 from mirec.serving.index import ItemIndex
 
@@ -180,9 +180,10 @@ class ServingModel:
             if self.item_categories is None:
                 raise ValueError("diversity_lambda > 0 needs item categories, and this model has none")
             return diverse_aggregate(scores, ids, n, self.item_categories, diversity_lambda)
-        first_generated = self.model.first_generated_interest
-        if first_generated is not None:
-            return merge_with_reserved_share(scores, ids, n, first_generated, self.config.eval.generated_share)
+        config = self.config.eval
+        reserved = list_reservation(self.model.first_generated_interest, config.generated_share, config.base_share)
+        if reserved is not None:
+            return merge_with_reserved_share(scores, ids, n, *reserved)
         return merge_interests_full(scores, ids, n)
 
     @torch.no_grad()

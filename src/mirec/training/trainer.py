@@ -551,16 +551,38 @@ class Trainer:
             f"wall={time.perf_counter() - wall_start:.1f}s"
         )
 
+    def _choose_base_share(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The valid metrics of the best weights; with eval.base_share_grid, first the share of the list kept for
+        the base's interests (GemiRec over a base) that scores best on valid, written to config.toml."""
+        ec = self.config.eval
+        if not ec.base_share_grid:
+            return self.evaluate("valid"), None
+        by_share = {}
+        for share in ec.base_share_grid:
+            ec.base_share = share
+            by_share[share] = self.evaluate("valid")
+        best = max(ec.base_share_grid, key=lambda share: by_share[share][ec.early_stop_metric])  # first best
+        ec.base_share = best
+        if self.dist.main:
+            save_config(self.config, self.run_dir / "config.toml")
+        self.logger.info(
+            f"eval.base_share = {best} chosen on valid {ec.early_stop_metric} from "
+            + ", ".join(f"{share}: {by_share[share][ec.early_stop_metric]:.5f}" for share in ec.base_share_grid)
+        )
+        valid_metric = {str(share): by_share[share][ec.early_stop_metric] for share in ec.base_share_grid}
+        return by_share[best], {"chosen": best, "metric": ec.early_stop_metric, "valid": valid_metric}
+
     def _finish(self) -> dict[str, Any]:
         st, tc = self.state, self.config.train
         assert self.best_state is not None
         self.model.load_state_dict(self.best_state)
         if self.dist.main:
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
-        valid = self.evaluate("valid")
+        valid, share_choice = self._choose_base_share()
         test = self.evaluate("test") if self.test else None
         metrics = {
             "valid": valid,
+            **({"base_share_choice": share_choice} if share_choice else {}),
             **({"test": test} if test is not None else {}),
             "train": {
                 "steps": st.step,
