@@ -48,9 +48,11 @@ def test_a_recipe_is_its_model_with_its_options_and_user_overrides_win():
     assert config.train == plain.train  # the preset of the recipe's model
     assert load_config(model="comirec-sa+gc", overrides=["model.global_context=false"]).model.global_context is False
     assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc", "gemirec-over-sa+gc"}
-    gemirec = load_config(model="gemirec-over-sa+gc", dataset="amazon-grocery").model
+    recipe = load_config(model="gemirec-over-sa+gc", dataset="amazon-grocery")
+    gemirec = recipe.model
     assert (gemirec.name, gemirec.base, gemirec.global_context) == ("gemirec", "comirec-sa", True)
-    assert gemirec.item_table_gradient == "base"
+    assert gemirec.item_table_gradient == "base" and gemirec.generated_diversity == 1.0
+    assert recipe.eval.base_share_grid == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] and recipe.eval.base_share == 0.0
 
 
 # options added after the reference was written, with the defaults every preset must give them

@@ -849,7 +849,8 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     ):
         with pytest.raises(Exception, match="needs a model that serves generated interests"):
             load_config(model=model, overrides=["eval.generated_share=0.2", *extra])
-    assert load_config(model="gemirec-over-sa+gc", overrides=["eval.generated_share=0.2"]).eval.generated_share == 0.2
+    over_sa = ["model.base=comirec-sa", "eval.generated_share=0.2"]
+    assert load_config(model="gemirec", overrides=over_sa).eval.generated_share == 0.2
     with pytest.raises(ValueError, match="needs a model that serves generated interests"):
         evaluate(GemiRec(tiny_config(), 120), dataset, "test", EvalConfig(topk=[10], generated_share=0.2), maxlen=8)
 

@@ -22,14 +22,23 @@ PRESET_ROOT = Path(__file__).parent / "configs"
 # Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
 PRESET_ALIASES = {"amazon-grocery-comirec": "amazon-grocery"}
 # Named recipes: a model plus options, usable wherever a model name is (train, bench, config show).
-# The most accurate configurations measured (README "Which model to use"; docs/results.md 12d, 12e, 16d): on Grocery
-# "gemirec-over-sa+gc", on Beauty and Yelp-B "comirec-sa+gc" (level with it on Beauty; GIMIRec level with it too
-# when both train to 12,000 steps).
+# The most accurate configurations measured (README "Which model to use"; docs/results.md 12d, 12e, 16f): on Grocery
+# "gemirec-over-sa+gc", on Beauty and Yelp-B it and "comirec-sa+gc" are level (GIMIRec level with them too when
+# both train to 12,000 steps).
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "comirec-sa+gc": ("comirec-sa", ("model.global_context=true",)),
     "pimi+gc": ("pimi", ("model.global_context=true",)),
-    # GemiRec's generated interests beside ComiRec-SA + gc (docs/results.md 16c, 16d)
-    "gemirec-over-sa+gc": ("gemirec", ("model.base=comirec-sa", "model.global_context=true")),
+    # GemiRec's generated interests beside ComiRec-SA + gc, kept apart by the diversity term, the base's list share
+    # chosen on valid: level or best on valid recall@50 on all three sets (docs/results.md 16f)
+    "gemirec-over-sa+gc": (
+        "gemirec",
+        (
+            "model.base=comirec-sa",
+            "model.global_context=true",
+            "model.generated_diversity=1.0",
+            "eval.base_share_grid=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]",
+        ),
+    ),
 }
 TRACKERS = ("tensorboard", "mlflow")  # train.log_to
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
