@@ -112,6 +112,23 @@ def test_bundle_of_a_model_with_a_global_context_needs_no_dataset(data_dir, tmp_
     assert got.items == want["recommendations"]
 
 
+def test_a_bundle_serves_the_base_share_its_run_chose(data_dir, tmp_path):
+    # a grid of one share (1 = the base's own list) makes the choice known; the bundle must honour it
+    over_sa = ["model.base=comirec-sa", "model.num_interests=2", "model.idmm_codes=8", "model.beam_width=4"]
+    config = load_config(model="gemirec", overrides=[*SMALL, *over_sa, "train.max_steps=20", "train.eval_every=20"])
+    config.eval.base_share_grid = [1.0]
+    train_run(data_dir, config, tmp_path / "run", progress=False)
+    export_bundle(tmp_path / "run", tmp_path / "bundle")
+    served = load_bundle(tmp_path / "bundle")
+    assert served.config.eval.base_share == 1.0
+    base_only = mirec.load(tmp_path / "run", device="cpu")
+    base_only.model.config.generative = False  # the same weights, the generated interests off
+    for history in HISTORIES:
+        (got,) = served.recommend([RecommendRequest(history, n=15)])
+        assert got.items == base_only.recommend(history, n=15)["recommendations"]
+        assert max(got.interests) < 2  # every item from one of the base's 2 interests, none from the generated
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "manifest"])
 def test_a_tampered_bundle_is_refused_naming_the_file(bundle, tmp_path, damage):
     import shutil
