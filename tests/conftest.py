@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mirec.config import load_config
 from mirec.data.dataset import PreparedDataset, SplitSequences
+from mirec.data.prepare import prepare
+from mirec.serving.bundle import export_bundle, load_bundle
+from mirec.training.trainer import train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -62,3 +66,54 @@ def one_thread():
 @pytest.fixture
 def tiny_dataset() -> PreparedDataset:
     return random_dataset()
+
+
+# ---------------------------------------------------------------- a trained run and its bundle (serving tests)
+SMALL = [
+    "model.embedding_dim=16",
+    "train.batch_size=32",
+    "train.num_negatives_factor=1",
+    "train.eval_every=40",
+    "train.max_steps=80",
+    'train.device="cpu"',
+    "eval.topk=[10,20]",
+    "eval.early_stop_metric=recall@20",
+]
+HISTORIES = [["i100", "i101", "i102"], ["i130", "i131"], ["i115", "i150", "i116", "i117"], ["i149"]]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A 240-user log of 4 item groups with categories, prepared (the serving tests' data)."""
+    rng = np.random.default_rng(0)
+    rows = ["user_id\titem_id\ttimestamp\tcategory"]
+    for user in range(240):
+        start = 1_300_000_000 + int(rng.integers(0, 10_000_000))
+        for step in range(int(rng.integers(8, 16))):
+            item = 100 + (user % 4) * 15 + int(rng.integers(0, 15))
+            rows.append(f"u{user}\ti{item}\t{start + step * 86400}\t{item % 5}")
+    base = tmp_path_factory.mktemp("serving")
+    (base / "log.tsv").write_text("\n".join(rows) + "\n")
+    prepare([base / "log.tsv"], "csv", base / "data")
+    return base / "data"
+
+
+@pytest.fixture(scope="session")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "comirec-sa"
+    train_run(data_dir, load_config(model="comirec-sa", overrides=SMALL), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundle(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "exact"
+    export_bundle(run_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def served(bundle):
+    return load_bundle(bundle)
+
+

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,57 +20,15 @@ from fastapi.testclient import TestClient
 
 import mirec
 from mirec.config import load_config
-from mirec.data.prepare import prepare
 from mirec.serving.app import ServeSettings, create_app
 from mirec.serving.batch import recommend_dataset, recommend_file
 from mirec.serving.bundle import BundleError, export_bundle, load_bundle, load_serving
 from mirec.serving.index import IndexParams, ItemIndex, augment_items, augment_queries
 from mirec.serving.model import RecommendRequest
 from mirec.training.trainer import train_run
+from tests.conftest import HISTORIES, SMALL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = [
-    "model.embedding_dim=16",
-    "train.batch_size=32",
-    "train.num_negatives_factor=1",
-    "train.eval_every=40",
-    "train.max_steps=80",
-    'train.device="cpu"',
-    "eval.topk=[10,20]",
-    "eval.early_stop_metric=recall@20",
-]
-HISTORIES = [["i100", "i101", "i102"], ["i130", "i131"], ["i115", "i150", "i116", "i117"], ["i149"]]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    rows = ["user_id\titem_id\ttimestamp\tcategory"]
-    for user in range(240):
-        start = 1_300_000_000 + int(rng.integers(0, 10_000_000))
-        for step in range(int(rng.integers(8, 16))):
-            item = 100 + (user % 4) * 15 + int(rng.integers(0, 15))
-            rows.append(f"u{user}\ti{item}\t{start + step * 86400}\t{item % 5}")
-    base = tmp_path_factory.mktemp("serving")
-    (base / "log.tsv").write_text("\n".join(rows) + "\n")
-    prepare([base / "log.tsv"], "csv", base / "data")
-    return base / "data"
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run") / "comirec-sa"
-    train_run(data_dir, load_config(model="comirec-sa", overrides=SMALL), run, progress=False)
-    return run
-
-
-@pytest.fixture(scope="module")
-def bundle(run_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "exact"
-    export_bundle(run_dir, out)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ bundles
 
 
@@ -243,11 +200,6 @@ def test_calibration_keeps_the_metric_that_agrees_more_with_exact_search():
 # ------------------------------------------------------------------------------------------------ service
 
 
-@pytest.fixture(scope="module")
-def served(bundle):
-    return load_bundle(bundle)
-
-
 def client_of(served, **settings) -> TestClient:
     return TestClient(create_app(served, ServeSettings(**settings)))
 
@@ -340,7 +292,7 @@ def test_concurrent_requests_are_micro_batched_with_the_same_answers(served):
             got = list(pool.map(lambda r: client.post("/v1/recommend", json=r).json(), requests))
         text = client.get("/metrics").text
     assert [[i["id"] for i in g["items"]] for g in got] == want
-    count = int(next(line.split()[-1] for line in text.splitlines() if line.startswith("mirec_batch_size_count")))
+    count = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mirec_batch_size_count")))
     assert count < len(requests), "some requests shared a forward pass"
 
 

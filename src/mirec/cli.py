@@ -228,6 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
     settings = ServeSettings(
         max_history=args.max_history,
+        max_item_id_chars=args.max_item_id_chars,
         max_n=args.max_n,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
@@ -507,8 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE|RUN_DIR")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token-file", default=None, help="bearer token required on every route but /healthz, /readyz")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="bearer token required on every route but /healthz, /readyz; without one, /admin routes are off",
+    )
     p.add_argument("--max-history", type=int, default=1000)
+    p.add_argument("--max-item-id-chars", type=int, default=256, help="longest item id a request may hold")
     p.add_argument("--max-n", type=int, default=1000)
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)

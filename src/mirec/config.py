@@ -44,8 +44,20 @@ TRACKERS = ("tensorboard", "mlflow")  # train.log_to
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
+# lambda * (items picked per category) must stay finite next to the scores; far below this the greedy is already
+# a pure category round-robin
+MAX_DIVERSITY_LAMBDA = 1e6
+
+
 class ConfigError(ValueError):
     pass
+
+
+def check_diversity_lambda(value: Any, what: str = "diversity_lambda") -> float:
+    """``value`` as a float in [0, MAX_DIVERSITY_LAMBDA]; a one-line ``ValueError`` otherwise (inf, NaN, bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_DIVERSITY_LAMBDA:
+        raise ValueError(f"{what} = {value!r}: a finite number in 0..{MAX_DIVERSITY_LAMBDA:g}")
+    return float(value)
 
 
 def check_list_shares(config: EvalConfig, serves_generated: bool, model_name: str) -> None:
@@ -214,7 +226,9 @@ class EvalConfig(CheckedConfig):
         )
         self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
-        self.require(self.diversity_lambda >= 0, "diversity_lambda", ">= 0")
+        self.require(
+            0 <= self.diversity_lambda <= MAX_DIVERSITY_LAMBDA, "diversity_lambda", f"in 0..{MAX_DIVERSITY_LAMBDA:g}"
+        )
         self.require(0.0 <= self.generated_share <= 1.0, "generated_share", "in [0, 1]")
         self.require(0.0 <= self.base_share <= 1.0, "base_share", "in [0, 1]")
         for key in ("generated_share", "base_share"):

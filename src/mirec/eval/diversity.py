@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mirec.config import check_diversity_lambda
 from mirec.eval.retrieval import dedup_candidates
 from mirec.nn import regularizers
 
@@ -47,6 +48,7 @@ def diverse_aggregate(
     Vectorised over users; the loop is over the n steps only.
     """
     cats_np = _categories(item_categories, "diversity-controlled aggregation")
+    diversity_lambda = check_diversity_lambda(diversity_lambda)
     if scores.shape != ids.shape or scores.ndim != 3:
         raise ValueError(f"scores and ids must both be [U, K, n'], got {tuple(scores.shape)} and {tuple(ids.shape)}")
     if int(ids.max()) >= len(cats_np):
@@ -54,8 +56,8 @@ def diverse_aggregate(
     n_users, _, per = scores.shape
     s_sorted, id_sorted, keep, order = dedup_candidates(scores.reshape(n_users, -1), ids.reshape(n_users, -1))
     cats = torch.from_numpy(cats_np).to(ids.device)[id_sorted.clamp(min=0)]
-    cand = torch.where(keep, s_sorted, torch.full_like(s_sorted, float("-inf")))
-    raw = cand.clone()
+    raw = torch.where(keep, s_sorted, torch.full_like(s_sorted, float("-inf")))
+    cand = raw.double()  # float64: a large lambda times a count must not swamp the score differences
     count = torch.zeros_like(cand)
     rows = torch.arange(n_users, device=ids.device)
     out_ids = torch.full((n_users, n), -1, dtype=torch.int64, device=ids.device)
@@ -67,7 +69,7 @@ def diverse_aggregate(
         out_ids[:, step] = torch.where(ok, id_sorted[rows, j], -1)
         out_s[:, step] = torch.where(ok, raw[rows, j], float("-inf"))
         source[:, step] = torch.where(ok, order[rows, j] // per, -1)
-        count += ((cats == cats[rows, j][:, None]) & ok[:, None]).float()
+        count += ((cats == cats[rows, j][:, None]) & ok[:, None]).to(count.dtype)
         cand[rows, j] = float("-inf")
     return out_ids, out_s, source
 

@@ -4,10 +4,14 @@ Routes: ``POST /v1/recommend``, ``POST /v1/recommend/batch``, ``POST /v1/interes
 ``GET /v1/items/{id}/similar``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/metadata``, ``GET /metrics``
 (Prometheus text), ``POST /admin/reload``. Concurrent single requests are micro-batched: a collector takes up
 to ``max_batch`` waiting requests (waiting at most ``max_wait_ms`` for more) and serves them with one forward
-pass and one index search. Limits (history length, n, batch size, body bytes) are settings, listed by
-``/v1/metadata``; a request over one gets a JSON 4xx. With a token file every route but the health routes
-needs ``Authorization: Bearer <token>`` (compared in constant time). Reload (``/admin/reload`` or SIGHUP) loads
-the new bundle beside the old one and swaps one reference: a request is served wholly by one model.
+pass and one index search. Every request is validated whole before it joins a batch (strict types, timestamps
+in range and oldest first, finite numbers), and a batch that still fails is served again one request at a time,
+so one bad request never fails another. Limits (history length, item id length, n, batch size, body bytes) are
+settings, listed by ``/v1/metadata``; a request over one gets a JSON 4xx. With a token file every route but the
+health routes needs ``Authorization: Bearer <token>`` (compared in constant time). Admin routes exist only with a
+token: reload (``/admin/reload`` or SIGHUP) verifies a bundle (never a bare run folder), loads it beside the old
+one and swaps one reference, so a request is served wholly by one model; a failed reload keeps the old model and
+shows in ``/metrics`` and ``/readyz``.
 """
 
 from __future__ import annotations
@@ -16,28 +20,40 @@ import asyncio
 import hmac
 import json
 import math
+import sys
 import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from mirec.serving.model import RecommendRequest, ServingModel, UnknownItemsError
+from mirec.config import MAX_DIVERSITY_LAMBDA
+from mirec.serving.model import (
+    MAX_ITEM_ID_CHARS,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    RecommendRequest,
+    ServingModel,
+    UnknownItemsError,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, math.inf)
+UNMATCHED = "unmatched"  # the one route label of every path no route serves (labels never hold a raw path)
 
 
 @dataclass
 class ServeSettings:
     max_history: int = 1000  # items per history
+    max_item_id_chars: int = MAX_ITEM_ID_CHARS  # characters per item id
     max_n: int = 1000  # items per answer
     max_batch: int = 256  # requests per /v1/recommend/batch
     max_body_bytes: int = 1 << 20
@@ -48,15 +64,23 @@ class ServeSettings:
     def public(self) -> dict[str, Any]:
         out = asdict(self)
         out["auth"] = out.pop("token") is not None
+        out["admin_routes"] = out["auth"]
+        out["max_diversity_lambda"] = MAX_DIVERSITY_LAMBDA
+        out["timestamps"] = f"Unix seconds in {MIN_TIMESTAMP}..{MAX_TIMESTAMP}, oldest first"
         return out
 
 
+# strict: no bool for an int, no string for a number, no Infinity or NaN
+Timestamp = Annotated[StrictInt, Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
+DiversityLambda = Annotated[float, Field(ge=0.0, le=MAX_DIVERSITY_LAMBDA, allow_inf_nan=False, strict=True)]
+
+
 class RecommendBody(BaseModel):
-    history: list[str] = Field(min_length=1, description="original item ids, oldest first")
-    timestamps: list[int] | None = None
-    n: int = Field(50, ge=1)
-    exclude_history: bool = False
-    diversity_lambda: float = Field(0.0, ge=0.0)
+    history: list[StrictStr] = Field(min_length=1, description="original item ids, oldest first")
+    timestamps: list[Timestamp] | None = None
+    n: StrictInt = Field(50, ge=1)
+    exclude_history: StrictBool = False
+    diversity_lambda: DiversityLambda = 0.0
 
 
 class BatchBody(BaseModel):
@@ -64,61 +88,46 @@ class BatchBody(BaseModel):
 
 
 class InterestsBody(BaseModel):
-    history: list[str] = Field(min_length=1)
-    timestamps: list[int] | None = None
+    history: list[StrictStr] = Field(min_length=1)
+    timestamps: list[Timestamp] | None = None
 
 
 class ReloadBody(BaseModel):
-    path: str | None = None  # default: the bundle path served now (re-read after an in-place update)
+    path: StrictStr | None = None  # default: the bundle path served now (re-read after an in-place update)
 
 
 class Metrics:
-    """Request counts by route and status, a latency histogram per route, served batch sizes (Prometheus text)."""
+    """Prometheus metrics of one app (its own registry): requests by route template and status, latency per route,
+    served batch sizes, reloads. Route labels come from the app's route table, never from the request path."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency: dict[str, list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.batches = [0] * len(BATCH_BUCKETS)
-        self.batch_sum = 0
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mirec_requests", "Answered requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "mirec_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.batches = Histogram(
+            "mirec_batch_size", "Requests served by one forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.reloads = Counter("mirec_reloads", "Reloads by outcome", ["outcome"], registry=self.registry)
+        self.last_reload_ok = Gauge(
+            "mirec_last_reload_ok", "1 when the last reload succeeded (or none was tried)", registry=self.registry
+        )
+        self.last_reload_ok.set(1)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(route, status)] += 1
-            buckets = self.latency[route]
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    buckets[i] += 1
-            self.latency_sum[route] += seconds
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
     def observe_batch(self, size: int) -> None:
-        with self.lock:
-            for i, bound in enumerate(BATCH_BUCKETS):
-                if size <= bound:
-                    self.batches[i] += 1
-            self.batch_sum += size
+        self.batches.observe(size)
 
-    def text(self) -> str:
-        def le(bound: float) -> str:
-            return "+Inf" if math.isinf(bound) else repr(bound)
+    def observe_reload(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "failed").inc()
+        self.last_reload_ok.set(1 if ok else 0)
 
-        lines = ["# TYPE mirec_requests_total counter"]
-        with self.lock:
-            for (route, status), count in sorted(self.requests.items()):
-                lines.append(f'mirec_requests_total{{route="{route}",status="{status}"}} {count}')
-            lines.append("# TYPE mirec_request_seconds histogram")
-            for route, buckets in sorted(self.latency.items()):
-                for bound, count in zip(LATENCY_BUCKETS, buckets, strict=True):
-                    lines.append(f'mirec_request_seconds_bucket{{route="{route}",le="{le(bound)}"}} {count}')
-                lines.append(f'mirec_request_seconds_sum{{route="{route}"}} {self.latency_sum[route]}')
-                lines.append(f'mirec_request_seconds_count{{route="{route}"}} {buckets[-1]}')
-            lines.append("# TYPE mirec_batch_size histogram")
-            for bound, count in zip(BATCH_BUCKETS, self.batches, strict=True):
-                lines.append(f'mirec_batch_size_bucket{{le="{le(bound)}"}} {count}')
-            lines.append(f"mirec_batch_size_sum {self.batch_sum}")
-            lines.append(f"mirec_batch_size_count {self.batches[-1]}")
-        return "\n".join(lines) + "\n"
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class MicroBatcher:
@@ -167,15 +176,18 @@ class MicroBatcher:
         self.metrics.observe_batch(len(items))
         try:
             results = await asyncio.to_thread(model.recommend, [r for r, _ in items], True)
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        except Exception:  # noqa: BLE001 - whatever it was, only the request that caused it may fail
+            if len(items) > 1:
+                for item in items:  # one at a time: the faulty request fails alone
+                    await self._serve([item])
+                return
+            results = [sys.exc_info()[1]]
         for (_, future), result in zip(items, results, strict=True):
             if future.done():
                 continue
-            if result is None:  # a history with no known item fails alone, not the batch
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            elif result is None:  # a history with no known item fails alone, not the batch
                 future.set_exception(UnknownItemsError("none of the given items is known to this model"))
             else:
                 future.set_result((result, model.manifest))
@@ -194,12 +206,20 @@ class LimitsAndMetrics:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.state = app.state
 
+    def route_label(self, scope) -> str:
+        """The template of the route that serves this request (e.g. ``/v1/items/{item_id}/similar``), else
+        ``unmatched``: the label set stays the route table's, whatever paths clients send."""
+        for route in self.app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", UNMATCHED)
+        return UNMATCHED
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        path = scope["path"]
-        route = "/v1/items/{id}/similar" if path.startswith("/v1/items/") else path
+        route = self.route_label(scope)
         status = {"code": 500}
 
         async def send_and_record(message):
@@ -269,6 +289,7 @@ def create_app(
         "path": str(bundle_path) if bundle_path else None,
         "reloads": 0,
         "ready": True,
+        "last_reload": {},  # {"last_reload_ok": bool, "last_reload_error": str} once a reload was tried
     }
     reload_lock = threading.Lock()
     batcher = MicroBatcher(lambda: state["model"], settings, metrics)
@@ -296,16 +317,26 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body" (e.g. a
+            return _error(422, f"invalid JSON body: {exc.detail}")  # body nested past the parser's depth)
         return _error(exc.status_code, str(exc.detail))
 
     def check(body: RecommendBody) -> RecommendRequest:
+        """The request, validated whole: nothing that passes here can fail the batch it joins."""
         if len(body.history) > settings.max_history:
             raise HTTPException(413, f"history of {len(body.history)} items over the limit {settings.max_history}")
         if body.n > settings.max_n:
             raise HTTPException(422, f"n = {body.n} over the limit {settings.max_n}")
-        if body.timestamps is not None and len(body.timestamps) != len(body.history):
-            raise HTTPException(422, f"{len(body.timestamps)} timestamps for {len(body.history)} items")
-        return RecommendRequest(body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda)
+        request = RecommendRequest(body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda)
+        try:
+            request.check(settings.max_item_id_chars)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return request
+
+    def admin_allowed() -> None:
+        if settings.token is None:  # no token, no admin: any local process could otherwise swap the model
+            raise HTTPException(403, "admin routes are off: start mirec serve with --token-file to use them")
 
     def answer(result, manifest: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -323,6 +354,8 @@ def create_app(
             raise HTTPException(422, f"{exc}; unknown: {body.history[:10]}") from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - this request alone failed; a JSON answer, no traceback
+            raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
         return fast_json(answer(result, manifest))
 
     @app.post("/v1/recommend/batch", dependencies=[Depends(authorised)])
@@ -372,7 +405,9 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz():
-        return {"ready": bool(state["ready"])} if state["ready"] else _error(503, "not ready")
+        if not state["ready"]:
+            return _error(503, "not ready")
+        return {"ready": True, "model_version": state["model"].manifest.get("model_version"), **state["last_reload"]}
 
     @app.get("/v1/metadata", dependencies=[Depends(authorised)])
     async def metadata():
@@ -381,23 +416,31 @@ def create_app(
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
     async def prometheus():
-        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     def reload(path: str | None = None) -> dict[str, Any]:
+        """Verify and load a bundle, then swap it in; a failure is recorded and re-raised, the old model serves."""
         if loader is None:
             raise HTTPException(409, "this server was not started from a bundle path; nothing to reload")
         target = path or state["path"]
         with reload_lock:  # one reload at a time; requests keep using the old model until the swap
-            new_model = loader(target)
+            try:
+                new_model = loader(target)
+            except Exception as exc:
+                metrics.observe_reload(False)
+                state["last_reload"] = {"last_reload_ok": False, "last_reload_error": f"{target}: {exc}"}
+                raise
             state["model"], state["path"] = new_model, str(target)
             state["reloads"] += 1
+            metrics.observe_reload(True)
+            state["last_reload"] = {"last_reload_ok": True, "last_reload_error": None}
         return {
             "bundle": state["path"],
             "model_version": new_model.manifest.get("model_version"),
             "reloads": state["reloads"],
         }
 
-    @app.post("/admin/reload", dependencies=[Depends(authorised)])
+    @app.post("/admin/reload", dependencies=[Depends(authorised), Depends(admin_allowed)])
     async def admin_reload(body: ReloadBody | None = None):
         try:
             return await asyncio.to_thread(reload, body.path if body else None)
@@ -423,7 +466,7 @@ def serve(
 
     import uvicorn
 
-    from mirec.serving.bundle import load_serving
+    from mirec.serving.bundle import load_bundle, load_serving
 
     settings = settings or ServeSettings()
     import torch
@@ -435,10 +478,20 @@ def serve(
         if not token:
             raise ValueError(f"{token_file}: empty token file")
         settings.token = token
-    app = create_app(load_serving(bundle, device), settings, bundle, loader=lambda p: load_serving(p, device))
+    # a reload takes verified bundles only (manifest and checksums), never a bare run folder; the HTTP route needs
+    # the token, SIGHUP needs the right to signal this process
+    app = create_app(load_serving(bundle, device), settings, bundle, loader=lambda p: load_bundle(p, device))
+
+    def reload_quietly() -> None:
+        try:
+            answer = app.state.reload()
+            print(f"mirec serve: reloaded {answer['bundle']} (model {answer['model_version']})", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one line; the old model keeps serving
+            reason = " ".join(str(exc).split())
+            print(f"mirec serve: reload failed, the old model keeps serving: {reason}", file=sys.stderr)
 
     def on_sighup(signum: int, frame: Any) -> None:
-        threading.Thread(target=app.state.reload, daemon=True).start()
+        threading.Thread(target=reload_quietly, daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_sighup)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

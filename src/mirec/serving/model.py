@@ -8,19 +8,24 @@ max over interests, or its diversity-controlled greedy) exactly as the offline e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from mirec.config import RunConfig
+from mirec.config import RunConfig, check_diversity_lambda
 from mirec.data.batching import Batch
 from mirec.data.dataset import SECONDS_PER_DAY
 from mirec.eval.diversity import diverse_aggregate
 from mirec.eval.retrieval import list_reservation, merge_interests_full, merge_with_reserved_share
 from mirec.models import MultiInterestModel
 from mirec.serving.index import ItemIndex
+
+# Unix seconds, 1970-01-01 to 9999-12-31: a request outside is refused before it joins a batch
+MIN_TIMESTAMP, MAX_TIMESTAMP = 0, 253_402_300_799
+MAX_ITEM_ID_CHARS = 256  # default cap on one item id's length (a service setting)
 
 
 @dataclass
@@ -32,6 +37,31 @@ class RecommendRequest:
     n: int = 50
     exclude_history: bool = False
     diversity_lambda: float = 0.0
+
+    def check(self, max_item_id_chars: int | None = None) -> None:
+        """Refuse (``ValueError``, one line) what could fail a batch it joins; ``max_item_id_chars``: the service's
+        cap on an id's length (None: no cap)."""
+        if not self.history:
+            raise ValueError("history: at least one item")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n = {self.n!r}: a positive integer")
+        cap = max_item_id_chars if max_item_id_chars is not None else math.inf
+        bad = [i for i, item in enumerate(self.history) if not isinstance(item, str) or len(item) > cap]
+        if bad:
+            limit = f" of at most {max_item_id_chars} characters" if max_item_id_chars is not None else ""
+            raise ValueError(f"history.{bad[0]}: an item id is a string{limit}")
+        check_diversity_lambda(self.diversity_lambda)
+        if self.timestamps is None:
+            return
+        if len(self.timestamps) != len(self.history):
+            raise ValueError(f"{len(self.timestamps)} timestamps for {len(self.history)} items")
+        for i, t in enumerate(self.timestamps):
+            if isinstance(t, bool) or not isinstance(t, int) or not MIN_TIMESTAMP <= t <= MAX_TIMESTAMP:
+                raise ValueError(
+                    f"timestamps.{i} = {t!r}: Unix seconds, an integer in {MIN_TIMESTAMP}..{MAX_TIMESTAMP}"
+                )
+            if i and t < self.timestamps[i - 1]:
+                raise ValueError(f"timestamps.{i} = {t} is before timestamps.{i - 1}: give the history oldest first")
 
 
 @dataclass
@@ -72,9 +102,9 @@ class ServingModel:
         self.device = next(model.parameters()).device
         self.maxlen = int(config.model.maxlen)
         self.item_original_ids = np.asarray(item_original_ids, dtype=object)  # [n_items + 1], 0 = ""
-        names = self.item_original_ids[1:].astype(str)
-        self._sorted_order = np.argsort(names, kind="stable")
-        self._sorted_names = names[self._sorted_order]
+        # a hash map built once: a query costs its own size (a sorted-array search widened every catalogue
+        # name to the longest query id)
+        self._internal = {str(name): i for i, name in enumerate(self.item_original_ids[1:].tolist(), start=1)}
         self.index = index
         self.item_categories = item_categories
         self.manifest = dict(manifest or {})
@@ -113,14 +143,9 @@ class ServingModel:
 
     # ------------------------------------------------------------------ ids
     def lookup(self, original: list[str] | np.ndarray) -> np.ndarray:
-        """Original ids -> internal ids (0 where unknown), one vectorised binary search for the whole list."""
-        if len(original) == 0:
-            return np.zeros(0, dtype=np.int64)
-        query = np.asarray(original, dtype=object).astype(str)
-        pos = np.searchsorted(self._sorted_names, query)
-        pos_clipped = np.minimum(pos, len(self._sorted_names) - 1)
-        found = self._sorted_names[pos_clipped] == query
-        return np.where(found, self._sorted_order[pos_clipped] + 1, 0).astype(np.int64)
+        """Original ids -> internal ids (0 where unknown)."""
+        get = self._internal.get
+        return np.fromiter((get(str(x), 0) for x in original), dtype=np.int64, count=len(original))
 
     def encode(
         self, requests: list[RecommendRequest], skip_unknown: bool = False
@@ -192,6 +217,8 @@ class ServingModel:
         ``skip_unknown``: a request none of whose items is known gets None instead of failing the batch."""
         if not requests:
             return []
+        for request in requests:
+            request.check()
         batch, known_ids, unknown = self.encode(requests, skip_unknown)
         n_max = max(r.n for r in requests)
         out: list[Recommendation | None] = [None] * len(requests)
