@@ -115,5 +115,3 @@ def bundle(run_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def served(bundle):
     return load_bundle(bundle)
-
-

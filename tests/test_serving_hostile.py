@@ -11,8 +11,8 @@ import sys
 import textwrap
 import threading
 import time
-from urllib.parse import quote
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -116,7 +116,9 @@ def test_a_long_item_id_costs_its_size_not_the_catalogue_times_it(bundle):
         """
     )
     growth = {
-        n: int(subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True).stdout)
+        n: int(
+            subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True).stdout
+        )
         for n in (10, 4_000_000)
     }
     assert growth[4_000_000] - growth[10] < 32 * 1024, growth  # KiB: far below 60 items x 16 MB
@@ -171,7 +173,9 @@ def test_reload_takes_only_verified_bundles_and_a_failure_shows(served, bundle, 
             assert r.status_code == 422, r.text
         ready = client.get("/readyz").json()
         assert ready["last_reload_ok"] is False and "items.parquet" in ready["last_reload_error"]
-        metrics = {(s.name, s.labels.get("outcome")): s.value for s in samples(client.get("/metrics", headers=AUTH).text)}
+        metrics = {
+            (s.name, s.labels.get("outcome")): s.value for s in samples(client.get("/metrics", headers=AUTH).text)
+        }
         assert metrics[("mirec_reloads_total", "failed")] == 2 and metrics[("mirec_last_reload_ok", None)] == 0
         assert client.post("/admin/reload", json={"path": str(bundle)}, headers=AUTH).status_code == 200
         assert client.get("/readyz").json()["last_reload_ok"] is True

@@ -56,11 +56,10 @@ def train(
     preset = preset_of(data_dir)
     # the config is built and checked before torch, the dataset or the model is loaded
     config = load_config(config_file, model=model, dataset=preset, overrides=overrides)
-    from mirec.data.dataset import load_dataset
     from mirec.training.trainer import train_run
 
     return train_run(
-        load_dataset(data_dir),
+        data_dir,  # loaded by the trainer once it holds the run folder's lock
         config,
         output,
         resume=resume,

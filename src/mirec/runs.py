@@ -3,9 +3,11 @@
 A run folder holds ``config.toml``, ``data.json`` (the prepared dataset: a path relative to the run folder,
 the absolute path and the checksum of its meta.json), ``model.safetensors`` (best weights),
 ``graph.safetensors`` (global context), ``checkpoints/`` (resume state, :mod:`mirec.training.checkpoint`),
-``train.log``, ``history.jsonl``, ``metrics.json`` and ``.lock``. Rules that keep a user's data safe:
+``train.log``, ``history.jsonl``, ``metrics.json``, ``.lock`` and the marker ``.mirec-run.json`` (the run's id: what
+proves that mirec made the folder). Rules that keep a user's data safe:
 
-- a fresh run refuses a folder that holds anything; ``overwrite`` removes only the files named above;
+- a fresh run refuses a folder that holds anything; ``overwrite`` needs the marker and removes only the files a
+  run writes (named above), after every check of the new run passed;
 - ``resume`` needs a checkpoint and a config / dataset that match it (the options in :data:`RESUME_SAFE`
   may change and are logged);
 - one process at a time: :func:`run_lock` holds an exclusive lock on ``.lock`` for the whole run.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,13 +34,13 @@ from mirec.models import MultiInterestModel, get_model_class
 from mirec.training.checkpoint import (
     CHECKPOINT_DIR,
     LEGACY_CHECKPOINT_DIR,
-    clean_stale_files,
     latest_checkpoint,
     load_tensors,
 )
 from mirec.utils import atomic_write_text, exclusive_lock, sha256_file
 
 LOCK_FILE = ".lock"
+RUN_MARKER = ".mirec-run.json"
 RUN_FILES = (
     "config.toml",
     "data.json",
@@ -45,8 +49,9 @@ RUN_FILES = (
     "train.log",
     "history.jsonl",
     "metrics.json",
+    "mlflow_run.txt",
 )
-RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR)
+RUN_FOLDERS = (CHECKPOINT_DIR, LEGACY_CHECKPOINT_DIR, "tensorboard")
 # Options a resumed run may change: budgets, cadence, placement and evaluation speed, not what is learnt.
 RESUME_SAFE = frozenset(
     {
@@ -86,37 +91,76 @@ def run_entries(run_dir: str | Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
 
 
-def prepare_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> list[str]:
-    """Check (and for ``overwrite`` clear) a run folder before training; call it holding :func:`run_lock`.
+def run_marker(run_dir: str | Path) -> dict[str, Any] | None:
+    """The marker a mirec run wrote into its folder (its id and the names a run writes), or None."""
+    try:
+        marker = json.loads((Path(run_dir) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("run_id"), str) else None
 
-    Returns notes for the log (stale temporary files removed, files replaced)."""
+
+def is_run_folder(run_dir: str | Path) -> bool:
+    return run_marker(run_dir) is not None
+
+
+def mark_run_folder(run_dir: str | Path, keep_id: bool = False) -> str:
+    """Write the marker (a new run id, or the existing one with ``keep_id``); returns the run id."""
+    old = run_marker(run_dir) if keep_id else None
+    if old is not None:
+        return old["run_id"]
+    run_id = uuid.uuid4().hex
+    marker = {
+        "run_id": run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": [*RUN_FILES, *RUN_FOLDERS],
+    }
+    atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps(marker, indent=2))
+    return run_id
+
+
+def check_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """Check a run folder before training, removing nothing; returns the names ``overwrite`` will remove
+    (:func:`clear_run_folder`, once every other check of the new run passed). Call it holding :func:`run_lock`."""
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: exists and is not a folder")
-    notes = [f"removed stale {name}" for name in clean_stale_files(run_dir)] if run_dir.is_dir() else []
     if resume:
         if latest_checkpoint(run_dir) is None:
             raise RunFolderError(
                 f"{run_dir}: --resume found no checkpoint ({CHECKPOINT_DIR}/ is absent or empty); "
                 "start a fresh run without --resume"
             )
-        return notes
+        return []
     entries = run_entries(run_dir)
     if not entries:
-        return notes
+        return []
+    listed = f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+    marker = run_marker(run_dir)
+    if marker is None:
+        raise RunFolderError(
+            f"{run_dir}: the run folder is not empty and no mirec run made it ({listed}; no {RUN_MARKER}); "
+            "mirec replaces only its own runs: choose a new or empty folder"
+        )
     if not overwrite:
         raise RunFolderError(
-            f"{run_dir}: the run folder is not empty ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); "
-            "pass --resume to continue its run or --overwrite to replace it"
+            f"{run_dir}: the run folder is not empty ({listed}); pass --resume to continue its run or "
+            "--overwrite to replace it"
         )
-    ours = [name for name in entries if name in RUN_FILES or name in RUN_FOLDERS]
-    for name in ours:
+    owned = set(marker.get("files", [])) & {*RUN_FILES, *RUN_FOLDERS}
+    return [name for name in entries if name in owned or name == RUN_MARKER]
+
+
+def clear_run_folder(run_dir: str | Path, names: list[str]) -> list[str]:
+    """Remove an earlier run's files (from :func:`check_run_folder`); returns notes for the log."""
+    run_dir = Path(run_dir)
+    for name in names:
         path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    notes.append(f"--overwrite removed {', '.join(ours) or 'nothing of an earlier run'}")
-    foreign = sorted(set(entries) - set(ours))
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    notes = [f"--overwrite removed {', '.join(names)}"] if names else []
+    foreign = sorted(set(run_entries(run_dir)) - set(names))
     if foreign:
         notes.append(f"left alone (not written by mirec): {', '.join(foreign)}")
     return notes
@@ -286,9 +330,14 @@ def load_run(
 __all__ = [
     "RUN_FILES",
     "RESUME_SAFE",
+    "RUN_MARKER",
     "RunFolderError",
     "run_lock",
-    "prepare_run_folder",
+    "run_marker",
+    "is_run_folder",
+    "mark_run_folder",
+    "check_run_folder",
+    "clear_run_folder",
     "check_resume",
     "resume_differences",
     "write_data_json",

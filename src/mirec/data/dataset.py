@@ -24,6 +24,7 @@ sequence). :func:`load_dataset` reads them into the same in-memory arrays (not m
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ class PreparedDataset:
         with atomic_directory(path, overwrite=overwrite) as tmp:
             for name in SPLITS:
                 split = self.split(name)
-                for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+                for attr in SPLIT_ARRAYS:
                     value = getattr(split, attr)
                     if value is not None:
                         np.save(tmp / f"{name}_{attr}.npy", np.ascontiguousarray(value, dtype=np.int64))
@@ -188,6 +189,20 @@ def write_items_and_meta(
     (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+SPLIT_ARRAYS = ("users", "indptr", "items", "timestamps", "history_len")
+# what a prepared folder of either layout holds (interest clusters and lock/temporary files included)
+DATASET_ENTRY = re.compile(
+    r"^(meta\.json|items\.parquet|users\.parquet|users|interactions"
+    rf"|({'|'.join(SPLITS)})_({'|'.join(SPLIT_ARRAYS)})\.npy|interests-k\d+-s\d+\.npy|\..*\.(lock|tmp))$"
+)
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """Names in a prepared folder that mirec does not write (``--overwrite`` would delete them: it refuses)."""
+    path = Path(path)
+    return sorted(p.name for p in path.iterdir() if not DATASET_ENTRY.match(p.name)) if path.is_dir() else []
+
+
 def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
     """Load a prepared folder; the big arrays are memory-mapped."""
     path = Path(path)
@@ -204,7 +219,7 @@ def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
         splits = {}
         for name in SPLITS:
             arrays = {}
-            for attr in ("users", "indptr", "items", "timestamps", "history_len"):
+            for attr in SPLIT_ARRAYS:
                 file = path / f"{name}_{attr}.npy"
                 arrays[attr] = np.load(file, mmap_mode=mode, allow_pickle=False) if file.exists() else None
             splits[name] = SplitSequences(**arrays)

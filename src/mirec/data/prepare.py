@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, is_prepared_dataset
+from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, foreign_entries, is_prepared_dataset
 from mirec.data.readers import Interactions, input_files, read_interactions
 from mirec.utils import exclusive_lock, sha256_file
 
@@ -507,6 +507,12 @@ def check_output_folder(output: str | Path, inputs: Sequence[str | Path], overwr
     if is_prepared_dataset(out):
         if not overwrite:
             raise FileExistsError(f"--output {output} already holds a prepared dataset; pass --overwrite to replace it")
+        foreign = foreign_entries(out)
+        if foreign:  # the folder is replaced whole: what mirec did not write would go with it
+            raise FileExistsError(
+                f"--output {output} holds files mirec did not write ({', '.join(foreign[:5])}); "
+                "move them out first or choose another output folder"
+            )
         return
     if any(out.iterdir()):
         raise FileExistsError(

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -268,10 +269,37 @@ class Cell:
         return (self.run_dir / "metrics.json").exists()
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")  # dataset and variant names: one safe path component
+
+
+def check_name(name: str, what: str) -> str:
+    """A user-given name that becomes a folder: a safe character set, so never a path of its own."""
+    if not NAME.match(name):
+        raise ValueError(
+            f"{what} {name!r}: names are letters, digits and _ . + - (starting with a letter or digit, at most 100)"
+        )
+    return name
+
+
+def check_cell_folder(output: Path, folder: Path, variant: Variant) -> Path:
+    """A cell's folder is a child of ``output`` whatever a swept value holds (no separator, no ``..``)."""
+    label = variant.name
+    if "/" in label or "\\" in label or "\0" in label or ".." in label or len(label) > 200:
+        raise ValueError(f"variant {label!r}: a swept value may not hold '/', '\\', '..' or a NUL (it names a folder)")
+    if not folder.resolve().is_relative_to(output.resolve()):
+        raise ValueError(f"variant {label!r}: its folder {folder} would lie outside --output {output}")
+    return folder
+
+
 def plan(output: Path, datasets: dict[str, str], variants: list[Variant], seeds: list[int]) -> list[Cell]:
-    """Seed-major order: a grid cut short still leaves whole seeds (every dataset and variant) to compare."""
+    """Seed-major order: a grid cut short still leaves whole seeds (every dataset and variant) to compare.
+    Every name is checked before any cell runs."""
+    for ds in datasets:
+        check_name(ds, "--data name")
+    for v in variants:
+        check_name(v.base or v.name, "variant")
     return [
-        Cell(ds, path, v, s, output / ds / v.name / f"seed{s}")
+        Cell(ds, path, v, s, check_cell_folder(output, output / ds / v.name / f"seed{s}", v))
         for s in seeds
         for ds, path in datasets.items()
         for v in variants
@@ -301,13 +329,13 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int,
         [f"train.max_minutes={budget_minutes}"] if budget_minutes else []
     ):
         cmd += ["--set", text]
-    from mirec.runs import run_entries
+    from mirec.runs import is_run_folder, run_entries
     from mirec.training.checkpoint import latest_checkpoint
 
     if latest_checkpoint(cell.run_dir) is not None:
         cmd.append("--resume")
-    elif run_entries(cell.run_dir):
-        cmd.append("--overwrite")  # the grid's own cell, cut before its first checkpoint
+    elif run_entries(cell.run_dir) and is_run_folder(cell.run_dir):
+        cmd.append("--overwrite")  # a run of mirec's cut before its first checkpoint; anything else is refused
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.time()
     timeout = budget_minutes * 60 * 1.5 + 600 if budget_minutes else None

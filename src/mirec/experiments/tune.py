@@ -28,13 +28,14 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mirec.config import ConfigError, load_config, toml_literal
-from mirec.utils import atomic_write_text, threads_per_job
+from mirec.utils import atomic_write_text, exclusive_lock, threads_per_job
 
 HEARTBEAT_SECONDS = 10  # a worker's running trial proves it is alive this often
 GRACE_SECONDS = 30  # a trial without a heartbeat for this long is failed (and retried once)
@@ -138,12 +139,6 @@ def open_study(args: argparse.Namespace, worker: int = 0, warmup_steps: int = 0)
             grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
-    seed = None if args.seed is None else args.seed + worker  # workers propose different first trials
-    sampler = (
-        optuna.samplers.RandomSampler(seed=seed)
-        if args.sampler == "random"
-        else optuna.samplers.TPESampler(seed=seed, n_startup_trials=args.startup_trials)
-    )
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(
             n_startup_trials=args.startup_trials, n_warmup_steps=warmup_steps
@@ -151,14 +146,60 @@ def open_study(args: argparse.Namespace, worker: int = 0, warmup_steps: int = 0)
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }[args.pruner]()
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=args.study,
         direction="maximize",
-        sampler=sampler,
+        sampler=make_sampler(args, None),
         pruner=pruner,
         load_if_exists=True,
     )
+    study.sampler = make_sampler(args, sampler_seed(args.seed, worker, len(study.trials)))
+    return study
+
+
+def sampler_seed(seed: int | None, worker: int, trials_so_far: int) -> int | None:
+    """The sampler's seed from the study's state: workers propose different trials, and a resumed study does not
+    replay the seeded stream from its start (which repeated the first trials' parameters exactly)."""
+    if seed is None:
+        return None
+    return seed + worker if trials_so_far == 0 else (seed * 1_000_003 + worker * 10_007 + trials_so_far) % 2**32
+
+
+def make_sampler(args: argparse.Namespace, seed: int | None) -> Any:
+    import optuna
+
+    if args.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=args.startup_trials)
+
+
+def fail_dead_workers_trials(study: Any) -> list[int]:
+    """Fail (and retry once, continuing the run folder) every RUNNING trial whose worker is gone: its worker lock
+    is free. Heartbeats catch the same only after a grace period; a lock is free the moment its holder dies."""
+    import optuna
+
+    from mirec.utils import LockedError
+
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        number, lock = trial.user_attrs.get("worker_lock", [None, None])
+        if number != trial.number:
+            continue  # its worker has not named its lock yet: the heartbeat's grace period catches it
+        try:
+            with exclusive_lock(lock, "tuning worker"):
+                pass
+        except LockedError:
+            continue  # alive
+        storage = study._storage  # Optuna's own fail_stale_trials does the same with it
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed
 
 
 def study_identity(args: argparse.Namespace, space: list[Dimension], data_dir: Path) -> dict[str, Any]:
@@ -209,12 +250,6 @@ class StudySetup:
 
 def run_worker(args: argparse.Namespace, worker: int = 0) -> None:
     """Run trials until the study holds ``--trials`` finished (complete or pruned) trials or the budget ends."""
-    import optuna
-
-    from mirec.data.dataset import load_dataset
-    from mirec.training.checkpoint import latest_checkpoint
-    from mirec.training.trainer import train_run
-
     output = Path(args.output)
     setup = StudySetup.of(args)
     data_dir, preset, fixed, base = setup.data_dir, setup.preset, setup.fixed, setup.base
@@ -223,10 +258,30 @@ def run_worker(args: argparse.Namespace, worker: int = 0) -> None:
     # early evaluations are noisy: no trial is pruned before its --prune-after-evals-th evaluation
     study = open_study(args, worker, warmup_steps=args.prune_after_evals * base.train.eval_every)
     check_identity(study, study_identity(args, space, data_dir))
-    dataset = load_dataset(data_dir)
+    # held while this worker lives: a resumed or joining worker tells a dead worker's trial by its free lock
+    held_lock = output / "workers" / f"{uuid.uuid4().hex}.lock"
+    with exclusive_lock(held_lock, "tuning worker"):
+        for number in fail_dead_workers_trials(study):
+            print(f"trial {number}: its worker is gone; failed and queued again", file=sys.stderr)
+        optimize(args, study, space, setup, str(held_lock))
+
+
+def optimize(args: argparse.Namespace, study: Any, space: list[Dimension], setup: StudySetup, held_lock: str) -> None:
+    """Run trials of ``study`` until it holds ``--trials`` finished ones or the budget ends."""
+    import optuna
+
+    from mirec.data.dataset import load_dataset
+    from mirec.runs import is_run_folder
+    from mirec.training.checkpoint import latest_checkpoint
+    from mirec.training.trainer import train_run
+
+    output, preset, fixed, base = Path(args.output), setup.preset, setup.fixed, setup.base
+    dataset = load_dataset(setup.data_dir)
     metric = base.eval.early_stop_metric
 
     def objective(trial: Any) -> float:
+        # first: a dead worker's trial is found by its free lock (the number: a retry copies its original's attrs)
+        trial.set_user_attr("worker_lock", [trial.number, held_lock])
         params = {dim.key: dim.suggest(trial) for dim in space}
         # a retried trial (its worker died) continues the run folder of the trial it repeats
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
@@ -245,7 +300,7 @@ def run_worker(args: argparse.Namespace, worker: int = 0) -> None:
             config,
             run_dir,
             resume=resume,
-            overwrite=not resume and run_dir.exists(),  # the tuner's own folder, cut before its first checkpoint
+            overwrite=not resume and is_run_folder(run_dir),  # the tuner's own run, cut before its first checkpoint
             progress=False,
             preset=f"{preset}/{args.model}",
             on_evaluation=report,

@@ -43,13 +43,16 @@ from mirec.nn.sampled_softmax import (
 from mirec.runs import (
     build_model,
     check_resume,
+    check_run_folder,
+    clear_run_folder,
     load_state,
-    prepare_run_folder,
+    mark_run_folder,
     run_lock,
     write_data_json,
 )
 from mirec.training.checkpoint import (
     TrainState,
+    clean_stale_files,
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
@@ -186,7 +189,9 @@ class Trainer:
         overwrite: bool,
     ) -> None:
         main = self.dist.main
-        self.folder_notes = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite) if main else []
+        # a resumed run's folder first gets back a checkpoint a crash left moved aside (a rename, nothing removed)
+        stale = clean_stale_files(self.run_dir) if main and resume and self.run_dir.is_dir() else []
+        earlier_run = check_run_folder(self.run_dir, resume=resume, overwrite=overwrite) if main else []
         tc = config.train  # choices and ranges were checked when the config was built (mirec.config)
         self.config = config
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
@@ -234,6 +239,17 @@ class Trainer:
         self.logger = logging.getLogger(f"mirec.training.{id(self)}")
         self._stop_signal = StopSignal()
         self.trackers = Trackers(tc.log_to, tc.tracking_uri, tc.tracking_experiment)
+        # every check above could still fail: only now is an earlier run's folder touched
+        self.folder_notes = self._claim_run_folder(earlier_run, resume, stale) if main else []
+
+    def _claim_run_folder(self, earlier_run: list[str], resume: bool, stale: list[str]) -> list[str]:
+        """Remove what killed writers left and (``--overwrite``) the earlier run's files; mark the folder ours."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        stale = stale + clean_stale_files(self.run_dir)  # the folder is empty or a run of ours by now
+        notes = [f"removed stale {name}" for name in stale]
+        notes += clear_run_folder(self.run_dir, earlier_run)
+        mark_run_folder(self.run_dir, keep_id=resume)
+        return notes
 
     def _data_parallel(self, step: torch.nn.Module) -> torch.nn.Module:
         """DDP over the model and its loss. The global context's sparse adjacency (identical on every rank, built
