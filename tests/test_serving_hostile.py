@@ -4,8 +4,10 @@ forged or grow without bound, admin routes need a token and verified bundles, st
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mirec.config import MAX_DIVERSITY_LAMBDA
 from mirec.serving.app import ServeSettings, create_app
-from mirec.serving.bundle import load_bundle
+from mirec.serving.bundle import BundleError, export_bundle, load_bundle
 from mirec.serving.model import MAX_TIMESTAMP, RecommendRequest
 from tests.conftest import HISTORIES
 
@@ -107,7 +109,7 @@ def test_a_long_item_id_costs_its_size_not_the_catalogue_times_it(bundle):
     script = textwrap.dedent(
         f"""
         import resource, sys
-        from mirec.serving.bundle import load_bundle
+        from mirec.serving.bundle import BundleError, export_bundle, load_bundle
         served = load_bundle({str(bundle)!r})
         query = "x" * int(sys.argv[1])
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -309,3 +311,45 @@ def test_the_threads_of_a_reload_and_traffic_stay_independent(served, bundle):
             for t in threads:
                 t.join()
     assert not failures
+
+
+# ------------------------------------------------------------------------------------------------ bundles
+
+
+def test_an_onnx_bundle_lists_and_checks_every_file_and_stdout_is_json(run_dir, tmp_path):
+    out = tmp_path / "bundle"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirec", "export", str(run_dir), "--output", str(out), "--onnx"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    assert printed["onnx"]["file"] == "user_tower.onnx"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    onnx_files = [name for name in manifest["files"] if name.startswith("user_tower.onnx")]
+    assert onnx_files, manifest["files"]
+    assert not list(tmp_path.glob(".*")), "no lock or temporary folder left beside the bundle"
+    for name in onnx_files:  # a flipped byte in any ONNX file is caught
+        damaged = tmp_path / f"damaged-{name}"
+        shutil.copytree(out, damaged)
+        raw = bytearray((damaged / name).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (damaged / name).write_bytes(bytes(raw))
+        with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+            load_bundle(damaged)
+
+
+def test_every_bundle_file_follows_the_umask(run_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_bundle(run_dir, tmp_path / "bundle")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "bundle").iterdir()}
+    assert set(modes.values()) == {0o644}, modes

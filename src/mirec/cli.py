@@ -201,19 +201,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         ivf_nlist=args.ivf_nlist,
         ivf_nprobe=args.ivf_nprobe,
     )
-    if args.onnx:  # before any writing: a model that cannot be exported fails in a second
-        from mirec.config import load_config
-        from mirec.serving.onnx_export import NOT_EXPORTABLE, require_onnx
-
-        require_onnx()
-        name = load_config(Path(args.run_dir) / "config.toml").model.name
-        if name in NOT_EXPORTABLE:
-            raise ValueError(f"--onnx: {name}: {NOT_EXPORTABLE[name]}")
-    manifest = export_bundle(args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite)
-    if args.onnx:
-        from mirec.serving.onnx_export import export_onnx
-
-        manifest["onnx"] = export_onnx(args.output)
+    manifest = export_bundle(
+        args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
+    )
     _print_json({k: v for k, v in manifest.items() if k != "files"})
 
 

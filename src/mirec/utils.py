@@ -61,6 +61,7 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a prepared folder should be as readable as any other
     try:
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             if exchange_paths(tmp, path):  # one atomic step: the old folder now sits at the temporary name
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +75,16 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the umask's mode (writers such as safetensors make 0600 files)."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def exchange_paths(a: str | Path, b: str | Path) -> bool:

@@ -59,15 +59,21 @@ def export_bundle(
     index: IndexParams | None = None,
     data: str | Path | None = None,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle of a finished run; returns its manifest. ``output`` must be new, empty, or (with
-    ``overwrite``) a bundle."""
+    ``overwrite``) a bundle. ``onnx``: the user tower as ONNX too, built inside the bundle before it is moved
+    into place (so the manifest lists and checks it like every other file)."""
     output = Path(output)
     if output.exists():
         if not output.is_dir() or (any(output.iterdir()) and not is_bundle(output)):
             raise FileExistsError(f"{output}: exists and is not a mirec bundle; choose a new or empty folder")
         if is_bundle(output) and not overwrite:
             raise FileExistsError(f"{output}: already holds a bundle; pass --overwrite to replace it")
+    if onnx:  # before any work: a model that cannot be exported fails in a second
+        from mirec.serving.onnx_export import check_exportable
+
+        check_exportable(load_config(Path(run_dir) / "config.toml").model.name)
     model, dataset, config = load_run(run_dir, "cpu", data)
     params = (index or IndexParams()).resolved(dataset.n_items)
     started = time.perf_counter()
@@ -79,8 +85,7 @@ def export_bundle(
     else:  # the metric and search depth measured on the run's own validation users (never test)
         item_index, calibration = calibrate(vectors, params, validation_interests(model, dataset, config))
     build_seconds = time.perf_counter() - started
-    lock = output.resolve().parent / f".{output.name}.lock"
-    with exclusive_lock(lock, f"bundle output {output}"), atomic_directory(output) as tmp:
+    with bundle_lock(output), atomic_directory(output) as tmp:
         save_config(config, tmp / "config.toml")
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
@@ -101,9 +106,6 @@ def export_bundle(
             tmp / "items.parquet",
         )
         index_files = item_index.save(tmp)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
-        model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
-        index_hash = hashlib.sha256("".join(files[f]["sha256"] for f in index_files).encode())
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
             "model": config.model.name,
@@ -111,8 +113,6 @@ def export_bundle(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_run": str(Path(run_dir).resolve()),
             "dataset": {"name": dataset.name, "meta_sha256": dataset_checksum(dataset)},
-            "model_version": model_hash.hexdigest()[:16],
-            "index_version": index_hash.hexdigest()[:16],
             "index": {
                 **item_index.params.__dict__,
                 "build_seconds": round(build_seconds, 3),
@@ -123,9 +123,36 @@ def export_bundle(
             "num_interests": int(config.model.num_interests),
             "maxlen": int(config.model.maxlen),
             "has_categories": dataset.item_categories is not None,
-            "files": files,
+            "index_files": index_files,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if onnx:
+            from mirec.serving.onnx_export import write_user_tower
+
+            manifest["onnx"] = write_user_tower(model, config, dataset.n_items, tmp)
+        manifest = write_manifest(tmp, manifest)
+    return manifest
+
+
+def bundle_lock(output: str | Path):
+    """The lock of a bundle folder (beside it: the folder itself is replaced by a rename)."""
+    output = Path(output)
+    return exclusive_lock(output.resolve().parent / f".{output.name}.lock", f"bundle output {output}")
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """manifest.json listing every file in ``folder`` (size, SHA-256) with the model and index versions."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir())}
+    files.pop(MANIFEST, None)
+    model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
+    index_files = manifest.get("index_files") or [f for f in ("index.json", "index.faiss") if f in files]
+    index_hash = hashlib.sha256("".join(files[f]["sha256"] for f in index_files).encode())
+    manifest = {
+        **manifest,
+        "model_version": model_hash.hexdigest()[:16],
+        "index_version": index_hash.hexdigest()[:16],
+        "files": files,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -14,7 +14,10 @@ difference is recorded in the bundle's manifest (``onnx.max_abs_diff``).
 
 from __future__ import annotations
 
-import json
+import contextlib
+import copy
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,7 @@ from torch import nn
 
 from mirec.data.batching import Batch
 from mirec.nn.fastpath import reference_paths
-from mirec.serving.bundle import MANIFEST, load_bundle
-from mirec.utils import sha256_file
+from mirec.utils import atomic_directory
 
 NOT_EXPORTABLE = {
     "gemirec": "GemiRec's beam search over the interest dictionary is data-dependent control flow; "
@@ -66,35 +68,45 @@ def require_onnx() -> None:
         raise ImportError(f'--onnx needs the ONNX packages: pip install "mirec[onnx]" ({exc})') from None
 
 
-def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Write ``user_tower.onnx`` into a bundle, check it with onnxruntime, update the manifest; returns the
-    ``onnx`` manifest entry."""
+def check_exportable(model_name: str) -> None:
+    """Fail at once (before any work or writing) when the packages are missing or the model cannot be exported."""
     require_onnx()
-    import onnxruntime as ort
+    if model_name in NOT_EXPORTABLE:
+        raise ValueError(f"--onnx: {model_name}: {NOT_EXPORTABLE[model_name]}")
 
-    bundle = Path(bundle)
-    serving = load_bundle(bundle)
-    name = serving.config.model.name
-    if name in NOT_EXPORTABLE:
-        raise ValueError(f"--onnx: {name}: {NOT_EXPORTABLE[name]}")
-    model = serving.model.cpu().eval()
-    if model.global_context is not None:
-        with torch.no_grad():
-            model.global_context = PrecomputedRows(model.output_embeddings().detach().clone())
-    tower = UserTower(model).eval()
-    maxlen = serving.maxlen
+
+def check_histories(n_items: int, maxlen: int, n_check: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """A check batch of random histories (items, mask, days), left-aligned as the service encodes them."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, maxlen + 1, size=n_check)
     items = np.zeros((n_check, maxlen), dtype=np.int64)
     days = np.zeros((n_check, maxlen), dtype=np.int64)
-    for row, length in enumerate(lengths):  # a check batch of random histories (not a hot path)
-        items[row, :length] = rng.integers(1, serving.n_items + 1, size=length)
+    for row, length in enumerate(lengths):  # not a hot path
+        items[row, :length] = rng.integers(1, n_items + 1, size=length)
         days[row, :length] = np.sort(rng.integers(1, 200, size=length))
     mask = (items > 0).astype(np.float32)
-    example = (torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(days))
-    path = bundle / "user_tower.onnx"
+    return torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(days)
+
+
+def write_user_tower(
+    model: nn.Module, config: Any, n_items: int, folder: str | Path, n_check: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Write ``user_tower.onnx`` (and its external data) into ``folder``, check it with onnxruntime against torch;
+    returns the manifest's ``onnx`` entry. torch.onnx's progress lines go to stderr (stdout carries JSON)."""
+    check_exportable(config.model.name)
+    import onnxruntime as ort
+
+    model = copy.deepcopy(model).cpu().eval()
+    if model.global_context is not None:
+        with torch.no_grad():
+            model.global_context = PrecomputedRows(model.output_embeddings().detach().clone())
+    tower = UserTower(model).eval()
+    maxlen = int(config.model.maxlen)
+    example = check_histories(n_items, maxlen, n_check, seed)
+    path = Path(folder) / "user_tower.onnx"
     batch = torch.export.Dim.AUTO  # a named Dim made the GRU's batch axis static; AUTO keeps it dynamic
-    with reference_paths():  # the CPU fast paths branch on data; the exported graph takes the plain form
+    # the CPU fast paths branch on data; the exported graph takes the plain form
+    with reference_paths(), contextlib.redirect_stdout(sys.stderr):
         torch.onnx.export(
             tower,
             example,
@@ -103,19 +115,20 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
             output_names=["interests"],
             dynamic_shapes={"items": {0: batch}, "mask": {0: batch}, "days": {0: batch}},
             dynamo=True,
+            verbose=False,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}  # an input the model never reads may be dropped
+    feed_all = dict(zip(("items", "mask", "days"), (t.numpy() for t in example), strict=True))
 
     def run(rows: int) -> np.ndarray:
-        feed = {"items": items[:rows], "mask": mask[:rows], "days": days[:rows]}
-        return session.run(None, {k: v for k, v in feed.items() if k in names})[0]
+        return session.run(None, {k: v[:rows] for k, v in feed_all.items() if k in names})[0]
 
     onnx_out = run(n_check)
     with torch.no_grad():
         torch_out = tower(*example).numpy()
     small, single = run(3), run(1)  # other batch sizes: the batch axis is dynamic
-    entry = {
+    return {
         "file": path.name,
         "inputs": [f"{k} [B, L]" for k in ("items", "mask", "days") if k in names],
         "output": "interests float32 [B, K, d]",
@@ -124,13 +137,26 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
         "max_abs_diff_batch3": float(np.abs(small - torch_out[:3]).max()),
         "max_abs_diff_batch1": float(np.abs(single - torch_out[:1]).max()),
     }
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    manifest["onnx"] = entry
-    tmp = bundle / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(bundle / MANIFEST)
+
+
+def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Add the user tower to an existing bundle: verified, rebuilt under a temporary name with the ONNX files and
+    a new manifest, and swapped in whole under the bundle's lock; returns the ``onnx`` manifest entry."""
+    from mirec.serving.bundle import bundle_lock, load_bundle, verify_bundle, write_manifest
+
+    bundle = Path(bundle)
+    with bundle_lock(bundle):
+        manifest = verify_bundle(bundle)
+        check_exportable(manifest["model"])
+        serving = load_bundle(bundle)
+        with atomic_directory(bundle) as tmp:
+            for name in manifest["files"]:
+                if not name.startswith("user_tower.onnx"):
+                    shutil.copy2(bundle / name, tmp / name)
+            entry = write_user_tower(serving.model, serving.config, serving.n_items, tmp, n_check, seed)
+            kept = {k: v for k, v in manifest.items() if k not in ("files", "model_version", "index_version")}
+            write_manifest(tmp, {**kept, "onnx": entry})
     return entry
 
 
-__all__ = ["export_onnx", "NOT_EXPORTABLE"]
+__all__ = ["export_onnx", "write_user_tower", "check_exportable", "NOT_EXPORTABLE"]
