@@ -154,7 +154,15 @@ def load(run_dir: str | Path, device: str = "auto", data: str | Path | None = No
     """Load a finished (or interrupted: its best weights) run folder; ``data`` points at its prepared dataset
     when that has moved (by default it is found relative to the run folder, then by its absolute path)."""
     from mirec.runs import load_run
+    from mirec.serving.bundle import is_bundle
 
+    if is_bundle(run_dir):
+        source = json.loads((Path(run_dir) / "manifest.json").read_text()).get("source_run")
+        raise ValueError(
+            f"{run_dir}: a bundle holds no dataset to evaluate on; evaluate the run folder it was exported from"
+            + (f" ({source})" if source else "")
+            + " (mirec recommend and mirec serve take the bundle)"
+        )
     torch_device = resolve_device(device)
     model, dataset, config = load_run(run_dir, device=torch_device, data=data)
     model.eval()

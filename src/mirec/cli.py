@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from mirec.utils import parse_int_list
+
+
+def _strict_json(value: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no Infinity or NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+    print(json.dumps(_strict_json(data), indent=2, sort_keys=False, default=str, allow_nan=False))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -129,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.diversity_lambda is not None:
         overrides["diversity_lambda"] = args.diversity_lambda
     if args.topk:
-        overrides["topk"] = [int(k) for k in args.topk.split(",")]
+        overrides["topk"] = parse_int_list(args.topk, "--topk")
     if args.generated_share is not None:
         overrides["generated_share"] = args.generated_share
     if args.base_share is not None:
@@ -153,7 +168,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
         serving = load_serving(source, args.device, data=args.data if not is_bundle(source) else None)
         items = [s for s in args.items.split(",") if s]
-        stamps = [int(s) for s in args.timestamps.split(",")] if args.timestamps else None
+        stamps = parse_int_list(args.timestamps, "--timestamps") if args.timestamps else None
         try:
             (result,) = serving.recommend(
                 [RecommendRequest(items, stamps, args.n, args.exclude_history, args.diversity_lambda)]
@@ -177,6 +192,13 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     serving = load_serving(source, args.device, data=args.data if not is_bundle(source) else None)
     if args.input:
         report = recommend_file(serving, args.input, args.output, n=args.n, progress=not args.quiet)
+        if report["skipped_unknown"]:
+            named = ", ".join(report["skipped_users"][:10]) + (", ..." if report["skipped_unknown"] > 10 else "")
+            print(
+                f"mirec recommend: skipped {report['skipped_unknown']} users with an empty or all-unknown history: "
+                f"{named}",
+                file=sys.stderr,
+            )
     else:
         if not args.data:
             raise ValueError("--split needs --data DIR (the prepared dataset whose users to serve)")
@@ -646,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.command == "graph-stats" and (args.run_dir is None) == (args.data is None):
         parser.error("graph-stats needs a RUN_DIR or --data DIR (one of them)")
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = partial(_one_line_warning, args.command)
     try:
         args.func(args)
     except BrokenPipeError:  # the reader went away (`mirec models | head`): nothing left to say
@@ -659,7 +683,15 @@ def main(argv: list[str] | None = None) -> int:
         reason = " ".join(str(exc).split()) or "(no message)"
         print(f"mirec {args.command}: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = previous_showwarning
     return int(getattr(args, "exit_code", 0))
+
+
+def _one_line_warning(command: str, message: Any, category: type, filename: str, lineno: int, *rest: Any) -> None:
+    """A warning as one line on stderr (not the source path and code line Python prints)."""
+    text = " ".join(str(message).split())
+    print(f"mirec {command}: warning: {text}", file=sys.stderr)
 
 
 def console_main() -> None:

@@ -151,7 +151,11 @@ class GraphConfig(CheckedConfig):
 
     def check(self) -> None:
         self.require(self.l_time > 0, "l_time", "> 0 (days)")
+        self.require(self.a >= 0, "a", ">= 0 (a pair's weight p must not fall below b)")
+        self.require(self.b >= 0, "b", ">= 0")
+        self.require(self.a + self.b > 0, "b", "> 0 when a = 0 (every pair would weigh 0)")
         self.require(len(self.hop_weights) >= 1, "hop_weights", "a non-empty list (one weight per hop)")
+        self.require(all(w >= 0 for w in self.hop_weights), "hop_weights", "weights >= 0")
 
 
 @dataclass
@@ -329,8 +333,11 @@ class GIMIRecConfig(ModelConfig):
     # Weight of E_time in Eq. 12 (E_hyb = time_scale * E_time + E_global): 1 = the paper; 0 = no time-interval
     # representation (an ablation); below 1 offsets E_time's ~27x larger norm at initialisation [OURS]
     time_scale: float = 1.0
+    # GIMIRec always extracts its global context (E_global, Eq. 7): shown true, whatever an older config.toml says
+    global_context: bool = True
 
     def __post_init__(self) -> None:
+        self.global_context = True
         super().__post_init__()
         self.require(math.isfinite(self.time_scale) and self.time_scale >= 0, "time_scale", "a finite number >= 0")
 

@@ -182,6 +182,14 @@ def exclusive_lock(lock_file: str | Path, what: str, wait: bool = False) -> Iter
         os.close(fd)  # closing releases the flock
 
 
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """``"20,50"`` -> [20, 50]; anything else is a one-line error naming the flag."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 20,50") from None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     import torch
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import codecs
 import gzip
+import inspect
 import io
 import json
 import re
@@ -294,11 +295,12 @@ def _read_delimited(
             table = read(pa.string())
     except pa.ArrowInvalid as exc:
         raise MalformedRowError(path, None, str(exc)) from exc
-    if bad_rows and on_bad_rows == "error":
+    if bad_rows and (on_bad_rows == "error" or table.num_rows == 0):
         row = bad_rows[0]
         line = _find_line(path, row.text, 1 if header else 0, encoding)
+        every = f"every row is malformed ({len(bad_rows)} skipped), the first: " if on_bad_rows != "error" else ""
         raise MalformedRowError(
-            path, line, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
+            path, line, f"{every}expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
         )
     columns = {out: table.column(name) for out, name in resolved.items()}
     return pa.table(columns), len(bad_rows) + len(undecodable)
@@ -439,6 +441,9 @@ def read_amazon_ratings(
     return table, _file_report(path, "amazon-ratings", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
 
 
+TAOBAO_BEHAVIORS = ("pv", "buy", "cart", "fav")  # UserBehavior.csv's behaviour types (Tianchi dataset 649)
+
+
 def read_taobao(
     path: str | Path, *, on_bad_rows: str = "error", behaviors: Sequence[str] | str = ("pv",), encoding: str = "utf-8"
 ) -> tuple[pa.Table, dict[str, Any]]:
@@ -447,6 +452,11 @@ def read_taobao(
     ComiRec/PIMI keep 'pv' rows only; Taobao-Buy keeps 'buy'. ``behaviors="all"`` keeps every row.
     """
     path = Path(path)
+    wanted = behaviors.split(",") if isinstance(behaviors, str) else list(behaviors)
+    unknown = sorted(set(wanted) - {*TAOBAO_BEHAVIORS, "all"})
+    if unknown:
+        valid = ", ".join(TAOBAO_BEHAVIORS)
+        raise ValueError(f"--behaviors {','.join(unknown)}: unknown; expected some of {valid} (comma-separated) or all")
     table, skipped = _read_delimited(
         path,
         delimiter=",",
@@ -458,7 +468,6 @@ def read_taobao(
         encoding=encoding,
     )
     n = table.num_rows
-    wanted = behaviors.split(",") if isinstance(behaviors, str) else list(behaviors)
     if "all" not in wanted:
         table = table.filter(pc.is_in(table.column("behavior"), value_set=pa.array(wanted, pa.string())))
     filtered = n - table.num_rows
@@ -774,6 +783,20 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def check_reader_options(reader: Callable[..., Any], fmt: str, options: dict[str, Any]) -> None:
+    """An unknown reader option is a one-line error listing the format's options (not a TypeError)."""
+    accepted = [
+        name
+        for name, param in inspect.signature(reader).parameters.items()
+        if param.kind == inspect.Parameter.KEYWORD_ONLY and name != "on_bad_rows"
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"--reader-option {unknown[0]}: not an option of format {fmt}; its options: {', '.join(accepted) or 'none'}"
+        )
+
+
 def read_interactions(
     inputs: Sequence[str | Path] | str | Path, fmt: str, *, on_bad_rows: str = "error", **reader_options: Any
 ) -> Interactions:
@@ -785,11 +808,12 @@ def read_interactions(
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"input {path} does not exist")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    reader = read_comirec if fmt == "comirec" else FILE_READERS[fmt]
+    check_reader_options(reader, fmt, reader_options)
     if fmt == "comirec":
         return read_comirec(paths, on_bad_rows=on_bad_rows, **reader_options)
-    if fmt not in FILE_READERS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    reader = FILE_READERS[fmt]
     tables = []
     reports = []
     for path in input_files(paths):

@@ -69,6 +69,12 @@ def _final_lists(
     return {k: merged[:, :k] for k in ks}, source
 
 
+def check_cutoffs(config: EvalConfig, n_items: int) -> None:
+    """A cut-off above the catalogue cannot be filled: refused before training or evaluating."""
+    if max(config.topk) > n_items:
+        raise ValueError(f"eval.topk = {config.topk}: a cut-off above the catalogue's {n_items} items")
+
+
 def evaluate(
     model: MultiInterestModel,
     dataset: PreparedDataset,
@@ -100,6 +106,7 @@ def evaluate(
     ks = sorted({int(k) for k in config.topk})
     if not ks or ks[0] < 1:
         raise ValueError(f"eval.topk must be positive cut-offs, got {config.topk}")
+    check_cutoffs(config, dataset.n_items)
     depth = ks[-1]
     categories = dataset.item_categories
     if config.diversity_lambda > 0 and categories is None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from mirec.config import load_config
 from mirec.config import toml_literal as config_toml_literal
-from mirec.utils import atomic_write_text, threads_per_job
+from mirec.utils import atomic_write_text, parse_int_list, threads_per_job
 
 
 @dataclass
@@ -230,7 +230,7 @@ def resolve_spec(args: Any) -> GridSpec:
             raise FileNotFoundError(f"--config {args.config}: no such file")
         spec.config = str(Path(args.config).resolve())
     if args.seeds is not None:
-        spec.seeds = [int(s) for s in args.seeds.split(",")]
+        spec.seeds = parse_int_list(args.seeds, "--seeds")
     if args.budget_minutes is not None:
         spec.budget_minutes = args.budget_minutes
     if args.jobs is not None:
@@ -552,7 +552,7 @@ def main_bench(args: Any) -> None:
         failed = [r for r in results if not r["ok"]]
     rows = collect(cells)
     write_csv(rows, output / "results.csv")
-    ks = [int(k) for k in args.topk.split(",")]
+    ks = parse_int_list(args.topk, "--topk")
     text = markdown_tables(rows, ks)
     atomic_write_text(output / "results.md", text)
     print(text)

@@ -198,6 +198,9 @@ def read_chunks(path: str | Path, chunk: int) -> Iterator[tuple[np.ndarray, np.n
         yield emit()
 
 
+SKIPPED_LISTED = 1000  # skipped users named in a report (all are counted)
+
+
 def recommend_file(
     serving: ServingModel,
     input_path: str | Path,
@@ -206,10 +209,11 @@ def recommend_file(
     chunk: int = 4096,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Top-n for each history of a file; users none of whose items is known are counted and left out.
-    Vectorised per chunk: ids looked up at once, windows cut from the flat arrays, one search per chunk."""
+    """Top-n for each history of a file; users with an empty or all-unknown history are left out and named in the
+    report (``skipped_users``, the first 1,000). Vectorised per chunk: ids looked up at once, windows cut from the
+    flat arrays, one search per chunk."""
     started = time.perf_counter()
-    counts = {"users": 0, "skipped_unknown": 0}
+    counts: dict[str, Any] = {"users": 0, "skipped_unknown": 0, "skipped_users": []}
 
     def chunks() -> Iterator[pa.RecordBatch]:
         with tqdm(unit="user", disable=not progress, desc="recommend") as bar:
@@ -223,6 +227,9 @@ def recommend_file(
                 rows = np.flatnonzero(known_per_user > 0)
                 counts["users"] += len(users)
                 counts["skipped_unknown"] += len(users) - len(rows)
+                room = SKIPPED_LISTED - len(counts["skipped_users"])
+                if room > 0 and len(rows) < len(users):
+                    counts["skipped_users"] += [str(u) for u in users[known_per_user == 0][:room]]
                 if len(rows):
                     batch = window_batch(indptr, ids[known], times, rows, serving.maxlen)
                     merged, scores, source = serving.search_batch(batch, n)

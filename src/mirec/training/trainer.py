@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from mirec.config import RunConfig, TrainConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.eval.evaluator import check_cutoffs
 from mirec.eval.evaluator import evaluate as evaluate_split
 from mirec.nn.embedding import RowGradEmbedding
 from mirec.nn.sampled_softmax import (
@@ -195,10 +196,7 @@ class Trainer:
         tc = config.train  # choices and ranges were checked when the config was built (mirec.config)
         self.config = config
         self.dataset = data if isinstance(data, PreparedDataset) else load_dataset(data)
-        if max(config.eval.topk) > self.dataset.n_items:
-            raise ValueError(
-                f"eval.topk = {config.eval.topk}: a cut-off above the catalogue's {self.dataset.n_items} items"
-            )
+        check_cutoffs(config.eval, self.dataset.n_items)
         self.resume_changes = check_resume(self.run_dir, config, self.dataset) if resume and main else []
         self.device = device if isinstance(device, torch.device) else resolve_device(device or tc.device)
         self.device = self.dist.device(self.device)
