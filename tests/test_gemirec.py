@@ -674,7 +674,8 @@ def test_a_gemirec_saved_before_the_module_split_loads_and_serves_identically():
     model.eval()
     with torch.no_grad():
         got = model(make_batch([4, 6, 1], 8, 30, seed=9))
-    assert torch.equal(got, expected)
+    # written on another CPU: its kernels round differently (7.5e-8 seen on an AMD EPYC), so not bit-equal
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert bool(model.dictionary.codes_ready)
 
 
