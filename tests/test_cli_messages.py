@@ -108,7 +108,7 @@ def test_models_prints_strict_json_for_every_model(capsys):
 
     for name in MODEL_PATHS:
         assert main(["models", name]) == 0
-        json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{name}: {c} is not JSON"))
+        json.loads(capsys.readouterr().out, parse_constant=lambda c, m=name: pytest.fail(f"{m}: {c} is not JSON"))
 
 
 def test_a_warning_is_one_line_naming_the_command(tmp_path):
