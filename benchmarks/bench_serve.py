@@ -7,6 +7,8 @@ Each client holds one keep-alive connection and loops: POST /v1/recommend with a
 bundle's items (5-20 items, n = 50). Prints requests/s, latency p50/p95/p99 (client-side, end to end), errors,
 the mean micro-batch size, and the server's RSS at start, after the first 10% of the run and at the end (flat
 after warm-up = no leak). Exits 1 if any request failed. The clients run on the same machine as the server.
+``--poison-every K``: every K-th request of each client carries a timestamp above int64 (it must get 422 and fail
+no other request batched with it); those are counted apart from the valid requests.
 """
 
 from __future__ import annotations
@@ -56,13 +58,32 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port:
     return status, await reader.readexactly(length)
 
 
+POISON = {"timestamps_of": lambda k: [1] * (k - 1) + [2**64]}  # a history whose last timestamp is above int64
+
+
 async def client_loop(
-    port: int, items: list[str], deadline: float, rng: random.Random, latencies: list[float], errors: list[str], n: int
+    port: int,
+    items: list[str],
+    deadline: float,
+    rng: random.Random,
+    latencies: list[float],
+    errors: list[str],
+    n: int,
+    poison_every: int = 0,
+    poisoned: list[int] | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = 0
     try:
         while time.perf_counter() < deadline:
-            body = json.dumps({"history": rng.sample(items, rng.randint(5, 20)), "n": n}).encode()
+            history = rng.sample(items, rng.randint(5, 20))
+            sent += 1
+            if poison_every and sent % poison_every == 0 and poisoned is not None:
+                body = json.dumps({"history": history, "timestamps": POISON["timestamps_of"](len(history))}).encode()
+                status, _ = await post(reader, writer, port, body)
+                poisoned.append(status)
+                continue
+            body = json.dumps({"history": history, "n": n}).encode()
             started = time.perf_counter()
             try:
                 status, payload = await post(reader, writer, port, body)
@@ -79,18 +100,22 @@ async def client_loop(
 
 
 async def drive(
-    port: int, items: list[str], seconds: float, clients: int, n: int, seed: int
-) -> tuple[list[float], list[str], float]:
+    port: int, items: list[str], seconds: float, clients: int, n: int, seed: int, poison_every: int = 0
+) -> tuple[list[float], list[str], float, list[int]]:
     latencies: list[float] = []
     errors: list[str] = []
     warm: list[float] = []
+    poisoned: list[int] = []
     await client_loop(port, items, time.perf_counter() + 1.0, random.Random(seed - 1), warm, errors, n)  # warm-up
     started = time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(
-        *(client_loop(port, items, deadline, random.Random(seed + i), latencies, errors, n) for i in range(clients))
+        *(
+            client_loop(port, items, deadline, random.Random(seed + i), latencies, errors, n, poison_every, poisoned)
+            for i in range(clients)
+        )
     )
-    return latencies, errors, time.perf_counter() - started
+    return latencies, errors, time.perf_counter() - started, poisoned
 
 
 def main() -> int:
@@ -103,6 +128,7 @@ def main() -> int:
     parser.add_argument(
         "--server-arg", action="append", default=[], help="extra `mirec serve` flags, e.g. --microbatch-wait-ms=1"
     )
+    parser.add_argument("--poison-every", type=int, default=0, help="every K-th request of a client is poisoned")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not 0 < args.seconds <= 600 or not 0 < args.clients <= 512:
@@ -145,7 +171,9 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
-        latencies, errors, elapsed = asyncio.run(drive(port, items, args.seconds, args.clients, args.n, args.seed))
+        latencies, errors, elapsed, poisoned = asyncio.run(
+            drive(port, items, args.seconds, args.clients, args.n, args.seed, args.poison_every)
+        )
         stop.set()
         sampler.join()
         rss_end = rss_mib(server.pid)
@@ -170,6 +198,8 @@ def main() -> int:
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "errors": len(errors),
+        "poisoned_requests": len(poisoned),
+        "poisoned_answered_422": sum(1 for status in poisoned if status == 422),
         "mean_batch": round(
             batches.get("mirec_batch_size_sum", 0) / max(batches.get("mirec_batch_size_count", 1), 1), 1
         ),
@@ -182,7 +212,7 @@ def main() -> int:
         print("first errors:", errors[:3], file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    return 1 if errors else 0
+    return 1 if errors or any(status != 422 for status in poisoned) else 0
 
 
 if __name__ == "__main__":

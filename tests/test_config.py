@@ -76,7 +76,8 @@ NEW_GEMIREC_DEFAULTS = {
 }
 NEW_GIMIREC_DEFAULTS = {"model.time_scale": 1.0}
 # deliberate preset changes since the reference was taken (docs/results.md 12c: chosen on the valid splits)
-CHANGED_PRESET_VALUES = {"gimirec": {"model": {"interest_values": "embedding"}}}
+# GIMIRec always uses its global context: its config now shows it (the old files said false, unused)
+CHANGED_PRESET_VALUES = {"gimirec": {"model": {"interest_values": "embedding", "global_context": True}}}
 
 
 def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
