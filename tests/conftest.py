@@ -115,3 +115,26 @@ def bundle(run_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def served(bundle):
     return load_bundle(bundle)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(port: int, seconds: float = 60) -> None:
+    """Poll a server started on loopback until /healthz answers 200 (or the time is up)."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)

@@ -30,26 +30,28 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_an_unknown_reader_option_lists_the_formats_options(tmp_path, capsys):
-    log = write(tmp_path / "log.csv", "user,item,timestamp\nu1,i1,1300000000\n")
-    line = error_of(
-        capsys, ["prepare", str(log), "--format", "csv", "--output", str(tmp_path / "o"), "--reader-option", "sep=,"]
-    )
-    assert line == (
-        "mirec prepare: error: ValueError: --reader-option sep: not an option of format csv; its options: "
-        "delimiter, header, user, item, timestamp, category, column_names, encoding"
-    )
-
-
-def test_unknown_taobao_behaviours_name_the_valid_ones(tmp_path, capsys):
-    log = write(tmp_path / "UserBehavior.csv", "1,2,3,pv,1511544070\n")
-    line = error_of(
-        capsys, ["prepare", str(log), "--format", "taobao", "--output", str(tmp_path / "o"), "--behaviors", "bogus"]
-    )
-    assert line == (
-        "mirec prepare: error: ValueError: --behaviors bogus: unknown; expected some of pv, buy, cart, fav "
-        "(comma-separated) or all"
-    )
+@pytest.mark.parametrize(
+    "name,text,flags,expected",
+    [
+        (
+            "log.csv",
+            "user,item,timestamp\nu1,i1,1300000000\n",
+            ["--format", "csv", "--reader-option", "sep=,"],
+            "--reader-option sep: not an option of format csv; its options: "
+            "delimiter, header, user, item, timestamp, category, column_names, encoding",
+        ),
+        (
+            "UserBehavior.csv",
+            "1,2,3,pv,1511544070\n",
+            ["--format", "taobao", "--behaviors", "bogus"],
+            "--behaviors bogus: unknown; expected some of pv, buy, cart, fav (comma-separated) or all",
+        ),
+    ],
+)
+def test_unknown_reader_options_and_behaviours_name_the_valid_ones(tmp_path, capsys, name, text, flags, expected):
+    log = write(tmp_path / name, text)
+    line = error_of(capsys, ["prepare", str(log), "--output", str(tmp_path / "o"), *flags])
+    assert line == f"mirec prepare: error: ValueError: {expected}"
 
 
 def test_a_file_of_only_malformed_rows_names_its_first_bad_line(tmp_path, capsys):

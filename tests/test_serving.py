@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from mirec.serving.bundle import BundleError, export_bundle, load_bundle, load_s
 from mirec.serving.index import IndexParams, ItemIndex, augment_items, augment_queries
 from mirec.serving.model import RecommendRequest
 from mirec.training.trainer import train_run
-from tests.conftest import HISTORIES, SMALL
+from tests.conftest import HISTORIES, SMALL, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------------------ bundles
@@ -331,12 +330,6 @@ def test_reload_under_traffic_loses_no_request(run_dir, bundle, tmp_path):
     assert not failures and seen <= versions and len(seen) == 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_real_server_on_loopback(bundle, served, tmp_path):
     port = free_port()
     token = tmp_path / "token"
@@ -347,13 +340,7 @@ def test_the_real_server_on_loopback(bundle, served, tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(port)
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/recommend",
             json={"history": ["i100", "i101"], "n": 6},

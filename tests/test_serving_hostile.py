@@ -25,7 +25,7 @@ from mirec.config import MAX_DIVERSITY_LAMBDA
 from mirec.serving.app import ServeSettings, create_app
 from mirec.serving.bundle import BundleError, export_bundle, load_bundle
 from mirec.serving.model import MAX_TIMESTAMP, RecommendRequest
-from tests.conftest import HISTORIES
+from tests.conftest import HISTORIES, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 AUTH = {"Authorization": "Bearer t"}
@@ -185,8 +185,6 @@ def test_reload_takes_only_verified_bundles_and_a_failure_shows(served, bundle, 
 
 
 def test_a_failed_sighup_reload_logs_one_line_and_keeps_serving(bundle, tmp_path):
-    from tests.test_serving import free_port
-
     served_copy = tmp_path / "bundle"
     shutil.copytree(bundle, served_copy)
     port = free_port()
@@ -198,13 +196,7 @@ def test_a_failed_sighup_reload_logs_one_line_and_keeps_serving(bundle, tmp_path
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(port)
         (served_copy / "model.safetensors").write_bytes(b"not weights")
         proc.send_signal(signal.SIGHUP)
         deadline = time.time() + 30
