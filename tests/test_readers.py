@@ -210,9 +210,12 @@ def test_registry_resolve_missing_and_found(tmp_path, monkeypatch):
         resolve("nope")
 
 
-def test_registry_resolves_shared_sets():
+def test_registry_resolves_shared_sets(tmp_path, monkeypatch):
     if not (SHARED / "amazon-beauty").exists():
         pytest.skip("shared datasets not available")
+    for name in ("amazon-beauty", "yelp-b"):  # $MIREC_DATA/<name>/, as a user lays the files out
+        (tmp_path / name).symlink_to(SHARED / name)
+    monkeypatch.setenv("MIREC_DATA", str(tmp_path))
     files, fmt, _ = resolve("amazon-beauty")
     assert fmt == "csv" and files[0].exists()
     assert np.all([f.exists() for f in resolve("yelp-b")[0]])
@@ -226,9 +229,11 @@ def test_empty_integer_timestamp_counted_as_non_numeric(tmp_path):
     assert log.report["non_numeric_timestamps"] == 1
 
 
-def test_registry_shared_comirec_split():
+def test_registry_shared_comirec_split(tmp_path, monkeypatch):
     if not COMIREC_SPLIT.exists():
         pytest.skip("shared datasets not available")
+    (tmp_path / "amazon-grocery-comirec").symlink_to(COMIREC_SPLIT)
+    monkeypatch.setenv("MIREC_DATA", str(tmp_path))
     files, fmt, _ = resolve("amazon-grocery-comirec")
     assert fmt == "comirec" and len(files) == 4
     log = read_interactions(files, fmt)

@@ -417,7 +417,8 @@ def test_batch_recommendation_from_files_and_for_a_dataset(run_dir, bundle, data
 
 @pytest.mark.parametrize("model", ["dnn", "comirec-sa", "comirec-dr", "pimi", "gimirec", "gru4rec", "mind", "gemirec"])
 def test_onnx_user_tower_matches_torch_or_says_why_not(model, data_dir, tmp_path):
-    from mirec.serving.onnx_export import NOT_EXPORTABLE, export_onnx
+    from mirec.serving.bundle import export_onnx
+    from mirec.serving.onnx_export import NOT_EXPORTABLE
 
     run = tmp_path / "run"
     overrides = [*SMALL, "train.max_steps=10", "train.eval_every=10"]

@@ -15,7 +15,8 @@ one never replaces ``mirec.train`` / ``mirec.load`` / ``mirec.prepare`` with a m
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mirec.version import __version__
+
 __all__ = ["load", "train", "prepare", "load_dataset", "load_bundle", "__version__"]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,14 +32,12 @@ import torch
 from mirec.config import RunConfig, load_config
 from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.models import MultiInterestModel, get_model_class
-from mirec.training.checkpoint import (
-    CHECKPOINT_DIR,
-    LEGACY_CHECKPOINT_DIR,
-    latest_checkpoint,
-    load_tensors,
-)
+from mirec.tensors import load_tensors
 from mirec.utils import atomic_write_text, exclusive_lock, sha256_file
 
+CHECKPOINT_DIR = "checkpoints"  # versioned resume states (mirec.training.checkpoint writes them)
+LEGACY_CHECKPOINT_DIR = "checkpoint"  # mirec < 0.2: one folder swapped by two renames
+CHECKPOINT_VERSION = re.compile(r"^\d{8}$")
 LOCK_FILE = ".lock"
 RUN_MARKER = ".mirec-run.json"
 RUN_FILES = (
@@ -83,6 +82,44 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}"):
         yield
+
+
+def checkpoint_versions(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoint versions of a run folder, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and CHECKPOINT_VERSION.match(p.name))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``--resume`` continues from: the newest version, else an earlier mirec's ``checkpoint/``."""
+    versions = checkpoint_versions(run_dir)
+    if versions:
+        return versions[-1]
+    legacy = Path(run_dir) / LEGACY_CHECKPOINT_DIR
+    return legacy if (legacy / "state.json").exists() else None
+
+
+def clean_stale_files(run_dir: str | Path) -> list[str]:
+    """Remove what killed writers left (temporary names of ours only); recover an earlier mirec's checkpoint
+    from its moved-aside copy when a crash hit between its two renames. Call it holding the run lock."""
+    run_dir = Path(run_dir)
+    removed: list[str] = []
+    legacy = run_dir / LEGACY_CHECKPOINT_DIR
+    moved_aside = sorted(run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.old-*"))
+    if moved_aside and not legacy.exists():
+        os.replace(moved_aside.pop(), legacy)
+        removed.append(f"recovered {legacy.name}/ from its moved-aside copy")
+    stale = [*moved_aside, *run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.*.tmp"), *run_dir.glob(f"{CHECKPOINT_DIR}/.*.tmp")]
+    stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()]  # mirec.utils.atomic_path leftovers
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def run_entries(run_dir: str | Path) -> list[str]:

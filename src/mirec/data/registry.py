@@ -1,8 +1,7 @@
 """Named datasets of the papers: official sources, expected raw files, format and where to put them offline.
 
-Raw files are looked up, in order, in ``$MIREC_DATA/<name>/``, ``~/.cache/mirec/raw/<name>/`` and (for the
-development sets) the repository's ``../shared/datasets/<folder>/``; the bundled amazon-grocery ships with
-the package. A missing file gives a message saying what to download and where to put it.
+Raw files are looked up, in order, in ``$MIREC_DATA/<name>/`` and ``~/.cache/mirec/raw/<name>/``; the bundled
+amazon-grocery ships with the package. A missing file gives a message saying what to download and where to put it.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ class DatasetSpec:
     description: str
     citation: str = ""
     reader_options: dict[str, Any] = field(default_factory=dict)
-    shared_folder: str | None = None  # folder under the repository's ../shared/datasets
     bundled: bool = False
 
 
@@ -99,7 +97,6 @@ DATASETS: dict[str, DatasetSpec] = {
             AMAZON_2014_URL,
             "amazon-grocery in ComiRec's pre-split file format (user split kept as is)",
             AMAZON_CITATION,
-            shared_folder="amazon-grocery/comirec-split",
         ),
         DatasetSpec(
             "amazon-beauty",
@@ -108,7 +105,6 @@ DATASETS: dict[str, DatasetSpec] = {
             AMAZON_2014_URL,
             "Amazon 2014 Beauty 5-core as redistributed by TiCoSeRec",
             AMAZON_CITATION,
-            shared_folder="amazon-beauty",
         ),
         DatasetSpec(
             "yelp-b",
@@ -117,7 +113,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "https://www.yelp.com/dataset",
             "Yelp 2019 slice as redistributed by TiCoSeRec",
             "Yelp Open Dataset.",
-            shared_folder="yelp-b",
         ),
     )
 }
@@ -129,9 +124,6 @@ def raw_dirs(name: str) -> list[Path]:
     if os.environ.get("MIREC_DATA"):
         dirs.append(Path(os.environ["MIREC_DATA"]).expanduser() / name)
     dirs.append(Path("~/.cache/mirec/raw").expanduser() / name)
-    spec = DATASETS.get(name)
-    if spec is not None and spec.shared_folder:
-        dirs.append(Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / spec.shared_folder)
     return dirs
 
 

@@ -329,8 +329,7 @@ def run_cell(cell: Cell, common: list[str], budget_minutes: float, threads: int,
         [f"train.max_minutes={budget_minutes}"] if budget_minutes else []
     ):
         cmd += ["--set", text]
-    from mirec.runs import is_run_folder, run_entries
-    from mirec.training.checkpoint import latest_checkpoint
+    from mirec.runs import is_run_folder, latest_checkpoint, run_entries
 
     if latest_checkpoint(cell.run_dir) is not None:
         cmd.append("--resume")

@@ -271,8 +271,7 @@ def optimize(args: argparse.Namespace, study: Any, space: list[Dimension], setup
     import optuna
 
     from mirec.data.dataset import load_dataset
-    from mirec.runs import is_run_folder
-    from mirec.training.checkpoint import latest_checkpoint
+    from mirec.runs import is_run_folder, latest_checkpoint
     from mirec.training.trainer import train_run
 
     output, preset, fixed, base = Path(args.output), setup.preset, setup.fixed, setup.base

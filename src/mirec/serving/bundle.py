@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-import mirec
 from mirec.config import load_config, save_config
 from mirec.runs import build_model, dataset_checksum, load_run, load_state
 from mirec.serving.index import IndexParams, ItemIndex, calibrate
 from mirec.serving.model import ServingModel
-from mirec.training.checkpoint import load_tensors
+from mirec.tensors import load_tensors
 from mirec.utils import atomic_directory, exclusive_lock, read_format_json, resolve_device, sha256_file
+from mirec.version import __version__
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -109,7 +110,7 @@ def export_bundle(
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
             "model": config.model.name,
-            "mirec_version": mirec.__version__,
+            "mirec_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source_run": str(Path(run_dir).resolve()),
             "dataset": {"name": dataset.name, "meta_sha256": dataset_checksum(dataset)},
@@ -217,6 +218,26 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Serving
     )
 
 
+def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Add the user tower to an existing bundle: verified, rebuilt under a temporary name with the ONNX files and
+    a new manifest, and swapped in whole under the bundle's lock; returns the ``onnx`` manifest entry."""
+    from mirec.serving.onnx_export import check_exportable, write_user_tower
+
+    bundle = Path(bundle)
+    with bundle_lock(bundle):
+        manifest = verify_bundle(bundle)
+        check_exportable(manifest["model"])
+        serving = load_bundle(bundle)
+        with atomic_directory(bundle) as tmp:
+            for name in manifest["files"]:
+                if not name.startswith("user_tower.onnx"):
+                    shutil.copy2(bundle / name, tmp / name)
+            entry = write_user_tower(serving.model, serving.config, serving.n_items, tmp, n_check, seed)
+            kept = {k: v for k, v in manifest.items() if k not in ("files", "model_version", "index_version")}
+            write_manifest(tmp, {**kept, "onnx": entry})
+    return entry
+
+
 def serving_model_of_run(
     run_dir: str | Path, device: str = "cpu", data: str | Path | None = None, index: IndexParams | None = None
 ) -> ServingModel:
@@ -232,6 +253,7 @@ def load_serving(path: str | Path, device: str = "cpu", data: str | Path | None 
 
 __all__ = [
     "export_bundle",
+    "export_onnx",
     "load_bundle",
     "verify_bundle",
     "load_serving",

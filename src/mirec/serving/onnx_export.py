@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from torch import nn
 
 from mirec.data.batching import Batch
 from mirec.nn.fastpath import reference_paths
-from mirec.utils import atomic_directory
 
 NOT_EXPORTABLE = {
     "gemirec": "GemiRec's beam search over the interest dictionary is data-dependent control flow; "
@@ -139,24 +137,4 @@ def write_user_tower(
     }
 
 
-def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Add the user tower to an existing bundle: verified, rebuilt under a temporary name with the ONNX files and
-    a new manifest, and swapped in whole under the bundle's lock; returns the ``onnx`` manifest entry."""
-    from mirec.serving.bundle import bundle_lock, load_bundle, verify_bundle, write_manifest
-
-    bundle = Path(bundle)
-    with bundle_lock(bundle):
-        manifest = verify_bundle(bundle)
-        check_exportable(manifest["model"])
-        serving = load_bundle(bundle)
-        with atomic_directory(bundle) as tmp:
-            for name in manifest["files"]:
-                if not name.startswith("user_tower.onnx"):
-                    shutil.copy2(bundle / name, tmp / name)
-            entry = write_user_tower(serving.model, serving.config, serving.n_items, tmp, n_check, seed)
-            kept = {k: v for k, v in manifest.items() if k not in ("files", "model_version", "index_version")}
-            write_manifest(tmp, {**kept, "onnx": entry})
-    return entry
-
-
-__all__ = ["export_onnx", "write_user_tower", "check_exportable", "NOT_EXPORTABLE"]
+__all__ = ["write_user_tower", "check_exportable", "NOT_EXPORTABLE"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -29,37 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mirec.utils import atomic_path, current_umask, fsync_path, read_format_json
+from mirec.runs import (
+    CHECKPOINT_DIR,
+    LEGACY_CHECKPOINT_DIR,
+    checkpoint_versions,
+    clean_stale_files,
+    latest_checkpoint,
+)
+from mirec.tensors import cpu_copy, load_tensors, save_tensors
+from mirec.utils import current_umask, fsync_path, read_format_json
 
 CHECKPOINT_FORMAT = 1
-CHECKPOINT_DIR = "checkpoints"
-LEGACY_CHECKPOINT_DIR = "checkpoint"  # mirec < 0.2: one folder swapped by two renames
-_VERSION = re.compile(r"^\d{8}$")
-
-
-def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Independent contiguous CPU copies (safetensors refuses shared storage)."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write a safetensors file."""
-    with atomic_path(path) as tmp:
-        save_file(_cpu_copy(tensors), str(tmp), metadata=metadata)
-
-
-def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a missing, truncated or corrupt file is an error naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -110,44 +91,6 @@ class TrainState:
     rank_states: list[dict[str, Any]] = field(default_factory=list)
 
 
-def checkpoint_versions(run_dir: str | Path) -> list[Path]:
-    """The complete checkpoint versions of a run folder, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _VERSION.match(p.name))
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder ``--resume`` continues from: the newest version, else an earlier mirec's ``checkpoint/``."""
-    versions = checkpoint_versions(run_dir)
-    if versions:
-        return versions[-1]
-    legacy = Path(run_dir) / LEGACY_CHECKPOINT_DIR
-    return legacy if (legacy / "state.json").exists() else None
-
-
-def clean_stale_files(run_dir: str | Path) -> list[str]:
-    """Remove what killed writers left (temporary names of ours only); recover an earlier mirec's checkpoint
-    from its moved-aside copy when a crash hit between its two renames. Call it holding the run lock."""
-    run_dir = Path(run_dir)
-    removed: list[str] = []
-    legacy = run_dir / LEGACY_CHECKPOINT_DIR
-    moved_aside = sorted(run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.old-*"))
-    if moved_aside and not legacy.exists():
-        os.replace(moved_aside.pop(), legacy)
-        removed.append(f"recovered {legacy.name}/ from its moved-aside copy")
-    stale = [*moved_aside, *run_dir.glob(f".{LEGACY_CHECKPOINT_DIR}.*.tmp"), *run_dir.glob(f"{CHECKPOINT_DIR}/.*.tmp")]
-    stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()]  # mirec.utils.atomic_path leftovers
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path.name)
-    return removed
-
-
 def save_checkpoint(
     run_dir: str | Path,
     *,
@@ -175,7 +118,7 @@ def save_checkpoint(
         if best_state is not None:
             files["best.safetensors"] = best_state
         for file_name, tensors in files.items():
-            save_file(_cpu_copy(tensors), str(tmp / file_name))
+            save_file(cpu_copy(tensors), str(tmp / file_name))
         (tmp / "state.json").write_text(json.dumps(payload, indent=1))
         for child in tmp.iterdir():
             os.chmod(child, 0o666 & ~current_umask())  # safetensors writes 0600: a team should read a checkpoint

@@ -45,21 +45,16 @@ from mirec.runs import (
     build_model,
     check_resume,
     check_run_folder,
+    clean_stale_files,
     clear_run_folder,
+    latest_checkpoint,
     load_state,
     mark_run_folder,
     run_lock,
     write_data_json,
 )
-from mirec.training.checkpoint import (
-    TrainState,
-    clean_stale_files,
-    latest_checkpoint,
-    load_checkpoint,
-    optimizer_from_tensors,
-    save_checkpoint,
-    save_tensors,
-)
+from mirec.tensors import save_tensors
+from mirec.training.checkpoint import TrainState, load_checkpoint, optimizer_from_tensors, save_checkpoint
 from mirec.training.distributed import Distributed, TrainingStep, rank_random_state, restore_rank_random_state
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
 from mirec.training.tracking import Trackers
