@@ -31,7 +31,7 @@ def test_unknown_and_badly_typed_options_are_errors():
 
 def test_toml_roundtrip(tmp_path):
     config = from_dict({"model": {"name": "comirec-sa", "num_interests": 8}})
-    config.train.lr = 0.123
+    config = config.with_values({"train.lr": 0.123})
     path = tmp_path / "c.toml"
     path.write_text(to_toml(config.to_dict()))
     again = load_config(path)
@@ -164,3 +164,25 @@ def test_a_misspelled_choice_fails_before_the_dataset_is_read(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "eval.backend = 'fiass'; expected one of ['torch', 'faiss']" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_share_grid_with_the_diversity_greedy_is_refused_and_configs_are_frozen(tmp_path):
+    """The defect: a run chose eval.base_share from its grid by assignment on a live config with
+    diversity_lambda > 0 and wrote a config.toml that load_config refuses. Now the grid itself is refused with the
+    greedy, configs are frozen, and a changed config is a new one, checked as a loaded one."""
+    import dataclasses
+
+    from mirec.config import save_config
+
+    over = ["model.base=comirec-sa", "eval.diversity_lambda=0.5"]
+    with pytest.raises(ConfigError, match="base_share_grid"):
+        load_config(model="gemirec", overrides=[*over, "eval.base_share_grid=[0.2, 0.4]"])
+    config = load_config(model="gemirec", overrides=over)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.eval.base_share = 0.2  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="base_share"):
+        config.with_values({"eval.base_share": 0.2})
+    fine = load_config(model="gemirec", overrides=["model.base=comirec-sa", "eval.base_share_grid=[0.2, 0.4]"])
+    chosen = fine.with_values({"eval.base_share": 0.2})
+    save_config(chosen, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == chosen and fine.eval.base_share == 0.0

@@ -925,7 +925,7 @@ def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
 
     # the base's list share chosen on valid after training: the first best of the grid, kept in config.toml
     grid = [0.0, 0.5, 1.0]
-    config.eval.base_share_grid = grid
+    config = config.with_values({"eval.base_share_grid": grid})
     metrics = train_run(tmp_path / "data", config, tmp_path / "run-share", progress=False)
     rec = load(tmp_path / "run-share", device="cpu")
     by_share = {share: rec.evaluate("valid", base_share=share)["recall@10"] for share in grid}

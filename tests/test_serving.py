@@ -72,7 +72,7 @@ def test_a_bundle_serves_the_base_share_its_run_chose(data_dir, tmp_path):
     # a grid of one share (1 = the base's own list) makes the choice known; the bundle must honour it
     over_sa = ["model.base=comirec-sa", "model.num_interests=2", "model.idmm_codes=8", "model.beam_width=4"]
     config = load_config(model="gemirec", overrides=[*SMALL, *over_sa, "train.max_steps=20", "train.eval_every=20"])
-    config.eval.base_share_grid = [1.0]
+    config = config.with_values({"eval.base_share_grid": [1.0]})
     train_run(data_dir, config, tmp_path / "run", progress=False)
     export_bundle(tmp_path / "run", tmp_path / "bundle")
     served = load_bundle(tmp_path / "bundle")

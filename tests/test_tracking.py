@@ -58,7 +58,7 @@ def test_mlflow_holds_params_metric_history_artefacts_and_a_resumed_run_continue
     monkeypatch.chdir(tmp_path / "..")  # artefacts must land beside the store, not in the working directory
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = make_config(max_steps=40, eval_every=20, log_every=20, log_to="mlflow", tracking_uri=uri)
-    config.train.tracking_experiment = "tests"
+    config = config.with_values({"train.tracking_experiment": "tests"})
     run = tmp_path / "ml"
     train_run(data_dir, config, run, progress=False)
     client = MlflowClient(uri)
@@ -77,7 +77,7 @@ def test_mlflow_holds_params_metric_history_artefacts_and_a_resumed_run_continue
     }
     assert (tmp_path / "mlflow-artifacts").is_dir() and not (tmp_path / ".." / "mlruns").exists()
     # resume with a raised step cap: the same MLflow run gets the new evaluations
-    config.train.max_steps = 60
+    config = config.with_values({"train.max_steps": 60})
     Trainer(data_dir, config, run, progress=False, resume=True).fit()
     assert (run / "mlflow_run.txt").read_text().strip() == run_id
     assert [m.step for m in client.get_metric_history(run_id, "valid/recall_at_10")] == [20, 40, 60]

@@ -331,7 +331,7 @@ def test_on_step_end_is_called(data_dir, tmp_path):
 
 def test_global_context_is_saved_and_reloaded(data_dir, tmp_path):
     config = make_config(max_steps=20, eval_every=10)
-    config.model.global_context = True
+    config = config.with_values({"model.global_context": True})
     trainer = Trainer(data_dir, config, tmp_path / "gc", progress=False)
     trainer.fit()
     assert trainer.model.global_context is not None

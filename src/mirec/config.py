@@ -96,7 +96,7 @@ class CheckedConfig:
             raise ConfigError(f"{self.section}.{name} = {getattr(self, name)!r}; must be {rule}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig(CheckedConfig):
     """Options shared by every model; each model extends it with its own dataclass."""
 
@@ -133,7 +133,7 @@ class ModelConfig(CheckedConfig):
                 self.require(0.0 <= getattr(self, f.name) < 1.0, f.name, "in [0, 1)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GraphConfig(CheckedConfig):
     """Global context extraction (GIMIRec Eq. 1-7); used when the model asks for a global context."""
 
@@ -158,7 +158,7 @@ class GraphConfig(CheckedConfig):
         self.require(all(w >= 0 for w in self.hop_weights), "hop_weights", "weights >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig(CheckedConfig):
     section: ClassVar[str] = "train"
     batch_size: int = 128
@@ -201,7 +201,7 @@ class TrainConfig(CheckedConfig):
         self.require(set(trackers) <= set(TRACKERS), "log_to", f"a comma-separated subset of {list(TRACKERS)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig(CheckedConfig):
     section: ClassVar[str] = "eval"
     topk: list[int] = field(default_factory=lambda: [20, 50])
@@ -228,7 +228,7 @@ class EvalConfig(CheckedConfig):
         self.require(
             len(self.topk) >= 1 and all(k >= 1 for k in self.topk), "topk", "a non-empty list of cut-offs >= 1"
         )
-        self.early_stop_metric = self.early_stop_metric or f"recall@{max(self.topk)}"
+        object.__setattr__(self, "early_stop_metric", self.early_stop_metric or f"recall@{max(self.topk)}")
         self.require(self.batch_size >= 1, "batch_size", ">= 1")
         self.require(
             0 <= self.diversity_lambda <= MAX_DIVERSITY_LAMBDA, "diversity_lambda", f"in 0..{MAX_DIVERSITY_LAMBDA:g}"
@@ -241,6 +241,10 @@ class EvalConfig(CheckedConfig):
         self.require(all(0.0 <= x <= 1.0 for x in self.base_share_grid), "base_share_grid", "shares in [0, 1]")
         self.require(
             not self.base_share_grid or self.generated_share == 0, "base_share_grid", "empty with generated_share > 0"
+        )
+        # the grid's choice becomes eval.base_share, which diversity_lambda > 0 excludes
+        self.require(
+            not self.base_share_grid or self.diversity_lambda == 0, "base_share_grid", "empty with diversity_lambda > 0"
         )
         self.require(self.interest_clusters >= 0, "interest_clusters", ">= 0 (0 = no novel-interest metrics)")
         metric, _, cut = self.early_stop_metric.partition("@")
@@ -256,14 +260,14 @@ class EvalConfig(CheckedConfig):
 # theirs as ``config_class``. Each field's comment says where its default comes from (docs/models.md).
 
 
-@dataclass
+@dataclass(frozen=True)
 class DNNConfig(ModelConfig):
     name: str = "dnn"
     init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (REMI: kaiming_normal_ on every weight)
     dense_bias: bool = True  # REMI: False
 
 
-@dataclass
+@dataclass(frozen=True)
 class GRU4RecConfig(ModelConfig):
     name: str = "gru4rec"
     gru_layers: int = 1  # ComiRec: one GRUCell; REMI: --layers (train.py default 1; GRU4Rec.__init__ default 3)
@@ -273,7 +277,7 @@ class GRU4RecConfig(ModelConfig):
     output_dense: bool = False  # REMI: Linear(gru_hidden, d) on the last state; needed when gru_hidden != d
 
 
-@dataclass
+@dataclass(frozen=True)
 class MINDConfig(ModelConfig):
     name: str = "mind"
     relu_layer: bool = True  # ComiRec Model_MIND default; train.py turns it off for Taobao
@@ -283,7 +287,7 @@ class MINDConfig(ModelConfig):
     dynamic_interests: bool = False  # MIND Eq. 9 (off in ComiRec's MIND)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ComiRecDRConfig(ModelConfig):
     name: str = "comirec-dr"
     relu_layer: bool = False  # Model_ComiRec_DR default
@@ -291,7 +295,7 @@ class ComiRecDRConfig(ModelConfig):
     stop_gradient: bool = True  # ComiRec CapsuleNetwork.stop_grad
 
 
-@dataclass
+@dataclass(frozen=True)
 class ComiRecSAConfig(ModelConfig):
     name: str = "comirec-sa"
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
@@ -299,7 +303,7 @@ class ComiRecSAConfig(ModelConfig):
     position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PIMIConfig(ModelConfig):
     name: str = "pimi"
     time_span: int = 64  # days; T_ij = min(|t_i - t_j|, time_span) (PIMI_Rec --time_span, README: 64)
@@ -311,7 +315,7 @@ class PIMIConfig(ModelConfig):
     star_activation: Literal["relu", "none"] = "relu"  # PIMI_Rec model.py: tf.nn.relu after each attention
 
 
-@dataclass
+@dataclass(frozen=True)
 class GIMIRecConfig(ModelConfig):
     """L_rec is ``maxlen`` (20 Amazon, 50 Taobao-Buy); time_span is L_time, keep it equal to graph.l_time."""
 
@@ -337,7 +341,7 @@ class GIMIRecConfig(ModelConfig):
     global_context: bool = True
 
     def __post_init__(self) -> None:
-        self.global_context = True
+        object.__setattr__(self, "global_context", True)  # before the checks: a frozen config is built once
         super().__post_init__()
         self.require(math.isfinite(self.time_scale) and self.time_scale >= 0, "time_scale", "a finite number >= 0")
 
@@ -351,7 +355,7 @@ class GIMIRecConfig(ModelConfig):
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class GemiRecConfig(ModelConfig):
     name: str = "gemirec"
     # Framework-level use [PAPER: "a framework-level refinement"]: "none" = our standalone design; a model name
@@ -464,7 +468,7 @@ MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -476,6 +480,18 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """A new config with ``{"section.key": value}`` changed, built and checked as a loaded one (configs are
+        frozen: this is how code changes one)."""
+        sections: dict[str, dict[str, Any]] = {}
+        for dotted, value in values.items():
+            section, _, key = dotted.partition(".")
+            if section not in ("model", "graph", "train", "eval") or not key:
+                raise ConfigError(f"{dotted}: expected SECTION.KEY with SECTION model, graph, train or eval")
+            sections.setdefault(section, {})[key] = value
+        changed = {name: dataclasses.replace(getattr(self, name), **kv) for name, kv in sections.items()}
+        return dataclasses.replace(self, **changed)
 
 
 def describe_options(model_config: type[ModelConfig]) -> dict[str, dict[str, Any]]:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from mirec.config import RunConfig, TrainConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.eval.calibration import choose_base_share
 from mirec.eval.evaluator import check_cutoffs
 from mirec.eval.evaluator import evaluate as evaluate_split
 from mirec.nn.embedding import RowGradEmbedding
@@ -293,7 +294,7 @@ class Trainer:
         self.model.on_step_end(self.state.step + 1)
         return loss.detach(), terms
 
-    def evaluate(self, split: str, max_users: int | None = None) -> dict[str, float]:
+    def evaluate(self, split: str, max_users: int | None = None, eval_config: Any = None) -> dict[str, float]:
         self.model.eval()
         try:
             with torch.no_grad():
@@ -306,7 +307,7 @@ class Trainer:
                     self.model,
                     self.dataset,
                     split,
-                    self.config.eval,
+                    eval_config or self.config.eval,
                     maxlen=self.config.model.maxlen,
                     device=self.device,
                     max_users=max_users,
@@ -560,26 +561,16 @@ class Trainer:
             f"wall={time.perf_counter() - wall_start:.1f}s"
         )
 
-    def _choose_base_share(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """The valid metrics of the best weights; with eval.base_share_grid, first the share of the list kept for
-        the base's interests (GemiRec over a base) that scores best on valid, written to config.toml."""
-        ec = self.config.eval
-        if not ec.base_share_grid:
-            return self.evaluate("valid"), None
-        by_share = {}
-        for share in ec.base_share_grid:
-            ec.base_share = share
-            by_share[share] = self.evaluate("valid")
-        best = max(ec.base_share_grid, key=lambda share: by_share[share][ec.early_stop_metric])  # first best
-        ec.base_share = best
-        if self.dist.main:
-            save_config(self.config, self.run_dir / "config.toml")
-        self.logger.info(
-            f"eval.base_share = {best} chosen on valid {ec.early_stop_metric} from "
-            + ", ".join(f"{share}: {by_share[share][ec.early_stop_metric]:.5f}" for share in ec.base_share_grid)
-        )
-        valid_metric = {str(share): by_share[share][ec.early_stop_metric] for share in ec.base_share_grid}
-        return by_share[best], {"chosen": best, "metric": ec.early_stop_metric, "valid": valid_metric}
+    def _calibrate(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Post-training calibration on valid (:mod:`mirec.eval.calibration`); a changed config is written."""
+        config, valid, choice = choose_base_share(self.config, lambda ec: self.evaluate("valid", eval_config=ec))
+        if choice is not None:
+            self.config = config
+            if self.dist.main:
+                save_config(config, self.run_dir / "config.toml")
+            shares = ", ".join(f"{s}: {v:.5f}" for s, v in choice["valid"].items())
+            self.logger.info(f"eval.base_share = {choice['chosen']} chosen on valid {choice['metric']} from {shares}")
+        return valid, choice
 
     def _finish(self) -> dict[str, Any]:
         st, tc = self.state, self.config.train
@@ -587,7 +578,7 @@ class Trainer:
         self.model.load_state_dict(self.best_state)
         if self.dist.main:
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
-        valid, share_choice = self._choose_base_share()
+        valid, share_choice = self._calibrate()
         test = self.evaluate("test") if self.test else None
         metrics = {
             "valid": valid,
