@@ -809,10 +809,10 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
     from tests.test_trainer import cycle_dataset
 
-    assert GemiRec(tiny_config(), 30).first_generated_interest is None  # standalone: nothing is extracted
-    assert base_pair("comirec-sa", generative=False)[1].first_generated_interest is None
+    assert "generated" not in GemiRec(tiny_config(), 30).interest_groups()  # standalone: nothing is extracted
+    assert "generated" not in base_pair("comirec-sa", generative=False)[1].interest_groups()
     _, wrapped = base_pair("comirec-sa", generative=True, n_items=120)
-    assert wrapped.first_generated_interest == 3  # after the base's 3 interests
+    assert wrapped.interest_groups()["generated"] == slice(3, 6)  # after the base's 3 interests
     wrapped.eval()
     with torch.no_grad():  # small generated interests: the plain merge would give them few slots
         for parameter in wrapped.retrieval.parameters():

@@ -78,7 +78,11 @@ def test_a_bundle_serves_the_base_share_its_run_chose(data_dir, tmp_path):
     served = load_bundle(tmp_path / "bundle")
     assert served.config.eval.base_share == 1.0
     base_only = mirec.load(tmp_path / "run", device="cpu")
-    base_only.model.config.generative = False  # the same weights, the generated interests off
+    # the same weights, the generated interests off (configs are frozen: a new one, checked)
+    plain = base_only.config.with_values(
+        {"model.generative": False, "eval.base_share": 0.0, "eval.base_share_grid": []}
+    )
+    base_only.config, base_only.model.config = plain, plain.model
     for history in HISTORIES:
         (got,) = served.recommend([RecommendRequest(history, n=15)])
         assert got.items == base_only.recommend(history, n=15)["recommendations"]

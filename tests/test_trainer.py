@@ -314,7 +314,7 @@ def test_remi_sampler_options_reach_the_loss_and_learn(data_dir, tmp_path):
     # REMI's default: uniform noise, draws with replacement (so more than the 121 classes is fine), hits kept
     remi = dict(negative_sampler="uniform", negatives_unique=False, remove_accidental_hits=False)
     trainer = Trainer(data_dir, make_config(num_negatives_factor=10, **remi), tmp_path / "remi", progress=False)
-    assert isinstance(trainer.negatives, UniformSampler) and trainer.num_sampled == 160
+    assert isinstance(trainer.loss.negatives, UniformSampler) and trainer.loss.num_sampled == 160
     train_run(data_dir, make_config(max_steps=80, eval_every=40, **remi), tmp_path / "learn", progress=False)
     rows = history(tmp_path / "learn")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]

@@ -203,6 +203,17 @@ def clear_run_folder(run_dir: str | Path, names: list[str]) -> list[str]:
     return notes
 
 
+def claim_run_folder(run_dir: str | Path, earlier_run: list[str], resume: bool, stale: list[str]) -> list[str]:
+    """Once every check of a new run passed: remove what killed writers left and (``--overwrite``) the earlier
+    run's files, then mark the folder ours; returns notes for the log."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stale = stale + clean_stale_files(run_dir)  # the folder is empty or a run of ours by now
+    notes = [f"removed stale {name}" for name in stale] + clear_run_folder(run_dir, earlier_run)
+    mark_run_folder(run_dir, keep_id=resume)
+    return notes
+
+
 def _flatten(config: RunConfig) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
 
@@ -374,6 +385,7 @@ __all__ = [
     "is_run_folder",
     "mark_run_folder",
     "check_run_folder",
+    "claim_run_folder",
     "clear_run_folder",
     "check_resume",
     "resume_differences",

@@ -42,10 +42,6 @@ class RunEnsemble(MultiInterestModel):
     def num_interests(self) -> int:
         return sum(m.num_interests for m in self.members)
 
-    @property
-    def first_generated_interest(self) -> int | None:
-        return None
-
     def output_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         return torch.cat([m.output_embeddings(ids) for m in self.members], dim=-1)
 

@@ -24,49 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirec.config import EvalConfig, check_list_shares
+from mirec.config import EvalConfig
 from mirec.data.batching import iter_eval_batches
 from mirec.data.dataset import PreparedDataset
 from mirec.eval.diversity import (
     NoCategoriesError,
     collapse_per_user,
-    diverse_aggregate,
     generated_collapse_keys,
     item_cosine,
 )
+from mirec.eval.merge import ListMerge, first_generated, interest_groups
 from mirec.eval.metrics import METRICS, RankedLists, per_user_metrics
-from mirec.eval.retrieval import ExactRetriever, list_reservation, merge_interests_full, merge_with_reserved_share
+from mirec.eval.retrieval import ExactRetriever
 from mirec.models.base import MultiInterestModel
 from mirec.utils import atomic_path
-
-
-def _final_lists(
-    scores: torch.Tensor,
-    ids: torch.Tensor,
-    ks: list[int],
-    diversity_lambda: float,
-    categories: np.ndarray | None,
-    reserved: tuple[slice, float] | None = None,
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Final ranked list per cut-off ({N: ids [U, N]}) and the source interest of the top-max(N) list.
-    ``reserved``: (the interests given slots, their share), from ``list_reservation``; see
-    ``merge_with_reserved_share``."""
-    depth = max(ks)
-    if reserved is not None and diversity_lambda <= 0:
-        # a share of N is not prefix-consistent either: one merge per cut-off
-        per_k = {k: merge_with_reserved_share(scores[:, :, :k], ids[:, :, :k], k, *reserved) for k in ks}
-        return {k: out[0] for k, out in per_k.items()}, per_k[depth][2]
-    if diversity_lambda > 0:
-        # The greedy is not prefix-consistent: ComiRec runs it per N on the per-interest top-N pools.
-        lists = {}
-        source = None
-        for k in ks:
-            lists[k], _, src = diverse_aggregate(scores[:, :, :k], ids[:, :, :k], k, categories, diversity_lambda)
-            if k == depth:
-                source = src
-        return lists, source
-    merged, _, source = merge_interests_full(scores, ids, depth)
-    return {k: merged[:, :k] for k in ks}, source
 
 
 def check_cutoffs(config: EvalConfig, n_items: int) -> None:
@@ -114,16 +85,15 @@ def evaluate(
             f"eval.diversity_lambda = {config.diversity_lambda} needs item categories, but dataset "
             f"{dataset.name!r} has none; set eval.diversity_lambda = 0"
         )
+    groups = interest_groups(model)
+    list_merge = ListMerge.of(groups, config, categories, model.name)
     clusters = None
     if config.interest_clusters > 0:
         from mirec.data.interests import item_clusters
 
         clusters = item_clusters(dataset, config.interest_clusters)
     sequences = dataset.split(split)
-    first_generated = model.first_generated_interest
-    check_list_shares(config, first_generated is not None, model.name)
-    # no reserved share is the plain max-score merge: one merge for every cut-off, not one per cut-off
-    reserved = list_reservation(first_generated, config.generated_share, config.base_share)
+    generated_from = first_generated(groups)
     was_training = model.training
     model.eval()
     lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}
@@ -144,11 +114,11 @@ def evaluate(
                 interests = model(eb.batch.to(device))
                 exclude = eb.history if config.exclude_history else None
                 scores, ids = retriever.search(interests, depth, exclude=exclude)
-                final, source = _final_lists(scores, ids, ks, config.diversity_lambda, categories, reserved)
+                final, source = list_merge.per_cutoff(scores, ids, ks)
                 for k in ks:
                     lists[k].append(final[k].cpu().numpy())
                 if interests.shape[1] > 1:
-                    collapse.append(collapse_per_user(interests, ids, source, first_generated))
+                    collapse.append(collapse_per_user(interests, ids, source, generated_from))
                 if has_diagnostics:
                     found = model.diagnostics(eb.batch.to(device), [torch.tensor(np.asarray(t)) for t in eb.targets])
                     diagnostics.append({name: values.cpu().numpy() for name, values in found.items()})
@@ -210,8 +180,8 @@ def _summary(
 ) -> dict[str, Any]:
     """Means over users from sums and counts, so that shards on several ranks add up (one all_reduce)."""
     parts: dict[str, np.ndarray] = {"users": np.array([users], dtype=np.float64)}
-    first_generated = model.first_generated_interest
-    generated_keys = [] if first_generated is None else generated_collapse_keys(first_generated, model.num_interests)
+    generated_from = first_generated(interest_groups(model))
+    generated_keys = [] if generated_from is None else generated_collapse_keys(generated_from, model.num_interests)
     for name in names:  # NaN = undefined for that user (novel recall without novel targets): not counted
         values = arrays.get(name, np.zeros(0))
         defined = ~np.isnan(values)

@@ -294,20 +294,6 @@ def merge_with_reserved_share(
     return out_ids, out_s, out_src
 
 
-def list_reservation(
-    first_generated: int | None, generated_share: float, base_share: float
-) -> tuple[slice, float] | None:
-    """Which interests get reserved list slots (eval.generated_share / eval.base_share, at most one > 0), or None
-    for the plain max-score merge: GemiRec over a base serves its base's interests 0..first_generated-1 first."""
-    if first_generated is None:
-        return None
-    if generated_share > 0:
-        return slice(first_generated, None), generated_share
-    if base_share > 0:
-        return slice(0, first_generated), base_share
-    return None
-
-
 def merge_interests(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
     """ComiRec lambda = 0 aggregation (``evaluate_full``): the K*n results sorted by score, duplicates and
     id 0 dropped, the first n kept; -1 fills rows with fewer than n distinct items. Returns ids [U, n]."""

@@ -16,6 +16,7 @@ from torch import nn
 from mirec.config import ModelConfig
 from mirec.data.batching import Batch
 from mirec.nn.capsule import label_aware_readout
+from mirec.nn.embedding import RowGradEmbedding
 from mirec.nn.init import glorot_embedding
 
 
@@ -66,12 +67,22 @@ class MultiInterestModel(nn.Module):
             ids = torch.arange(self.n_items + 1, device=self.item_embedding.weight.device)
         return self.embed_items(ids)
 
-    @property
-    def first_generated_interest(self) -> int | None:
-        """Index of the first served interest that is generated rather than extracted from the history (they
-        come last; ``eval.generated_share`` reserves list slots for them), or None: every model but GemiRec
-        over a base."""
-        return None
+    def keep_item_grad_buffer(self) -> list[nn.Parameter]:
+        """CPU fast path: the item table's training lookups add their row gradients into one dense ``.grad`` kept
+        across steps (:class:`~mirec.nn.embedding.RowGradEmbedding`, one ``index_add_`` per lookup); returns the
+        kept parameters. Adam still sees a dense gradient with zero rows for the unused items."""
+        embedding = self.item_embedding
+        if not isinstance(embedding, RowGradEmbedding):
+            return []
+        embedding.accumulate_rows = True
+        embedding.weight.grad = torch.zeros_like(embedding.weight)
+        return [embedding.weight]
+
+    def interest_groups(self) -> dict[str, slice]:
+        """The served interests by kind (:mod:`mirec.eval.merge`): one group here; a model serving interests
+        extracted from the history beside generated ones (GemiRec over a base) names ``extracted`` and
+        ``generated``, and list shares and collapse diagnostics read them."""
+        return {"interests": slice(0, self.num_interests)}
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         """Return the interests [B, K, d]."""

@@ -18,8 +18,7 @@ import torch
 from mirec.config import RunConfig, check_diversity_lambda
 from mirec.data.batching import Batch
 from mirec.data.dataset import SECONDS_PER_DAY
-from mirec.eval.diversity import diverse_aggregate
-from mirec.eval.retrieval import list_reservation, merge_interests_full, merge_with_reserved_share
+from mirec.eval.merge import ListMerge, interest_groups
 from mirec.models import MultiInterestModel
 from mirec.serving.index import ItemIndex
 
@@ -107,6 +106,8 @@ class ServingModel:
         self._internal = {str(name): i for i, name in enumerate(self.item_original_ids[1:].tolist(), start=1)}
         self.index = index
         self.item_categories = item_categories
+        # the evaluator's merge of the K lists, built once; a request may only change its diversity weight
+        self.list_merge = ListMerge.of(interest_groups(model), config.eval, item_categories, config.model.name)
         self.manifest = dict(manifest or {})
         self.n_items = int(len(self.item_original_ids) - 1)
 
@@ -201,15 +202,7 @@ class ServingModel:
         internal ids, -1 in empty slots. The bulk path (``mirec recommend --data``) calls it directly."""
         interests = self.model(batch.to(self.device)).float().cpu()
         scores, ids = self.index.search(interests, n, exclude)
-        if diversity_lambda > 0:
-            if self.item_categories is None:
-                raise ValueError("diversity_lambda > 0 needs item categories, and this model has none")
-            return diverse_aggregate(scores, ids, n, self.item_categories, diversity_lambda)
-        config = self.config.eval
-        reserved = list_reservation(self.model.first_generated_interest, config.generated_share, config.base_share)
-        if reserved is not None:
-            return merge_with_reserved_share(scores, ids, n, *reserved)
-        return merge_interests_full(scores, ids, n)
+        return self.list_merge.with_diversity(diversity_lambda).merge(scores, ids, n)
 
     @torch.no_grad()
     def recommend(self, requests: list[RecommendRequest], skip_unknown: bool = False) -> list[Recommendation | None]:

@@ -168,7 +168,39 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def restore_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: Any,
+    generator: torch.Generator,
+    dist: Any,
+) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """Put a checkpoint's weights, optimiser state, sampler and random states back; returns (state, best weights).
+    Under torchrun every rank takes its own sampler and random states; another world size is refused."""
+    from mirec.runs import load_state
+    from mirec.training.distributed import restore_rank_random_state
+
+    ckpt = load_checkpoint(path)
+    load_state(model, ckpt.model_state, path / "model.safetensors")
+    optimizer_from_tensors(optimizer, ckpt.optimizer_tensors, ckpt.optimizer_rest)
+    sampler.set_state(ckpt.state.sampler_state)
+    torch.set_rng_state(ckpt.rng["torch_cpu"])
+    generator.set_state(ckpt.rng["negatives"])
+    ranks = len(ckpt.state.rank_states) or 1
+    if ranks != dist.world:
+        raise RuntimeError(f"{path}: the checkpoint was written by {ranks} process(es); resume it with --nproc {ranks}")
+    if dist.active:
+        mine = ckpt.state.rank_states[dist.rank]
+        sampler.set_state(mine["sampler"])
+        restore_rank_random_state(mine, generator)
+    if "torch_cuda" in ckpt.rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(ckpt.rng["torch_cuda"]))
+    return ckpt.state, ckpt.best_state
+
+
 __all__ = [
+    "restore_training_state",
     "TrainState",
     "Checkpoint",
     "save_checkpoint",

@@ -142,4 +142,23 @@ class TrainingStep(torch.nn.Module):
         return loss, output.terms
 
 
-__all__ = ["Distributed", "TrainingStep", "rank_random_state", "restore_rank_random_state", "RANK_SEED_STRIDE"]
+def data_parallel(step: torch.nn.Module, device: torch.device, may_skip_parameters: bool) -> torch.nn.Module:
+    """DDP over a model and its loss (:class:`TrainingStep`). The global context's sparse adjacency (identical on
+    every rank, built from the data) is neither broadcast nor synced: gloo and NCCL do not broadcast sparse
+    tensors. ``may_skip_parameters``: a step may use only some parameters (GemiRec's branches)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    sparse = [name for name, buffer in step.named_buffers() if buffer.is_sparse]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, sparse)
+    devices = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(step, device_ids=devices, find_unused_parameters=may_skip_parameters)
+
+
+__all__ = [
+    "Distributed",
+    "TrainingStep",
+    "data_parallel",
+    "rank_random_state",
+    "restore_rank_random_state",
+    "RANK_SEED_STRIDE",
+]

@@ -15,8 +15,6 @@ from its construction until :meth:`Trainer.fit` returns (or :meth:`Trainer.close
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import math
 import signal
 import threading
@@ -35,31 +33,24 @@ from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.eval.calibration import choose_base_share
 from mirec.eval.evaluator import check_cutoffs
 from mirec.eval.evaluator import evaluate as evaluate_split
-from mirec.nn.embedding import RowGradEmbedding
-from mirec.nn.sampled_softmax import (
-    full_softmax_loss,
-    inbatch_softmax_loss,
-    make_candidate_sampler,
-    sampled_softmax_loss,
-)
 from mirec.runs import (
     build_model,
     check_resume,
     check_run_folder,
+    claim_run_folder,
     clean_stale_files,
-    clear_run_folder,
     latest_checkpoint,
-    load_state,
-    mark_run_folder,
     run_lock,
     write_data_json,
 )
 from mirec.tensors import save_tensors
-from mirec.training.checkpoint import TrainState, load_checkpoint, optimizer_from_tensors, save_checkpoint
-from mirec.training.distributed import Distributed, TrainingStep, rank_random_state, restore_rank_random_state
+from mirec.training.checkpoint import TrainState, restore_training_state, save_checkpoint
+from mirec.training.distributed import Distributed, TrainingStep, data_parallel, rank_random_state
+from mirec.training.losses import TrainingLoss
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
+from mirec.training.recorder import RunRecorder
 from mirec.training.tracking import Trackers
-from mirec.utils import atomic_write_text, resolve_device, seed_everything
+from mirec.utils import resolve_device, seed_everything
 
 # evaluate(model, dataset, split, eval_config, *, maxlen, device, max_users) -> metric dict (the evaluator's)
 EvaluateFn = Callable[..., dict[str, Any]]
@@ -88,18 +79,6 @@ def adam_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-def keep_item_grad_buffer(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Make the item table's training lookups add their row gradients into a dense ``.grad`` kept across steps
-    (:class:`~mirec.nn.embedding.RowGradEmbedding`, one ``index_add_`` per lookup); returns the kept parameters.
-    Adam still sees a dense gradient with zero rows for the unused items, exactly as with dense lookups."""
-    embedding = getattr(model, "item_embedding", None)
-    if not isinstance(embedding, RowGradEmbedding):
-        return []
-    embedding.accumulate_rows = True
-    embedding.weight.grad = torch.zeros_like(embedding.weight)
-    return [embedding.weight]
 
 
 def zero_grads(optimizer: torch.optim.Optimizer, kept: list[torch.nn.Parameter]) -> None:
@@ -206,83 +185,30 @@ class Trainer:
         self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
         # the kept row-gradient buffer is written outside autograd, where DDP's all-reduce would not see it
         keep = tc.sparse_item_grad and self.device.type == "cpu" and not self.dist.active
-        self.kept_grads = keep_item_grad_buffer(self.model) if keep else []
+        self.kept_grads = self.model.keep_item_grad_buffer() if keep else []
         self.sampler = TrainSampler(
             self.dataset.train, config.model.maxlen, tc.batch_size, self.dist.seed(tc.seed), tc.min_cut
         )
-        # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
-        # train.sampler_exclude_padding = true draws ids 1..n_items only.
-        exclude_padding = tc.sampler_exclude_padding
-        n_classes = self.dataset.n_items + (0 if exclude_padding else 1)
-        self.negatives = make_candidate_sampler(tc.negative_sampler, n_classes, offset=1 if exclude_padding else 0)
-        self.num_sampled = tc.num_negatives_factor * tc.batch_size
-        if tc.loss == "sampled" and tc.negatives_unique and self.num_sampled > n_classes:
-            raise ValueError(
-                f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
-                f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
-            )
         self.generator = torch.Generator().manual_seed(self.dist.seed(tc.seed))  # negatives (CPU), checkpointed
+        self.loss = TrainingLoss(tc, self.model, self.dataset.n_items, self.generator)  # train.loss, chosen once
         self.step_module: torch.nn.Module = TrainingStep(self.model, self.loss)
         if self.dist.active:
-            self.step_module = self._data_parallel(self.step_module)
+            self.step_module = data_parallel(self.step_module, self.device, self.model.may_skip_parameters)
         self.state = TrainState()
         self.schedule = Schedule.of(tc)
         self.early_stopping = EarlyStopping(tc.patience)
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict[str, Any]] = []
-        self.logger = logging.getLogger(f"mirec.training.{id(self)}")
         self._stop_signal = StopSignal()
-        self.trackers = Trackers(tc.log_to, tc.tracking_uri, tc.tracking_experiment)
+        trackers = Trackers(tc.log_to, tc.tracking_uri, tc.tracking_experiment)
+        self.recorder = RunRecorder(self.run_dir, main, trackers, progress)
         # every check above could still fail: only now is an earlier run's folder touched
-        self.folder_notes = self._claim_run_folder(earlier_run, resume, stale) if main else []
-
-    def _claim_run_folder(self, earlier_run: list[str], resume: bool, stale: list[str]) -> list[str]:
-        """Remove what killed writers left and (``--overwrite``) the earlier run's files; mark the folder ours."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        stale = stale + clean_stale_files(self.run_dir)  # the folder is empty or a run of ours by now
-        notes = [f"removed stale {name}" for name in stale]
-        notes += clear_run_folder(self.run_dir, earlier_run)
-        mark_run_folder(self.run_dir, keep_id=resume)
-        return notes
-
-    def _data_parallel(self, step: torch.nn.Module) -> torch.nn.Module:
-        """DDP over the model and its loss. The global context's sparse adjacency (identical on every rank, built
-        from the data) is neither broadcast nor synced: gloo and NCCL do not broadcast sparse tensors."""
-        from torch.nn.parallel import DistributedDataParallel
-
-        sparse = [name for name, buffer in step.named_buffers() if buffer.is_sparse]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, sparse)
-        devices = [self.device.index] if self.device.type == "cuda" else None
-        skips = self.model.may_skip_parameters  # GemiRec: a step may use only one of its branches
-        return DistributedDataParallel(step, device_ids=devices, find_unused_parameters=skips)
+        self.folder_notes = claim_run_folder(self.run_dir, earlier_run, resume, stale) if main else []
 
     # ------------------------------------------------------------------ pieces
     def _resume_graph_path(self) -> Path | None:
         """A resumed run reloads its saved global context graph instead of rebuilding it."""
         path = self.run_dir / "graph.safetensors"
         return path if self.resume and latest_checkpoint(self.run_dir) is not None and path.exists() else None
-
-    def loss(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
-        """The configured softmax loss (mean over the batch); ``detach_items``: no gradient reaches the items."""
-        output_fn = self.model.output_embeddings
-        if detach_items:
-            output_fn = lambda ids=None: self.model.output_embeddings(ids).detach()  # noqa: E731
-        kind = self.config.train.loss
-        if kind == "sampled":
-            tc = self.config.train
-            return sampled_softmax_loss(
-                user_vectors,
-                targets,
-                output_fn,
-                self.negatives,
-                self.num_sampled,
-                self.generator,
-                remove_accidental_hits=tc.remove_accidental_hits,
-                unique=tc.negatives_unique,
-            )
-        if kind == "full":
-            return full_softmax_loss(user_vectors, targets, output_fn)
-        return inbatch_softmax_loss(user_vectors, targets, output_fn)
 
     def train_step(self) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
         """One optimiser step on a fresh batch; returns the detached loss and the model's named terms."""
@@ -348,26 +274,21 @@ class Trainer:
             "train_seconds": round(st.train_seconds, 3),
             "eval_seconds": round(st.eval_seconds, 3),
         }
-        self.history.append(entry)
-        if self.dist.main:
-            atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
         shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
-        self.logger.info(
-            f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
-            f"@{st.best_step} trials={st.bad_evals}"
-        )
         scalars = {f"valid/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        self.trackers.scalars({**scalars, "valid/best": st.best_metric}, st.step)
-        if self.progress and self.dist.main:  # one lasting console line per evaluation, above the bar
-            left = max(self.early_stopping.patience - st.bad_evals, 0)
-            tqdm.write(
-                f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
-                f"{st.best_metric:.4f} at step {st.best_step}; {left} evaluation(s) without gain left before "
-                "early stopping"
-            )
+        left = max(self.early_stopping.patience - st.bad_evals, 0)
+        self.recorder.evaluation(
+            entry,
+            {**scalars, "valid/best": st.best_metric},
+            f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
+            f"@{st.best_step} trials={st.bad_evals}",
+            f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
+            f"{st.best_metric:.4f} at step {st.best_step}; {left} evaluation(s) without gain left before "
+            "early stopping",
+        )
 
     def _validation_status(self) -> dict[str, str]:
-        return self.early_stopping.status(self.state, self.config.eval.early_stop_metric, len(self.history))
+        return self.early_stopping.status(self.state, self.config.eval.early_stop_metric, len(self.recorder.history))
 
     def save_checkpoint(self) -> None:
         self.state.sampler_state = self.sampler.state()
@@ -389,43 +310,11 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        ckpt = load_checkpoint(path)
-        load_state(self.model, ckpt.model_state, path / "model.safetensors")
-        optimizer_from_tensors(self.optimizer, ckpt.optimizer_tensors, ckpt.optimizer_rest)
-        self.best_state = ckpt.best_state
-        self.state = ckpt.state
-        self.sampler.set_state(self.state.sampler_state)
-        torch.set_rng_state(ckpt.rng["torch_cpu"])
-        self.generator.set_state(ckpt.rng["negatives"])
-        ranks = len(self.state.rank_states) or 1
-        if ranks != self.dist.world:
-            raise RuntimeError(
-                f"{path}: the checkpoint was written by {ranks} process(es); resume it with --nproc {ranks}"
-            )
-        if self.dist.active:
-            mine = self.state.rank_states[self.dist.rank]
-            self.sampler.set_state(mine["sampler"])
-            restore_rank_random_state(mine, self.generator)
-        if "torch_cuda" in ckpt.rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(ckpt.rng["torch_cuda"]))
-        history = self.run_dir / "history.jsonl"
-        if history.exists():  # drop evaluations made after the checkpoint (a crash between the two)
-            rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["step"] <= self.state.step]
+        self.state, self.best_state = restore_training_state(
+            path, self.model, self.optimizer, self.sampler, self.generator, self.dist
+        )
+        self.recorder.restore_history(self.state.step)
         return True
-
-    def _open_log(self, append: bool) -> logging.Handler:
-        if not self.dist.main:  # rank 0 writes train.log
-            handler: logging.Handler = logging.NullHandler()
-            self.logger.addHandler(handler)
-            self.logger.propagate = False
-            return handler
-        handler = logging.FileHandler(self.run_dir / "train.log", mode="a" if append else "w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        self.logger.addHandler(handler)
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False
-        return handler
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, Any]:
@@ -441,32 +330,28 @@ class Trainer:
     def _fit(self, resumed: bool) -> dict[str, Any]:
         if resumed and self.state.stop_reason in ("max_steps", "max_minutes", "interrupted"):
             self.state.stop_reason = ""  # the limits are re-checked against the (maybe raised) config
-        handler = self._open_log(append=resumed)
+        self.recorder.open(append=resumed)
         try:
             for note in self.folder_notes:
-                self.logger.info(note)
+                self.recorder.info(note)
             if resumed:
-                self.logger.info(f"resumed from step {self.state.step}")
+                self.recorder.info(f"resumed from step {self.state.step}")
                 for change in self.resume_changes:
-                    self.logger.info(f"resume applies {change}")
+                    self.recorder.info(f"resume applies {change}")
             else:
-                self.history = []
+                self.recorder.history = []
             if self.dist.main:
                 save_config(self.config, self.run_dir / "config.toml")
                 write_data_json(self.run_dir, self.dataset)
-                self.trackers.start(self.run_dir, self.config.to_dict(), resumed)
+            self.recorder.start_trackers(self.config.to_dict(), resumed)
             if self.model.global_context is not None and not resumed and self.dist.main:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
-            self.logger.info(
-                f"model {self.config.model.name} on {self.device}; "
-                f"{sum(p.numel() for p in self.model.parameters())} parameters"
-            )
+            parameters = sum(p.numel() for p in self.model.parameters())
+            self.recorder.info(f"model {self.config.model.name} on {self.device}; {parameters} parameters")
             self._loop()
             return self._finish()
         finally:
-            self.trackers.close()
-            self.logger.removeHandler(handler)
-            handler.close()
+            self.recorder.close()
 
     def _loop(self) -> None:
         with self._stop_signal:
@@ -533,7 +418,7 @@ class Trainer:
                 # --resume continues exactly as if never interrupted.
                 st.stop_reason = "interrupted"
                 checkpoint()
-                self.logger.info(f"interrupted at step {st.step}; checkpoint written, continue with --resume")
+                self.recorder.info(f"interrupted at step {st.step}; checkpoint written, continue with --resume")
                 raise KeyboardInterrupt from None
             if st.last_eval_step != st.step or self.best_state is None:  # the last partial interval
                 self._validate(interval)
@@ -541,7 +426,7 @@ class Trainer:
             checkpoint()
         finally:
             bar.close()
-        self.logger.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
+        self.recorder.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
 
     def _log_line(self, bar: Any, logged: RunningMeans, wall_start: float, train_seconds: float) -> None:
         """The progress bar's postfix and one train.log line: mean loss (and named terms), samples/s."""
@@ -551,14 +436,12 @@ class Trainer:
         rate = logged.steps * self.config.train.batch_size / max(train_seconds, 1e-9)
         bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
         mean_terms = logged.mean_terms()
-        self.trackers.scalars(
-            {"train/loss": mean, "train/samples_per_s": rate, **{f"train/{k}": v for k, v in mean_terms.items()}},
-            self.state.step,
-        )
         terms = "".join(f" {name}={value:.5f}" for name, value in mean_terms.items())
-        self.logger.info(
+        self.recorder.training(
+            self.state.step,
+            {"train/loss": mean, "train/samples_per_s": rate, **{f"train/{k}": v for k, v in mean_terms.items()}},
             f"step {self.state.step} loss={mean:.5f}{terms} samples/s={rate:.0f} "
-            f"wall={time.perf_counter() - wall_start:.1f}s"
+            f"wall={time.perf_counter() - wall_start:.1f}s",
         )
 
     def _calibrate(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -569,7 +452,7 @@ class Trainer:
             if self.dist.main:
                 save_config(config, self.run_dir / "config.toml")
             shares = ", ".join(f"{s}: {v:.5f}" for s, v in choice["valid"].items())
-            self.logger.info(f"eval.base_share = {choice['chosen']} chosen on valid {choice['metric']} from {shares}")
+            self.recorder.info(f"eval.base_share = {choice['chosen']} chosen on valid {choice['metric']} from {shares}")
         return valid, choice
 
     def _finish(self) -> dict[str, Any]:
@@ -597,14 +480,7 @@ class Trainer:
                 "cpu_threads": torch.get_num_threads(),  # throughput depends on it (and on what shared the cores)
             },
         }
-        if not self.dist.main:
-            return metrics
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        self.logger.info("valid " + json.dumps(valid))
-        if test is not None:
-            self.logger.info("test " + json.dumps(test))
-        files = ["config.toml", "metrics.json", "history.jsonl", "train.log"]
-        self.trackers.final(metrics, [self.run_dir / name for name in files])
+        self.recorder.finish(metrics)
         return metrics
 
 

@@ -90,10 +90,12 @@ class GemiRec(MultiInterestModel):
         """Only the base's loss trains the item table (``item_table_gradient = "base"`` with a base)."""
         return self.base is not None and self.config.item_table_gradient == "base"
 
-    @property
-    def first_generated_interest(self) -> int | None:
-        """The generated interests follow the base's K."""
-        return self.config.num_interests if self.config.serves_generated_interests() else None
+    def interest_groups(self) -> dict[str, slice]:
+        """Over a base: the base's K extracted interests, then the K generated ones."""
+        if not self.config.serves_generated_interests():
+            return super().interest_groups()
+        k = self.config.num_interests
+        return {"extracted": slice(0, k), "generated": slice(k, 2 * k)}
 
     # ----------------------------------------------------------------- IDMM maintenance
     def refresh_assignments(self) -> None:

@@ -1,0 +1,72 @@
+"""The training loss, chosen once from ``train.loss`` (docs/models.md 2.4, 6): a callable
+``loss(user_vectors [B, d], targets [B], detach_items=False) -> mean loss`` scoring against the model's items.
+
+- ``sampled``: TF ``sampled_softmax_loss`` as ComiRec trains (``num_negatives_factor`` x batch negatives from the
+  configured candidate sampler, log Q subtracted, accidental hits removed unless told otherwise);
+- ``full``: cross-entropy over the whole catalogue;
+- ``inbatch``: the batch's other targets as negatives.
+
+``detach_items``: no gradient reaches the item table (GemiRec's side readout over a base).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mirec.config import TrainConfig
+from mirec.nn.sampled_softmax import (
+    CandidateSampler,
+    full_softmax_loss,
+    inbatch_softmax_loss,
+    make_candidate_sampler,
+    sampled_softmax_loss,
+)
+
+OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
+
+
+class TrainingLoss:
+    """The configured loss of one run; ``negatives`` and ``num_sampled`` are the sampled loss's draws."""
+
+    def __init__(self, tc: TrainConfig, model: torch.nn.Module, n_items: int, generator: torch.Generator):
+        self.tc, self.model, self.generator = tc, model, generator
+        self.kind = tc.loss
+        # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
+        # train.sampler_exclude_padding = true draws ids 1..n_items only.
+        n_classes = n_items + (0 if tc.sampler_exclude_padding else 1)
+        offset = 1 if tc.sampler_exclude_padding else 0
+        self.negatives: CandidateSampler = make_candidate_sampler(tc.negative_sampler, n_classes, offset=offset)
+        self.num_sampled = tc.num_negatives_factor * tc.batch_size
+        if self.kind == "sampled" and tc.negatives_unique and self.num_sampled > n_classes:
+            raise ValueError(
+                f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
+                f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
+            )
+
+    def items(self, detach: bool) -> OutputFn:
+        """The model's output item vectors (by ids, or all for None), detached when asked."""
+        if not detach:
+            return self.model.output_embeddings
+        return lambda ids=None: self.model.output_embeddings(ids).detach()
+
+    def __call__(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
+        items = self.items(detach_items)
+        if self.kind == "sampled":
+            return sampled_softmax_loss(
+                user_vectors,
+                targets,
+                items,
+                self.negatives,
+                self.num_sampled,
+                self.generator,
+                remove_accidental_hits=self.tc.remove_accidental_hits,
+                unique=self.tc.negatives_unique,
+            )
+        if self.kind == "full":
+            return full_softmax_loss(user_vectors, targets, items)
+        return inbatch_softmax_loss(user_vectors, targets, items)
+
+
+__all__ = ["TrainingLoss"]
