@@ -408,3 +408,28 @@ def test_an_evaluation_hook_stops_the_run_and_test_false_never_evaluates_test(da
     assert [s for s, _ in seen] == [10, 20] and metrics["train"]["stop_reason"] == "pruned"
     assert metrics["train"]["steps"] == 20 and "test" not in metrics and "valid" in metrics
     assert [r["recall@10"] for r in history(tmp_path / "hook")] == [v for _, v in seen]
+
+
+def test_a_custom_hook_sees_every_evaluation_stops_the_run_and_adds_to_the_metrics(data_dir, tmp_path):
+    from mirec.training.hooks import TrainerHook
+
+    class StopAtSecond(TrainerHook):
+        def __init__(self):
+            self.seen = []
+
+        def on_evaluation(self, trainer, step, metrics):
+            self.seen.append((step, metrics["recall@10"]))
+            return "enough" if len(self.seen) == 2 else None
+
+        def on_fit_end(self, trainer, metrics):
+            metrics["hook"] = {"evaluations": len(self.seen)}
+
+    hook = StopAtSecond()
+    metrics = train_run(
+        data_dir, make_config(max_steps=200, eval_every=20), tmp_path / "h", progress=False, hooks=[hook]
+    )
+    assert [s for s, _ in hook.seen] == [20, 40] and metrics["train"]["stop_reason"] == "enough"
+    assert metrics["train"]["steps"] == 40 and metrics["hook"] == {"evaluations": 2}
+    assert json.loads((tmp_path / "h" / "metrics.json").read_text())["hook"] == {"evaluations": 2}
+    rows = history(tmp_path / "h")
+    assert [r["recall@10"] for r in rows] == [v for _, v in hook.seen]

@@ -71,6 +71,18 @@ class Distributed:
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend, timeout=timeout)
 
+    def agree_to_stop(self, requested: bool, limit: str) -> tuple[bool, str]:
+        """One collective per step, so that every rank stops at the same step: (a stop was requested on any
+        rank, the limit reached, "max_minutes" when only another rank's clock says so)."""
+        if not self.active:
+            return requested, limit
+        flags = self.all_reduce_sum(np.array([float(requested), float(bool(limit))]))
+        return bool(flags[0] > 0), limit or ("max_minutes" if flags[1] > 0 else "")
+
+    def evaluation_shard(self) -> dict[str, Any]:
+        """The evaluator's shard arguments: this rank's share of the users and the sum over the ranks."""
+        return {"shard": (self.rank, self.world), "all_reduce": self.all_reduce_sum} if self.active else {}
+
     def stop(self) -> None:
         if self.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

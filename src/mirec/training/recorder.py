@@ -11,6 +11,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from mirec.config import TrainConfig
+from mirec.training.checkpoint import TrainState
+from mirec.training.policies import RunningMeans
 from mirec.training.tracking import Trackers
 from mirec.utils import atomic_write_text
 
@@ -58,19 +61,52 @@ class RunRecorder:
             rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r["step"] <= step]
 
-    def evaluation(self, entry: dict[str, Any], scalars: dict[str, float], summary: str, console: str) -> None:
-        """One evaluation: history.jsonl rewritten atomically, a train.log line, the trackers' scalars."""
+    def evaluation(
+        self, st: TrainState, metrics: dict[str, Any], key: str, improved: bool, interval: RunningMeans, patience: int
+    ) -> None:
+        """One evaluation: history.jsonl rewritten atomically, a train.log line, the trackers' scalars, the console."""
+        interval_loss, terms = interval.mean_loss(), interval.mean_terms()
+        entry = {
+            "step": st.step,
+            "train_loss": interval_loss,
+            **({"train_terms": terms} if terms else {}),
+            **metrics,
+            "best": improved,
+            "train_seconds": round(st.train_seconds, 3),
+            "eval_seconds": round(st.eval_seconds, 3),
+        }
         self.history.append(entry)
         if self.writes:
             atomic_write_text(self.run_dir / "history.jsonl", "".join(json.dumps(e) + "\n" for e in self.history))
-        self.logger.info(summary)
-        self.trackers.scalars(scalars, entry["step"])
+        shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
+        self.logger.info(
+            f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
+            f"@{st.best_step} trials={st.bad_evals}"
+        )
+        scalars = {f"valid/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.trackers.scalars({**scalars, "valid/best": st.best_metric}, st.step)
         if self.console:  # one lasting console line per evaluation, above the progress bar
-            tqdm.write(console)
+            left = max(patience - st.bad_evals, 0)
+            tqdm.write(
+                f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
+                f"{st.best_metric:.4f} at step {st.best_step}; {left} evaluation(s) without gain left before "
+                "early stopping"
+            )
 
     def training(self, step: int, scalars: dict[str, float], line: str) -> None:
         self.trackers.scalars(scalars, step)
         self.logger.info(line)
+
+    def progress_bar(self, max_steps: int, step: int, name: str) -> tqdm:
+        """The console's bar: early stopping usually ends a run long before the default step cap, so a total (and
+        an ETA) is shown only for a cap the user set; the postfix carries the validation state instead."""
+        return tqdm(
+            total=max_steps if max_steps < TrainConfig.max_steps else None,
+            initial=step,
+            disable=not self.console,
+            dynamic_ncols=True,
+            desc=f"train {name}",
+        )
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """metrics.json, the final figures in train.log, and the files the trackers keep."""
@@ -83,4 +119,22 @@ class RunRecorder:
         self.trackers.final(metrics, [self.run_dir / name for name in FINAL_FILES])
 
 
-__all__ = ["RunRecorder", "FINAL_FILES"]
+def run_summary(st: TrainState, tc: TrainConfig, device: Any) -> dict[str, Any]:
+    """metrics.json's ``train`` block: steps, clocks, throughput, the best step and why the run stopped."""
+    import torch
+
+    return {
+        "steps": st.step,
+        "seconds": round(st.train_seconds, 3),
+        "eval_seconds": round(st.eval_seconds, 3),
+        "wall_seconds": round(st.elapsed_seconds, 3),
+        "samples_per_second": st.step * tc.batch_size / max(st.train_seconds, 1e-9),
+        "best_step": st.best_step,
+        "best_valid_metric": st.best_metric,
+        "stop_reason": st.stop_reason,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),  # throughput depends on it (and on what shared the cores)
+    }
+
+
+__all__ = ["RunRecorder", "FINAL_FILES", "run_summary"]

@@ -19,15 +19,13 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mirec.config import RunConfig, TrainConfig, save_config
+from mirec.config import RunConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
 from mirec.eval.calibration import choose_base_share
@@ -46,16 +44,15 @@ from mirec.runs import (
 from mirec.tensors import save_tensors
 from mirec.training.checkpoint import TrainState, restore_training_state, save_checkpoint
 from mirec.training.distributed import Distributed, TrainingStep, data_parallel, rank_random_state
+from mirec.training.hooks import EvaluationCallback, EvaluationHook, TrainerHook
 from mirec.training.losses import TrainingLoss
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
-from mirec.training.recorder import RunRecorder
+from mirec.training.recorder import RunRecorder, run_summary
 from mirec.training.tracking import Trackers
 from mirec.utils import resolve_device, seed_everything
 
 # evaluate(model, dataset, split, eval_config, *, maxlen, device, max_users) -> metric dict (the evaluator's)
 EvaluateFn = Callable[..., dict[str, Any]]
-# on_evaluation(step, valid metrics) -> a stop reason (e.g. "pruned" by a tuner) or None to go on
-EvaluationHook = Callable[[int, dict[str, Any]], str | None]
 
 
 def _jsonable(value: Any) -> Any:
@@ -136,11 +133,12 @@ class Trainer:
         evaluate: EvaluateFn = evaluate_split,
         on_evaluation: EvaluationHook | None = None,
         test: bool = True,
+        hooks: Sequence[TrainerHook] = (),
     ):
         self.run_dir = Path(run_dir)
         self.dist = Distributed.from_env()  # rank 0 of 1 unless launched by torchrun
         self.evaluate_fn = evaluate
-        self.on_evaluation = on_evaluation
+        self.hooks = [*hooks, *([EvaluationCallback(on_evaluation)] if on_evaluation else [])]
         self.test = test  # False (tuning): the test split is never evaluated
         self._lock = contextlib.ExitStack()
         if self.dist.main:  # rank 0 alone owns the run folder
@@ -224,11 +222,6 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad():
-                shards = (
-                    {"shard": (self.dist.rank, self.dist.world), "all_reduce": self.dist.all_reduce_sum}
-                    if self.dist.active
-                    else {}
-                )
                 result = self.evaluate_fn(
                     self.model,
                     self.dataset,
@@ -237,7 +230,7 @@ class Trainer:
                     maxlen=self.config.model.maxlen,
                     device=self.device,
                     max_users=max_users,
-                    **shards,
+                    **self.dist.evaluation_shard(),
                 )
         finally:
             self.model.train()
@@ -256,36 +249,14 @@ class Trainer:
         if key not in metrics:
             raise KeyError(f"eval.early_stop_metric = {key!r} is not among the evaluator's keys {sorted(metrics)}")
         improved = self.early_stopping.update(st, float(metrics[key]))
-        reason = self.on_evaluation(st.step, metrics) if self.on_evaluation else None
-        if reason and not st.stop_reason:
-            st.stop_reason = reason
+        reasons = [hook.on_evaluation(self, st.step, metrics) for hook in self.hooks]
+        st.stop_reason = st.stop_reason or next((r for r in reasons if r), "")
         if improved:
             self.best_state = self._state_copy()
             if self.dist.main:
                 save_tensors(self.run_dir / "model.safetensors", self.best_state)
         st.last_eval_step = st.step
-        interval_loss, terms = interval.mean_loss(), interval.mean_terms()
-        entry = {
-            "step": st.step,
-            "train_loss": interval_loss,
-            **({"train_terms": terms} if terms else {}),
-            **metrics,
-            "best": improved,
-            "train_seconds": round(st.train_seconds, 3),
-            "eval_seconds": round(st.eval_seconds, 3),
-        }
-        shown = " ".join(f"{k}={v:.5f}" for k, v in metrics.items() if isinstance(v, float))
-        scalars = {f"valid/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        left = max(self.early_stopping.patience - st.bad_evals, 0)
-        self.recorder.evaluation(
-            entry,
-            {**scalars, "valid/best": st.best_metric},
-            f"step {st.step} eval: loss={interval_loss:.5f} {shown} best={st.best_metric:.5f}"
-            f"@{st.best_step} trials={st.bad_evals}",
-            f"step {st.step}: valid {key}={float(metrics[key]):.4f}{' (best)' if improved else ''}; best "
-            f"{st.best_metric:.4f} at step {st.best_step}; {left} evaluation(s) without gain left before "
-            "early stopping",
-        )
+        self.recorder.evaluation(st, metrics, key, improved, interval, self.early_stopping.patience)
 
     def _validation_status(self) -> dict[str, str]:
         return self.early_stopping.status(self.state, self.config.eval.early_stop_metric, len(self.recorder.history))
@@ -361,15 +332,7 @@ class Trainer:
         st, tc, schedule = self.state, self.config.train, self.schedule
         self.model.train()
         session_start, elapsed_before = time.perf_counter(), st.elapsed_seconds
-        # Early stopping usually ends a run long before the default step cap: show a total (and an ETA) only for
-        # a cap the user set; the postfix carries the validation state instead.
-        bar = tqdm(
-            total=tc.max_steps if tc.max_steps < TrainConfig.max_steps else None,
-            initial=st.step,
-            disable=not self.progress or not self.dist.main,
-            dynamic_ncols=True,
-            desc=f"train {self.config.model.name}",
-        )
+        bar = self.recorder.progress_bar(tc.max_steps, st.step, self.config.model.name)
         interval = RunningMeans(self.device, st.interval_loss_sum, st.interval_steps)  # since the last evaluation
         logged = RunningMeans(self.device)  # since the last log line
         log_start, log_train_seconds = time.perf_counter(), st.train_seconds
@@ -385,11 +348,7 @@ class Trainer:
                 while not st.stop_reason:
                     requested = self._stop_signal.requested
                     st.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
-                    limit = schedule.limit_reached(st)
-                    if self.dist.active:  # one collective per step: every rank stops at the same step
-                        flags = self.dist.all_reduce_sum(np.array([float(requested), float(bool(limit))]))
-                        requested = bool(flags[0] > 0)
-                        limit = limit or ("max_minutes" if flags[1] > 0 else "")  # a clock another rank read
+                    requested, limit = self.dist.agree_to_stop(requested, schedule.limit_reached(st))
                     if requested:
                         raise _StopRequested
                     st.stop_reason = limit
@@ -456,7 +415,6 @@ class Trainer:
         return valid, choice
 
     def _finish(self) -> dict[str, Any]:
-        st, tc = self.state, self.config.train
         assert self.best_state is not None
         self.model.load_state_dict(self.best_state)
         if self.dist.main:
@@ -467,19 +425,10 @@ class Trainer:
             "valid": valid,
             **({"base_share_choice": share_choice} if share_choice else {}),
             **({"test": test} if test is not None else {}),
-            "train": {
-                "steps": st.step,
-                "seconds": round(st.train_seconds, 3),
-                "eval_seconds": round(st.eval_seconds, 3),
-                "wall_seconds": round(st.elapsed_seconds, 3),
-                "samples_per_second": st.step * tc.batch_size / max(st.train_seconds, 1e-9),
-                "best_step": st.best_step,
-                "best_valid_metric": st.best_metric,
-                "stop_reason": st.stop_reason,
-                "device": str(self.device),
-                "cpu_threads": torch.get_num_threads(),  # throughput depends on it (and on what shared the cores)
-            },
+            "train": run_summary(self.state, self.config.train, self.device),
         }
+        for hook in self.hooks:
+            hook.on_fit_end(self, metrics)
         self.recorder.finish(metrics)
         return metrics
 
@@ -497,6 +446,7 @@ def train_run(
     evaluate: EvaluateFn = evaluate_split,
     on_evaluation: EvaluationHook | None = None,
     test: bool = True,
+    hooks: Sequence[TrainerHook] = (),
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (a new or empty folder; ``resume`` continues its checkpoint,
     ``overwrite`` replaces an earlier run); returns metrics.json. ``evaluate`` scores a split (the ComiRec
@@ -513,6 +463,7 @@ def train_run(
         evaluate=evaluate,
         on_evaluation=on_evaluation,
         test=test,
+        hooks=hooks,
     )
     if preset:
         trainer.folder_notes.append(f"presets: {preset} (mirec config show --data ... --model ... prints them)")
