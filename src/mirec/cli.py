@@ -351,10 +351,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     main_bench(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mirec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_prepare(sub: Any) -> None:
     p = sub.add_parser("prepare", help="read raw logs, clean, filter, remap, split into a prepared folder")
     p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
     p.add_argument(
@@ -414,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model; ends with a test evaluation and writes metrics.json")
     p.add_argument("--data", required=True, help="prepared folder, or 'amazon-grocery' (bundled)")
     p.add_argument("--model", required=True)
@@ -439,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_argument(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run on a split, print the metrics as JSON")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["valid", "test"], default="test")
@@ -463,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_recommend(sub: Any) -> None:
     p = sub.add_parser("recommend", help="top-N items (original ids) for one history, a file of them, or a dataset")
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR|BUNDLE")
     p.add_argument("--run", dest="run_option", default=None, metavar="RUN_DIR", help="same as the positional RUN_DIR")
@@ -491,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recommend)
 
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="a self-contained bundle of a trained run (weights, id map, item index)")
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, metavar="BUNDLE")
@@ -516,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the bundle already in --output")
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="HTTP service of a bundle (needs mirec[serve]); loopback by default")
     p.add_argument("bundle", metavar="BUNDLE|RUN_DIR")
     p.add_argument("--host", default="127.0.0.1")
@@ -535,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_graph_stats(sub: Any) -> None:
     p = sub.add_parser("graph-stats", help="inspect a global-context graph (of a run, or built from data)")
     p.add_argument("run_dir", nargs="?", default=None)
     p.add_argument("--data", default=None)
@@ -544,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_graph_stats)
 
+
+def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="resumable grid of runs (variants x datasets x seeds) and result tables")
     p.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="prepared datasets")
     p.add_argument(
@@ -579,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_argument(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_tune(sub: Any) -> None:
     p = sub.add_parser(
         "tune", help="hyper-parameter search with Optuna on the valid split (needs mirec[tune]); never reads test"
     )
@@ -610,11 +623,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_argument(p)
     p.set_defaults(func=cmd_tune)
 
+
+def _add_datasets(sub: Any) -> None:
     p = sub.add_parser("datasets", help="the dataset registry: names, sources, where to put files offline")
     p.set_defaults(func=cmd_datasets)
+
+
+def _add_models(sub: Any) -> None:
     p = sub.add_parser("models", help="the model zoo; with a NAME, that model's options, defaults and choices")
     p.add_argument("name", nargs="?", default=None)
     p.set_defaults(func=cmd_models)
+
+
+def _add_config(sub: Any) -> None:
     p = sub.add_parser("config", help="`mirec config show`: the resolved config a `mirec train` would use")
     p.add_argument("action", choices=["show"])
     p.add_argument("--model", required=True)
@@ -624,6 +645,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="TOML file applied over the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config_show)
+
+
+COMMANDS = (
+    _add_prepare,
+    _add_train,
+    _add_evaluate,
+    _add_recommend,
+    _add_export,
+    _add_serve,
+    _add_graph_stats,
+    _add_bench,
+    _add_tune,
+    _add_datasets,
+    _add_models,
+    _add_config,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mirec`` parser: one small function per command (``COMMANDS``), ``--threads`` accepted after each."""
+    parser = argparse.ArgumentParser(prog="mirec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     for subparser in sub.choices.values():  # accepted after the subcommand too
         subparser.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
