@@ -27,13 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from mirec.config import MAX_DIVERSITY_LAMBDA
 from mirec.serving.model import (
@@ -207,19 +206,18 @@ class LimitsAndMetrics:
         self.state = app.state
 
     def route_label(self, scope) -> str:
-        """The template of the route that serves this request (e.g. ``/v1/items/{item_id}/similar``), else
+        """The template of the route that served this request (e.g. ``/v1/items/{item_id}/similar``: the router
+        leaves it in the scope), a static route's path for a request refused before routing (413), else
         ``unmatched``: the label set stays the route table's, whatever paths clients send."""
-        for route in self.app.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return getattr(route, "path", UNMATCHED)
-        return UNMATCHED
+        route = scope.get("route")
+        if route is not None and getattr(route, "path", None):
+            return route.path
+        return scope["path"] if scope["path"] in STATIC_PATHS else UNMATCHED
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        route = self.route_label(scope)
         status = {"code": 500}
 
         async def send_and_record(message):
@@ -239,7 +237,7 @@ class LimitsAndMetrics:
         except BodyTooLarge:
             response = _error(413, f"request body over {self.max_body_bytes} bytes")
             await response(scope, receive, send_and_record)
-        self.metrics.observe(route, status["code"], time.perf_counter() - started)
+        self.metrics.observe(self.route_label(scope), status["code"], time.perf_counter() - started)
 
     async def _buffered(self, receive):
         messages, size = [], 0
@@ -278,177 +276,201 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(
-    model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None, loader=None
-) -> LimitsAndMetrics:
-    """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload."""
-    settings = settings or ServeSettings()
-    metrics = Metrics()
-    state: dict[str, Any] = {
-        "model": model,
-        "path": str(bundle_path) if bundle_path else None,
-        "reloads": 0,
-        "ready": True,
-        "last_reload": {},  # {"last_reload_ok": bool, "last_reload_error": str} once a reload was tried
-    }
-    reload_lock = threading.Lock()
-    batcher = MicroBatcher(lambda: state["model"], settings, metrics)
+class Service:
+    """What the routes share: the served model (swapped whole on reload), the settings, metrics and batcher."""
 
-    async def lifespan(app: FastAPI):
-        await batcher.start()
-        yield
-        await batcher.stop()
+    def __init__(self, model: ServingModel, settings: ServeSettings, bundle_path: str | Path | None, loader: Any):
+        self.model, self.settings, self.loader = model, settings, loader
+        self.path = str(bundle_path) if bundle_path else None
+        self.reloads, self.ready = 0, True
+        self.last_reload: dict[str, Any] = {}  # {"last_reload_ok", "last_reload_error"} once a reload was tried
+        self.metrics = Metrics()
+        self.batcher = MicroBatcher(lambda: self.model, settings, self.metrics)
+        self._reload_lock = threading.Lock()
 
-    app = FastAPI(title="mirec", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.mirec = state
-
-    def authorised(request: Request) -> None:
-        if settings.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), settings.token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
-        return _error(422, problems or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body" (e.g. a
-            return _error(422, f"invalid JSON body: {exc.detail}")  # body nested past the parser's depth)
-        return _error(exc.status_code, str(exc.detail))
-
-    def check(body: RecommendBody) -> RecommendRequest:
+    def check(self, body: RecommendBody) -> RecommendRequest:
         """The request, validated whole: nothing that passes here can fail the batch it joins."""
-        if len(body.history) > settings.max_history:
-            raise HTTPException(413, f"history of {len(body.history)} items over the limit {settings.max_history}")
-        if body.n > settings.max_n:
-            raise HTTPException(422, f"n = {body.n} over the limit {settings.max_n}")
+        limits = self.settings
+        if len(body.history) > limits.max_history:
+            raise HTTPException(413, f"history of {len(body.history)} items over the limit {limits.max_history}")
+        if body.n > limits.max_n:
+            raise HTTPException(422, f"n = {body.n} over the limit {limits.max_n}")
         request = RecommendRequest(body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda)
         try:
-            request.check(settings.max_item_id_chars)
+            request.check(limits.max_item_id_chars)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return request
 
-    def admin_allowed() -> None:
-        if settings.token is None:  # no token, no admin: any local process could otherwise swap the model
-            raise HTTPException(403, "admin routes are off: start mirec serve with --token-file to use them")
-
-    def answer(result, manifest: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **result.to_dict(),
-            "model_version": manifest.get("model_version"),
-            "index_version": manifest.get("index_version"),
-        }
-
-    @app.post("/v1/recommend", dependencies=[Depends(authorised)])
-    async def recommend(body: RecommendBody):
-        request = check(body)
-        try:
-            result, manifest = await batcher.submit(request)
-        except UnknownItemsError as exc:
-            raise HTTPException(422, f"{exc}; unknown: {body.history[:10]}") from None
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - this request alone failed; a JSON answer, no traceback
-            raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
-        return fast_json(answer(result, manifest))
-
-    @app.post("/v1/recommend/batch", dependencies=[Depends(authorised)])
-    async def recommend_batch(body: BatchBody):
-        if len(body.requests) > settings.max_batch:
-            raise HTTPException(413, f"batch of {len(body.requests)} requests over the limit {settings.max_batch}")
-        requests = [check(r) for r in body.requests]
-        model = state["model"]
-        metrics.observe_batch(len(requests))
-        try:
-            results = await asyncio.to_thread(model.recommend, requests, True)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        unknown = [i for i, r in enumerate(results) if r is None]
-        if unknown:
-            raise HTTPException(422, f"requests.{unknown[0]}: none of the given items is known to this model")
-        return fast_json({"results": [answer(r, model.manifest) for r in results]})
-
-    @app.post("/v1/interests", dependencies=[Depends(authorised)])
-    async def interests(body: InterestsBody):
-        request = check(RecommendBody(history=body.history, timestamps=body.timestamps))
-        model = state["model"]
-        try:
-            vectors = await asyncio.to_thread(model.interests, [request])
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return {"interests": vectors[0].tolist(), "model_version": model.manifest.get("model_version")}
-
-    @app.get("/v1/items/{item_id}/similar", dependencies=[Depends(authorised)])
-    async def similar(item_id: str, n: int = 20):
-        if not 1 <= n <= settings.max_n:
-            raise HTTPException(422, f"n must be in 1..{settings.max_n}")
-        model = state["model"]
-        try:
-            items = await asyncio.to_thread(model.similar, item_id, n)
-        except KeyError:
-            raise HTTPException(404, f"item {item_id!r} is not known to this model") from None
-        return {
-            "items": items,
-            "model_version": model.manifest.get("model_version"),
-            "index_version": model.manifest.get("index_version"),
-        }
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz():
-        if not state["ready"]:
-            return _error(503, "not ready")
-        return {"ready": True, "model_version": state["model"].manifest.get("model_version"), **state["last_reload"]}
-
-    @app.get("/v1/metadata", dependencies=[Depends(authorised)])
-    async def metadata():
-        manifest = {k: v for k, v in state["model"].manifest.items() if k != "files"}
-        return {"bundle": state["path"], "manifest": manifest, "limits": settings.public(), "reloads": state["reloads"]}
-
-    @app.get("/metrics", dependencies=[Depends(authorised)])
-    async def prometheus():
-        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
-
-    def reload(path: str | None = None) -> dict[str, Any]:
+    def reload(self, path: str | None = None) -> dict[str, Any]:
         """Verify and load a bundle, then swap it in; a failure is recorded and re-raised, the old model serves."""
-        if loader is None:
+        if self.loader is None:
             raise HTTPException(409, "this server was not started from a bundle path; nothing to reload")
-        target = path or state["path"]
-        with reload_lock:  # one reload at a time; requests keep using the old model until the swap
+        target = path or self.path
+        with self._reload_lock:  # one reload at a time; requests keep using the old model until the swap
             try:
-                new_model = loader(target)
+                new_model = self.loader(target)
             except Exception as exc:
-                metrics.observe_reload(False)
-                state["last_reload"] = {"last_reload_ok": False, "last_reload_error": f"{target}: {exc}"}
+                self.metrics.observe_reload(False)
+                self.last_reload = {"last_reload_ok": False, "last_reload_error": f"{target}: {exc}"}
                 raise
-            state["model"], state["path"] = new_model, str(target)
-            state["reloads"] += 1
-            metrics.observe_reload(True)
-            state["last_reload"] = {"last_reload_ok": True, "last_reload_error": None}
-        return {
-            "bundle": state["path"],
-            "model_version": new_model.manifest.get("model_version"),
-            "reloads": state["reloads"],
-        }
+            self.model, self.path = new_model, str(target)
+            self.reloads += 1
+            self.metrics.observe_reload(True)
+            self.last_reload = {"last_reload_ok": True, "last_reload_error": None}
+        return {"bundle": self.path, "model_version": new_model.manifest.get("model_version"), "reloads": self.reloads}
 
-    @app.post("/admin/reload", dependencies=[Depends(authorised), Depends(admin_allowed)])
-    async def admin_reload(body: ReloadBody | None = None):
-        try:
-            return await asyncio.to_thread(reload, body.path if body else None)
-        except (OSError, ValueError) as exc:
-            raise HTTPException(422, f"reload failed, the old model keeps serving: {exc}") from None
 
-    app.state.reload = reload
-    return LimitsAndMetrics(app, settings.max_body_bytes, metrics)  # type: ignore[return-value]
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service_of)]
+
+
+async def authorised(request: Request) -> None:
+    """Bearer token check (constant time); async, so it costs no worker-thread hop when no token is set."""
+    token = service_of(request).settings.token
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+
+async def admin_allowed(request: Request) -> None:
+    if service_of(request).settings.token is None:  # no token, no admin: any local process could swap the model
+        raise HTTPException(403, "admin routes are off: start mirec serve with --token-file to use them")
+
+
+def versions(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {"model_version": manifest.get("model_version"), "index_version": manifest.get("index_version")}
+
+
+api = APIRouter(dependencies=[Depends(authorised)])  # every route but the health checks needs the token
+health = APIRouter()
+
+
+@api.post("/v1/recommend")
+async def recommend(body: RecommendBody, service: ServiceDep):
+    request = service.check(body)
+    try:
+        result, manifest = await service.batcher.submit(request)
+    except UnknownItemsError as exc:
+        raise HTTPException(422, f"{exc}; unknown: {body.history[:10]}") from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - this request alone failed; a JSON answer, no traceback
+        raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
+    return fast_json({**result.to_dict(), **versions(manifest)})
+
+
+@api.post("/v1/recommend/batch")
+async def recommend_batch(body: BatchBody, service: ServiceDep):
+    if len(body.requests) > service.settings.max_batch:
+        raise HTTPException(413, f"batch of {len(body.requests)} requests over the limit {service.settings.max_batch}")
+    requests = [service.check(r) for r in body.requests]
+    model = service.model
+    service.metrics.observe_batch(len(requests))
+    try:
+        results = await asyncio.to_thread(model.recommend, requests, True)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    unknown = [i for i, r in enumerate(results) if r is None]
+    if unknown:
+        raise HTTPException(422, f"requests.{unknown[0]}: none of the given items is known to this model")
+    return fast_json({"results": [{**r.to_dict(), **versions(model.manifest)} for r in results]})
+
+
+@api.post("/v1/interests")
+async def interests(body: InterestsBody, service: ServiceDep):
+    request = service.check(RecommendBody(history=body.history, timestamps=body.timestamps))
+    model = service.model
+    try:
+        vectors = await asyncio.to_thread(model.interests, [request])
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"interests": vectors[0].tolist(), "model_version": model.manifest.get("model_version")}
+
+
+@api.get("/v1/items/{item_id}/similar")
+async def similar(item_id: str, service: ServiceDep, n: int = 20):
+    if not 1 <= n <= service.settings.max_n:
+        raise HTTPException(422, f"n must be in 1..{service.settings.max_n}")
+    model = service.model
+    try:
+        items = await asyncio.to_thread(model.similar, item_id, n)
+    except KeyError:
+        raise HTTPException(404, f"item {item_id!r} is not known to this model") from None
+    return {"items": items, **versions(model.manifest)}
+
+
+@health.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(service: ServiceDep):
+    if not service.ready:
+        return _error(503, "not ready")
+    return {"ready": True, "model_version": service.model.manifest.get("model_version"), **service.last_reload}
+
+
+@api.get("/v1/metadata")
+async def metadata(service: ServiceDep):
+    manifest = {k: v for k, v in service.model.manifest.items() if k != "files"}
+    limits = service.settings.public()
+    return {"bundle": service.path, "manifest": manifest, "limits": limits, "reloads": service.reloads}
+
+
+@api.get("/metrics")
+async def prometheus(service: ServiceDep):
+    return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+
+@api.post("/admin/reload", dependencies=[Depends(admin_allowed)])
+async def admin_reload(service: ServiceDep, body: ReloadBody | None = None):
+    try:
+        return await asyncio.to_thread(service.reload, body.path if body else None)
+    except (OSError, ValueError) as exc:
+        raise HTTPException(422, f"reload failed, the old model keeps serving: {exc}") from None
+
+
+async def invalid_request(request: Request, exc: RequestValidationError):
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
+    return _error(422, problems or "invalid request")
+
+
+async def http_error(request: Request, exc: StarletteHTTPException):
+    if exc.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body" (e.g. a body
+        return _error(422, f"invalid JSON body: {exc.detail}")  # nested past the parser's depth)
+    return _error(exc.status_code, str(exc.detail))
+
+
+STATIC_PATHS = frozenset(r.path for r in (*api.routes, *health.routes) if "{" not in r.path)
+
+
+def create_app(
+    model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None, loader=None
+) -> LimitsAndMetrics:
+    """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload."""
+    service = Service(model, settings or ServeSettings(), bundle_path, loader)
+
+    async def lifespan(app: FastAPI):
+        await service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="mirec", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+    app.state.reload = service.reload
+    app.include_router(api)
+    app.include_router(health)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    return LimitsAndMetrics(app, service.settings.max_body_bytes, service.metrics)  # type: ignore[return-value]
 
 
 def serve(
