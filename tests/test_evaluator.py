@@ -337,16 +337,17 @@ def test_item_cosine_against_every_pair_and_in_the_collapse_report():
 
 
 def test_dead_dims_counts_dimensions_zero_for_every_user_and_interest():
+    from mirec.eval.collectors import CollapseCollector, reduce_collectors
     from mirec.eval.diversity import collapse_per_user
-    from mirec.eval.evaluator import _summary
 
     # dimension 1 is zero everywhere; dimension 2 only in user 0; dimension 0 never
     interests = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.0, 0.0]], [[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]])
     ids = torch.tensor([[[1, 2], [2, 3]], [[1, 4], [4, 5]]])
     per_user = collapse_per_user(interests, ids, torch.tensor([[0, 1], [1, 0]]))
     assert per_user["active_dims"].tolist() == [[True, False, False], [True, False, True]]
-    model = make_model(k=2)
-    summary = _summary([], {}, per_user, None, 2, model, None)["collapse"]
+    collector = CollapseCollector(2, {"interests": slice(0, 2)}, 3)
+    collector.batches.append(per_user)
+    summary = reduce_collectors([collector], None)["collapse"]
     assert summary["dead_dims"] == 1
     assert summary["interest_cosine"] == pytest.approx(per_user["interest_cosine"].mean())
     assert summary["interest_share"] == pytest.approx(per_user["interest_share"].mean(0).tolist())
