@@ -532,3 +532,30 @@ def test_bench_threads_reach_every_cell_and_default_to_the_cores_shared_by_the_j
     seen.clear()
     grid.run_grid(cells, [], 0.0, 2, tmp_path, threads=1)  # `mirec bench --threads 1`
     assert seen == [1, 1]
+
+
+def test_a_tiny_grid_runs_in_process_from_python(tmp_path):
+    """Grid(...).run() from Python: two variants x one seed trained here, a results table, and a rerun that
+    trains nothing (every cell done)."""
+    from mirec.experiments.grid import Grid, GridSpec
+    from tests.test_trainer import cycle_dataset
+
+    data = tmp_path / "cycle"
+    cycle_dataset().save(data)
+    tiny = ["train.batch_size=16", "train.max_steps=20", "train.eval_every=10", "train.num_negatives_factor=2"]
+    tiny += ["model.embedding_dim=8", "model.maxlen=8", "eval.topk=[5,10]", "eval.early_stop_metric=recall@10"]
+    spec = GridSpec(variants=[Variant.parse("dnn"), Variant.parse("k2=dnn:model.num_interests=2")], seeds=[1], set=tiny)
+    grid = Grid(spec, {"cycle": str(data)}, tmp_path / "grid", in_process=True, ks=[5, 10])
+    results = grid.run()
+    assert sorted((r["variant"], r["split"]) for r in results.rows) == [
+        ("dnn", "test"),
+        ("dnn", "valid"),
+        ("k2", "test"),
+        ("k2", "valid"),
+    ]
+    assert all(r["steps"] == 20 for r in results.rows) and "| dnn |" in results.markdown()
+    assert (tmp_path / "grid" / "results.csv").exists() and (tmp_path / "grid" / "grid.json").exists()
+    assert not grid.todo()
+    before = (tmp_path / "grid" / "cycle" / "dnn" / "seed1" / "metrics.json").stat().st_mtime_ns
+    assert Grid(spec, {"cycle": str(data)}, tmp_path / "grid", in_process=True, ks=[5, 10]).run().rows == results.rows
+    assert (tmp_path / "grid" / "cycle" / "dnn" / "seed1" / "metrics.json").stat().st_mtime_ns == before

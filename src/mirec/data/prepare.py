@@ -243,13 +243,7 @@ def prepare_log(
     split_given = log.has_split
     file_split = table.column("split").to_numpy().astype(np.int8) if split_given else None
     if options.drop_duplicates:
-        idx = np.flatnonzero(keep)
-        key = np.stack([user[idx], item[idx], ts[idx]])
-        _, first = np.unique(key, axis=1, return_index=True)
-        dup = np.ones(len(idx), dtype=bool)
-        dup[first] = False
-        keep[idx[dup]] = False
-        clean["dropped_duplicates"] = int(dup.sum())
+        clean["dropped_duplicates"] = drop_duplicates(keep, user, item, ts)
     if not keep.any():
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
     clean["timestamp_unit"] = unit
@@ -259,17 +253,7 @@ def prepare_log(
         warnings.warn(f"{name or 'dataset'}: {range_warning}", stacklevel=2)
 
     # 2. k-core filter (items, then users); the comirec format keeps its own split, so no filter.
-    if split_given:
-        kept_rows = keep
-        clean["filter"] = "none (pre-split input)"
-    else:
-        kept_rows, passes = _filter_subset(user, item, keep, options)
-        clean["filter"] = {
-            "min_item_count": options.min_item_count,
-            "min_user_count": options.min_user_count,
-            "iterative": options.iterative_kcore,
-            "passes": passes,
-        }
+    kept_rows, clean["filter"] = (keep, "none (pre-split input)") if split_given else _kcore(user, item, keep, options)
     clean["dropped_by_filter"] = int(keep.sum() - kept_rows.sum())
     rows = np.flatnonzero(kept_rows)
     check_kept(len(rows), int(keep.sum()), options, name)
@@ -277,6 +261,34 @@ def prepare_log(
     category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
     record = PreparationRecord(meta, clean, options, seed, name, unit, log.report)
     return assemble(user, item, ts, ts_raw, rows, user_vocab, item_vocab, category_of_item, file_split, record)
+
+
+def drop_duplicates(keep: np.ndarray, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> int:
+    """Unmark repeated (user, item, second) rows among the kept ones, keeping the first; returns how many."""
+    idx = np.flatnonzero(keep)
+    _, first = np.unique(np.stack([user[idx], item[idx], ts[idx]]), axis=1, return_index=True)
+    dup = np.ones(len(idx), dtype=bool)
+    dup[first] = False
+    keep[idx[dup]] = False
+    return int(dup.sum())
+
+
+def _kcore(
+    user: np.ndarray, item: np.ndarray, keep: np.ndarray, options: PrepareOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(rows kept by the item-then-user count filter, the filter's record)."""
+    kept_rows, passes = _filter_subset(user, item, keep, options)
+    return kept_rows, filter_record(options, passes)
+
+
+def filter_record(options: PrepareOptions, passes: int) -> dict[str, Any]:
+    """meta.json's record of the count filter (both engines)."""
+    return {
+        "min_item_count": options.min_item_count,
+        "min_user_count": options.min_user_count,
+        "iterative": options.iterative_kcore,
+        "passes": passes,
+    }
 
 
 def check_kept(n_kept: int, n_before: int, options: PrepareOptions, name: str | None) -> None:

@@ -220,6 +220,29 @@ def _check_on_bad_rows(on_bad_rows: str) -> None:
         raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
 
 
+def _bad_row_error(path: Path, bad_rows: list[Any], header: bool, encoding: str, every: bool) -> MalformedRowError:
+    """The first malformed row as an error naming its line (``every``: all rows were malformed and skipped)."""
+    row = bad_rows[0]
+    line = _find_line(path, row.text, 1 if header else 0, encoding)
+    prefix = f"every row is malformed ({len(bad_rows)} skipped), the first: " if every else ""
+    detail = f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
+    return MalformedRowError(path, line, prefix + detail)
+
+
+def _column_name(path: Path, names: list[str], out: str, spec: str | int) -> str:
+    """The file's column for output ``out``: by index, by name (exact, then case-insensitive) or a digit string."""
+    if isinstance(spec, int):
+        if not 0 <= spec < len(names):
+            raise MalformedRowError(path, 1, f"column index {spec} for {out!r} out of range ({len(names)} fields)")
+        return names[spec]
+    matches = [n for n in names if n == spec] or [n for n in names if n.lower() == str(spec).lower()]
+    if not matches and str(spec).isdigit() and int(spec) < len(names):  # "2" from the command line
+        matches = [names[int(spec)]]
+    if not matches:
+        raise MalformedRowError(path, 1, f"no column {spec!r} for {out!r} in header {names}")
+    return matches[0]
+
+
 def _read_delimited(
     path: Path,
     *,
@@ -258,19 +281,7 @@ def _read_delimited(
             column_names = [f"f{i}" for i in range(n_fields)]
         names = list(column_names)
         read_options = pacsv.ReadOptions(column_names=names, block_size=1 << 24, encoding=arrow_encoding)
-    resolved: dict[str, str] = {}
-    for out, spec in keep.items():
-        if isinstance(spec, int):
-            if not 0 <= spec < len(names):
-                raise MalformedRowError(path, 1, f"column index {spec} for {out!r} out of range ({len(names)} fields)")
-            resolved[out] = names[spec]
-        else:
-            matches = [n for n in names if n == spec] or [n for n in names if n.lower() == str(spec).lower()]
-            if not matches and str(spec).isdigit() and int(spec) < len(names):  # "2" from the command line
-                matches = [names[int(spec)]]
-            if not matches:
-                raise MalformedRowError(path, 1, f"no column {spec!r} for {out!r} in header {names}")
-            resolved[out] = matches[0]
+    resolved = {out: _column_name(path, names, out, spec) for out, spec in keep.items()}
     include = list(dict.fromkeys(resolved.values()))
     types = {resolved[c]: pa.string() for c in ("user", "item", "category", *string_columns) if c in resolved}
 
@@ -296,12 +307,7 @@ def _read_delimited(
     except pa.ArrowInvalid as exc:
         raise MalformedRowError(path, None, str(exc)) from exc
     if bad_rows and (on_bad_rows == "error" or table.num_rows == 0):
-        row = bad_rows[0]
-        line = _find_line(path, row.text, 1 if header else 0, encoding)
-        every = f"every row is malformed ({len(bad_rows)} skipped), the first: " if on_bad_rows != "error" else ""
-        raise MalformedRowError(
-            path, line, f"{every}expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
-        )
+        raise _bad_row_error(path, bad_rows, header, encoding, every=on_bad_rows != "error")
     columns = {out: table.column(name) for out, name in resolved.items()}
     return pa.table(columns), len(bad_rows) + len(undecodable)
 

@@ -42,6 +42,7 @@ from mirec.data.prepare import (
     check_kept,
     check_time_range,
     compact_categories,
+    filter_record,
     history_cut,
     original_item_ids,
     popularity_ids,
@@ -96,6 +97,37 @@ def _codes(frame: Any, column: str) -> Any:
     return first.select(column, (F.row_number().over(order) - 1).alias(f"{column}_code"))
 
 
+def _timestamp_unit(valid: Any, timestamp_unit: str) -> str:
+    """The given unit, or (auto) the unit the median of every valid timestamp suggests, as the embedded engine."""
+    from pyspark.sql import functions as F
+
+    if timestamp_unit != "auto":
+        return timestamp_unit
+    median = valid.agg(F.median("ts")).first()[0]
+    return next(
+        (u for u, low in (("ns", 1e17), ("us", 1e14), ("ms", 1e11)) if median is not None and median >= low), "s"
+    )
+
+
+def _kcore(legal: Any, options: PrepareOptions) -> tuple[Any, dict[str, Any]]:
+    """The count filter on Spark: items, then users (ComiRec's single pass unless iterative); (rows, record)."""
+    from pyspark.sql import functions as F
+
+    kept, passes = legal, 0
+    while True:
+        passes += 1
+        item_ok = kept.groupBy("item_code").count().where(F.col("count") >= options.min_item_count).select("item_code")
+        kept = kept.join(item_ok, "item_code", "left_semi")
+        user_ok = kept.groupBy("user_code").count().where(F.col("count") >= options.min_user_count).select("user_code")
+        kept = kept.join(user_ok, "user_code", "left_semi").cache()
+        if not options.iterative_kcore:
+            break
+        smallest = kept.groupBy("item_code").count().agg(F.min("count")).first()[0]
+        if smallest is None or smallest >= options.min_item_count:  # the embedded engine's stopping rule
+            break
+    return kept, filter_record(options, passes)
+
+
 def prepare_log_spark(
     files: list[Path],
     fmt: str,
@@ -141,13 +173,7 @@ def prepare_log_spark(
         F.sum((illegal & ~missing_id).cast("long")).alias("illegal"),
     ).first()
     legal = coded.where(~missing_id & ~illegal)
-    if timestamp_unit == "auto":  # the median of every valid timestamp, as the embedded engine
-        median = coded.where(~illegal).agg(F.median("ts")).first()[0]
-        unit = next(
-            (u for u, low in (("ns", 1e17), ("us", 1e14), ("ms", 1e11)) if median is not None and median >= low), "s"
-        )
-    else:
-        unit = timestamp_unit
+    unit = _timestamp_unit(coded.where(~illegal), timestamp_unit)
     legal = legal.withColumn("sec", F.floor(F.col("ts") / TIMESTAMP_UNITS[unit]).cast("long"))
     if options.min_timestamp is not None:
         legal = legal.where(F.col("sec") >= options.min_timestamp)
@@ -164,8 +190,7 @@ def prepare_log_spark(
         first = Window.partitionBy("user_code", "item_code", "sec").orderBy("file", "pos")
         legal = legal.withColumn("copy", F.row_number().over(first)).where(F.col("copy") == 1).drop("copy")
         n_unique = legal.count()
-        clean["dropped_duplicates"] = int(n_legal - n_unique)
-        n_legal = n_unique
+        clean["dropped_duplicates"], n_legal = int(n_legal - n_unique), n_unique
     if n_legal == 0:
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
     clean["timestamp_unit"] = unit
@@ -176,24 +201,7 @@ def prepare_log_spark(
 
         clean["timestamp_warning"] = warning
         warnings.warn(f"{name or 'dataset'}: {warning}", stacklevel=2)
-    kept, passes = legal, 0
-    while True:  # the k-core filter: items, then users (ComiRec's single pass unless iterative)
-        passes += 1
-        item_ok = kept.groupBy("item_code").count().where(F.col("count") >= options.min_item_count).select("item_code")
-        kept = kept.join(item_ok, "item_code", "left_semi")
-        user_ok = kept.groupBy("user_code").count().where(F.col("count") >= options.min_user_count).select("user_code")
-        kept = kept.join(user_ok, "user_code", "left_semi").cache()
-        if not options.iterative_kcore:
-            break
-        smallest = kept.groupBy("item_code").count().agg(F.min("count")).first()[0]
-        if smallest is None or smallest >= options.min_item_count:  # the embedded engine's stopping rule
-            break
-    clean["filter"] = {
-        "min_item_count": options.min_item_count,
-        "min_user_count": options.min_user_count,
-        "iterative": options.iterative_kcore,
-        "passes": passes,
-    }
+    kept, clean["filter"] = _kcore(legal, options)
     report = {"format": fmt, "engine": "spark", "master": master, "files": [str(f) for f in files], "layout": layout}
     record = PreparationRecord(meta, clean, options, seed, name, unit, report)
     if layout == "parquet":
@@ -201,9 +209,15 @@ def prepare_log_spark(
         check_kept(n_kept, n_legal, options, name)
         clean["dropped_by_filter"] = int(n_legal - n_kept)
         return _assemble_in_spark(spark, rows, kept, users, items, n_kept, record)
+    return _assemble_on_driver(rows, kept, users, items, n_legal, record)
+
+
+def _assemble_on_driver(rows: Any, kept: Any, users: Any, items: Any, n_legal: int, record: PreparationRecord) -> Any:
+    """Layout ``arrays``: the kept rows come to the driver (input order) and the embedded engine's ``assemble``
+    draws the split and ranks the items, so the result is the embedded engine's dataset."""
     table = kept.orderBy("file", "pos").select("user_code", "item_code", "sec", "ts").toArrow()
-    clean["dropped_by_filter"] = int(n_legal - table.num_rows)
-    check_kept(table.num_rows, n_legal, options, name)
+    record.clean["dropped_by_filter"] = int(n_legal - table.num_rows)
+    check_kept(table.num_rows, n_legal, record.options, record.name)
     item_vocab = _vocabulary(items, "item")
     user, item, sec, ts = (table.column(c).to_numpy().astype(np.int64) for c in ("user_code", "item_code", "sec", "ts"))
     rows_in_order = np.arange(table.num_rows, dtype=np.int64)

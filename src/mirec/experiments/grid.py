@@ -501,20 +501,128 @@ def parse_data_args(texts: list[str], check: bool = True) -> dict[str, str]:
     return datasets
 
 
+@dataclass
+class GridResults:
+    """The rows of a grid's finished cells (one per dataset, variant, seed and split) and their tables."""
+
+    rows: list[dict[str, Any]]
+    ks: list[int]
+
+    def markdown(self, split: str = "test") -> str:
+        return markdown_tables(self.rows, self.ks, split)
+
+    def write(self, output: Path) -> None:
+        """results.csv and results.md (atomic)."""
+        write_csv(self.rows, output / "results.csv")
+        atomic_write_text(output / "results.md", self.markdown())
+
+
+@dataclass
+class Grid:
+    """Datasets x variants x seeds, every cell an ordinary run folder ``output/DATASET/VARIANT/seedN``; a cut
+    grid resumes. ``in_process`` trains the cells here, one after the other (tests, notebooks); otherwise each
+    cell is its own ``mirec train`` process, ``spec.jobs`` at a time (isolation, parallel cells)."""
+
+    spec: GridSpec
+    datasets: dict[str, str]  # NAME -> prepared folder (or the bundled dataset's name)
+    output: Path
+    threads: int | None = None  # torch threads of each cell (default: the usable CPUs shared out)
+    in_process: bool = False
+    ks: list[int] = field(default_factory=lambda: [20, 50])
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.variants = self.spec.expanded()
+        self.cells = plan(self.output, self.datasets, self.variants, self.spec.seeds)  # names checked here
+
+    def check(self) -> None:
+        """Build every cell's config on its dataset's presets (no data read): a typo fails before any training."""
+        from mirec.api import BUNDLED, preset_of
+
+        presets = sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in self.datasets.values()})
+        check_variants(self.variants, self.spec.set, presets, self.spec.config)
+
+    def run(self) -> GridResults:
+        """Train the cells not done yet, write grid.json, results.csv and results.md; raises when cells failed."""
+        self.check()
+        atomic_write_text(self.output / "grid.json", json.dumps(self.description(), indent=2))
+        if self.in_process:
+            outcome = [run_cell_here(c, self.spec.set, self.spec.budget_minutes, self.spec.config) for c in self.todo()]
+        else:
+            spec = self.spec
+            outcome = run_grid(
+                self.cells, spec.set, spec.budget_minutes, spec.jobs, self.output, spec.config, self.threads
+            )
+        results = self.results()
+        failed = [r for r in outcome if not r["ok"]]
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(outcome)} cells failed (reasons above and in {self.output / 'failures.json'})"
+            )
+        return results
+
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if not c.done]
+
+    def results(self) -> GridResults:
+        """The finished cells' figures, written to results.csv / results.md."""
+        results = GridResults(collect(self.cells), self.ks)
+        results.write(self.output)
+        return results
+
+    def description(self) -> dict[str, Any]:
+        """grid.json: what the grid ran, enough to run it again."""
+        keys = ("name", "model", "overrides", "base", "sweep_key", "sweep_value")
+        return {
+            "grid": self.spec.name,
+            "datasets": self.datasets,
+            "seeds": self.spec.seeds,
+            "set": self.spec.set,
+            "config": self.spec.config,
+            "budget_minutes": self.spec.budget_minutes,
+            "variants": [{k: getattr(v, k) for k in keys} for v in self.variants],
+        }
+
+
+def run_cell_here(cell: Cell, common: list[str], budget_minutes: float, config: str = "") -> dict[str, Any]:
+    """Train one cell in this process (the subprocess cell's rules: resume a checkpoint, replace only a run of
+    mirec's, a failure recorded and not raised)."""
+    from mirec.api import train
+    from mirec.runs import is_run_folder, latest_checkpoint, run_entries
+
+    overrides = [*common, *cell.variant.overrides, f"train.seed={cell.seed}"]
+    overrides += [f"train.max_minutes={budget_minutes}"] if budget_minutes else []
+    resume = latest_checkpoint(cell.run_dir) is not None
+    overwrite = not resume and bool(run_entries(cell.run_dir)) and is_run_folder(cell.run_dir)
+    started = time.time()
+    try:
+        train(
+            cell.data_dir,
+            cell.variant.model,
+            cell.run_dir,
+            config_file=config or None,
+            overrides=overrides,
+            resume=resume,
+            overwrite=overwrite,
+            progress=False,
+        )
+        ok, reason = True, ""
+    except Exception as exc:  # noqa: BLE001 - a failed cell is reported, the grid goes on
+        ok, reason = False, " ".join(str(exc).split())
+    return {"cell": str(cell.run_dir), "ok": ok, "reason": reason, "seconds": time.time() - started}
+
+
 def main_bench(args: Any) -> None:
-    output = Path(args.output)
+    """``mirec bench``: the flags mapped onto a :class:`Grid`."""
     if getattr(args, "plots", False):
         from mirec.experiments.plots import require_matplotlib
 
         require_matplotlib()  # fail before hours of training, not after
     datasets = parse_data_args(args.data, check=not args.tables_only)
     spec = resolve_spec(args)
-    variants = spec.expanded()
-    if not args.tables_only:
-        from mirec.api import BUNDLED, preset_of
-
-        presets = sorted({BUNDLED if d == BUNDLED else preset_of(d) for d in datasets.values()})
-        check_variants(variants, spec.set, presets, spec.config)
+    grid = Grid(
+        spec, datasets, Path(args.output), getattr(args, "threads", None), ks=parse_int_list(args.topk, "--topk")
+    )
     unused = sorted(set(datasets) - set(spec.datasets)) if spec.datasets else []
     if unused:
         print(
@@ -522,65 +630,45 @@ def main_bench(args: Any) -> None:
             f"also running on {', '.join(unused)}",
             file=sys.stderr,
         )
-    cells = plan(output, datasets, variants, spec.seeds)
-    results: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    if not args.tables_only:
-        grid = {
-            "grid": spec.name,
-            "datasets": datasets,
-            "seeds": spec.seeds,
-            "set": spec.set,
-            "config": spec.config,
-            "budget_minutes": spec.budget_minutes,
-            "variants": [
-                {
-                    "name": v.name,
-                    "model": v.model,
-                    "overrides": v.overrides,
-                    "base": v.base,
-                    "sweep_key": v.sweep_key,
-                    "sweep_value": v.sweep_value,
-                }
-                for v in variants
-            ],
-        }
-        atomic_write_text(output / "grid.json", json.dumps(grid, indent=2))
-        threads = getattr(args, "threads", None)  # `mirec bench --threads N`: each cell's, not only this process's
-        results = run_grid(cells, spec.set, spec.budget_minutes, spec.jobs, output, spec.config, threads)
-        failed = [r for r in results if not r["ok"]]
-    rows = collect(cells)
-    write_csv(rows, output / "results.csv")
-    ks = parse_int_list(args.topk, "--topk")
-    text = markdown_tables(rows, ks)
-    atomic_write_text(output / "results.md", text)
-    print(text)
+    failure: RuntimeError | None = None
+    try:
+        results = grid.results() if args.tables_only else grid.run()
+    except RuntimeError as exc:  # the tables and mirrors of the finished cells are still written
+        failure, results = exc, grid.results()
+    print(results.markdown())
     if getattr(args, "plots", False):
-        from mirec.experiments.plots import plot_grid
+        plot_cells(grid)
+    mirror_grid(grid)
+    if failure is not None:
+        raise failure
 
-        records = [
-            {
-                "dataset": c.dataset,
-                "variant": c.variant.name,
-                "base": c.variant.base,
-                "sweep_key": c.variant.sweep_key,
-                "sweep_value": c.variant.sweep_value,
-                "seed": c.seed,
-                "run_dir": c.run_dir,
-            }
-            for c in cells
-            if c.done
-        ]
-        written = plot_grid(records, output / "plots", k=ks[-1])
-        print(f"{len(written)} plots in {output / 'plots'}", file=sys.stderr)
+
+def plot_cells(grid: Grid) -> None:
+    from mirec.experiments.plots import plot_grid
+
+    keys = ("base", "sweep_key", "sweep_value")
+    records = [
+        {
+            "dataset": c.dataset,
+            "variant": c.variant.name,
+            **{k: getattr(c.variant, k) for k in keys},
+            "seed": c.seed,
+            "run_dir": c.run_dir,
+        }
+        for c in grid.cells
+        if c.done
+    ]
+    written = plot_grid(records, grid.output / "plots", k=grid.ks[-1])
+    print(f"{len(written)} plots in {grid.output / 'plots'}", file=sys.stderr)
+
+
+def mirror_grid(grid: Grid) -> None:
+    """The grid's tables and plots in the tracker the cells used (train.log_to), if any."""
     from mirec.training.tracking import mirror_summary
 
-    summary = {"datasets": {k: str(v) for k, v in datasets.items()}, "seeds": spec.seeds, "set": spec.set}
-    summary["variants"] = [f"{v.name} = {v.model}: {'; '.join(v.overrides)}" for v in variants]  # names hold [ ]
+    spec, output = grid.spec, grid.output
+    summary = {"datasets": {k: str(v) for k, v in grid.datasets.items()}, "seeds": spec.seeds, "set": spec.set}
+    summary["variants"] = [f"{v.name} = {v.model}: {'; '.join(v.overrides)}" for v in grid.variants]  # names hold [ ]
     files = [output / "results.md", output / "results.csv", *sorted((output / "plots").glob("*.png"))]
-    train = load_config(spec.config or None, model=variants[0].model, overrides=spec.set).train  # every cell's
+    train = load_config(spec.config or None, model=grid.variants[0].model, overrides=spec.set).train  # every cell's
     mirror_summary(output, train, summary, files)
-    if failed:
-        raise RuntimeError(
-            f"{len(failed)} of {len(results)} cells failed (reasons above and in {output / 'failures.json'})"
-        )
