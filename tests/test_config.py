@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from mirec.config import ConfigError, apply_overrides, from_dict, load_config, parse_override, to_toml
@@ -186,3 +188,26 @@ def test_a_share_grid_with_the_diversity_greedy_is_refused_and_configs_are_froze
     chosen = fine.with_values({"eval.base_share": 0.2})
     save_config(chosen, tmp_path / "config.toml")
     assert load_config(tmp_path / "config.toml") == chosen and fine.eval.base_share == 0.0
+
+
+def test_every_option_of_every_model_has_a_one_line_description(capsys):
+    from mirec.cli import main
+    from mirec.config import MODEL_CONFIGS, describe_options
+
+    for name, options in MODEL_CONFIGS.items():
+        described = describe_options(options)
+        missing = [key for key, entry in described.items() if not entry["description"].strip()]
+        assert not missing, (name, missing)
+    assert main(["models", "gemirec"]) == 0
+    printed = json.loads(capsys.readouterr().out)["options"]
+    assert "only the base's own loss" in printed["model.item_table_gradient"]["description"]
+    assert printed["model.base"]["choices"] == ["none", "mind", "comirec-dr", "comirec-sa", "pimi", "gimirec"]
+
+
+def test_one_model_registry_names_each_models_class():
+    from mirec.config import MODEL_CONFIGS
+    from mirec.models import MODEL_PATHS, get_model_class
+
+    assert MODEL_PATHS == {name: options.model_path for name, options in MODEL_CONFIGS.items()}
+    for name, options in MODEL_CONFIGS.items():
+        assert get_model_class(name).config_class is options, name

@@ -304,11 +304,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             {
                 **{name: get_model_class(name).paper for name in MODEL_PATHS},
                 "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
-                "most accurate measured": "test recall@50, 3 seeds, 6,000 steps (docs/results.md 4b, 12c, "
-                "12d, 12e, 16f), Grocery / Beauty / Yelp-B: gemirec-over-sa+gc 0.1796 / 0.1629 / 0.1715, "
-                "comirec-sa+gc 0.1587 / 0.1633 / 0.1702, gimirec 0.1635 / 0.1587 / 0.1674, "
-                "pimi+gc 0.1630 / 0.1546 / 0.1652; at 12,000 steps (12d, 12e) gimirec 0.1707 / 0.1662 / 0.1770, "
-                "comirec-sa+gc 0.1674 / 0.1675 / 0.1769",
+                "which to use": "docs/results.md: test figures of every model and recipe, 3 seeds, equal budgets",
             }
         )
         return

@@ -1,5 +1,5 @@
 """Several trained runs of one dataset served as one model: a control for "is the gain of a second encoder more
-than an ensemble effect?" (docs/results.md 16d).
+than an ensemble effect?" (docs/models.md 5.3).
 
 Each run's interests are scored against its own item table, exactly, through one block-diagonal model: an item's
 vector is the concatenation [T_1[i] | ... | T_n[i]] of the runs' output vectors and run j's interests are padded

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import importlib
 
+from mirec.config import MODEL_CONFIGS
 from mirec.models.base import MultiInterestModel
 
-# name -> "module:Class"; imported when first asked for (importing torch models is slow), and a model that fails
-# to import is an error, never silently dropped.
-MODEL_PATHS: dict[str, str] = {
-    "dnn": "mirec.models.dnn:YouTubeDNN",
-    "gru4rec": "mirec.models.gru4rec:GRU4Rec",
-    "mind": "mirec.models.mind:MIND",
-    "comirec-dr": "mirec.models.comirec_dr:ComiRecDR",
-    "comirec-sa": "mirec.models.comirec_sa:ComiRecSA",
-    "pimi": "mirec.models.pimi:PIMI",
-    "gimirec": "mirec.models.gimirec:GIMIRec",
-    "gemirec": "mirec.models.gemirec:GemiRec",
-}
+# name -> "module:Class", read from the one registry (each options class names its model); imported when first asked
+# for (importing torch models is slow), and a model that fails to import is an error, never silently dropped.
+MODEL_PATHS: dict[str, str] = {name: options.model_path for name, options in MODEL_CONFIGS.items()}
 
 
 def get_model_class(name: str) -> type[MultiInterestModel]:

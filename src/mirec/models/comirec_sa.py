@@ -10,7 +10,7 @@ REMI) re-initialise every weight Kaiming-normal: the item table with std sqrt(2 
 [1, L, d] position embedding with fan_in L * d; biases stay zero (those ports' attention layers have none).
 Option ``position_init_scale`` (deviation, default 1 = TF): scales the position table's initial draw; TF's
 [1, L, d] Glorot gives std ~0.15, ten times the item table's ~0.015, so at the start the attention sees
-mostly positions (0.1 puts both on the same scale; docs/results.md 1f).
+mostly positions (0.1 puts both on the same scale; docs/models.md 3).
 """
 
 from __future__ import annotations

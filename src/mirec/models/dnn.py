@@ -5,7 +5,7 @@ User vector = dense(masked mean of the history item embeddings): ``reduce_sum(it
 bias, no activation). One interest (K = 1).
 
 Option ``init = "kaiming"`` (deviation from the TF reference, default "glorot"): REMI's DNN (Tokkiu/REMI
-src/DNN.py, behind the public DNN row compared in docs/results.md section 1) re-initialises every weight, the item
+src/DNN.py) re-initialises every weight, the item
 table included,
 Kaiming-normal (std sqrt(2 / d) for the table: item vectors start ~12x longer than Glorot's) and its dense
 layer has no bias (``dense_bias = false``).

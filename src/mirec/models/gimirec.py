@@ -1,8 +1,7 @@
 """GIMIRec: "Global Interaction Aware Multi-Interest Framework for Sequential Recommendation" (Zhang et al., 2021,
 section 4). No public code: where the paper is silent the PIMI_Rec reference (Chen et al., IJCAI 2021) is
 followed, and each such place says so. ``model.star_activation``: Eq. 17 and 19 have no activation after the
-star-graph attention; PIMI_Rec's code has a ReLU, which is the default until the runs of docs/results.md
-section 12 settle it.
+star-graph attention; PIMI_Rec's code has a ReLU, the default (docs/models.md 1).
 
 Pipeline: E_global = A E_item (GCE, attached as ``model.global_context``, Eq. 1-7) -> recent time-interval
 representation E_time (Eq. 8-10) -> E_hyb = E_time + E_global (Eq. 11-12) -> star-graph aggregation

@@ -29,7 +29,7 @@ def tf_dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linea
 
 class _SigmoidTanh(torch.autograd.Function):
     """tanh(x) as 2 sigmoid(2x) - 1 (equal up to float rounding, |difference| < 3e-7) with tanh's backward
-    (1 - y^2) g: torch's CPU tanh kernel is ~5x slower than its sigmoid kernel (docs/results.md 8a)."""
+    (1 - y^2) g: torch's CPU tanh kernel is several times slower than its sigmoid kernel (docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

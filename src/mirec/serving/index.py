@@ -8,9 +8,9 @@ Inner product on un-normalised vectors is not a metric, and graph indexes are bu
 are offered: Faiss's own inner-product indexes (``metric = "ip"``) and the inner-product-to-L2 transform
 (Bachrach et al., RecSys 2014; ``metric = "l2"``): x' = [x, sqrt(M^2 - |x|^2)] with M the largest item norm,
 q' = [q, 0], so |q' - x'|^2 = |q|^2 + M^2 - 2 q.x and the nearest neighbours in L2 are the largest inner
-products. Measured (benchmarks/bench_ann.py, docs/results.md section 11), neither wins everywhere: on GIMIRec's
-trained tables HNSW on raw inner product keeps only 48-70% of the exact top-50 (the known trap) and the
-transform 92-97%; on ComiRec-SA's table and on synthetic tables with log-normal norms it is the other way round.
+products. Measured (benchmarks/bench_ann.py, docs/performance.md), neither wins everywhere: on some trained tables
+HNSW on raw inner product misses much of the exact top-50 (the known trap) and the transform does not; on others
+it is the other way round.
 So the default, ``metric = "auto"``, is decided when a bundle is exported, on the run's own validation users:
 both are built, each is searched with their interests, and the one whose top-n agrees more with exact search
 is kept (with the smallest ``efSearch`` that reaches the target overlap, 0.97), the measured overlaps recorded in the
@@ -217,8 +217,8 @@ def calibrate(
     """Build the ANN index for real queries (e.g. validation users' interests [U, K, d]): with ``metric =
     "auto"`` both metrics are built and the one agreeing more with exact search is kept; for HNSW with
     ``hnsw_ef_search = 0`` the smallest efSearch of 64..1024 reaching ``target`` overlap is chosen (the largest
-    tried if none does). 0.97: at 0.95 on validation, GIMIRec's Grocery test recall@50 lost 1.2% (docs/results.md
-    section 11), above the 1% we allow. Returns the index and a report of every overlap measured."""
+    tried if none does). 0.97: at 0.95 a measured test recall@50 lost more than the 1% we allow
+    (docs/performance.md). Returns the index and a report of every overlap measured."""
     params = params.resolved(int(item_table.shape[0]) - 1)
     if params.kind == "exact":
         return ItemIndex(item_table, params), {}
