@@ -77,7 +77,7 @@ NEW_GEMIREC_DEFAULTS = {
     "model.beam_diversity": 0.0,
 }
 NEW_GIMIREC_DEFAULTS = {"model.time_scale": 1.0}
-# deliberate preset changes since the reference was taken (docs/results.md 12c: chosen on the valid splits)
+# deliberate preset changes since the reference was taken (chosen on the valid splits; docs/experiments/12-*)
 # GIMIRec always uses its global context: its config now shows it (the old files said false, unused)
 CHANGED_PRESET_VALUES = {"gimirec": {"model": {"interest_values": "embedding", "global_context": True}}}
 
