@@ -23,7 +23,7 @@ from mirec.serving.app import ServeSettings, create_app
 from mirec.serving.batch import recommend_dataset, recommend_file
 from mirec.serving.bundle import BundleError, export_bundle, load_bundle, load_serving
 from mirec.serving.index import IndexParams, ItemIndex, augment_items, augment_queries
-from mirec.serving.model import RecommendRequest
+from mirec.serving.model import RecommendRequest, ServingModel
 from mirec.training.trainer import train_run
 from tests.conftest import HISTORIES, SMALL, free_port, wait_until_healthy
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundle_round_trip_gives_the_run_folders_recommendations(run_dir, bundle):
-    served = mirec.load_bundle(bundle)
+    served = mirec.load(bundle, device="cpu").serving()
     rec = mirec.load(run_dir, device="cpu")
     for history in HISTORIES:
         for exclude in (False, True):
@@ -82,10 +82,11 @@ def test_a_bundle_serves_the_base_share_its_run_chose(data_dir, tmp_path):
     plain = base_only.config.with_values(
         {"model.generative": False, "eval.base_share": 0.0, "eval.base_share_grid": []}
     )
-    base_only.config, base_only.model.config = plain, plain.model
+    base_only.model.config = plain.model
+    base_serving = ServingModel.of_run(base_only.model, base_only.dataset, plain)
     for history in HISTORIES:
         (got,) = served.recommend([RecommendRequest(history, n=15)])
-        assert got.items == base_only.recommend(history, n=15)["recommendations"]
+        assert got.items == base_serving.recommend([RecommendRequest(history, n=15)])[0].items
         assert max(got.interests) < 2  # every item from one of the base's 2 interests, none from the generated
 
 

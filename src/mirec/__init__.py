@@ -5,9 +5,9 @@ Python API::
     import mirec
     mirec.prepare(["log.tsv"], "csv", "prepared/")        # -> PrepareReport
     mirec.train("prepared/", "gimirec", "runs/gimirec")    # -> metrics dict
-    rec = mirec.load("runs/gimirec")
+    rec = mirec.load("runs/gimirec")                       # a run folder, or a bundle (after `mirec export`)
     rec.evaluate("test"); rec.recommend(["item-a", "item-b"], n=50)
-    served = mirec.load_bundle("bundle/")                  # after `mirec export`: no dataset needed
+    rec.recommend([["item-a"], ["item-c", "item-d"]], n=20)  # a batch: one forward pass for all
 
 No subpackage shares a name with an API function (the trainer lives in ``mirec.training``), so importing
 one never replaces ``mirec.train`` / ``mirec.load`` / ``mirec.prepare`` with a module.
@@ -17,7 +17,7 @@ from typing import Any
 
 from mirec.version import __version__
 
-__all__ = ["load", "train", "prepare", "load_dataset", "load_bundle", "__version__"]
+__all__ = ["load", "train", "prepare", "load_dataset", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,10 +30,6 @@ def __getattr__(name: str) -> Any:
         from mirec.data.prepare import prepare
 
         return prepare
-    if name == "load_bundle":
-        from mirec.serving.bundle import load_bundle
-
-        return load_bundle
     if name == "load_dataset":
         from mirec.data.dataset import load_dataset
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,14 +78,25 @@ def preset_of(data_dir: str | Path) -> str:
 
 @dataclass
 class Recommender:
-    """A trained run: the model, its dataset and config."""
+    """The one user-facing type: a serving model (model, config, item ids, index) and, for a run folder, its
+    dataset, so that it can also be evaluated. Built by :func:`load` from a run folder or a bundle."""
 
-    model: torch.nn.Module
-    dataset: PreparedDataset
-    config: RunConfig
-    run_dir: Path
+    serving_model: Any  # mirec.serving.ServingModel
+    dataset: PreparedDataset | None = None
+    run_dir: Path | None = None
     device: torch.device | None = None
-    _serving: Any = field(default=None, repr=False)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.serving_model.model
+
+    @property
+    def config(self) -> RunConfig:
+        return self.serving_model.config
+
+    def serving(self) -> Any:
+        """The :class:`mirec.serving.ServingModel` behind this recommender (the service and batch scoring take it)."""
+        return self.serving_model
 
     def eval_config(self, **eval_overrides: Any) -> EvalConfig:
         """The run's evaluation settings with ``eval_overrides`` applied."""
@@ -97,8 +108,16 @@ class Recommender:
         return replace(self.config.eval, **eval_overrides)
 
     def evaluate(self, split: str = "test", dump_recs: str | Path | None = None, **eval_overrides: Any) -> dict:
+        """The ComiRec protocol's metrics on a split of the run's dataset (a bundle needs ``load(path, data=)``)."""
         from mirec.eval.evaluator import evaluate
 
+        if self.dataset is None:
+            source = self.serving_model.manifest.get("source_run")
+            raise ValueError(
+                "a bundle holds no dataset to evaluate on; evaluate the run folder it was exported from"
+                + (f" ({source})" if source else "")
+                + " (mirec recommend and mirec serve take the bundle)"
+            )
         return evaluate(
             self.model,
             self.dataset,
@@ -111,59 +130,61 @@ class Recommender:
 
     def recommend(
         self,
-        items: list[str],
-        timestamps: list[int] | None = None,
+        items: list[str] | list[list[str]],
+        timestamps: list[int] | list[list[int]] | None = None,
         n: int = 50,
         exclude_history: bool = False,
         diversity_lambda: float = 0.0,
-    ) -> dict[str, Any]:
-        """Top-n original item ids for a history of original ids (oldest first); unknown ids are reported.
-        Served by :class:`mirec.serving.ServingModel` (built on the first call, then reused)."""
+    ) -> dict[str, Any] | list[dict[str, Any] | None]:
+        """Top-n original item ids for one history of original ids (oldest first), or for a list of histories
+        (one forward pass and one search for all; a history with no known item gets None). Unknown ids are
+        reported in ``unknown_items``."""
         from mirec.serving.model import RecommendRequest, UnknownItemsError
 
-        request = RecommendRequest(
-            [str(i) for i in items],
-            None if timestamps is None else list(timestamps),
-            n,
-            exclude_history,
-            diversity_lambda,
-        )
+        single = not items or isinstance(items[0], str)
+        histories = [items] if single else items
+        stamps = [timestamps] if single else (timestamps or [None] * len(histories))
+        requests = [
+            RecommendRequest([str(i) for i in h], None if t is None else list(t), n, exclude_history, diversity_lambda)
+            for h, t in zip(histories, stamps, strict=True)
+        ]
         try:
-            (result,) = self.serving().recommend([request])
+            results = self.serving_model.recommend(requests, skip_unknown=not single)
         except UnknownItemsError:
             raise ValueError(
                 f"none of the given items is known to this model: {[str(i) for i in items][:10]}"
             ) from None
-        return {
-            "recommendations": result.items,
-            "scores": result.scores,
-            "interests": result.interests,
-            "unknown_items": result.unknown_items,
-        }
-
-    def serving(self):
-        """The run's :class:`mirec.serving.ServingModel` (exact search), built once."""
-        if self._serving is None:
-            from mirec.serving.model import ServingModel
-
-            self._serving = ServingModel.of_run(self.model, self.dataset, self.config, source=str(self.run_dir))
-        return self._serving
+        answers = [None if r is None else _answer(r) for r in results]
+        return answers[0] if single else answers
 
 
-def load(run_dir: str | Path, device: str = "auto", data: str | Path | None = None) -> Recommender:
-    """Load a finished (or interrupted: its best weights) run folder; ``data`` points at its prepared dataset
-    when that has moved (by default it is found relative to the run folder, then by its absolute path)."""
-    from mirec.runs import load_run
-    from mirec.serving.bundle import is_bundle
+def _answer(result: Any) -> dict[str, Any]:
+    return {
+        "recommendations": result.items,
+        "scores": result.scores,
+        "interests": result.interests,
+        "unknown_items": result.unknown_items,
+    }
 
-    if is_bundle(run_dir):
-        source = json.loads((Path(run_dir) / "manifest.json").read_text()).get("source_run")
-        raise ValueError(
-            f"{run_dir}: a bundle holds no dataset to evaluate on; evaluate the run folder it was exported from"
-            + (f" ({source})" if source else "")
-            + " (mirec recommend and mirec serve take the bundle)"
-        )
+
+def load(path: str | Path, device: str = "auto", data: str | Path | None = None) -> Recommender:
+    """A run folder (finished, or interrupted: its best weights) or a bundle, as a :class:`Recommender`.
+    ``data``: the run's prepared dataset where it has moved (by default found relative to the run folder, then
+    by its absolute path), or the dataset a bundle is evaluated on."""
+    from mirec.serving.bundle import is_bundle, load_bundle
+
     torch_device = resolve_device(device)
-    model, dataset, config = load_run(run_dir, device=torch_device, data=data)
+    if is_bundle(path):
+        dataset = None
+        if data is not None:
+            from mirec.data.dataset import load_dataset
+
+            dataset = load_dataset(resolve_data(data))
+        return Recommender(load_bundle(path, torch_device), dataset, None, torch_device)
+    from mirec.runs import load_run
+    from mirec.serving.model import ServingModel
+
+    model, dataset, config = load_run(path, device=torch_device, data=data)
     model.eval()
-    return Recommender(model=model, dataset=dataset, config=config, run_dir=Path(run_dir), device=torch_device)
+    serving = ServingModel.of_run(model, dataset, config, source=str(Path(path).resolve()))
+    return Recommender(serving, dataset, Path(path), torch_device)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
+import typing
 import warnings
 from functools import partial
 from pathlib import Path
@@ -136,19 +138,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mirec.api import load
 
     rec = load(args.run_dir, device=args.device, data=args.data)
-    overrides: dict[str, Any] = {}
-    if args.exclude_history:
-        overrides["exclude_history"] = True
-    if args.backend:
-        overrides["backend"] = args.backend
-    if args.diversity_lambda is not None:
-        overrides["diversity_lambda"] = args.diversity_lambda
-    if args.topk:
-        overrides["topk"] = parse_int_list(args.topk, "--topk")
-    if args.generated_share is not None:
-        overrides["generated_share"] = args.generated_share
-    if args.base_share is not None:
-        overrides["base_share"] = args.base_share
+    overrides = {name: getattr(args, name) for name in eval_flag_names() if getattr(args, name) not in (None, False)}
+    if "topk" in overrides:
+        overrides["topk"] = parse_int_list(overrides["topk"], "--topk")
     _print_json(rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides))
 
 
@@ -435,27 +427,40 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+TRAINING_ONLY_EVAL = ("base_share_grid", "early_stop_metric")  # chosen at training; evaluate takes the rest
+
+
+def eval_flag_names() -> list[str]:
+    """The [eval] options `mirec evaluate` takes as flags (--name-with-dashes), read from the config type."""
+    from mirec.config import EvalConfig
+
+    return [f.name for f in dataclasses.fields(EvalConfig) if f.name not in TRAINING_ONLY_EVAL]
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per [eval] option: its type, its choices and its description come from EvalConfig."""
+    from mirec.config import EvalConfig
+    from mirec.config.models import option_descriptions
+
+    hints, described = typing.get_type_hints(EvalConfig), option_descriptions(EvalConfig)
+    for name in eval_flag_names():
+        flag, hint, doc = "--" + name.replace("_", "-"), hints[name], described.get(name, "")
+        if hint is bool:
+            p.add_argument(flag, action="store_true", default=None, help=doc)
+        elif typing.get_origin(hint) is typing.Literal:
+            p.add_argument(flag, choices=list(typing.get_args(hint)), default=None, help=doc)
+        elif hint in (int, float):
+            p.add_argument(flag, type=hint, default=None, help=doc)
+        else:  # lists: comma-separated
+            p.add_argument(flag, default=None, help=f"{doc} (comma-separated)")
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run on a split, print the metrics as JSON")
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--dump-recs", default=None, metavar="FILE.jsonl")
-    p.add_argument("--exclude-history", action="store_true")
-    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
-    p.add_argument("--diversity-lambda", type=float, default=None)
-    p.add_argument("--topk", default=None, help="comma-separated cut-offs, e.g. 20,50")
-    p.add_argument(
-        "--generated-share",
-        type=float,
-        default=None,
-        help="share of the list reserved for generated interests (GemiRec over a base; eval.generated_share)",
-    )
-    p.add_argument(
-        "--base-share",
-        type=float,
-        default=None,
-        help="share of the list reserved for the base's interests (GemiRec over a base; eval.base_share)",
-    )
+    add_eval_flags(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.set_defaults(func=cmd_evaluate)

@@ -11,13 +11,14 @@ else ComiRec's max-score merge (duplicates removed). A model names its interest 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from mirec.config import EvalConfig, check_diversity_lambda, check_list_shares
+from mirec.config import EvalConfig, RunConfig, check_diversity_lambda, check_list_shares
 from mirec.eval.diversity import NoCategoriesError, diverse_aggregate
 from mirec.eval.retrieval import merge_interests_full, merge_with_reserved_share
 
@@ -92,4 +93,32 @@ class ListMerge:
         return {k: merged[0] for k, merged in out.items()}, out[depth][2]
 
 
-__all__ = ["ListMerge", "interest_groups", "first_generated"]
+def calibrate(
+    config: RunConfig, evaluate_valid: Callable[[EvalConfig], dict[str, Any]]
+) -> tuple[RunConfig, dict[str, Any], dict[str, Any] | None]:
+    """Post-training calibration of the list merge on the valid split (the test split never takes part): with
+    ``eval.base_share_grid``, the base's list share of a GemiRec over a base (docs/models.md 5.3).
+    Returns (config with the chosen share, its valid metrics, {"base_share_choice": record} or None).
+
+    Each share of the grid is evaluated on valid by ``evaluate_valid(eval_config)``; the first best by
+    ``eval.early_stop_metric`` wins. The returned config is built by ``dataclasses.replace``, so it is checked
+    like any loaded one: a choice that a config file could not hold fails here, not when the run is reloaded."""
+    ec = config.eval
+    if not ec.base_share_grid:
+        return config, evaluate_valid(ec), None
+    by_share = {share: evaluate_valid(dataclasses.replace(ec, base_share=share)) for share in ec.base_share_grid}
+    key = ec.early_stop_metric
+    best = max(ec.base_share_grid, key=lambda share: by_share[share][key])  # the first best
+    chosen = dataclasses.replace(config, eval=dataclasses.replace(ec, base_share=best))
+    record = {"chosen": best, "metric": key, "valid": {str(s): by_share[s][key] for s in ec.base_share_grid}}
+    return chosen, by_share[best], {"base_share_choice": record}
+
+
+def calibration_summary(record: dict[str, Any]) -> str:
+    """One train.log line saying what the calibration chose and from what."""
+    choice = record["base_share_choice"]
+    shares = ", ".join(f"{s}: {v:.5f}" for s, v in choice["valid"].items())
+    return f"eval.base_share = {choice['chosen']} chosen on valid {choice['metric']} from {shares}"
+
+
+__all__ = ["ListMerge", "interest_groups", "first_generated", "calibrate", "calibration_summary"]

@@ -98,8 +98,8 @@ class RunRecorder:
         self.logger.info(line)
 
     def progress_bar(self, max_steps: int, step: int, name: str) -> tqdm:
-        """The console's bar: early stopping usually ends a run long before the default step cap, so a total (and
-        an ETA) is shown only for a cap the user set; the postfix carries the validation state instead."""
+        """The console's bar, its postfix the validation state (evaluations, patience left, best so far). Its total
+        is the user's step cap, else, once evaluations started, :meth:`update_total`'s early-stopping bound."""
         return tqdm(
             total=max_steps if max_steps < TrainConfig.max_steps else None,
             initial=step,
@@ -107,6 +107,16 @@ class RunRecorder:
             dynamic_ncols=True,
             desc=f"train {name}",
         )
+
+    @staticmethod
+    def update_total(bar: tqdm, st: TrainState, tc: TrainConfig, patience: int) -> None:
+        """Total and ETA to the latest step the run can reach: the step cap, or sooner the step at which early
+        stopping ends it unless valid improves again (then the bound moves out)."""
+        bound = st.step + max(patience - st.bad_evals + 1, 0) * tc.eval_every
+        total = min(tc.max_steps, bound)
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """metrics.json, the final figures in train.log, and the files the trackers keep."""

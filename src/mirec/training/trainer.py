@@ -28,9 +28,9 @@ import torch
 from mirec.config import RunConfig, save_config
 from mirec.data.batching import TrainSampler
 from mirec.data.dataset import PreparedDataset, load_dataset
-from mirec.eval.calibration import choose_base_share
 from mirec.eval.evaluator import check_cutoffs
 from mirec.eval.evaluator import evaluate as evaluate_split
+from mirec.eval.merge import calibrate, calibration_summary
 from mirec.runs import (
     build_model,
     check_resume,
@@ -369,6 +369,7 @@ class Trainer:
                     if evaluated:
                         self._validate(interval)
                         bar.set_postfix(**self._validation_status())
+                        self.recorder.update_total(bar, st, tc, self.early_stopping.patience)
                         interval.reset()
                     if schedule.checkpoints(st.step, evaluated):
                         checkpoint()
@@ -403,27 +404,26 @@ class Trainer:
             f"wall={time.perf_counter() - wall_start:.1f}s",
         )
 
-    def _calibrate(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Post-training calibration on valid (:mod:`mirec.eval.calibration`); a changed config is written."""
-        config, valid, choice = choose_base_share(self.config, lambda ec: self.evaluate("valid", eval_config=ec))
-        if choice is not None:
+    def _calibrate(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Post-training calibration on valid (:func:`mirec.eval.merge.calibrate`); a changed config is written."""
+        config, valid, record = calibrate(self.config, lambda ec: self.evaluate("valid", eval_config=ec))
+        if record is not None:
             self.config = config
             if self.dist.main:
                 save_config(config, self.run_dir / "config.toml")
-            shares = ", ".join(f"{s}: {v:.5f}" for s, v in choice["valid"].items())
-            self.recorder.info(f"eval.base_share = {choice['chosen']} chosen on valid {choice['metric']} from {shares}")
-        return valid, choice
+            self.recorder.info(calibration_summary(record))
+        return valid, record or {}
 
     def _finish(self) -> dict[str, Any]:
         assert self.best_state is not None
         self.model.load_state_dict(self.best_state)
         if self.dist.main:
             save_tensors(self.run_dir / "model.safetensors", self.best_state)
-        valid, share_choice = self._calibrate()
+        valid, calibration = self._calibrate()
         test = self.evaluate("test") if self.test else None
         metrics = {
             "valid": valid,
-            **({"base_share_choice": share_choice} if share_choice else {}),
+            **calibration,
             **({"test": test} if test is not None else {}),
             "train": run_summary(self.state, self.config.train, self.device),
         }
