@@ -94,8 +94,9 @@ def test_peak_rss_sees_an_allocation() -> None:
         block = np.ones(2**25)  # 256 MiB of float64, touched
         del block
     assert probe.baseline_mib > 0 and probe.peak_mib >= probe.baseline_mib
-    if probe.reset:  # watermark reset worked: the peak is this block's, not the process's past
-        assert probe.peak_mib - probe.baseline_mib > 200
+    if not probe.reset:  # then the peak would be the process's past, not this block's
+        pytest.skip("this kernel does not reset the peak-RSS watermark (/proc/self/clear_refs)")
+    assert probe.peak_mib - probe.baseline_mib > 200
 
 
 def test_run_isolated_returns_the_child_result_or_its_error() -> None:

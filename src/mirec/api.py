@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mirec.config import EvalConfig, RunConfig, dataset_preset, load_config
+from mirec.data.registry import BUNDLED
 from mirec.utils import resolve_device
 
 if TYPE_CHECKING:  # torch and the data arrays load only when a model or a dataset is used
     import torch
 
     from mirec.data.dataset import PreparedDataset
-
-BUNDLED = "amazon-grocery"
 
 
 def resolve_data(data: str | Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 from mirec.config.checked import ConfigError
 from mirec.config.models import MODEL_CONFIGS
 from mirec.config.sections import EvalConfig, GraphConfig, ModelConfig, RunConfig, TrainConfig
-from mirec.config.toml import to_toml
+from mirec.config.toml import parse_toml_literal, to_toml
 
 PRESET_ROOT = Path(__file__).parent.parent / "configs"
 # Datasets that share another's presets (the ComiRec-format split of Grocery is the same log).
@@ -88,11 +88,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), parse_toml_literal(raw)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""TOML out: a config as a TOML document, values as TOML literals (TOML in is :mod:`tomllib`)."""
+"""TOML: a config as a TOML document, values as TOML literals and back (documents are read with :mod:`tomllib`)."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 from typing import Any
 
 
@@ -17,6 +18,15 @@ def toml_literal(value: Any, separator: str = ", ") -> str:
     if isinstance(value, list):
         return "[" + separator.join(toml_literal(v, separator) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as a TOML literal")
+
+
+def parse_toml_literal(text: str) -> Any:
+    """A TOML literal, as ``--set`` reads values: numbers, booleans, strings, lists; anything else (a bare word)
+    is the string itself, stripped."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -40,6 +40,12 @@ SPLITS = ("train", "valid", "test")
 SECONDS_PER_DAY = 86400
 
 
+def days_since_first(stamps: np.ndarray, first: np.ndarray | int) -> np.ndarray:
+    """Whole days (rounded) from ``first`` to each Unix-second timestamp, + 1 so that 0 stays padding: the time
+    input of PIMI and GIMIRec (PIMI_Rec data_iterator)."""
+    return np.rint((np.asarray(stamps) - first) / SECONDS_PER_DAY).astype(np.int64) + 1
+
+
 @dataclass
 class SplitSequences:
     """Time-sorted item sequences of one split's users in CSR form."""
@@ -63,8 +69,7 @@ class SplitSequences:
 
     def days(self) -> np.ndarray:
         """Per interaction: whole days since the user's first interaction, + 1 (PIMI_Rec data_iterator)."""
-        first = np.repeat(self.timestamps[self.indptr[:-1]], self.lengths)
-        return np.rint((self.timestamps - first) / SECONDS_PER_DAY).astype(np.int64) + 1
+        return days_since_first(self.timestamps, np.repeat(self.timestamps[self.indptr[:-1]], self.lengths))
 
     def history_mask(self) -> np.ndarray:
         """Boolean per interaction: True for history (inference) items, False for targets."""

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, foreign_entries, is_prepared_dataset
 from mirec.data.readers import Interactions, input_files, read_interactions
+from mirec.data.registry import BUNDLED, bundled_path
 from mirec.utils import exclusive_lock, sha256_file
 
 DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
@@ -610,14 +611,6 @@ def prepare(
     )
 
 
-BUNDLED_NAME = "amazon-grocery"
-
-
-def bundled_path() -> Path:
-    """The bundled Amazon 2014 Grocery and Gourmet Food 5-core log (see src/mirec/datasets/README.md)."""
-    return Path(__file__).resolve().parent.parent / "datasets" / f"{BUNDLED_NAME}.tsv.gz"
-
-
 def bundled_dataset(
     output: str | Path, *, options: PrepareOptions | None = None, seed: int = DEFAULT_SEED
 ) -> PrepareReport:
@@ -625,4 +618,4 @@ def bundled_dataset(
     path = bundled_path()
     if not path.exists():
         raise FileNotFoundError(f"bundled dataset {path} is missing from the installation")
-    return prepare([path], "csv", output, name=BUNDLED_NAME, options=options, seed=seed)
+    return prepare([path], "csv", output, name=BUNDLED, options=options, seed=seed)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BUNDLED = "amazon-grocery"  # the dataset that ships with the package (src/mirec/datasets/)
 AMAZON_2014_URL = "http://jmcauley.ucsd.edu/data/amazon/"
 TAOBAO_URL = "https://tianchi.aliyun.com/dataset/649"
 AMAZON_CITATION = (
@@ -82,9 +83,9 @@ DATASETS: dict[str, DatasetSpec] = {
             reader_options={"behaviors": ["buy"]},
         ),
         DatasetSpec(
-            "amazon-grocery",
+            BUNDLED,
             "csv",
-            ("amazon-grocery.tsv.gz",),
+            (f"{BUNDLED}.tsv.gz",),
             AMAZON_2014_URL,
             "Amazon 2014 Grocery and Gourmet Food 5-core as redistributed by ReChorus (bundled)",
             AMAZON_CITATION,
@@ -118,6 +119,11 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def bundled_path() -> Path:
+    """The bundled Amazon 2014 Grocery and Gourmet Food 5-core log (see src/mirec/datasets/README.md)."""
+    return Path(__file__).resolve().parent.parent / "datasets" / f"{BUNDLED}.tsv.gz"
+
+
 def raw_dirs(name: str) -> list[Path]:
     """Folders searched for a dataset's raw files, in order."""
     dirs = []
@@ -141,8 +147,6 @@ def resolve(name: str) -> tuple[list[Path], str, dict[str, Any]]:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
     if spec.bundled:
-        from mirec.data.prepare import bundled_path
-
         return [bundled_path()], spec.format, dict(spec.reader_options)
     dirs = raw_dirs(name)
     for folder in dirs:

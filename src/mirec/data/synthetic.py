@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from mirec.data.dataset import SECONDS_PER_DAY  # noqa: E402
 from mirec.utils import atomic_path
 
-DAY = 86400
+DAY = SECONDS_PER_DAY
 EPOCH_2000 = 946684800  # 2000-01-01 UTC
 
 

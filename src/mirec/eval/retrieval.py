@@ -13,12 +13,15 @@ id 0 dropped, the first n kept, i.e. the top-n items by f(u, i) = max_k e_i^T v_
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-BACKENDS = ("torch", "faiss")
+from mirec.config import EvalConfig
+
+BACKENDS = typing.get_args(typing.get_type_hints(EvalConfig)["backend"])  # the config type says which
 # Score blocks of at most this many bytes (users x catalogue-block x 4 bytes) in the torch back-end.
 DEFAULT_BLOCK_BYTES = 128 << 20
 # Catalogue block width in the torch back-end: the first block's n-th best score is the threshold that

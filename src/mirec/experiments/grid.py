@@ -32,6 +32,7 @@ import numpy as np
 
 from mirec.config import load_config
 from mirec.config import toml_literal as config_toml_literal
+from mirec.config.toml import parse_toml_literal
 from mirec.utils import atomic_write_text, parse_int_list, threads_per_job
 
 
@@ -63,10 +64,7 @@ def toml_literal(value: Any) -> str:
 
 def parse_literal(text: str) -> Any:
     """A TOML literal (bare words are strings), as ``--set`` reads values."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text.strip()
+    return parse_toml_literal(text)
 
 
 def _split_top_level(text: str, sep: str = ",") -> list[str]:

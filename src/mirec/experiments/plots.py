@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mirec.config.toml import parse_toml_literal
 from mirec.utils import atomic_path
 
 INSTALL_HINT = "plots need matplotlib: pip install 'mirec[plot]'"
@@ -153,12 +153,7 @@ def plot_metric_bars(
 
 def _sweep_axis(labels: Sequence[str]) -> tuple[list[str], list[float] | None]:
     """Numeric swept values are sorted and placed at their value; others stay in order, evenly spaced."""
-    parsed = []
-    for label in labels:
-        try:
-            parsed.append(tomllib.loads(f"v = {label}")["v"])
-        except tomllib.TOMLDecodeError:
-            parsed.append(label)
+    parsed = [parse_toml_literal(label) for label in labels]
     if all(isinstance(p, int | float) and not isinstance(p, bool) for p in parsed):
         order = sorted(range(len(labels)), key=lambda i: parsed[i])
         return [labels[i] for i in order], [float(parsed[i]) for i in order]

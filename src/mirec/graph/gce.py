@@ -32,9 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from mirec.config import GraphConfig
+from mirec.data.dataset import SECONDS_PER_DAY
 from mirec.utils import atomic_path
 
-SECONDS_PER_DAY = 86400.0
 DT_TOLERANCE_DAYS = 1e-9  # float error of seconds / 86400 must not drop a pair exactly L_time apart
 FORMAT = "mirec.graph.GlobalContext/1"
 

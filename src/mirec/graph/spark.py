@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mirec.config import GraphConfig
-from mirec.graph.gce import SECONDS_PER_DAY
+from mirec.data.dataset import SECONDS_PER_DAY
 
 
 def local_driver_memory(master: str) -> str | None:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mirec.data.batching import Batch
-from mirec.data.dataset import SECONDS_PER_DAY, PreparedDataset
+from mirec.data.dataset import PreparedDataset, days_since_first
 from mirec.serving.model import ServingModel
 from mirec.utils import atomic_path
 
@@ -93,7 +93,7 @@ def window_batch(indptr: np.ndarray, items: np.ndarray, stamps: np.ndarray, rows
     ids = np.where(valid, np.asarray(items)[index], 0).astype(np.int64)
     t = np.asarray(stamps)[index]
     first = np.asarray(stamps)[indptr[rows]][:, None]  # days from the history's first item, as Recommender.recommend
-    days = np.where(valid, np.rint((t - first) / SECONDS_PER_DAY).astype(np.int64) + 1, 0)
+    days = np.where(valid, days_since_first(t, first), 0)
     return Batch(torch.from_numpy(ids), torch.from_numpy(valid.astype(np.float32)), torch.from_numpy(days))
 
 

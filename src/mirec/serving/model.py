@@ -17,7 +17,7 @@ import torch
 
 from mirec.config import RunConfig, check_diversity_lambda
 from mirec.data.batching import Batch
-from mirec.data.dataset import SECONDS_PER_DAY
+from mirec.data.dataset import days_since_first
 from mirec.eval.merge import ListMerge, interest_groups
 from mirec.models import MultiInterestModel
 from mirec.serving.index import ItemIndex
@@ -179,7 +179,7 @@ class ServingModel:
             items[row, : len(kept)] = kept
             if request.timestamps is not None:
                 t = stamps[offsets[row] : offsets[row + 1]][known]
-                days[row, : len(kept)] = (np.rint((t - t.min()) / SECONDS_PER_DAY).astype(np.int64) + 1)[-self.maxlen :]
+                days[row, : len(kept)] = days_since_first(t, t.min())[-self.maxlen :]
             else:
                 days[row, : len(kept)] = 1
             known_ids.append(ids[known])
