@@ -429,24 +429,6 @@ def read_csv(
     return table, _file_report(path, "csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
 
 
-def read_amazon_ratings(
-    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Amazon 2014 ratings-only CSV ``user,item,rating,timestamp`` (no header)."""
-    path = Path(path)
-    table, skipped = _read_delimited(
-        path,
-        delimiter=",",
-        column_names=["user", "item", "rating", "timestamp"],
-        header=False,
-        keep={"user": "user", "item": "item", "timestamp": "timestamp"},
-        on_bad_rows=on_bad_rows,
-        encoding=encoding,
-    )
-    table, bad_ts = _finish(table, path)
-    return table, _file_report(path, "amazon-ratings", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
-
-
 TAOBAO_BEHAVIORS = ("pv", "buy", "cart", "fav")  # UserBehavior.csv's behaviour types (Tianchi dataset 649)
 
 
@@ -463,16 +445,7 @@ def read_taobao(
     if unknown:
         valid = ", ".join(TAOBAO_BEHAVIORS)
         raise ValueError(f"--behaviors {','.join(unknown)}: unknown; expected some of {valid} (comma-separated) or all")
-    table, skipped = _read_delimited(
-        path,
-        delimiter=",",
-        column_names=["user", "item", "category", "behavior", "timestamp"],
-        header=False,
-        keep={"user": "user", "item": "item", "category": "category", "behavior": "behavior", "timestamp": "timestamp"},
-        on_bad_rows=on_bad_rows,
-        string_columns=("behavior",),
-        encoding=encoding,
-    )
+    table, skipped = read_layout(path, "taobao", on_bad_rows, encoding)
     n = table.num_rows
     if "all" not in wanted:
         table = table.filter(pc.is_in(table.column("behavior"), value_set=pa.array(wanted, pa.string())))
@@ -489,40 +462,79 @@ def read_taobao(
     )
 
 
-def read_movielens_dat(
-    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
-) -> tuple[pa.Table, dict[str, Any]]:
-    """MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp`` (split on ':' -> 7 fields)."""
-    path = Path(path)
-    table, skipped = _read_delimited(
-        path,
-        delimiter=":",
-        column_names=["user", "_a", "item", "_b", "rating", "_c", "timestamp"],
-        header=False,
-        keep={"user": "user", "item": "item", "timestamp": "timestamp"},
-        on_bad_rows=on_bad_rows,
-        encoding=encoding,
-    )
-    table, bad_ts = _finish(table, path)
-    return table, _file_report(path, "movielens-dat", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+@dataclass(frozen=True)
+class FixedLayout:
+    """A delimited format whose columns are known: how to read it, nothing else differs between them."""
+
+    doc: str
+    delimiter: str
+    columns: tuple[str, ...] | None  # None: the file's header names them
+    keep: dict[str, str]  # output column -> file column
+    string_columns: tuple[str, ...] = ()
 
 
-def read_movielens_csv(
-    path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8"
-) -> tuple[pa.Table, dict[str, Any]]:
-    """MovieLens ``ratings.csv`` with header ``userId,movieId,rating,timestamp``."""
-    path = Path(path)
-    table, skipped = _read_delimited(
+FIXED_LAYOUTS: dict[str, FixedLayout] = {
+    "amazon-ratings": FixedLayout(
+        "Amazon 2014 ratings-only CSV ``user,item,rating,timestamp`` (no header).",
+        ",",
+        ("user", "item", "rating", "timestamp"),
+        {"user": "user", "item": "item", "timestamp": "timestamp"},
+    ),
+    "movielens-dat": FixedLayout(
+        "MovieLens ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp`` (split on ':' -> 7 fields).",
+        ":",
+        ("user", "_a", "item", "_b", "rating", "_c", "timestamp"),
+        {"user": "user", "item": "item", "timestamp": "timestamp"},
+    ),
+    "movielens-csv": FixedLayout(
+        "MovieLens ``ratings.csv`` with header ``userId,movieId,rating,timestamp``.",
+        ",",
+        None,
+        {"user": "userId", "item": "movieId", "timestamp": "timestamp"},
+    ),
+    "taobao": FixedLayout(
+        "Tianchi UserBehavior.csv ``user,item,category,behavior,timestamp`` (no header).",
+        ",",
+        ("user", "item", "category", "behavior", "timestamp"),
+        {"user": "user", "item": "item", "category": "category", "behavior": "behavior", "timestamp": "timestamp"},
+        ("behavior",),
+    ),
+}
+
+
+def read_layout(path: Path, fmt: str, on_bad_rows: str, encoding: str) -> tuple[pa.Table, int]:
+    """(table with the layout's kept columns, rows skipped) of a fixed-layout file."""
+    layout = FIXED_LAYOUTS[fmt]
+    return _read_delimited(
         path,
-        delimiter=",",
-        column_names=None,
-        header=True,
-        keep={"user": "userId", "item": "movieId", "timestamp": "timestamp"},
+        delimiter=layout.delimiter,
+        column_names=list(layout.columns) if layout.columns else None,
+        header=layout.columns is None,
+        keep=dict(layout.keep),
         on_bad_rows=on_bad_rows,
+        string_columns=layout.string_columns,
         encoding=encoding,
     )
-    table, bad_ts = _finish(table, path)
-    return table, _file_report(path, "movielens-csv", table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+
+def _fixed_layout_reader(fmt: str) -> FileReader:
+    """The reader of a fixed-layout format: read, normalise, report."""
+
+    def read(path: str | Path, *, on_bad_rows: str = "error", encoding: str = "utf-8") -> tuple[pa.Table, dict]:
+        path = Path(path)
+        table, skipped = read_layout(path, fmt, on_bad_rows, encoding)
+        table, bad_ts = _finish(table, path)
+        return table, _file_report(path, fmt, table.num_rows + skipped, skipped, non_numeric_timestamps=bad_ts)
+
+    read.__doc__ = FIXED_LAYOUTS[fmt].doc
+    read.__name__ = read.__qualname__ = "read_" + fmt.replace("-", "_")
+    return read
+
+
+FileReader = Callable[..., tuple[pa.Table, dict[str, Any]]]
+read_amazon_ratings = _fixed_layout_reader("amazon-ratings")
+read_movielens_dat = _fixed_layout_reader("movielens-dat")
+read_movielens_csv = _fixed_layout_reader("movielens-csv")
 
 
 def read_parquet(
@@ -670,7 +682,6 @@ def read_amazon_2018(
     )
 
 
-FileReader = Callable[..., tuple[pa.Table, dict[str, Any]]]
 FILE_READERS: dict[str, FileReader] = {
     "csv": read_csv,
     "parquet": read_parquet,
