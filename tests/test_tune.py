@@ -202,3 +202,15 @@ def test_a_killed_tuner_resumes_its_cut_trial_from_the_trials_checkpoint(data_di
     log = (output / "trials" / "0000" / "train.log").read_text()
     assert "resumed from step" in log
     assert json.loads((output / "trials" / "0000" / "metrics.json").read_text())["train"]["steps"] == 1200
+
+
+def test_a_study_runs_from_python_and_returns_its_trials(data_dir, tmp_path):
+    from mirec.experiments.tune import Study, StudySpec
+
+    space = write_space(tmp_path / "s.toml", SPACE)
+    spec = StudySpec(
+        str(data_dir), "dnn", str(space), 2, str(tmp_path / "py"), seed=3, startup_trials=2, set=tuple(TINY)
+    )
+    rows = Study(spec).run()
+    assert [int(r["trial"]) for r in rows] == [0, 1] and {r["state"] for r in rows} == {"complete"}
+    assert (tmp_path / "py" / "best.toml").exists() and (tmp_path / "py" / "study.db").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import subprocess
 import sys
@@ -368,7 +369,8 @@ def best_toml(study: Any, args: argparse.Namespace, metric_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(args: argparse.Namespace) -> None:
+def write_reports(args: Any) -> list[dict[str, Any]]:
+    """trials.csv, trials.md, best.toml (and plots, tracker mirrors) of a study; returns the trial rows."""
     import optuna
 
     output = Path(args.output)
@@ -388,7 +390,7 @@ def write_reports(args: argparse.Namespace) -> None:
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         print(f"no complete trial yet in study {args.study!r}; nothing written to best.toml", file=sys.stderr)
-        return
+        return rows
     atomic_write_text(output / "best.toml", best_toml(study, args, metric))
     best = study.best_trial
     print(f"best: trial {best.number}, valid {metric} = {best.value:.5f}, {best.params} -> {output / 'best.toml'}")
@@ -399,6 +401,7 @@ def write_reports(args: argparse.Namespace) -> None:
     summary = {"study": args.study, "model": args.model, "trials": len(study.trials), "best": best.params}
     files = [output / n for n in ("best.toml", "trials.csv", "trials.md")] + sorted((output / "plots").glob("*.png"))
     mirror_summary(output, base.train, summary, files)
+    return rows
 
 
 def write_plots(study: Any, folder: Path, completed: int) -> list[Path]:
@@ -427,34 +430,80 @@ def write_plots(study: Any, folder: Path, completed: int) -> list[Path]:
     return written
 
 
-def main_tune(args: argparse.Namespace) -> None:
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError('mirec tune needs Optuna: pip install "mirec[tune]"') from None
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plots, the retry
-    if args.trials < 1 or args.jobs < 1:
-        raise ValueError("--trials and --jobs must be >= 1")
-    # everything that can be wrong is checked before the first trial (and before anything is written)
-    setup = StudySetup.of(args)
-    check_space(load_space(args.space), args.model, setup.preset, args.config, setup.fixed)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    args.storage = args.storage or f"sqlite:///{(output / 'study.db').resolve()}"
-    args.study = args.study or output.resolve().name
-    if args.plots:
-        from mirec.experiments.plots import require_matplotlib
+@dataclass(frozen=True)
+class StudySpec:
+    """A tuning study: which model on which data, the search space file, how many trials, where; the options
+    `mirec tune` takes (the CLI only maps its flags onto this)."""
 
-        require_matplotlib()
-    started = time.time()
-    if args.jobs == 1 or args.worker is not None:
-        run_worker(args, args.worker or 0)
-    else:
-        open_study(args)  # the storage's tables and the study exist before the workers race to create them
-        run_workers(args)
-    if args.worker is None:
-        write_reports(args)
+    data: str
+    model: str
+    space: str
+    trials: int
+    output: str
+    storage: str | None = None  # an Optuna URL; default sqlite:///OUTPUT/study.db
+    study: str | None = None  # default: the output folder's name
+    jobs: int = 1  # worker processes sharing the study
+    budget_minutes: float = 0.0
+    seed: int | None = None  # the sampler's, and every trial's train.seed
+    config: str | None = None
+    set: tuple[str, ...] = ()  # fixed for every trial
+    sampler: str = "tpe"
+    pruner: str = "median"
+    startup_trials: int = 5
+    prune_after_evals: int = 3
+    plots: bool = False
+    worker: int | None = None  # set on the worker processes of a --jobs study
+    threads: int | None = None
+
+
+class Study:
+    """``Study(spec).run()``: the trials (valid split only) until the study holds ``spec.trials`` finished ones,
+    then trials.csv / trials.md / best.toml; returns the trial rows."""
+
+    def __init__(self, spec: StudySpec):
+        output = Path(spec.output)
+        self.spec = dataclasses.replace(
+            spec,
+            storage=spec.storage or f"sqlite:///{(output / 'study.db').resolve()}",
+            study=spec.study or output.resolve().name,
+        )
+
+    def run(self) -> list[dict[str, Any]]:
+        try:
+            import optuna
+        except ImportError:
+            raise ImportError('mirec tune needs Optuna: pip install "mirec[tune]"') from None
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plots, the retry
+        spec = self.spec
+        if spec.trials < 1 or spec.jobs < 1:
+            raise ValueError("--trials and --jobs must be >= 1")
+        # everything that can be wrong is checked before the first trial (and before anything is written)
+        setup = StudySetup.of(spec)
+        check_space(load_space(spec.space), spec.model, setup.preset, spec.config, setup.fixed)
+        Path(spec.output).mkdir(parents=True, exist_ok=True)
+        if spec.plots:
+            from mirec.experiments.plots import require_matplotlib
+
+            require_matplotlib()
+        started = time.time()
+        if spec.jobs == 1 or spec.worker is not None:
+            run_worker(spec, spec.worker or 0)
+        else:
+            open_study(spec)  # the storage's tables and the study exist before the workers race to create them
+            run_workers(spec)
+        if spec.worker is not None:
+            return []
+        rows = write_reports(spec)
         print(f"tuning took {time.time() - started:.0f} s", file=sys.stderr)
+        return rows
+
+
+def main_tune(args: argparse.Namespace) -> None:
+    """``mirec tune``: the flags mapped onto a :class:`StudySpec`."""
+    names = {f.name for f in dataclasses.fields(StudySpec)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["set"] = tuple(values.get("set") or ())
+    Study(StudySpec(**values)).run()
 
 
 def run_workers(args: argparse.Namespace) -> None:
@@ -484,4 +533,14 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-__all__ = ["load_space", "check_space", "Dimension", "main_tune", "run_worker", "best_toml", "write_reports"]
+__all__ = [
+    "Study",
+    "StudySpec",
+    "load_space",
+    "check_space",
+    "Dimension",
+    "main_tune",
+    "run_worker",
+    "best_toml",
+    "write_reports",
+]
