@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,17 @@ class RunRecorder:
             self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             self.logger.setLevel(logging.INFO)
         self.logger.addHandler(self._handler)
+
+    def start(self, notes: list[str], resumed_step: int | None, changes: list[str]) -> None:
+        """The run's first train.log lines: folder notes, and on resume the step and the applied changes."""
+        for note in notes:
+            self.info(note)
+        if resumed_step is None:
+            self.history = []
+            return
+        self.info(f"resumed from step {resumed_step}")
+        for change in changes:
+            self.info(f"resume applies {change}")
 
     def start_trackers(self, config: dict[str, Any], resumed: bool) -> None:
         if self.writes:
@@ -93,9 +106,28 @@ class RunRecorder:
                 "early stopping"
             )
 
-    def training(self, step: int, scalars: dict[str, float], line: str) -> None:
-        self.trackers.scalars(scalars, step)
-        self.logger.info(line)
+    def training(
+        self,
+        bar: tqdm,
+        st: TrainState,
+        logged: RunningMeans,
+        batch_size: int,
+        wall_start: float,
+        train_seconds: float,
+        status: dict[str, str],
+    ) -> None:
+        """The progress bar's postfix and one train.log line: mean loss (and named terms), samples/s."""
+        mean = logged.mean_loss()  # syncs the device, so the throughput below is honest
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"step {st.step}: training loss is {mean}")
+        rate = logged.steps * batch_size / max(train_seconds, 1e-9)
+        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **status)
+        mean_terms = logged.mean_terms()
+        terms = "".join(f" {name}={value:.5f}" for name, value in mean_terms.items())
+        scalars = {"train/loss": mean, "train/samples_per_s": rate, **{f"train/{k}": v for k, v in mean_terms.items()}}
+        self.trackers.scalars(scalars, st.step)
+        wall = time.perf_counter() - wall_start
+        self.logger.info(f"step {st.step} loss={mean:.5f}{terms} samples/s={rate:.0f} wall={wall:.1f}s")
 
     def progress_bar(self, max_steps: int, step: int, name: str) -> tqdm:
         """The console's bar, its postfix the validation state (evaluations, patience left, best so far). Its total

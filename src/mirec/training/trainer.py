@@ -15,7 +15,6 @@ from its construction until :meth:`Trainer.fit` returns (or :meth:`Trainer.close
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -117,6 +116,23 @@ class StopSignal:
         self._previous = {}
 
 
+def training_parts(model: Any, dataset: PreparedDataset, config: RunConfig, device: torch.device, dist: Any) -> tuple:
+    """(optimizer, kept gradient buffers, batch sampler, negatives' generator, loss, the step module, DDP-wrapped
+    under torchrun): what a run trains with, seeded from ``train.seed`` (each rank its own stream)."""
+    tc = config.train
+    optimizer = adam_optimizer(model, tc.lr, tc.weight_decay)
+    # the kept row-gradient buffer is written outside autograd, where DDP's all-reduce would not see it
+    keep = tc.sparse_item_grad and device.type == "cpu" and not dist.active
+    kept = model.keep_item_grad_buffer() if keep else []
+    sampler = TrainSampler(dataset.train, config.model.maxlen, tc.batch_size, dist.seed(tc.seed), tc.min_cut)
+    generator = torch.Generator().manual_seed(dist.seed(tc.seed))  # negatives (CPU), checkpointed
+    loss = TrainingLoss(tc, model, dataset.n_items, generator)  # train.loss, chosen once
+    step: torch.nn.Module = TrainingStep(model, loss)
+    if dist.active:
+        step = data_parallel(step, device, model.may_skip_parameters)
+    return optimizer, kept, sampler, generator, loss, step
+
+
 class Trainer:
     """One training run of ``config`` on a prepared dataset, writing the run folder ``run_dir``."""
 
@@ -180,18 +196,9 @@ class Trainer:
         seed_everything(tc.seed)
         self.model = build_model(config, self.dataset, self._resume_graph_path())
         self.model.to(self.device)
-        self.optimizer = adam_optimizer(self.model, tc.lr, tc.weight_decay)
-        # the kept row-gradient buffer is written outside autograd, where DDP's all-reduce would not see it
-        keep = tc.sparse_item_grad and self.device.type == "cpu" and not self.dist.active
-        self.kept_grads = self.model.keep_item_grad_buffer() if keep else []
-        self.sampler = TrainSampler(
-            self.dataset.train, config.model.maxlen, tc.batch_size, self.dist.seed(tc.seed), tc.min_cut
+        self.optimizer, self.kept_grads, self.sampler, self.generator, self.loss, self.step_module = training_parts(
+            self.model, self.dataset, config, self.device, self.dist
         )
-        self.generator = torch.Generator().manual_seed(self.dist.seed(tc.seed))  # negatives (CPU), checkpointed
-        self.loss = TrainingLoss(tc, self.model, self.dataset.n_items, self.generator)  # train.loss, chosen once
-        self.step_module: torch.nn.Module = TrainingStep(self.model, self.loss)
-        if self.dist.active:
-            self.step_module = data_parallel(self.step_module, self.device, self.model.may_skip_parameters)
         self.state = TrainState()
         self.schedule = Schedule.of(tc)
         self.early_stopping = EarlyStopping(tc.patience)
@@ -303,14 +310,7 @@ class Trainer:
             self.state.stop_reason = ""  # the limits are re-checked against the (maybe raised) config
         self.recorder.open(append=resumed)
         try:
-            for note in self.folder_notes:
-                self.recorder.info(note)
-            if resumed:
-                self.recorder.info(f"resumed from step {self.state.step}")
-                for change in self.resume_changes:
-                    self.recorder.info(f"resume applies {change}")
-            else:
-                self.recorder.history = []
+            self.recorder.start(self.folder_notes, self.state.step if resumed else None, self.resume_changes)
             if self.dist.main:
                 save_config(self.config, self.run_dir / "config.toml")
                 write_data_json(self.run_dir, self.dataset)
@@ -362,7 +362,15 @@ class Trainer:
                     st.train_seconds += time.perf_counter() - start
                     bar.update(1)
                     if st.step % tc.log_every == 0:
-                        self._log_line(bar, logged, log_start, st.train_seconds - log_train_seconds)
+                        self.recorder.training(
+                            bar,
+                            st,
+                            logged,
+                            tc.batch_size,
+                            log_start,
+                            st.train_seconds - log_train_seconds,
+                            self._validation_status(),
+                        )
                         logged.reset()
                         log_start, log_train_seconds = time.perf_counter(), st.train_seconds
                     evaluated = schedule.evaluates(st.step)
@@ -387,22 +395,6 @@ class Trainer:
         finally:
             bar.close()
         self.recorder.info(f"stopped at step {st.step} ({st.stop_reason}); best step {st.best_step}")
-
-    def _log_line(self, bar: Any, logged: RunningMeans, wall_start: float, train_seconds: float) -> None:
-        """The progress bar's postfix and one train.log line: mean loss (and named terms), samples/s."""
-        mean = logged.mean_loss()  # syncs the device, so the throughput below is honest
-        if not math.isfinite(mean):
-            raise FloatingPointError(f"step {self.state.step}: training loss is {mean}")
-        rate = logged.steps * self.config.train.batch_size / max(train_seconds, 1e-9)
-        bar.set_postfix(loss=f"{mean:.4f}", sps=f"{rate:,.0f}", **self._validation_status())
-        mean_terms = logged.mean_terms()
-        terms = "".join(f" {name}={value:.5f}" for name, value in mean_terms.items())
-        self.recorder.training(
-            self.state.step,
-            {"train/loss": mean, "train/samples_per_s": rate, **{f"train/{k}": v for k, v in mean_terms.items()}},
-            f"step {self.state.step} loss={mean:.5f}{terms} samples/s={rate:.0f} "
-            f"wall={time.perf_counter() - wall_start:.1f}s",
-        )
 
     def _calibrate(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Post-training calibration on valid (:func:`mirec.eval.merge.calibrate`); a changed config is written."""
