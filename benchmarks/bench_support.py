@@ -2,7 +2,7 @@
 log-log growth fit, machine description, atomic JSON.
 
 Pure functions (``speedup``, ``format_quantity``, ``format_table``, ``loglog_fit``) are tested in
-tests/test_benchmarks_support.py. Nothing here imports torch: a driver that imports only this module stays
+tests/benchmarks/test_benchmarks_support.py. Nothing here imports torch: a driver that imports only this module stays
 light, and the measurement modules it preloads are shared by the forked children.
 """
 

@@ -13,7 +13,9 @@ from mirec.data.prepare import prepare
 from mirec.serving.bundle import export_bundle, load_bundle
 from mirec.training.trainer import train_run
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def make_split(sequences: list[list[int]], times: list[list[int]] | None = None, users=None, history_len=None):

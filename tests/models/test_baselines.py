@@ -18,8 +18,7 @@ from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
 from mirec.models.dnn import DNNConfig, YouTubeDNN
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.mind import MIND, MINDConfig
-
-from .test_nn_layers import slow_routing
+from tests.nn.test_nn_layers import slow_routing
 
 N_ITEMS, D, K, L = 30, 8, 4, 6
 NAMES = ["dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]

@@ -22,10 +22,11 @@ from mirec.data.prepare import (
 )
 from mirec.data.readers import Interactions, from_arrays
 from mirec.data.synthetic import synthetic_log, write_synthetic_csv
+from tests import conftest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = conftest.SHARED / "datasets"
 COMIREC_SPLIT = SHARED / "amazon-grocery" / "comirec-split"
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = conftest.FIXTURES
 
 
 def log_of(triples, category=None):

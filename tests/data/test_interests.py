@@ -113,7 +113,7 @@ def test_clusters_are_stored_beside_the_prepared_dataset(tmp_path):
 def test_the_evaluator_reports_novel_interest_metrics_and_their_share():
     from mirec.config import EvalConfig
     from mirec.eval.evaluator import evaluate
-    from tests.test_evaluator import MAXLEN, make_dataset, make_model
+    from tests.eval.test_evaluator import MAXLEN, make_dataset, make_model
 
     dataset, model = make_dataset(4), make_model(4)
     result = evaluate(model, dataset, "valid", EvalConfig(topk=[5], interest_clusters=3), maxlen=MAXLEN, per_user=True)

@@ -14,8 +14,9 @@ import torch
 import mirec
 from mirec.serving.bundle import load_serving
 from mirec.serving.model import RecommendRequest
+from tests.conftest import FIXTURES
 
-FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1"
+FIXTURE = FIXTURES / "release-0.1"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ import pytest
 
 from mirec.config import GraphConfig
 from mirec.graph import build_cooccurrence, build_global_context
-from tests.conftest import random_dataset
+from tests.conftest import SHARED, random_dataset
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (none on PATH)")
 
@@ -77,8 +77,6 @@ def same_prepared(a_dir, b_dir) -> None:
 @pytest.mark.parametrize("layout", ["arrays", "parquet"])
 def test_spark_preparation_writes_the_embedded_folder_for_a_shared_log_sample(tmp_path, layout):
     import gzip
-
-    from tests.conftest import SHARED
 
     source = SHARED / "datasets" / "amazon-beauty" / "interactions.tsv.gz"
     if not source.exists():
@@ -149,7 +147,7 @@ def test_spark_preparation_matches_on_illegal_rows_ties_ms_timestamps_and_the_kc
 def test_spark_reads_a_partitioned_parquet_folder_as_the_embedded_engine(tmp_path):
     from mirec.data.prepare import PrepareOptions, prepare
     from mirec.data.spark_prepare import prepare_with_spark
-    from tests.test_prepare import write_partitioned_log
+    from tests.data.test_prepare import write_partitioned_log
 
     partitioned, _ = write_partitioned_log(tmp_path)
     prepare(partitioned, "parquet", tmp_path / "embedded", name="p", options=PrepareOptions(2, 2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,9 +11,10 @@ import pytest
 
 from mirec.data.readers import MalformedRowError, parse_timestamps, read_interactions
 from mirec.data.registry import DATASETS, resolve
+from tests import conftest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+FIXTURES = conftest.FIXTURES
+SHARED = conftest.SHARED / "datasets"
 TAOBAO_SAMPLE = SHARED / "taobao-sample" / "UserBehavior_prefix.csv.gz"
 COMIREC_SPLIT = SHARED / "amazon-grocery" / "comirec-split"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="shared datasets not available")

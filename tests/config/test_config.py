@@ -3,6 +3,7 @@ import json
 import pytest
 
 from mirec.config import ConfigError, apply_overrides, from_dict, load_config, parse_override, to_toml
+from tests.conftest import FIXTURES
 
 
 def test_parse_override_types():
@@ -87,7 +88,6 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
     layout, written once by the old code; the layered presets (models + datasets + pairs) must give the same."""
     import json
     import math
-    from pathlib import Path
 
     from mirec.config import load_config
 
@@ -98,7 +98,7 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
             return {k: plain(v) for k, v in x.items()}
         return [plain(v) for v in x] if isinstance(x, list) else x
 
-    reference = json.loads((Path(__file__).parent / "fixtures" / "preset_reference.json").read_text())
+    reference = json.loads((FIXTURES / "preset_reference.json").read_text())
     assert len(reference) == 60
     for pair, expected in reference.items():
         dataset, model = pair.split("/")

@@ -17,7 +17,7 @@ import mirec.config as config_module
 import mirec.models as models_module
 from mirec.config import ConfigError, ModelConfig, TrainConfig
 from mirec.training.trainer import Trainer, train_run
-from tests.test_trainer import cycle_dataset, make_config
+from tests.training.test_trainer import cycle_dataset, make_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,7 @@ from mirec.data.batching import Batch
 from mirec.models.gimirec import GIMIRec, GIMIRecConfig
 from mirec.nn.star_graph import GIMIREC_NEIGHBOURS
 from tests.conftest import random_dataset
-from tests.test_pimi import random_batch, slow_interval_matrix, slow_star_graph, slow_time_attention
+from tests.models.test_pimi import random_batch, slow_interval_matrix, slow_star_graph, slow_time_attention
 
 
 class DenseContext(nn.Module):

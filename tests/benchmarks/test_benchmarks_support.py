@@ -7,13 +7,14 @@ compute the same thing as the library.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_support import (  # noqa: E402
     PeakRSS,

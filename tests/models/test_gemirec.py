@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from mirec.config import GemiRecConfig, load_config
 from mirec.data.batching import Batch
 from mirec.models.gemirec import GemiRec
 from mirec.nn.quantizer import ResidualQuantizer, kmeans
+from tests.conftest import FIXTURES
 
 
 def tiny_config(**kw) -> GemiRecConfig:
@@ -666,7 +666,7 @@ def test_the_logged_code_perplexity_is_that_of_the_batch_codes():
 def test_a_gemirec_saved_before_the_module_split_loads_and_serves_identically():
     """tests/fixtures/gemirec_before_split.safetensors: weights and served interests written by the one-file
     GemiRec (commit a69ee81 + the training-output change) after three training steps."""
-    state = load_file(str(Path(__file__).parent / "fixtures" / "gemirec_before_split.safetensors"))
+    state = load_file(str(FIXTURES / "gemirec_before_split.safetensors"))
     expected = state.pop("expected_interests")
     assert "heads.0.1.weight" in state and "quantizer.codebooks" in state  # the old names
     model = GemiRec(tiny_config(user_encoder="separate"), 30)
@@ -686,7 +686,7 @@ BASES = ["comirec-sa", "comirec-dr", "mind", "pimi", "gimirec"]
 def base_pair(base: str, generative: bool, seed: int = 0, n_items: int = 30, **gemirec_options):
     """A plain base model and a GemiRec over the same base holding the same weights (one shared global context)."""
     from mirec.models import get_model_class
-    from tests.test_gimirec import DenseContext
+    from tests.models.test_gimirec import DenseContext
 
     cls = get_model_class(base)
     torch.manual_seed(seed)
@@ -777,7 +777,7 @@ def test_with_item_table_gradient_base_only_the_bases_loss_trains_the_item_table
 
 def test_the_trainers_detached_loss_leaves_the_item_table_alone(tmp_path):
     from mirec.training.trainer import Trainer
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     cycle_dataset().save(tmp_path / "data")
     options = ["model.embedding_dim=8", "model.maxlen=8", "train.batch_size=4", "train.device=cpu"]
@@ -807,7 +807,7 @@ def test_a_generated_share_gives_the_generated_interests_their_slots(tmp_path):
     from mirec.eval.diversity import interest_cosine
     from mirec.eval.evaluator import evaluate
     from mirec.eval.retrieval import ExactRetriever, merge_interests_full, merge_with_reserved_share
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     assert "generated" not in GemiRec(tiny_config(), 30).interest_groups()  # standalone: nothing is extracted
     assert "generated" not in base_pair("comirec-sa", generative=False)[1].interest_groups()
@@ -861,7 +861,7 @@ def test_a_full_base_share_serves_exactly_the_bases_list_and_a_partial_one_caps_
 
     from mirec.config import EvalConfig
     from mirec.eval.evaluator import evaluate
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     plain, wrapped = base_pair("comirec-sa", generative=True, n_items=120)
     plain.eval()
@@ -893,7 +893,7 @@ def test_a_full_base_share_serves_exactly_the_bases_list_and_a_partial_one_caps_
 def test_a_gemirec_over_a_base_trains_saves_and_loads(tmp_path):
     from mirec.api import load
     from mirec.training.trainer import train_run
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     cycle_dataset().save(tmp_path / "data")
     config = load_config(
@@ -969,7 +969,7 @@ def test_generator_hit_rate_by_level_by_hand(monkeypatch):
 def test_the_evaluator_reports_gemirecs_diagnostics(tmp_path):
     from mirec.config import EvalConfig
     from mirec.eval.evaluator import evaluate
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     dataset = cycle_dataset()
     model = GemiRec(tiny_config(num_interests=2, maxlen=8), dataset.n_items)

@@ -28,6 +28,7 @@ from mirec.runs import RunFolderError, load_run, run_lock
 from mirec.training.checkpoint import checkpoint_versions, latest_checkpoint
 from mirec.training.trainer import train_run
 from mirec.utils import LockedError, exclusive_lock
+from tests.conftest import REPO
 
 # A tiny DNN run that a child process can also build (no test-only model): evaluations at 40, 80, 120.
 TINY = [
@@ -605,7 +606,7 @@ def test_a_moved_dataset_is_found_beside_its_run_or_given_with_data(log_file, tm
 
 
 def test_pyarrow_floor_excludes_the_vulnerable_release():
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    text = (REPO / "pyproject.toml").read_text()
     assert '"pyarrow>=14.0.1"' in text and pa.__version__ != "14.0.0"
 
 

@@ -12,7 +12,7 @@ from mirec.config import EvalConfig
 from mirec.data.batching import iter_eval_batches
 from mirec.eval.ensemble import RunEnsemble, evaluate_runs
 from mirec.eval.evaluator import evaluate
-from tests.test_evaluator import MAXLEN, N_ITEMS, make_dataset, make_model
+from tests.eval.test_evaluator import MAXLEN, N_ITEMS, make_dataset, make_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,7 +62,7 @@ def test_a_model_with_itself_scores_as_the_model_alone():
 def test_evaluate_runs_loads_run_folders_and_refuses_another_catalogue(tmp_path):
     from mirec.data.prepare import prepare
     from mirec.training.trainer import train_run
-    from tests.test_safety import tiny_config, write_log
+    from tests.runs.test_safety import tiny_config, write_log
 
     data = tmp_path / "data"
     prepare([write_log(tmp_path / "log.tsv")], "csv", data)

@@ -538,7 +538,7 @@ def test_a_tiny_grid_runs_in_process_from_python(tmp_path):
     """Grid(...).run() from Python: two variants x one seed trained here, a results table, and a rerun that
     trains nothing (every cell done)."""
     from mirec.experiments.grid import Grid, GridSpec
-    from tests.test_trainer import cycle_dataset
+    from tests.training.test_trainer import cycle_dataset
 
     data = tmp_path / "cycle"
     cycle_dataset().save(data)

@@ -12,7 +12,7 @@ import pytest
 from mirec.cli import main
 from mirec.runs import RUN_MARKER, RunFolderError
 from mirec.training.trainer import train_run
-from tests.test_safety import data_dir, log_file, tiny_config  # noqa: F401 - module fixtures
+from tests.runs.test_safety import data_dir, log_file, tiny_config  # noqa: F401 - module fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

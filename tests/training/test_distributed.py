@@ -25,7 +25,7 @@ from mirec.data.batching import Batch, TrainSampler
 from mirec.data.dataset import load_dataset
 from mirec.training.checkpoint import latest_checkpoint
 from mirec.training.trainer import Trainer
-from tests.test_trainer import cycle_dataset
+from tests.training.test_trainer import cycle_dataset
 
 TINY = [
     "train.batch_size=8",

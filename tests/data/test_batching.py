@@ -3,8 +3,7 @@ import torch
 
 from mirec.data.batching import TrainSampler, gather_windows, iter_eval_batches
 from mirec.data.dataset import load_dataset
-
-from .conftest import make_split, random_dataset
+from tests.conftest import make_split, random_dataset
 
 
 def slow_window(items, days, end, maxlen):

@@ -22,8 +22,7 @@ from mirec.nn.sampled_softmax import UniformSampler
 from mirec.runs import RunFolderError, load_run
 from mirec.training.checkpoint import checkpoint_versions
 from mirec.training.trainer import Trainer, train_run
-
-from .conftest import make_split
+from tests.conftest import make_split
 
 
 class MeanLast(MultiInterestModel):

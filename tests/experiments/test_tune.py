@@ -15,7 +15,7 @@ from mirec.config import ConfigError, load_config
 from mirec.data.dataset import PreparedDataset
 from mirec.experiments.tune import Dimension, load_space
 from mirec.utils import threads_per_job
-from tests.test_trainer import cycle_dataset
+from tests.training.test_trainer import cycle_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
