@@ -37,19 +37,26 @@ def random_dataset(n_users: int = 60, n_items: int = 40, seed: int = 0, min_len:
     times = [sorted(rng.integers(1_300_000_000, 1_400_000_000, size=len(s)).tolist()) for s in seqs]
     n_train, n_valid = int(n_users * 0.8), int(n_users * 0.1)
     parts = [(0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, n_users)]
+    categories = np.concatenate([[-1], rng.integers(0, 4, size=n_items)])
+    return dataset_of(seqs, times, parts, n_items, "random", ("item", "user"), categories)
+
+
+def dataset_of(seqs, times, parts, n_items: int, name: str, prefixes=("i", "u"), categories=None) -> PreparedDataset:
+    """A PreparedDataset of the given sequences split into train/valid/test user ranges (80% history cuts)."""
     splits = []
     for k, (lo, hi) in enumerate(parts):
         hl = None if k == 0 else [int(0.8 * len(s)) for s in seqs[lo:hi]]
         splits.append(make_split(seqs[lo:hi], times[lo:hi], users=range(lo, hi), history_len=hl))
+    item_prefix, user_prefix = prefixes
     return PreparedDataset(
         n_items=n_items,
         train=splits[0],
         valid=splits[1],
         test=splits[2],
-        item_original_ids=np.array([""] + [f"item{i}" for i in range(1, n_items + 1)], dtype=object),
-        user_original_ids=np.array([f"user{u}" for u in range(n_users)], dtype=object),
-        item_categories=np.concatenate([[-1], rng.integers(0, 4, size=n_items)]),
-        meta={"name": "random"},
+        item_original_ids=np.array([""] + [f"{item_prefix}{i}" for i in range(1, n_items + 1)], dtype=object),
+        user_original_ids=np.array([f"{user_prefix}{u}" for u in range(len(seqs))], dtype=object),
+        item_categories=categories,
+        meta={"name": name},
     )
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(autouse=True)
 def register_test_model(monkeypatch):
-    monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", "tests.test_trainer:MeanLast")
+    monkeypatch.setitem(models_module.MODEL_PATHS, "meanlast", "tests.training.test_trainer:MeanLast")
     monkeypatch.setitem(config_module.MODEL_CONFIGS, "meanlast", ModelConfig)
 
 

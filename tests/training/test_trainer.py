@@ -22,7 +22,7 @@ from mirec.nn.sampled_softmax import UniformSampler
 from mirec.runs import RunFolderError, load_run
 from mirec.training.checkpoint import checkpoint_versions
 from mirec.training.trainer import Trainer, train_run
-from tests.conftest import make_split
+from tests.conftest import dataset_of
 
 
 class MeanLast(MultiInterestModel):
@@ -66,20 +66,7 @@ def cycle_dataset(n_items: int = 120, n_users: int = 150, seed: int = 0) -> Prep
         start, length = rng.integers(0, n_items), rng.integers(8, 21)
         seqs.append(((start + np.arange(length)) % n_items + 1).tolist())
     times = [[86400 * (100 + 2 * j) for j in range(len(s))] for s in seqs]
-    bounds = [(0, 120), (120, 135), (135, 150)]
-    splits = []
-    for k, (lo, hi) in enumerate(bounds):
-        hl = None if k == 0 else [int(0.8 * len(s)) for s in seqs[lo:hi]]
-        splits.append(make_split(seqs[lo:hi], times[lo:hi], users=range(lo, hi), history_len=hl))
-    return PreparedDataset(
-        n_items=n_items,
-        train=splits[0],
-        valid=splits[1],
-        test=splits[2],
-        item_original_ids=np.array([""] + [f"i{i}" for i in range(1, n_items + 1)], dtype=object),
-        user_original_ids=np.array([f"u{u}" for u in range(n_users)], dtype=object),
-        meta={"name": "cycle"},
-    )
+    return dataset_of(seqs, times, [(0, 120), (120, 135), (135, 150)], n_items, "cycle")
 
 
 @pytest.fixture(scope="module")
