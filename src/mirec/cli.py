@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from mirec import choices
 from mirec.utils import parse_int_list
 
 
@@ -356,24 +357,24 @@ def _add_prepare(sub: Any) -> None:
         help="dataset name, which selects the presets (amazon-books, taobao-buy, "
         "...; see `mirec config show`); default: the --output folder's name",
     )
-    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--on-bad-rows", choices=choices.ON_BAD_ROWS, default="error")
     p.add_argument("--encoding", default=None, help="text encoding of the inputs (default utf-8), e.g. latin-1")
     p.add_argument(
         "--timestamp-unit",
-        choices=["auto", "s", "ms", "us", "ns"],
+        choices=["auto", *choices.TIMESTAMP_UNITS],
         default="auto",
         help="unit of the timestamps (auto: detected from their magnitude; stored as seconds)",
     )
     p.add_argument(
         "--engine",
-        choices=["embedded", "spark"],
+        choices=choices.PREPARE_ENGINES,
         default="embedded",
         help="spark: read, clean and filter as a Spark job (csv, parquet; needs mirec[spark]); the same folder",
     )
     p.add_argument("--spark-master", default="local[2]", help="with --engine spark: local[N], spark://HOST:PORT, ...")
     p.add_argument(
         "--layout",
-        choices=["arrays", "parquet"],
+        choices=choices.LAYOUTS,
         default="arrays",
         help="arrays: memory-mapped .npy; parquet (--engine spark): interactions and users written by the "
         "executors as Parquet datasets, never gathered on the driver (read into memory by train/evaluate)",
@@ -458,7 +459,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a run on a split, print the metrics as JSON")
     p.add_argument("run_dir")
-    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--split", choices=choices.EVAL_SPLITS, default="test")
     p.add_argument("--dump-recs", default=None, metavar="FILE.jsonl")
     add_eval_flags(p)
     p.add_argument("--device", default="auto")
@@ -478,7 +479,7 @@ def _add_recommend(sub: Any) -> None:
     p.add_argument(
         "--split",
         default=None,
-        choices=["train", "valid", "test", "all"],
+        choices=choices.RECOMMEND_SPLITS,
         help="with --data: every user of that split of a prepared dataset",
     )
     p.add_argument("--output", default=None, metavar="RECS.parquet", help="rows user, rank, item, score, interest")
@@ -500,10 +501,10 @@ def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="a self-contained bundle of a trained run (weights, id map, item index)")
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, metavar="BUNDLE")
-    p.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="exact")
+    p.add_argument("--index", choices=choices.INDEX_KINDS, default="exact")
     p.add_argument(
         "--metric",
-        choices=["auto", "ip", "l2"],
+        choices=choices.INDEX_METRICS,
         default="auto",
         help="ANN on inner product, on the inner-product-to-L2 transform, or auto: whichever agrees more "
         "with exact search on the run's validation users",
@@ -610,8 +611,8 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler seed and every trial's train.seed")
     p.add_argument("--config", default=None, help="TOML file applied over the presets for every trial")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed for every trial")
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median")
+    p.add_argument("--sampler", choices=choices.TUNE_SAMPLERS, default="tpe")
+    p.add_argument("--pruner", choices=choices.TUNE_PRUNERS, default="median")
     p.add_argument("--startup-trials", type=int, default=5, help="trials before TPE models and the pruner prunes")
     p.add_argument(
         "--prune-after-evals",

@@ -24,13 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mirec.choices import TIMESTAMP_UNITS
 from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, foreign_entries, is_prepared_dataset
 from mirec.data.readers import Interactions, input_files, read_interactions
 from mirec.data.registry import BUNDLED, bundled_path
 from mirec.utils import exclusive_lock, sha256_file
 
 DEFAULT_SEED = 1230  # ComiRec preprocess/data.py
-TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 EARLIEST_PLAUSIBLE = 631_152_000  # 1990-01-01: no public interaction log starts earlier
 
 

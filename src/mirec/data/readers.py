@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mirec.choices import ON_BAD_ROWS
+
 COLUMNS = ("user", "item", "timestamp", "category")
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
-ON_BAD_ROWS = ("error", "skip")
 
 # Header names recognised by the generic csv reader (lower case).
 DEFAULT_NAMES: dict[str, tuple[str, ...]] = {

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mirec.choices import LAYOUTS
 from mirec.data.dataset import SPLITS, write_items_and_meta
 from mirec.data.prepare import (
     TIMESTAMP_UNITS,
@@ -53,7 +54,6 @@ from mirec.data.readers import csv_layout
 from mirec.utils import atomic_directory
 
 SPARK_FORMATS = ("csv", "parquet")
-LAYOUTS = ("arrays", "parquet")
 
 
 def _frame(spark: Any, files: list[Path], fmt: str, reader_options: dict[str, Any], on_bad_rows: str) -> Any:

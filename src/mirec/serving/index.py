@@ -30,9 +30,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mirec.choices import INDEX_KINDS, INDEX_METRICS
 from mirec.eval.retrieval import ExactRetriever
 
-IndexKind = Literal["exact", "hnsw", "ivf"]
+IndexKind = Literal[INDEX_KINDS]
 INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf")
 
 
@@ -44,7 +45,7 @@ class IndexParams:
     kind: IndexKind = "exact"
     # ip: Faiss's inner-product index; l2: the inner-product-to-L2 transform; auto: measured at export (l2 without
     # validation queries)
-    metric: Literal["auto", "ip", "l2"] = "auto"
+    metric: Literal[INDEX_METRICS] = "auto"
     hnsw_m: int = 32  # graph degree
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 0  # 0 = max(128, 2 * candidates)
