@@ -129,7 +129,7 @@ def run_entries(run_dir: str | Path) -> list[str]:
 
 
 def run_marker(run_dir: str | Path) -> dict[str, Any] | None:
-    """The marker a mirec run wrote into its folder (its id and the names a run writes), or None."""
+    """The marker a mirec run wrote into its folder (its id and creation time), or None."""
     try:
         marker = json.loads((Path(run_dir) / RUN_MARKER).read_text())
     except (OSError, ValueError):
@@ -150,7 +150,6 @@ def mark_run_folder(run_dir: str | Path, keep_id: bool = False) -> str:
     marker = {
         "run_id": run_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": [*RUN_FILES, *RUN_FOLDERS],
     }
     atomic_write_text(Path(run_dir) / RUN_MARKER, json.dumps(marker, indent=2))
     return run_id
@@ -175,8 +174,7 @@ def check_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> l
     if not entries:
         return []
     listed = f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
-    marker = run_marker(run_dir)
-    if marker is None:
+    if run_marker(run_dir) is None:
         raise RunFolderError(
             f"{run_dir}: the run folder is not empty and no mirec run made it ({listed}; no {RUN_MARKER}); "
             "mirec replaces only its own runs: choose a new or empty folder"
@@ -186,8 +184,7 @@ def check_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> l
             f"{run_dir}: the run folder is not empty ({listed}); pass --resume to continue its run or "
             "--overwrite to replace it"
         )
-    owned = set(marker.get("files", [])) & {*RUN_FILES, *RUN_FOLDERS}
-    return [name for name in entries if name in owned or name == RUN_MARKER]
+    return [name for name in entries if name in {*RUN_FILES, *RUN_FOLDERS, RUN_MARKER}]
 
 
 def clear_run_folder(run_dir: str | Path, names: list[str]) -> list[str]:

@@ -271,12 +271,12 @@ def test_a_huge_diversity_lambda_is_a_category_round_robin(served):
 
 def test_the_python_api_refuses_what_the_service_refuses(served):
     for bad in (
-        RecommendRequest(["i100"], n=True),
-        RecommendRequest(["i100"], diversity_lambda=float("inf")),
-        RecommendRequest(["i100", "i101"], [2, 1]),
+        dict(history=["i100"], n=True),
+        dict(history=["i100"], diversity_lambda=float("inf")),
+        dict(history=["i100", "i101"], timestamps=[2, 1]),
     ):
-        with pytest.raises(ValueError):
-            served.recommend([bad])
+        with pytest.raises(ValueError):  # refused when the request is built, before any batch
+            served.recommend([RecommendRequest(**bad)])
 
 
 def test_the_threads_of_a_reload_and_traffic_stay_independent(served, bundle):

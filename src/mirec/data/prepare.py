@@ -247,11 +247,7 @@ def prepare_log(
         clean["dropped_duplicates"] = drop_duplicates(keep, user, item, ts)
     if not keep.any():
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
-    clean["timestamp_unit"] = unit
-    range_warning = check_time_range(ts[keep], unit, detected=timestamp_unit == "auto")
-    if range_warning:
-        clean["timestamp_warning"] = range_warning
-        warnings.warn(f"{name or 'dataset'}: {range_warning}", stacklevel=2)
+    record_time_range(clean, ts[keep], unit, timestamp_unit == "auto", name)
 
     # 2. k-core filter (items, then users); the comirec format keeps its own split, so no filter.
     kept_rows, clean["filter"] = (keep, "none (pre-split input)") if split_given else _kcore(user, item, keep, options)
@@ -262,6 +258,15 @@ def prepare_log(
     category_of_item = _first_category(table, item, rows, len(item_vocab)) if log.has_category else None
     record = PreparationRecord(meta, clean, options, seed, name, unit, log.report)
     return assemble(user, item, ts, ts_raw, rows, user_vocab, item_vocab, category_of_item, file_split, record)
+
+
+def record_time_range(clean: dict[str, Any], seconds: np.ndarray, unit: str, detected: bool, name: str | None) -> None:
+    """The unit into the cleaning record; an implausible date range (both engines) recorded and warned about."""
+    clean["timestamp_unit"] = unit
+    warning = check_time_range(seconds, unit, detected=detected)
+    if warning:
+        clean["timestamp_warning"] = warning
+        warnings.warn(f"{name or 'dataset'}: {warning}", stacklevel=3)
 
 
 def drop_duplicates(keep: np.ndarray, user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> int:

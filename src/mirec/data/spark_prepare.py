@@ -41,13 +41,13 @@ from mirec.data.prepare import (
     PrepareOptions,
     assemble,
     check_kept,
-    check_time_range,
     compact_categories,
     filter_record,
     history_cut,
     original_item_ids,
     popularity_ids,
     prepare,
+    record_time_range,
     split_of_users,
 )
 from mirec.data.readers import csv_layout
@@ -193,14 +193,8 @@ def prepare_log_spark(
         clean["dropped_duplicates"], n_legal = int(n_legal - n_unique), n_unique
     if n_legal == 0:
         raise EmptyDatasetError(f"{name or 'dataset'}: no interaction left after dropping illegal rows ({clean})")
-    clean["timestamp_unit"] = unit
     bounds = legal.agg(F.min("sec"), F.max("sec")).first()
-    warning = check_time_range(np.array([bounds[0], bounds[1]]), unit, detected=timestamp_unit == "auto")
-    if warning:
-        import warnings
-
-        clean["timestamp_warning"] = warning
-        warnings.warn(f"{name or 'dataset'}: {warning}", stacklevel=2)
+    record_time_range(clean, np.array([bounds[0], bounds[1]]), unit, timestamp_unit == "auto", name)
     kept, clean["filter"] = _kcore(legal, options)
     report = {"format": fmt, "engine": "spark", "master": master, "files": [str(f) for f in files], "layout": layout}
     record = PreparationRecord(meta, clean, options, seed, name, unit, report)

@@ -295,9 +295,11 @@ class Service:
             raise HTTPException(413, f"history of {len(body.history)} items over the limit {limits.max_history}")
         if body.n > limits.max_n:
             raise HTTPException(422, f"n = {body.n} over the limit {limits.max_n}")
-        request = RecommendRequest(body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda)
         try:
-            request.check(limits.max_item_id_chars)
+            request = RecommendRequest(
+                body.history, body.timestamps, body.n, body.exclude_history, body.diversity_lambda
+            )
+            request.check_id_lengths(limits.max_item_id_chars)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return request

@@ -8,7 +8,6 @@ max over interests, or its diversity-controlled greedy) exactly as the offline e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,30 +36,41 @@ class RecommendRequest:
     exclude_history: bool = False
     diversity_lambda: float = 0.0
 
-    def check(self, max_item_id_chars: int | None = None) -> None:
-        """Refuse (``ValueError``, one line) what could fail a batch it joins; ``max_item_id_chars``: the service's
-        cap on an id's length (None: no cap)."""
+    def __post_init__(self) -> None:
+        """Checked once, when built: a request that exists cannot fail the batch it joins (``ValueError``, one
+        line, naming the field)."""
         if not self.history:
             raise ValueError("history: at least one item")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n = {self.n!r}: a positive integer")
-        cap = max_item_id_chars if max_item_id_chars is not None else math.inf
-        bad = [i for i, item in enumerate(self.history) if not isinstance(item, str) or len(item) > cap]
-        if bad:
-            limit = f" of at most {max_item_id_chars} characters" if max_item_id_chars is not None else ""
-            raise ValueError(f"history.{bad[0]}: an item id is a string{limit}")
+        if not all(isinstance(item, str) for item in self.history):
+            raise ValueError("history: item ids are strings")
         check_diversity_lambda(self.diversity_lambda)
-        if self.timestamps is None:
-            return
-        if len(self.timestamps) != len(self.history):
-            raise ValueError(f"{len(self.timestamps)} timestamps for {len(self.history)} items")
-        for i, t in enumerate(self.timestamps):
-            if isinstance(t, bool) or not isinstance(t, int) or not MIN_TIMESTAMP <= t <= MAX_TIMESTAMP:
-                raise ValueError(
-                    f"timestamps.{i} = {t!r}: Unix seconds, an integer in {MIN_TIMESTAMP}..{MAX_TIMESTAMP}"
-                )
-            if i and t < self.timestamps[i - 1]:
-                raise ValueError(f"timestamps.{i} = {t} is before timestamps.{i - 1}: give the history oldest first")
+        if self.timestamps is not None:
+            check_timestamps(self.timestamps, len(self.history))
+
+    def check_id_lengths(self, max_chars: int) -> None:
+        """A service's cap on an item id's length (its memory and time per request follow)."""
+        longest = max(range(len(self.history)), key=lambda i: len(self.history[i]))
+        if len(self.history[longest]) > max_chars:
+            raise ValueError(f"history.{longest}: an item id is a string of at most {max_chars} characters")
+
+
+def check_timestamps(stamps: list[int], n_items: int) -> None:
+    """One Unix-second integer per item, in range, oldest first; the first offender named."""
+    if len(stamps) != n_items:
+        raise ValueError(f"{len(stamps)} timestamps for {n_items} items")
+    wrong = next((i for i, t in enumerate(stamps) if type(t) is not int), None)  # bool is not an int here
+    if wrong is None and (min(stamps) < MIN_TIMESTAMP or max(stamps) > MAX_TIMESTAMP):
+        wrong = next(i for i, t in enumerate(stamps) if not MIN_TIMESTAMP <= t <= MAX_TIMESTAMP)
+    if wrong is not None:
+        raise ValueError(
+            f"timestamps.{wrong} = {stamps[wrong]!r}: Unix seconds, an integer in {MIN_TIMESTAMP}..{MAX_TIMESTAMP}"
+        )
+    backwards = np.flatnonzero(np.diff(np.asarray(stamps, dtype=np.int64)) < 0)
+    if len(backwards):
+        i = int(backwards[0]) + 1
+        raise ValueError(f"timestamps.{i} = {stamps[i]} is before timestamps.{i - 1}: give the history oldest first")
 
 
 @dataclass
@@ -210,8 +220,6 @@ class ServingModel:
         ``skip_unknown``: a request none of whose items is known gets None instead of failing the batch."""
         if not requests:
             return []
-        for request in requests:
-            request.check()
         batch, known_ids, unknown = self.encode(requests, skip_unknown)
         n_max = max(r.n for r in requests)
         out: list[Recommendation | None] = [None] * len(requests)
