@@ -148,32 +148,13 @@ class ItemIndex:
             raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
         n_users, k, _ = queries.shape
         flat = queries.detach().float().cpu().reshape(-1, self.dim)
-        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        width = min(self.n_items, self.params.candidates_factor * n + extra)
+        width = candidate_width(n, self.n_items, self.params.candidates_factor, exclude)
         if self.params.kind == "hnsw":
             self.faiss_index.hnsw.efSearch = self.params.hnsw_ef_search or max(128, 2 * width)
         query = augment_queries(flat.numpy()) if self.params.metric == "l2" else np.ascontiguousarray(flat.numpy())
         _, positions = self.faiss_index.search(query, width)
         ids = torch.from_numpy(positions).long() + 1  # faiss position p = item id p + 1; -1 stays <= 0
-        ids = torch.where(ids > 0, ids, torch.zeros_like(ids))
-        scores = torch.einsum("qd,qwd->qw", flat, self.item_table[ids])  # exact q.x re-scoring
-        scores = torch.where(ids > 0, scores, torch.full_like(scores, float("-inf")))
-        if exclude is not None and extra:
-            padded = np.zeros((n_users, extra), dtype=np.int64)  # 0 never matches a real id
-            for user, items in enumerate(exclude):
-                padded[user, : len(items)] = items
-            rows = torch.from_numpy(padded).repeat_interleave(k, dim=0)  # [U*K, E]
-            banned = (ids[:, :, None] == rows[:, None, :]).any(-1)
-            scores = scores.masked_fill(banned, float("-inf"))
-        top = torch.topk(scores, min(n, width), dim=1)
-        out_ids = ids.gather(1, top.indices)
-        out_ids = torch.where(torch.isfinite(top.values), out_ids, torch.full_like(out_ids, -1))
-        out_s, out_i = top.values, out_ids
-        if out_s.shape[1] < n:
-            pad = n - out_s.shape[1]
-            out_s = torch.cat([out_s, out_s.new_full((len(out_s), pad), float("-inf"))], 1)
-            out_i = torch.cat([out_i, out_i.new_full((len(out_i), pad), -1)], 1)
-        return out_s.reshape(n_users, k, n), out_i.reshape(n_users, k, n)
+        return rescore_candidates(flat, ids, self.item_table, n, exclude, n_users, k)
 
     def save(self, folder: str | Path) -> list[str]:
         """Write ``index.json`` (+ ``index.faiss`` for ANN kinds) into ``folder``; returns the file names."""
@@ -203,6 +184,47 @@ class ItemIndex:
                 f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for {int(item_table.shape[0]) - 1} items"
             )
         return cls(item_table, params, faiss_index)
+
+
+def rescore_candidates(
+    flat: torch.Tensor,
+    ids: torch.Tensor,
+    item_table: torch.Tensor,
+    n: int,
+    exclude: Sequence[np.ndarray] | None,
+    n_users: int,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates of an approximate search (ids [U*K, width], <= 0 where none) -> the exact top n per query:
+    re-scored as q.x from the item table (scores comparable across a user's interests whatever found them),
+    excluded items dropped, padded with -1 / -inf. Returns (scores [U, K, n], ids [U, K, n])."""
+    width = ids.shape[1]
+    ids = torch.where(ids > 0, ids, torch.zeros_like(ids))
+    scores = torch.einsum("qd,qwd->qw", flat, item_table[ids])
+    scores = torch.where(ids > 0, scores, torch.full_like(scores, float("-inf")))
+    extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+    if extra:
+        padded = np.zeros((n_users, extra), dtype=np.int64)  # 0 never matches a real id
+        for user, items in enumerate(exclude):
+            padded[user, : len(items)] = items
+        rows = torch.from_numpy(padded).repeat_interleave(k, dim=0)  # [U*K, E]
+        banned = (ids[:, :, None] == rows[:, None, :]).any(-1)
+        scores = scores.masked_fill(banned, float("-inf"))
+    top = torch.topk(scores, min(n, width), dim=1)
+    out_i = ids.gather(1, top.indices)
+    out_i = torch.where(torch.isfinite(top.values), out_i, torch.full_like(out_i, -1))
+    out_s = top.values
+    if out_s.shape[1] < n:
+        pad = n - out_s.shape[1]
+        out_s = torch.cat([out_s, out_s.new_full((len(out_s), pad), float("-inf"))], 1)
+        out_i = torch.cat([out_i, out_i.new_full((len(out_i), pad), -1)], 1)
+    return out_s.reshape(n_users, k, n), out_i.reshape(n_users, k, n)
+
+
+def candidate_width(n: int, n_items: int, factor: int, exclude: Sequence[np.ndarray] | None) -> int:
+    """How many candidates to ask an approximate search for: ``factor * n`` plus room for excluded items."""
+    extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+    return min(n_items, factor * n + extra)
 
 
 def overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
@@ -249,4 +271,14 @@ def calibrate(
     return best[1], report
 
 
-__all__ = ["IndexParams", "ItemIndex", "INDEX_KINDS", "augment_items", "augment_queries", "calibrate", "overlap"]
+__all__ = [
+    "IndexParams",
+    "ItemIndex",
+    "INDEX_KINDS",
+    "augment_items",
+    "augment_queries",
+    "calibrate",
+    "candidate_width",
+    "overlap",
+    "rescore_candidates",
+]
