@@ -9,7 +9,7 @@ import torch
 
 from mirec.retrieval import StoreError, open_store, parse_store_uri
 from mirec.retrieval.store import serve_from_store
-from mirec.serving.index import IndexParams, ItemIndex, overlap
+from mirec.serving.index import ItemIndex, overlap
 from mirec.serving.model import RecommendRequest
 from tests.conftest import HISTORIES
 from tests.retrieval.conftest import padded, synthetic_table
