@@ -205,6 +205,11 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format != "bundle":  # the item table other systems load (vector databases)
+        from mirec.retrieval import export_item_table
+
+        _print_json(export_item_table(args.run_dir, args.output, args.format, overwrite=args.overwrite))
+        return
     from mirec.serving.bundle import export_bundle
     from mirec.serving.index import IndexParams
 
@@ -248,6 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings=settings,
         device=args.device,
         threads=getattr(args, "threads", None) or 1,
+        store=args.store,
     )
 
 
@@ -498,9 +504,16 @@ def _add_recommend(sub: Any) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="a self-contained bundle of a trained run (weights, id map, item index)")
-    p.add_argument("run_dir")
-    p.add_argument("--output", required=True, metavar="BUNDLE")
+    p = sub.add_parser("export", help="a self-contained bundle of a trained run, or its item table for a vector DB")
+    p.add_argument("run_dir", metavar="RUN_DIR|BUNDLE")
+    p.add_argument("--output", required=True, metavar="FOLDER")
+    p.add_argument(
+        "--format",
+        choices=("bundle", "parquet", "csv"),
+        default="bundle",
+        help="bundle: weights, id map, index; parquet / csv: the item table (item_id, vector, norm, category) "
+        "with vectors.json, for Milvus bulk_import, PostgreSQL COPY and other vector databases",
+    )
     p.add_argument("--index", choices=choices.INDEX_KINDS, default="exact")
     p.add_argument(
         "--metric",
@@ -542,6 +555,13 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--microbatch-size", type=int, default=64)
     p.add_argument("--microbatch-wait-ms", type=float, default=2.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URI",
+        help="search a vector database instead of the bundle's index: milvus:///file.db, milvus://host:port, "
+        "qdrant:///folder, qdrant://host:port, postgresql://... (loaded with the bundle's items if needed)",
+    )
     p.set_defaults(func=cmd_serve)
 
 

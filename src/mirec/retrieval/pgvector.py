@@ -24,7 +24,6 @@ class PgvectorStore(VectorStore):
         try:
             import psycopg
             from pgvector.psycopg import register_vector
-            from psycopg import sql
         except ImportError as exc:
             raise StoreError('the pgvector store needs psycopg and pgvector (pip install "mirec[pgvector]")') from exc
         try:
@@ -33,7 +32,12 @@ class PgvectorStore(VectorStore):
             raise StoreError(f"{self.where()}: cannot connect ({' '.join(str(exc).split())})") from None
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(self.conn)
-        self.table = sql.Identifier(params.collection)
+
+    @property
+    def table(self):
+        from psycopg import sql
+
+        return sql.Identifier(self.params.collection)
 
     def read_marker(self) -> dict[str, Any] | None:
         row = self.conn.execute(

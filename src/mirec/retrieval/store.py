@@ -196,16 +196,23 @@ def open_store(uri: str) -> VectorStore:
     return cls(params)
 
 
-def serve_from_store(serving: Any, uri: str, replace: bool = False) -> Any:
-    """The same served model, its index a store: the store is loaded with the model's item table if it does not
-    hold it yet (``replace``: a mirec table of another model version is replaced), then checked and attached."""
+def serve_from_store(serving: Any, uri: str) -> Any:
+    """The same served bundle, its index a store. One collection per model version (``<collection>_<version>``):
+    loaded with the bundle's item table unless it holds it already, checked, attached; a reload to a new version
+    loads beside the old one and swaps, so no request ever meets a half-loaded table."""
+    from dataclasses import replace
+
     from mirec.retrieval.table import ItemTable
     from mirec.serving.model import ServingModel
 
+    version = str(serving.manifest.get("model_version") or "")
+    if not re.fullmatch(r"[0-9a-f]{16}", version):
+        raise StoreError("a store serves a bundle (mirec export), whose model version names the collection")
     store = open_store(uri)
     try:
-        store.load(ItemTable.of_serving(serving), replace=replace)
-        store.attach(serving.index.item_table, str(serving.manifest.get("model_version")))
+        store.params = replace(store.params, collection=f"{store.params.collection}_{version}")
+        store.load(ItemTable.of_serving(serving))
+        store.attach(serving.index.item_table, version)
     except Exception:
         store.close()
         raise

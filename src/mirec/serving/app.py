@@ -483,9 +483,11 @@ def serve(
     settings: ServeSettings | None = None,
     device: str = "cpu",
     threads: int = 1,
+    store: str | None = None,
 ) -> None:
     """Load a bundle (or a run folder) and serve it with uvicorn until stopped; SIGHUP reloads the bundle.
-    ``threads``: torch intra-op threads (1: micro-batches are small, and the event loop needs a core)."""
+    ``threads``: torch intra-op threads (1: micro-batches are small, and the event loop needs a core).
+    ``store``: a vector database URI (:mod:`mirec.retrieval.store`) searched instead of the bundle's index."""
     import signal
 
     import uvicorn
@@ -502,9 +504,18 @@ def serve(
         if not token:
             raise ValueError(f"{token_file}: empty token file")
         settings.token = token
+
     # a reload takes verified bundles only (manifest and checksums), never a bare run folder; the HTTP route needs
     # the token, SIGHUP needs the right to signal this process
-    app = create_app(load_serving(bundle, device), settings, bundle, loader=lambda p: load_bundle(p, device))
+    def loader(path: str | Path) -> ServingModel:
+        served = load_bundle(path, device)
+        if store is None:
+            return served
+        from mirec.retrieval.store import serve_from_store
+
+        return serve_from_store(served, store)
+
+    app = create_app(loader(bundle) if store else load_serving(bundle, device), settings, bundle, loader=loader)
 
     def reload_quietly() -> None:
         try:
