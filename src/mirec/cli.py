@@ -244,6 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         microbatch_size=args.microbatch_size,
         microbatch_wait_ms=args.microbatch_wait_ms,
+        model_name=args.model_name,
     )
     serve(
         args.bundle,
@@ -555,6 +556,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--microbatch-size", type=int, default=64)
     p.add_argument("--microbatch-wait-ms", type=float, default=2.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model-name", default="mirec", help="the model's name on the Open Inference Protocol routes")
     p.add_argument(
         "--store",
         default=None,

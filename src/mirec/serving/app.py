@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/recommend``, ``POST /v1/recommend/batch``, ``POST /v1/interests``,
 ``GET /v1/items/{id}/similar``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/metadata``, ``GET /metrics``
-(Prometheus text), ``POST /admin/reload``. Concurrent single requests are micro-batched: a collector takes up
+(Prometheus text), ``POST /admin/reload``, and the Open Inference Protocol's ``/v2`` routes (:mod:`.oip`).
+Concurrent single requests are micro-batched: a collector takes up
 to ``max_batch`` waiting requests (waiting at most ``max_wait_ms`` for more) and serves them with one forward
 pass and one index search. Every request is validated whole before it joins a batch (strict types, timestamps
 in range and oldest first, finite numbers), and a batch that still fails is served again one request at a time,
@@ -31,18 +32,20 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mirec.config import MAX_DIVERSITY_LAMBDA
+from mirec.serving import oip
 from mirec.serving.model import (
     MAX_ITEM_ID_CHARS,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
+    Recommendation,
     RecommendRequest,
     ServingModel,
     UnknownItemsError,
 )
+from mirec.serving.schemas import BatchBody, InterestsBody, RecommendBody, ReloadBody
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, math.inf)
@@ -59,6 +62,7 @@ class ServeSettings:
     microbatch_size: int = 64  # single requests served together
     microbatch_wait_ms: float = 2.0  # how long the collector waits for more requests
     token: str | None = None  # bearer token; None = no auth
+    model_name: str = "mirec"  # the model's name on the Open Inference Protocol routes (/v2/models/{name})
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,32 +71,6 @@ class ServeSettings:
         out["max_diversity_lambda"] = MAX_DIVERSITY_LAMBDA
         out["timestamps"] = f"Unix seconds in {MIN_TIMESTAMP}..{MAX_TIMESTAMP}, oldest first"
         return out
-
-
-# strict: no bool for an int, no string for a number, no Infinity or NaN
-Timestamp = Annotated[StrictInt, Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
-DiversityLambda = Annotated[float, Field(ge=0.0, le=MAX_DIVERSITY_LAMBDA, allow_inf_nan=False, strict=True)]
-
-
-class RecommendBody(BaseModel):
-    history: list[StrictStr] = Field(min_length=1, description="original item ids, oldest first")
-    timestamps: list[Timestamp] | None = None
-    n: StrictInt = Field(50, ge=1)
-    exclude_history: StrictBool = False
-    diversity_lambda: DiversityLambda = 0.0
-
-
-class BatchBody(BaseModel):
-    requests: list[RecommendBody] = Field(min_length=1)
-
-
-class InterestsBody(BaseModel):
-    history: list[StrictStr] = Field(min_length=1)
-    timestamps: list[Timestamp] | None = None
-
-
-class ReloadBody(BaseModel):
-    path: StrictStr | None = None  # default: the bundle path served now (re-read after an in-place update)
 
 
 class Metrics:
@@ -304,6 +282,19 @@ class Service:
             raise HTTPException(422, str(exc)) from None
         return request
 
+    async def recommend_one(self, body: RecommendBody) -> tuple[Recommendation, dict[str, Any]]:
+        """One request, checked, micro-batched with the others; (its answer, the manifest of the model that
+        served it). Failures are this request's own HTTP errors."""
+        request = self.check(body)
+        try:
+            return await self.batcher.submit(request)
+        except UnknownItemsError as exc:
+            raise HTTPException(422, f"{exc}; unknown: {body.history[:10]}") from None
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - this request alone failed; a JSON answer, no traceback
+            raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
+
     def reload(self, path: str | None = None) -> dict[str, Any]:
         """Verify and load a bundle, then swap it in; a failure is recorded and re-raised, the old model serves."""
         if self.loader is None:
@@ -356,15 +347,7 @@ health = APIRouter()
 
 @api.post("/v1/recommend")
 async def recommend(body: RecommendBody, service: ServiceDep):
-    request = service.check(body)
-    try:
-        result, manifest = await service.batcher.submit(request)
-    except UnknownItemsError as exc:
-        raise HTTPException(422, f"{exc}; unknown: {body.history[:10]}") from None
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - this request alone failed; a JSON answer, no traceback
-        raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
+    result, manifest = await service.recommend_one(body)
     return fast_json({**result.to_dict(), **versions(manifest)})
 
 
@@ -446,12 +429,14 @@ async def invalid_request(request: Request, exc: RequestValidationError):
 
 
 async def http_error(request: Request, exc: StarletteHTTPException):
-    if exc.status_code == 400 and request.method == "POST":  # FastAPI's "error parsing the body" (e.g. a body
-        return _error(422, f"invalid JSON body: {exc.detail}")  # nested past the parser's depth)
+    if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing the body"):
+        return _error(422, f"invalid JSON body: {exc.detail}")  # FastAPI's own (e.g. nested past the parser's depth)
     return _error(exc.status_code, str(exc.detail))
 
 
-STATIC_PATHS = frozenset(r.path for r in (*api.routes, *health.routes) if "{" not in r.path)
+STATIC_PATHS = frozenset(
+    r.path for r in (*api.routes, *health.routes, *oip.models.routes, *oip.health.routes) if "{" not in r.path
+)
 
 
 def create_app(
@@ -470,6 +455,8 @@ def create_app(
     app.state.reload = service.reload
     app.include_router(api)
     app.include_router(health)
+    app.include_router(oip.models, dependencies=[Depends(authorised)])  # the same token as /v1
+    app.include_router(oip.health)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     return LimitsAndMetrics(app, service.settings.max_body_bytes, service.metrics)  # type: ignore[return-value]
