@@ -104,7 +104,7 @@ def test_clusters_are_stored_beside_the_prepared_dataset(tmp_path):
     grouped_dataset().save(tmp_path / "grouped")
     dataset = load_dataset(tmp_path / "grouped")
     clusters = item_clusters(dataset, n_clusters=3)
-    stored = tmp_path / "grouped" / "interests-k3-s0.npy"
+    stored = tmp_path / "grouped" / "interests-v2-k3-s0.npy"
     assert stored.exists() and np.array_equal(np.load(stored), clusters)
     np.save(stored, np.full_like(clusters, 7))  # a later load reads the file, it does not recompute
     assert (item_clusters(load_dataset(tmp_path / "grouped"), n_clusters=3) == 7).all()

@@ -1,10 +1,14 @@
-"""TOML: a config as a TOML document, values as TOML literals and back (documents are read with :mod:`tomllib`)."""
+"""TOML: a config as a TOML document (written by tomli-w, read by :mod:`tomllib`), values as one-line TOML literals
+and back. The literals stay ours: ``--set`` values and bench cell names need one line in a fixed form (tomli-w
+writes arrays over several lines), and resumed grids find their cells by that form."""
 
 from __future__ import annotations
 
 import json
 import tomllib
 from typing import Any
+
+import tomli_w
 
 
 def toml_literal(value: Any, separator: str = ", ") -> str:
@@ -30,10 +34,5 @@ def parse_toml_literal(text: str) -> Any:
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for our flat sections (str, int, float, bool, lists of those)."""
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_literal(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """A TOML document of our sections (tomli-w, the standard writer)."""
+    return tomli_w.dumps(data)

@@ -198,7 +198,7 @@ SPLIT_ARRAYS = ("users", "indptr", "items", "timestamps", "history_len")
 # what a prepared folder of either layout holds (interest clusters and lock/temporary files included)
 DATASET_ENTRY = re.compile(
     r"^(meta\.json|items\.parquet|users\.parquet|users|interactions"
-    rf"|({'|'.join(SPLITS)})_({'|'.join(SPLIT_ARRAYS)})\.npy|interests-k\d+-s\d+\.npy|\..*\.(lock|tmp))$"
+    rf"|({'|'.join(SPLITS)})_({'|'.join(SPLIT_ARRAYS)})\.npy|interests-(v2-)?k\d+-s\d+\.npy|\..*\.(lock|tmp))$"
 )
 
 

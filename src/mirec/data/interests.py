@@ -6,11 +6,11 @@ An item's interest is its cluster in an embedding of item co-occurrence (docs/mo
    :meth:`~mirec.data.dataset.PreparedDataset.context_sequences` (never a valid/test target);
 2. positive PMI of those counts, a truncated SVD (``dim`` components, scaled by sqrt of the singular values),
    rows L2-normalised (the usual SVD-of-PPMI item embedding, as word2vec's matrix view);
-3. k-means (k-means++ seeding, Lloyd iterations) into ``n_clusters`` clusters with a fixed seed.
+3. k-means (Faiss's: seeded random initial centres, Lloyd iterations) into ``n_clusters`` clusters.
 
 Items that never occur in those sequences have no cluster (-1), as has the padding id 0. The assignment is
 computed once per (dataset, n_clusters, seed) and stored beside the prepared dataset
-(``interests-k{n}-s{seed}.npy``, written atomically under a lock); in-memory datasets compute it each time.
+(``interests-v2-k{n}-s{seed}.npy``, written atomically under a lock; v2: Faiss's k-means); in-memory datasets compute it each time.
 """
 
 from __future__ import annotations
@@ -71,30 +71,17 @@ def randomized_svd(matrix: sp.csr_matrix, rank: int, seed: int, power: int = 4) 
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 25) -> np.ndarray:
-    """Cluster labels of the rows of ``x``: k-means++ seeding then Lloyd iterations (empty clusters re-seeded
-    at the farthest point)."""
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    k = min(k, n)
-    centres = np.empty((k, x.shape[1]))
-    centres[0] = x[rng.integers(n)]
-    closest = ((x - centres[0]) ** 2).sum(1)
-    for c in range(1, k):  # one pass per centre, vectorised over the points
-        centres[c] = x[rng.choice(n, p=closest / closest.sum()) if closest.sum() > 0 else rng.integers(n)]
-        closest = np.minimum(closest, ((x - centres[c]) ** 2).sum(1))
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iters):
-        distance = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None]
-        labels = distance.argmin(1)
-        sizes = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x)
-        empty = sizes == 0
-        centres[~empty] = sums[~empty] / sizes[~empty, None]
-        if empty.any():  # re-seed an empty cluster at the point farthest from its centre
-            far = np.argsort(-distance[np.arange(n), labels])[: int(empty.sum())]
-            centres[empty] = x[far]
-    return labels
+    """Cluster labels of the rows of ``x``: Faiss's k-means (seeded random initial centres, Lloyd iterations,
+    empty clusters split from large ones), on every row (no subsampling)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = min(k, len(x))
+    clustering = faiss.Kmeans(
+        x.shape[1], k, niter=iters, seed=seed, min_points_per_centroid=1, max_points_per_centroid=len(x)
+    )
+    clustering.train(x)
+    return clustering.index.search(x, 1)[1].ravel().astype(np.int64)
 
 
 def compute_item_clusters(dataset: PreparedDataset, n_clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> np.ndarray:
@@ -116,7 +103,7 @@ def item_clusters(dataset: PreparedDataset, n_clusters: int = DEFAULT_CLUSTERS, 
     cache = getattr(dataset, "_interest_clusters", {})
     if (n_clusters, seed) in cache:
         return cache[(n_clusters, seed)]
-    path = None if dataset.path is None else Path(dataset.path) / f"interests-k{n_clusters}-s{seed}.npy"
+    path = None if dataset.path is None else Path(dataset.path) / f"interests-v2-k{n_clusters}-s{seed}.npy"
     if path is not None and path.exists():
         clusters = np.load(path)
     else:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirec.config import ConfigError, load_config, toml_literal
+from mirec.config import ConfigError, load_config, to_toml, toml_literal
 from mirec.utils import atomic_write_text, exclusive_lock, threads_per_job
 
 HEARTBEAT_SECONDS = 10  # a worker's running trial proves it is alive this often
@@ -363,10 +363,7 @@ def best_toml(study: Any, args: argparse.Namespace, metric_name: str) -> str:
         lines.append(f"# tuned over {Path(args.config).resolve()}: its options are not repeated here")
     if fixed:
         lines.append(f"# fixed for every trial (--set): {' '.join(fixed)}")
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_literal(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + to_toml(data)
 
 
 def write_reports(args: Any) -> list[dict[str, Any]]:
