@@ -33,6 +33,13 @@ def _print_json(data: Any) -> None:
     print(json.dumps(_strict_json(data), indent=2, sort_keys=False, default=str, allow_nan=False))
 
 
+def _print_result(args: argparse.Namespace, data: Any, as_table: Any) -> None:
+    """A table for a person at a terminal (``as_table(data)``), JSON for scripts (``--json``, or a pipe)."""
+    from mirec.console import wants_table
+
+    print(as_table(data)) if wants_table(args) else _print_json(data)
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from mirec.data.prepare import PrepareOptions, prepare
 
@@ -132,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics
-        _print_json(metrics)
+        from mirec.console import metrics_table
+
+        _print_result(args, metrics, metrics_table)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -142,7 +151,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in eval_flag_names() if getattr(args, name) not in (None, False)}
     if "topk" in overrides:
         overrides["topk"] = parse_int_list(overrides["topk"], "--topk")
-    _print_json(rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides))
+    from mirec.console import metrics_table
+
+    _print_result(args, rec.evaluate(args.split, dump_recs=args.dump_recs, **overrides), metrics_table)
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
@@ -290,30 +301,36 @@ def cmd_graph_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
+    from mirec.console import datasets_table
     from mirec.data import registry
 
-    _print_json(registry.describe())
+    _print_result(args, registry.describe(), datasets_table)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
     from mirec.config import RECIPES, describe_options
+    from mirec.console import models_table, options_table, table
     from mirec.models import MODEL_PATHS, get_model_class
 
     if args.name is None:
-        _print_json(
+        _print_result(
+            args,
             {
                 **{name: get_model_class(name).paper for name in MODEL_PATHS},
                 "recipes": {name: f"{base} with {', '.join(opts)}" for name, (base, opts) in RECIPES.items()},
                 "which to use": "docs/results.md: test figures of every model and recipe, 3 seeds, equal budgets",
-            }
+            },
+            models_table,
         )
         return
     if args.name in RECIPES:
         base, opts = RECIPES[args.name]
-        _print_json({"name": args.name, "recipe": {"model": base, "set": list(opts)}})
+        recipe = {"name": args.name, "recipe": {"model": base, "set": list(opts)}}
+        _print_result(args, recipe, lambda r: table([[r["name"], base, " ".join(opts)]], ["recipe", "model", "set"]))
         return
     model = get_model_class(args.name)
-    _print_json({"name": args.name, "paper": model.paper, "options": describe_options(model.config_class)})
+    described = {"name": args.name, "paper": model.paper, "options": describe_options(model.config_class)}
+    _print_result(args, described, lambda d: f"{d['name']}: {d['paper']}\n\n" + options_table(d["options"]))
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -695,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_command(sub)
     for subparser in sub.choices.values():  # accepted after the subcommand too
         subparser.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
+    for name in ("train", "evaluate", "models", "datasets"):  # a table at a terminal, JSON otherwise
+        sub.choices[name].add_argument("--json", action="store_true", help="print JSON even at a terminal")
     return parser
 
 

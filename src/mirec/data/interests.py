@@ -10,7 +10,8 @@ An item's interest is its cluster in an embedding of item co-occurrence (docs/mo
 
 Items that never occur in those sequences have no cluster (-1), as has the padding id 0. The assignment is
 computed once per (dataset, n_clusters, seed) and stored beside the prepared dataset
-(``interests-v2-k{n}-s{seed}.npy``, written atomically under a lock; v2: Faiss's k-means); in-memory datasets compute it each time.
+(``interests-v2-k{n}-s{seed}.npy``, written atomically under a lock; v2: Faiss's k-means); in-memory datasets
+compute it each time.
 """
 
 from __future__ import annotations
