@@ -50,7 +50,7 @@ def store_uri(request, tmp_path):
         return f"milvus://{tmp_path / 'items.db'}"
     if engine == "qdrant":
         pytest.importorskip("qdrant_client", reason="mirec[qdrant] is not installed")
-        return f"qdrant://{tmp_path / 'qdrant'}"
+        return "qdrant:///:memory:"
     base = request.getfixturevalue("postgres_uri")
     table = f"items_{abs(hash(str(tmp_path))) % 10**9}"
     return f"{base}{'&' if '?' in base else '?'}collection={table}"

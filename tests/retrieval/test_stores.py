@@ -124,6 +124,13 @@ def test_a_bundle_served_from_a_store_answers_as_from_its_own_index(store_uri, s
         from_store.index.close()
 
 
+def test_qdrant_on_disk_is_refused_because_it_would_unpickle(tmp_path):
+    pytest.importorskip("qdrant_client", reason="mirec[qdrant] is not installed")
+    with pytest.raises(StoreError, match="pickle"):
+        open_store(f"qdrant://{tmp_path / 'q'}")
+    assert not (tmp_path / "q").exists()
+
+
 def test_store_uris_are_parsed_and_wrong_ones_named():
     engine, params = parse_store_uri("milvus:///tmp/a.db?collection=beauty&index=hnsw&ef_search=64")
     assert (engine, params.address, params.collection, params.index, params.ef_search) == (
@@ -134,6 +141,7 @@ def test_store_uris_are_parsed_and_wrong_ones_named():
         64,
     )
     assert parse_store_uri("qdrant://localhost:6333")[1].address == "http://localhost:6333"
+    assert parse_store_uri("qdrant:///:memory:")[1].address == ":memory:"
     engine, params = parse_store_uri("postgresql://u:secret@/db?host=/run/pg&collection=t")
     assert (
         engine == "pgvector" and params.address == "postgresql://u:secret@/db?host=/run/pg" and params.collection == "t"

@@ -1,5 +1,7 @@
-"""Qdrant (``pip install "mirec[qdrant]"``): local mode in the process (``qdrant:///path/folder``, exact search)
-or any Qdrant server (``qdrant://host:6333``, HNSW or exact). Dot-product distance."""
+"""Qdrant (``pip install "mirec[qdrant]"``): local mode in the process's memory (``qdrant:///:memory:``, exact
+search, loaded from the bundle at start) or any Qdrant server (``qdrant://host:6333``, HNSW or exact).
+Dot-product distance. Qdrant's local mode on disk is refused: it stores points with pickle, and mirec never
+unpickles."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from mirec.retrieval.table import ItemTable
 
 UPLOAD_ROWS = 10_000
 SEARCH_QUERIES = 1_024  # query vectors per batched call
+MEMORY = ":memory:"
 
 
 class QdrantStore(VectorStore):
@@ -26,7 +29,12 @@ class QdrantStore(VectorStore):
             raise StoreError('the Qdrant store needs qdrant-client (pip install "mirec[qdrant]")') from exc
         address = params.address
         self.local = not address.startswith("http")  # local mode: always exact, takes no search parameters
-        self.client = QdrantClient(path=address) if self.local else QdrantClient(url=address)
+        if self.local and address != MEMORY:
+            raise StoreError(
+                f"qdrant://{address}: Qdrant's local mode on disk stores points with pickle, which mirec never reads "
+                f"back; use qdrant:///{MEMORY} (filled from the bundle at start) or a Qdrant server"
+            )
+        self.client = QdrantClient(location=MEMORY) if self.local else QdrantClient(url=address)
 
     def read_marker(self) -> dict[str, Any] | None:
         name = self.params.collection

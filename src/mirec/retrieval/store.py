@@ -10,7 +10,7 @@ are merged by the evaluator's own :class:`mirec.eval.merge.ListMerge` (no databa
 URIs (``mirec serve BUNDLE --store URI``)::
 
     milvus:///abs/path/items.db        Milvus Lite, embedded (a file)      milvus://host:19530   a Milvus server
-    qdrant:///abs/path/folder          Qdrant local mode (a folder)        qdrant://host:6333    a Qdrant server
+    qdrant:///:memory:                 Qdrant local mode, in memory        qdrant://host:6333    a Qdrant server
     postgresql://user@host:5432/db     PostgreSQL with the pgvector extension
 
 Options go in the query string: ``collection`` (default ``mirec_items``; the table name for PostgreSQL),
@@ -168,6 +168,7 @@ def parse_store_uri(uri: str) -> tuple[str, StoreParams]:
             raise StoreError(f"store URI option {passed[0][0]!r}; known: {sorted(known)}")
         # milvus:///path (embedded, a file or folder) or milvus://host:port (a server)
         address = parts.path if not parts.netloc else f"http://{parts.netloc}"
+        address = address.removeprefix("/") if address == "/:memory:" else address
         engine = scheme
     elif scheme in ("postgresql", "postgres"):
         query = "&".join(f"{k}={v}" for k, v in passed)
