@@ -50,6 +50,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         min_timestamp=args.min_timestamp,
         max_timestamp=args.max_timestamp,
         drop_duplicates=args.drop_duplicates,
+        split=args.split,
     )
     reader_options: dict[str, Any] = {}
     for text in args.reader_option:
@@ -410,6 +411,13 @@ def _add_prepare(sub: Any) -> None:
         "--drop-duplicates",
         action="store_true",
         help="drop repeated (user, item, second) rows, keeping the first (ComiRec keeps them)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("comirec", "loo"),
+        default="comirec",
+        help="comirec: users 8:1:1, valid/test users' last 20%% are targets; loo: each user's last item is the "
+        "test target and the one before it the valid target (SASRec's protocol)",
     )
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)

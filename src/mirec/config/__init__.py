@@ -35,6 +35,7 @@ from mirec.config.models import (
     GRU4RecConfig,
     MINDConfig,
     PIMIConfig,
+    SASRecConfig,
     describe_options,
 )
 from mirec.config.sections import (
@@ -69,6 +70,7 @@ __all__ = [
     "ComiRecSAConfig",
     "DNNConfig",
     "GemiRecConfig",
+    "SASRecConfig",
     "GIMIRecConfig",
     "GRU4RecConfig",
     "MINDConfig",

@@ -231,6 +231,26 @@ class GemiRecConfig(ModelConfig):
 
 
 # the one model registry: name -> options class, which names its model class (mirec.models.MODEL_PATHS reads it)
+@dataclass(frozen=True)
+class SASRecConfig(ModelConfig):
+    """The single-interest control: one causal self-attention user vector (K = 1)."""
+
+    name: str = "sasrec"
+    model_path: ClassVar[str] = "mirec.models.sasrec:SASRec"
+    num_interests: int = 1  # SASRec has one user vector; other values are refused
+    num_blocks: int = 2  # self-attention blocks (SASRec paper: 2)
+    num_heads: int = 1  # attention heads (SASRec paper: 1)
+    dropout: float = 0.2  # on embeddings, attention weights and the feed-forward layers (paper: 0.2 Amazon)
+    all_positions: bool = True  # every position predicts its next item (the paper) | false: one target per window
+
+    def check(self) -> None:
+        super().check()
+        self.require(self.num_interests == 1, "num_interests", "1 (SASRec has one user vector)")
+        self.require(self.num_blocks >= 1, "num_blocks", ">= 1")
+        self.require(self.num_heads >= 1, "num_heads", ">= 1")
+        self.require(self.embedding_dim % self.num_heads == 0, "num_heads", "a divisor of embedding_dim")
+
+
 MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
     cls.name: cls
     for cls in (
@@ -242,6 +262,7 @@ MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
         PIMIConfig,
         GIMIRecConfig,
         GemiRecConfig,
+        SASRecConfig,
     )
 }
 

@@ -125,6 +125,8 @@ class TrainConfig(CheckedConfig):
     # less memory traffic than a zero-filled [n_items, d] gradient per lookup); False = torch's dense backward
     sparse_item_grad: bool = True
     min_cut: int = 4  # ComiRec draws the cut position k uniformly in [4, len-1]
+    # random_cut: ComiRec's windows (a cut drawn per sample) | last: each sequence's latest window (SASRec's)
+    window: Literal["random_cut", "last"] = "random_cut"
     seed: int = 19  # fixes initialisation, batches and negatives (ComiRec's seed)
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # 0 = at every evaluation

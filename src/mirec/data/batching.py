@@ -53,11 +53,20 @@ def gather_windows(split: SplitSequences, days: np.ndarray, rows: np.ndarray, en
 class TrainSampler:
     """Draws training batches; all randomness comes from one seeded numpy Generator (resumable state)."""
 
-    def __init__(self, split: SplitSequences, maxlen: int, batch_size: int, seed: int, min_cut: int = 4):
+    def __init__(
+        self,
+        split: SplitSequences,
+        maxlen: int,
+        batch_size: int,
+        seed: int,
+        min_cut: int = 4,
+        last_window: bool = False,
+    ):
         self.split = split
         self.maxlen = maxlen
         self.batch_size = batch_size
         self.min_cut = min_cut
+        self.last_window = last_window  # SASRec: the target is the sequence's last item, every time
         self.days = split.days()
         lengths = split.lengths
         self.rows = np.flatnonzero(lengths >= 2)  # a user needs a history item and a target
@@ -71,7 +80,9 @@ class TrainSampler:
         rows = self.rng.choice(self.rows, size=size, replace=False)
         length = self.lengths[rows]
         low = np.minimum(self.min_cut, length - 1)
-        cut = low + np.floor(self.rng.random(size) * (length - low)).astype(np.int64)
+        cut = low + np.floor(self.rng.random(size) * (length - low)).astype(np.int64)  # drawn either way (same stream)
+        if self.last_window:
+            cut = length - 1
         batch = gather_windows(self.split, self.days, rows, cut, self.maxlen)
         batch.targets = torch.from_numpy(np.asarray(self.split.items)[self.split.indptr[rows] + cut].astype(np.int64))
         return batch

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +80,9 @@ class PrepareOptions:
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     history_ratio: float = 0.8  # valid/test: history_len = int(history_ratio * len)
     drop_duplicates: bool = False  # drop repeated (user, item, timestamp) rows (ComiRec keeps them)
+    # comirec: users split 8:1:1, valid/test users' later 20% are targets | loo: each user's last item is the test
+    # target, the one before it the valid target (SASRec / BERT4Rec), targets seen before or never trained on dropped
+    split: Literal["comirec", "loo"] = "comirec"
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)  # type: ignore[assignment]
@@ -93,6 +96,8 @@ class PrepareOptions:
             raise ValueError(f"history_ratio must be in (0, 1), got {self.history_ratio}")
         if self.min_item_count < 1 or self.min_user_count < 1:
             raise ValueError("min_item_count and min_user_count must be >= 1")
+        if self.split not in ("comirec", "loo"):
+            raise ValueError(f"split {self.split!r}; expected comirec or loo")
 
 
 @dataclass
@@ -332,9 +337,13 @@ class PreparationRecord:
             n_items=int(n_items),
             split="given (pre-split input)"
             if split_given
+            else "leave-one-out (last item test, second last valid)"
+            if options.split == "loo"
             else {"seed": self.seed, "ratios": list(options.split_ratios)},
             history_ratio=options.history_ratio,
-            popularity="training only (train users + valid/test history parts)",
+            popularity="training rows only (each user's sequence but its last two items)"
+            if options.split == "loo"
+            else "training only (train users + valid/test history parts)",
             n_categories=None if category_names is None else len(category_names),
         )
         dataset_meta = dict(self.meta or {})
@@ -393,19 +402,17 @@ def assemble(
     lengths = np.bincount(user, minlength=n_users)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
 
-    # 4. split users (or keep the given split).
-    if split_given:
-        assert file_split is not None
-        row_split = file_split[rows]
-        split_of_user = row_split[indptr[:-1]]
-        if (row_split != np.repeat(split_of_user, lengths)).any():
-            bad = int(user[np.flatnonzero(row_split != np.repeat(split_of_user, lengths))[0]])
-            raise ValueError(f"pre-split input: user {user_vocab[int(user_codes[bad])]} appears in several split files")
-    else:
-        split_of_user = split_of_users(n_users, options.split_ratios, record.seed)
-    history_len = history_cut(split_of_user, lengths, options, name)
+    # 4. split users (or keep the given split); leave-one-out splits every user's sequence instead.
     position = np.arange(len(user)) - indptr[:-1][user]
-    is_train_row = (split_of_user[user] == 0) | (position < history_len[user])
+    if options.split == "loo":
+        if split_given:
+            raise ValueError("--split loo re-splits a log by time; a pre-split input keeps its own split")
+        check_loo_lengths(lengths, name)
+        is_train_row = position < (lengths - 2)[user]
+    else:
+        split_of_user = user_split(file_split, rows, user, user_vocab, user_codes, indptr, lengths, record)
+        history_len = history_cut(split_of_user, lengths, options, name)
+        is_train_row = (split_of_user[user] == 0) | (position < history_len[user])
 
     # 5. item ids by descending training popularity, ties by first appearance (code order).
     ordered_codes, new_id = popularity_ids(
@@ -418,18 +425,10 @@ def assemble(
     item_categories, category_names = compact_categories(category_of_item, ordered_codes)
 
     # 7. CSR per split, users ascending.
-    splits: dict[str, SplitSequences] = {}
-    row_split = split_of_user[user]
-    for code, split_name in enumerate(SPLITS):
-        users_s = np.flatnonzero(split_of_user == code)
-        sel = row_split == code
-        splits[split_name] = SplitSequences(
-            users=users_s.astype(np.int64),
-            indptr=np.concatenate([[0], np.cumsum(lengths[users_s])]).astype(np.int64),
-            items=item_ids[sel],
-            timestamps=ts[sel],
-            history_len=None if code == 0 else history_len[users_s],
-        )
+    if options.split == "loo":
+        splits = leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items)
+    else:
+        splits = user_splits(split_of_user, user, item_ids, ts, lengths, history_len)
 
     item_original = original_item_ids(item_vocab, ordered_codes)
     user_original = np.asarray(user_vocab.take(pa.array(user_codes)).to_numpy(zero_copy_only=False), dtype=object)
@@ -444,6 +443,80 @@ def assemble(
         meta=dataset_meta,
         **splits,
     )
+
+
+def user_split(file_split, rows, user, user_vocab, user_codes, indptr, lengths, record) -> np.ndarray:
+    """The split code (0 train, 1 valid, 2 test) of every user: the input's own, or drawn 8:1:1 with the seed."""
+    if file_split is None:
+        return split_of_users(len(lengths), record.options.split_ratios, record.seed)
+    row_split = file_split[rows]
+    split_of_user = row_split[indptr[:-1]]
+    if (row_split != np.repeat(split_of_user, lengths)).any():
+        bad = int(user[np.flatnonzero(row_split != np.repeat(split_of_user, lengths))[0]])
+        raise ValueError(f"pre-split input: user {user_vocab[int(user_codes[bad])]} appears in several split files")
+    return split_of_user
+
+
+def user_splits(split_of_user, user, item_ids, ts, lengths, history_len) -> dict[str, SplitSequences]:
+    """ComiRec's splits: each user in one of them; valid/test users' first ``history_len`` items are history."""
+    splits: dict[str, SplitSequences] = {}
+    row_split = split_of_user[user]
+    for code, split_name in enumerate(SPLITS):
+        users_s = np.flatnonzero(split_of_user == code)
+        sel = row_split == code
+        splits[split_name] = SplitSequences(
+            users=users_s.astype(np.int64),
+            indptr=np.concatenate([[0], np.cumsum(lengths[users_s])]).astype(np.int64),
+            items=item_ids[sel],
+            timestamps=ts[sel],
+            history_len=None if code == 0 else history_len[users_s],
+        )
+    return splits
+
+
+def check_loo_lengths(lengths: np.ndarray, name: str | None) -> None:
+    short = int((lengths < 3).sum())
+    if short:
+        raise EmptyDatasetError(
+            f"{name or 'dataset'}: leave-one-out needs 3 interactions per user (train, valid, test); {short} users "
+            "have fewer (raise --min-count)"
+        )
+
+
+def leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items) -> dict[str, SplitSequences]:
+    """Every user trains on all but the last two items; the valid target is the second last (history: what comes
+    before it), the test target the last (history: everything before it). As the eSASRec benchmark's LastNSplitter
+    (filter_already_seen, filter_cold_items): a target the user had already met, or no training row holds, is
+    dropped, with its user, from that split."""
+    train_rows = position < (lengths - 2)[user]
+    users = np.arange(len(lengths), dtype=np.int64)
+    splits = {
+        "train": SplitSequences(
+            users=users,
+            indptr=np.concatenate([[0], np.cumsum(lengths - 2)]).astype(np.int64),
+            items=item_ids[train_rows],
+            timestamps=ts[train_rows],
+            history_len=None,
+        )
+    }
+    for split_name, held in (("valid", 2), ("test", 1)):
+        history_len = lengths - held
+        before = position < history_len[user]  # every row a model may read for this split
+        known = np.zeros(n_items + 1, dtype=bool)
+        known[item_ids[before]] = True
+        target = item_ids[indptr[:-1] + history_len]
+        key = user.astype(np.int64) * (n_items + 1) + item_ids  # (user, item) pairs of the history rows
+        seen = np.isin(users * (n_items + 1) + target, key[before])
+        kept = known[target] & ~seen
+        rows = kept[user] & (position <= history_len[user])
+        splits[split_name] = SplitSequences(
+            users=users[kept],
+            indptr=np.concatenate([[0], np.cumsum(history_len[kept] + 1)]).astype(np.int64),
+            items=item_ids[rows],
+            timestamps=ts[rows],
+            history_len=history_len[kept].astype(np.int64),
+        )
+    return splits
 
 
 def popularity_ids(row_counts: np.ndarray, train_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

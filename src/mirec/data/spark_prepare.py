@@ -353,6 +353,11 @@ def prepare_with_spark(
     inputs: Any, fmt: str, output: Any, *, spark_master: str = "local[2]", layout: str = "arrays", **options: Any
 ) -> Any:
     """:func:`mirec.data.prepare.prepare` (same checks, lock, atomic folder) with this module's Spark front end."""
+    chosen = options.get("options")
+    if chosen is not None and getattr(chosen, "split", "comirec") != "comirec":
+        raise ValueError(
+            f"--engine spark prepares ComiRec's split only; --split {chosen.split} needs --engine embedded"
+        )
 
     def frontend(files: list[Path], fmt: str, **kw: Any) -> Any:
         return prepare_log_spark(files, fmt, master=spark_master, layout=layout, **kw)

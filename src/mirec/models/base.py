@@ -30,6 +30,8 @@ class TrainingOutput(NamedTuple):
     # [B, d] scored by the same loss against a detached item table: trains only the modules that made them
     # (GemiRec's generated interests beside a base with item_table_gradient = "base")
     side_user_vectors: torch.Tensor | None = None
+    # [B'] targets of user_vectors when a model scores other rows than one per sequence (SASRec: every position)
+    targets: torch.Tensor | None = None
 
 
 class MultiInterestModel(nn.Module):

@@ -146,7 +146,7 @@ class TrainingStep(torch.nn.Module):
 
     def forward(self, batch: Any) -> tuple[torch.Tensor, Any]:
         output = self.model.training_output(batch)
-        loss = self.loss(output.user_vectors, batch.targets)
+        loss = self.loss(output.user_vectors, batch.targets if output.targets is None else output.targets)
         if output.side_user_vectors is not None:
             loss = loss + self.loss(output.side_user_vectors, batch.targets, detach_items=True)
         if output.aux_loss is not None:

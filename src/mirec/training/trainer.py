@@ -124,7 +124,14 @@ def training_parts(model: Any, dataset: PreparedDataset, config: RunConfig, devi
     # the kept row-gradient buffer is written outside autograd, where DDP's all-reduce would not see it
     keep = tc.sparse_item_grad and device.type == "cpu" and not dist.active
     kept = model.keep_item_grad_buffer() if keep else []
-    sampler = TrainSampler(dataset.train, config.model.maxlen, tc.batch_size, dist.seed(tc.seed), tc.min_cut)
+    sampler = TrainSampler(
+        dataset.train,
+        config.model.maxlen,
+        tc.batch_size,
+        dist.seed(tc.seed),
+        tc.min_cut,
+        last_window=tc.window == "last",
+    )
     generator = torch.Generator().manual_seed(dist.seed(tc.seed))  # negatives (CPU), checkpointed
     loss = TrainingLoss(tc, model, dataset.n_items, generator)  # train.loss, chosen once
     step: torch.nn.Module = TrainingStep(model, loss)

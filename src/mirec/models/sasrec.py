@@ -1,0 +1,95 @@
+"""SASRec: Wang-Cheng Kang, Julian McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018; the block
+structure of pmixer/SASRec.pytorch ``model.py`` (the authors' TF code ported), the single-interest control.
+
+E = item embeddings * sqrt(d) + learned position embeddings, dropout; then per block (Kang section III-B/C):
+Q = LayerNorm(x); x = Q + MHA(Q, x, x) with a causal mask; x = LayerNorm(x); x = x + FFN(x) (two position-wise
+linear layers, ReLU, dropout); padding rows zeroed after each block; a final LayerNorm. The output at a position
+is the user state after reading the items up to it; the item embeddings are shared as output vectors.
+
+Training (``model.all_positions``, the paper's objective): every position of the window predicts the item after
+it (the last one the batch's target), one loss term per real position; retrieval reads the last real position
+(K = 1). Histories are left-aligned here, so positions are counted from the most recent item: position 0 is
+always the latest item, as in SASRec's right-aligned windows.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mirec.config import SASRecConfig
+from mirec.data.batching import Batch
+from mirec.models.base import MultiInterestModel, TrainingOutput
+
+
+class SASRecBlock(nn.Module):
+    """One self-attention block (SASRec.pytorch: attention layernorm, MHA, forward layernorm, point-wise FFN)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(d, eps=1e-8)
+        self.attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.forward_norm = nn.LayerNorm(d, eps=1e-8)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(d, d), nn.Dropout(dropout), nn.ReLU(), nn.Linear(d, d), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        q = self.attention_norm(x)
+        attended, _ = self.attention(q, x, x, attn_mask=causal, need_weights=False)
+        x = self.forward_norm(q + attended)
+        return (x + self.feed_forward(x)) * keep
+
+
+class SASRec(MultiInterestModel):
+    name: ClassVar[str] = "sasrec"
+    paper: ClassVar[str] = (
+        "Wang-Cheng Kang, Julian McAuley. Self-Attentive Sequential Recommendation. ICDM 2018 "
+        "(blocks as pmixer/SASRec.pytorch)"
+    )
+    config_class = SASRecConfig
+
+    def __init__(self, config: SASRecConfig, n_items: int):
+        super().__init__(config, n_items)
+        d = config.embedding_dim
+        self.position_embedding = nn.Embedding(config.maxlen, d)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(SASRecBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
+        self.last_norm = nn.LayerNorm(d, eps=1e-8)
+
+    def sequence_states(self, batch: Batch) -> torch.Tensor:
+        """The state after each position [B, L, d] (zeros at padding)."""
+        items = batch.items
+        length = items.shape[1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(f"SASRec was built for maxlen={self.position_embedding.num_embeddings}, got {length}")
+        keep = batch.mask.to(self.item_embedding.weight.dtype).unsqueeze(-1)
+        counts = batch.mask.sum(1, keepdim=True).long()
+        recency = (counts - 1 - torch.arange(length, device=items.device)).clamp(min=0)  # 0 = the latest item
+        x = self.embed_items(items) * self.config.embedding_dim**0.5 + self.position_embedding(recency)
+        x = self.dropout(x) * keep
+        # left-aligned: a real position only sees earlier real ones; padding rows are dropped below
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
+        for block in self.blocks:
+            x = block(x, causal, keep)
+        return self.last_norm(x) * keep
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        states = self.sequence_states(batch)
+        last = (batch.mask.sum(1).long() - 1).clamp(min=0)
+        return states[torch.arange(len(states), device=states.device), last].unsqueeze(1)  # [B, 1, d]
+
+    def training_output(self, batch: Batch) -> TrainingOutput:
+        """Every real position scored against its next item (the last against the batch's target)."""
+        assert batch.targets is not None, "training batches carry targets"
+        if not self.config.all_positions:
+            return TrainingOutput(self(batch)[:, 0])
+        states = self.sequence_states(batch)
+        real = batch.mask > 0
+        following = torch.cat([batch.items[:, 1:], torch.zeros_like(batch.items[:, :1])], dim=1)
+        last = real.sum(1) - 1
+        rows = torch.arange(len(following), device=following.device)
+        following[rows, last] = batch.targets
+        return TrainingOutput(states[real], targets=following[real])
