@@ -112,9 +112,15 @@ def foreign_collection_intact(store) -> bool:
     return store.conn.execute(f"SELECT id FROM {name}").fetchall() == [(7,)]
 
 
-def test_a_bundle_served_from_a_store_answers_as_from_its_own_index(store_uri, served):
+def test_a_bundle_served_from_a_store_answers_as_from_its_own_index(store_uri, served, data_dir):
+    from mirec.data.dataset import load_dataset
+    from mirec.serving.bundle import validation_interests
+
     from_store = serve_from_store(served, store_uri)
     try:
+        interests = validation_interests(served.model, load_dataset(data_dir), served.config, max_users=40)
+        exact_scores, exact_ids = served.index.search(interests, 50)
+        same_top_n(from_store.index.search(interests, 50)[1], exact_ids, exact_scores)  # validation users, top 50
         requests = [RecommendRequest(history, n=50, exclude_history=True) for history in HISTORIES]
         for got, expected in zip(from_store.recommend(requests), served.recommend(requests), strict=True):
             assert got.items == expected.items and got.interests == expected.interests
