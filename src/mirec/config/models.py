@@ -69,6 +69,11 @@ class ComiRecSAConfig(ModelConfig):
     add_pos: bool = True  # Model_ComiRec_SA default: position embedding in the attention input
     init: Literal["glorot", "kaiming"] = "glorot"  # TF reference | (PyTorch ports: kaiming_normal_ on every weight)
     position_init_scale: float = 1.0  # multiplies the position table's init (TF Glorot: 1; std 0.15 vs items' 0.015)
+    routing_reg: float = 0.0  # REMI's routing regulariser weight lambda (0 = off; REMI: 100)
+
+    def check(self) -> None:
+        super().check()
+        self.require(self.routing_reg >= 0, "routing_reg", ">= 0")
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,8 @@ class TrainConfig(CheckedConfig):
     sampler_exclude_padding: bool = False
     negative_sampler: Literal["log_uniform", "uniform"] = "log_uniform"  # TF/ComiRec | REMI's default
     negatives_unique: bool = True  # TF unique=True; REMI: False (1,280 draws with replacement)
+    # REMI's interest-aware hard negatives: sampled negatives reweighted by exp(beta * logit) (0 = off; needs sampled)
+    hard_negative_beta: float = 0.0
     remove_accidental_hits: bool = True  # TF default; REMI: False
     # CPU: each item-table lookup adds its row gradients into one kept dense buffer (index_add_; same Adam update,
     # less memory traffic than a zero-filled [n_items, d] gradient per lookup); False = torch's dense backward
@@ -145,6 +147,9 @@ class TrainConfig(CheckedConfig):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         self.require(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
+        beta = self.hard_negative_beta
+        self.require(math.isfinite(beta), "hard_negative_beta", "a finite number")
+        self.require(beta == 0 or self.loss == "sampled", "hard_negative_beta", "0 unless train.loss = 'sampled'")
         trackers = [part.strip() for part in self.log_to.split(",") if part.strip() not in ("", "none")]
         self.require(set(trackers) <= set(TRACKERS), "log_to", f"a comma-separated subset of {list(TRACKERS)}")
 

@@ -11,6 +11,8 @@ REMI) re-initialise every weight Kaiming-normal: the item table with std sqrt(2 
 Option ``position_init_scale`` (deviation, default 1 = TF): scales the position table's initial draw; TF's
 [1, L, d] Glorot gives std ~0.15, ten times the item table's ~0.015, so at the start the attention sees
 mostly positions (0.1 puts both on the same scale; docs/models.md 3).
+Option ``routing_reg`` (REMI, Xie et al. RecSys 2023; default 0 = off): lambda times REMI's routing regulariser
+(:func:`mirec.nn.regularizers.routing_penalty`) added to the training loss.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from torch import nn
 
 from mirec.config import ComiRecSAConfig
 from mirec.data.batching import Batch
-from mirec.models.base import MultiInterestModel
+from mirec.models.base import MultiInterestModel, TrainingOutput
 from mirec.nn.init import kaiming_reinit
+from mirec.nn.regularizers import routing_penalty
 from mirec.nn.self_attentive import SelfAttentiveExtractor
 
 
@@ -51,6 +54,19 @@ class ComiRecSA(MultiInterestModel):
             self.position_embedding.data.mul_(config.position_init_scale)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        return self.interests_and_attention(batch)[0]
+
+    def training_output(self, batch: Batch) -> TrainingOutput:
+        """The hard readout; with ``model.routing_reg`` REMI's routing regulariser as the auxiliary loss."""
+        if self.config.routing_reg == 0:
+            return super().training_output(batch)
+        interests, attention = self.interests_and_attention(batch)
+        penalty = routing_penalty(attention, self.config.embedding_dim)
+        readout = self.readout(interests, self.output_embeddings(batch.targets))
+        return TrainingOutput(readout, self.config.routing_reg * penalty, {"routing_penalty": penalty.detach()})
+
+    def interests_and_attention(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interests [B, K, d] and the attention over positions that made them [B, K, L]."""
         mask = batch.mask.to(self.item_embedding.weight.dtype)
         x = self.embed_items(batch.items) * mask.unsqueeze(-1)
         H = x
@@ -62,4 +78,5 @@ class ComiRecSA(MultiInterestModel):
                     f"positions, got a batch of length {L}; set model.maxlen to the batch length"
                 )
             H = x + self.position_embedding[:L]
-        return self.extractor(H, mask, values=x)
+        attention = self.extractor.attention(H, mask)
+        return torch.matmul(attention, x), attention

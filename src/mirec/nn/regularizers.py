@@ -27,4 +27,14 @@ def mean_pairwise_cosine(interests: torch.Tensor) -> torch.Tensor:
     return mean_above_diagonal(cosine_gram(interests))
 
 
-__all__ = ["cosine_gram", "mean_above_diagonal", "mean_pairwise_cosine"]
+def routing_penalty(attention: torch.Tensor, dim: int) -> torch.Tensor:
+    """REMI's routing regulariser (Tokkiu/REMI src/REMI.py ``calculate_atten_loss``): with A [B, K, L] the
+    attention over positions and C = A - its mean over L, the diagonal of C C^T / d is each interest's spread
+    over positions; the penalty is its squared norm over K, summed over the batch (padding positions count, as
+    there)."""
+    centred = attention - attention.mean(dim=2, keepdim=True)
+    spread = (centred * centred).sum(2) / dim  # the diagonal of C C^T / d, [B, K]
+    return (spread * spread).sum()
+
+
+__all__ = ["cosine_gram", "mean_above_diagonal", "mean_pairwise_cosine", "routing_penalty"]

@@ -355,6 +355,38 @@ def sampled_softmax_loss(
     )
 
 
+def hard_negative_sampled_softmax_loss(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    sampler: CandidateSampler,
+    num_sampled: int,
+    beta: float,
+    generator: torch.Generator | None = None,
+    remove_accidental_hits: bool = True,
+    unique: bool = True,
+) -> torch.Tensor:
+    """REMI's interest-aware hard negatives (Tokkiu/REMI src/BasicModel.py ``sampled_softmax_loss`` with
+    ``beta != 0``): with logits x = [x_0 true, x_1..x_S sampled] and importance weights w_j = exp(beta x_j),
+    the negatives' mass is sum_j w_j exp(x_j) / mean_j w_j (a Monte-Carlo estimate of drawing negatives in
+    proportion to exp(beta x)) and the loss is -x_0 + log(exp(x_0) + that mass), averaged over the batch; the
+    weights are not detached, as in REMI. x carries our sampler's log Q correction (REMI's uniform sampler makes it a
+    constant); accidental hits are removed as configured (REMI keeps them)."""
+    candidates = sampler.sample(num_sampled, target_ids, generator, unique)
+    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q=True)
+    true = _true_logits(user_vectors, inputs)
+    sampled = _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
+    hit = sampled <= torch.finfo(sampled.dtype).min / 2  # removed hits weigh nothing
+    top = torch.maximum(true, sampled.masked_fill(hit, float("-inf")).max(-1).values).detach()
+    x0, x = true - top, sampled - top[:, None]
+    log_w = (beta * x).masked_fill(hit, float("-inf"))
+    log_w = log_w - log_w.max(-1, keepdim=True).values.detach()
+    kept = (~hit).sum(-1).clamp(min=1)
+    # log of sum_j w_j exp(x_j) / mean_j w_j, computed in log space
+    log_mass = torch.logsumexp(log_w + x.masked_fill(hit, 0.0), -1) - torch.log(log_w.exp().sum(-1) / kept)
+    return (torch.logaddexp(x0, log_mass) - x0).mean()
+
+
 def full_softmax_loss(
     user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, mask_padding: bool = True
 ) -> torch.Tensor:
@@ -397,6 +429,7 @@ __all__ = [
     "SampledCandidates",
     "sampled_logits",
     "sampled_softmax_loss",
+    "hard_negative_sampled_softmax_loss",
     "full_softmax_loss",
     "inbatch_softmax_loss",
 ]

@@ -2,7 +2,8 @@
 ``loss(user_vectors [B, d], targets [B], detach_items=False) -> mean loss`` scoring against the model's items.
 
 - ``sampled``: TF ``sampled_softmax_loss`` as ComiRec trains (``num_negatives_factor`` x batch negatives from the
-  configured candidate sampler, log Q subtracted, accidental hits removed unless told otherwise);
+  configured candidate sampler, log Q subtracted, accidental hits removed unless told otherwise); with
+  ``hard_negative_beta``, REMI's reweighting of those negatives;
 - ``full``: cross-entropy over the whole catalogue;
 - ``inbatch``: the batch's other targets as negatives.
 
@@ -19,6 +20,7 @@ from mirec.config import TrainConfig
 from mirec.nn.sampled_softmax import (
     CandidateSampler,
     full_softmax_loss,
+    hard_negative_sampled_softmax_loss,
     inbatch_softmax_loss,
     make_candidate_sampler,
     sampled_softmax_loss,
@@ -53,6 +55,18 @@ class TrainingLoss:
 
     def __call__(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
         items = self.items(detach_items)
+        if self.kind == "sampled" and self.tc.hard_negative_beta != 0:
+            return hard_negative_sampled_softmax_loss(
+                user_vectors,
+                targets,
+                items,
+                self.negatives,
+                self.num_sampled,
+                self.tc.hard_negative_beta,
+                self.generator,
+                remove_accidental_hits=self.tc.remove_accidental_hits,
+                unique=self.tc.negatives_unique,
+            )
         if self.kind == "sampled":
             return sampled_softmax_loss(
                 user_vectors,
