@@ -51,6 +51,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         max_timestamp=args.max_timestamp,
         drop_duplicates=args.drop_duplicates,
         split=args.split,
+        temporal_cuts=tuple(float(c) for c in args.temporal_cuts.split(",")),
+        temporal_cut_by=args.temporal_cut_by,
     )
     reader_options: dict[str, Any] = {}
     for text in args.reader_option:
@@ -414,10 +416,22 @@ def _add_prepare(sub: Any) -> None:
     )
     p.add_argument(
         "--split",
-        choices=("comirec", "loo"),
+        choices=("comirec", "loo", "temporal"),
         default="comirec",
         help="comirec: users 8:1:1, valid/test users' last 20%% are targets; loo: each user's last item is the "
-        "test target and the one before it the valid target (SASRec's protocol)",
+        "test target and the one before it the valid target (SASRec's protocol); temporal: global time cuts",
+    )
+    p.add_argument(
+        "--temporal-cuts",
+        default="0.8,0.9",
+        metavar="V,T",
+        help="--split temporal: the valid and test cuts, as fractions of --temporal-cut-by",
+    )
+    p.add_argument(
+        "--temporal-cut-by",
+        choices=("interactions", "time"),
+        default="interactions",
+        help="interactions: the times by which those shares of the rows had happened; time: of the time range",
     )
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)

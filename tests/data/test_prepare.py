@@ -501,3 +501,41 @@ def test_leave_one_out_beauty_has_the_benchmarks_counts(tmp_path):
     assert (ds.n_users, ds.n_items) == (22_363, 12_101)
     assert len(ds.train.items) + len(ds.train.lengths) == 176_139  # train rows + every valid target
     assert abs(len(ds.test.users) - 22_311) < 0.005 * 22_311
+
+
+def test_a_temporal_split_never_trains_on_or_reads_for_the_graph_what_comes_after_the_valid_cut():
+    day = 86_400
+    t0 = 1_300_000_000
+    # time range 0..100 days: valid cut at day 80, test cut at day 90
+    log = {
+        "u1": [("a", 0), ("b", 10), ("c", 85), ("d", 95)],  # train a b; valid target c; test target d
+        "u2": [("b", 5), ("a", 20), ("e", 100)],  # train b a; no valid rows; test target e
+        "u3": [("c", 30), ("d", 82)],  # one training row: not a training user; valid target d
+        "u4": [("e", 88), ("a", 99)],  # first seen in the valid period: test history e (read, never trained on)
+    }
+    triples = [(u, i, t0 + d * day) for u, rows in log.items() for i, d in rows]
+    options = PrepareOptions(min_item_count=1, min_user_count=1, split="temporal", temporal_cut_by="time")
+    ds = prepare_log(log_of(triples), options=options)
+    name = lambda ids: [ds.item_original_ids[i] for i in ids]  # noqa: E731
+
+    def rows(split_name):
+        split = ds.split(split_name)
+        out = {}
+        for row, u in enumerate(split.users):
+            items, _ = split.sequence(row)
+            cut = len(items) if split.history_len is None else int(split.history_len[row])
+            out[ds.user_original_ids[u]] = (name(items[:cut]), name(items[cut:]))
+        return out
+
+    assert rows("train") == {"u1": (["a", "b"], []), "u2": (["b", "a"], [])}
+    assert rows("valid") == {"u1": (["a", "b"], ["c"]), "u3": (["c"], ["d"])}
+    assert rows("test") == {"u1": (["a", "b", "c"], ["d"]), "u2": (["b", "a"], ["e"]), "u4": (["e"], ["a"])}
+    _, items, stamps = ds.context_sequences()
+    assert sorted(name(items)) == ["a", "a", "b", "b"] and stamps.max() < t0 + 80 * day  # u3 is no training user
+    assert ds.meta["clean"]["split"] == {"temporal_cuts": [0.8, 0.9], "by": "time"}
+    with pytest.raises(ValueError, match="temporal_cuts"):
+        PrepareOptions(split="temporal", temporal_cuts=(0.9, 0.8))
+    # by interactions (the default): the cuts are time quantiles of the rows
+    by_rows = prepare_log(log_of(triples), options=PrepareOptions(min_item_count=1, min_user_count=1, split="temporal"))
+    stamps = np.sort([t for _, _, t in triples])
+    assert by_rows.context_sequences()[2].max() < stamps[int(0.8 * (len(stamps) - 1))]

@@ -109,11 +109,12 @@ class PreparedDataset:
 
     def context_sequences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR (indptr, items, timestamps) of every interaction a model may read: the training users' whole
-        sequences, then the valid and test users' history parts (never a target); with a leave-one-out split, the
-        training sequences only. The global-context graph and the interest clusters are built from these."""
+        sequences, then the valid and test users' history parts (never a target); with a leave-one-out or a
+        temporal split, the training rows only (nothing after the valid cut). The global-context graph and the
+        interest clusters are built from these."""
         lengths, items, stamps = [], [], []
-        # leave-one-out: every user's readable part of valid/test repeats its training sequence (+ a target)
-        held_out = () if self.meta.get("options", {}).get("split") == "loo" else (self.valid, self.test)
+        # leave-one-out and temporal: valid/test histories repeat training rows or come after the valid cut
+        held_out = () if self.meta.get("options", {}).get("split", "comirec") != "comirec" else (self.valid, self.test)
         for split in (self.train, *held_out):
             if split.history_len is None:
                 lengths.append(np.asarray(split.lengths, dtype=np.int64))

@@ -82,7 +82,11 @@ class PrepareOptions:
     drop_duplicates: bool = False  # drop repeated (user, item, timestamp) rows (ComiRec keeps them)
     # comirec: users split 8:1:1, valid/test users' later 20% are targets | loo: each user's last item is the test
     # target, the one before it the valid target (SASRec / BERT4Rec), targets seen before or never trained on dropped
-    split: Literal["comirec", "loo"] = "comirec"
+    # | temporal: one global time cut for valid and one for test; training reads only what came before the first
+    split: Literal["comirec", "loo", "temporal"] = "comirec"
+    # temporal: the valid and test cuts, as fractions of the interactions (time quantiles) or of the time range
+    temporal_cuts: tuple[float, float] = (0.8, 0.9)
+    temporal_cut_by: Literal["interactions", "time"] = "interactions"
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)  # type: ignore[assignment]
@@ -96,8 +100,13 @@ class PrepareOptions:
             raise ValueError(f"history_ratio must be in (0, 1), got {self.history_ratio}")
         if self.min_item_count < 1 or self.min_user_count < 1:
             raise ValueError("min_item_count and min_user_count must be >= 1")
-        if self.split not in ("comirec", "loo"):
-            raise ValueError(f"split {self.split!r}; expected comirec or loo")
+        if self.split not in ("comirec", "loo", "temporal"):
+            raise ValueError(f"split {self.split!r}; expected comirec, loo or temporal")
+        self.temporal_cuts = tuple(float(c) for c in self.temporal_cuts)  # type: ignore[assignment]
+        if len(self.temporal_cuts) != 2 or not 0.0 < self.temporal_cuts[0] < self.temporal_cuts[1] < 1.0:
+            raise ValueError(f"temporal_cuts must be two fractions 0 < valid < test < 1, got {self.temporal_cuts}")
+        if self.temporal_cut_by not in ("interactions", "time"):
+            raise ValueError(f"temporal_cut_by {self.temporal_cut_by!r}; expected interactions or time")
 
 
 @dataclass
@@ -339,11 +348,13 @@ class PreparationRecord:
             if split_given
             else "leave-one-out (last item test, second last valid)"
             if options.split == "loo"
+            else {"temporal_cuts": list(options.temporal_cuts), "by": options.temporal_cut_by}
+            if options.split == "temporal"
             else {"seed": self.seed, "ratios": list(options.split_ratios)},
             history_ratio=options.history_ratio,
-            popularity="training rows only (each user's sequence but its last two items)"
-            if options.split == "loo"
-            else "training only (train users + valid/test history parts)",
+            popularity="training only (train users + valid/test history parts)"
+            if options.split == "comirec"
+            else "training rows only (what comes before the valid target or cut)",
             n_categories=None if category_names is None else len(category_names),
         )
         dataset_meta = dict(self.meta or {})
@@ -404,11 +415,14 @@ def assemble(
 
     # 4. split users (or keep the given split); leave-one-out splits every user's sequence instead.
     position = np.arange(len(user)) - indptr[:-1][user]
+    if options.split != "comirec" and split_given:
+        raise ValueError(f"--split {options.split} re-splits a log by time; a pre-split input keeps its own split")
     if options.split == "loo":
-        if split_given:
-            raise ValueError("--split loo re-splits a log by time; a pre-split input keeps its own split")
         check_loo_lengths(lengths, name)
         is_train_row = position < (lengths - 2)[user]
+    elif options.split == "temporal":
+        cuts = temporal_cut_times(ts, options.temporal_cuts, options.temporal_cut_by)
+        is_train_row = ts < cuts[0]
     else:
         split_of_user = user_split(file_split, rows, user, user_vocab, user_codes, indptr, lengths, record)
         history_len = history_cut(split_of_user, lengths, options, name)
@@ -427,6 +441,8 @@ def assemble(
     # 7. CSR per split, users ascending.
     if options.split == "loo":
         splits = leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items)
+    elif options.split == "temporal":
+        splits = temporal_splits(item_ids, ts, user, len(lengths), cuts, name)
     else:
         splits = user_splits(split_of_user, user, item_ids, ts, lengths, history_len)
 
@@ -517,6 +533,52 @@ def leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items)
             history_len=history_len[kept].astype(np.int64),
         )
     return splits
+
+
+def temporal_cut_times(ts: np.ndarray, fractions: tuple[float, float], by: str) -> tuple[int, int]:
+    """The valid and test cut times: the times by which those fractions of the interactions had happened
+    (``by = "interactions"``; Amazon logs grow fast, so 80% of Beauty's time range holds 12% of its rows), or
+    those fractions of the way from the first to the last interaction (``by = "time"``)."""
+    if by == "interactions":
+        return tuple(int(t) for t in np.quantile(ts, fractions, method="lower"))  # type: ignore[return-value]
+    first, last = int(ts.min()), int(ts.max())
+    return int(first + fractions[0] * (last - first)), int(first + fractions[1] * (last - first))
+
+
+def temporal_splits(item_ids, ts, user, n_users, cuts, name) -> dict[str, SplitSequences]:
+    """A global time split: training rows are those before the valid cut (users with 2 or more of them); a
+    valid user has history before the valid cut and targets before the test cut; a test user has history
+    before the test cut (valid-period items included) and targets after it. No model reads the future."""
+    valid_cut, test_cut = cuts
+    train_rows = ts < valid_cut
+    train_count = np.bincount(user[train_rows], minlength=n_users)
+    train_users = np.flatnonzero(train_count >= 2)
+    keep = train_rows & np.isin(user, train_users)
+    splits = {"train": csr_split(train_users, user[keep], item_ids[keep], ts[keep], None)}
+    for split_name, (cut, end) in (("valid", (valid_cut, test_cut)), ("test", (test_cut, None))):
+        before = ts < cut
+        after = ~before if end is None else ~before & (ts < end)
+        history = np.bincount(user[before], minlength=n_users)
+        held = np.bincount(user[after], minlength=n_users)
+        users = np.flatnonzero((history > 0) & (held > 0))
+        rows = (before | after) & np.isin(user, users)
+        splits[split_name] = csr_split(users, user[rows], item_ids[rows], ts[rows], history[users])
+    for split_name, split in splits.items():
+        if len(split.users) == 0:
+            raise EmptyDatasetError(f"{name or 'dataset'}: the temporal {split_name} split has no user; move the cuts")
+    return splits
+
+
+def csr_split(users, row_user, items, stamps, history_len) -> SplitSequences:
+    """A split of ``users`` (ascending) from rows already in (user, time) order."""
+    lengths = np.bincount(np.searchsorted(users, row_user), minlength=len(users))
+    return SplitSequences(
+        users=users.astype(np.int64),
+        indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        items=items,
+        timestamps=stamps,
+        history_len=None if history_len is None else np.asarray(history_len, dtype=np.int64),
+    )
 
 
 def popularity_ids(row_counts: np.ndarray, train_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
