@@ -242,6 +242,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from mirec.retrieval import serve_from_store
     from mirec.serving.app import ServeSettings, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -268,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings=settings,
         device=args.device,
         threads=getattr(args, "threads", None) or 1,
-        store=args.store,
+        index_of=None if args.store is None else partial(serve_from_store, uri=args.store),
     )
 
 

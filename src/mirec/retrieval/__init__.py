@@ -2,7 +2,8 @@
 adapters that serve a bundle from Milvus, Qdrant or PostgreSQL + pgvector with mirec's own list merge
 (:mod:`.store`)."""
 
-from mirec.retrieval.store import StoreError, StoreParams, VectorStore, open_store, parse_store_uri
+from mirec.retrieval.base import StoreError, StoreParams, VectorStore
+from mirec.retrieval.store import open_store, parse_store_uri, serve_from_store
 from mirec.retrieval.table import ItemTable, export_item_table, is_item_table, merge_rule, read_item_table
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "StoreError",
     "open_store",
     "parse_store_uri",
+    "serve_from_store",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mirec.retrieval.store import MARKER_KEY, StoreError, StoreParams, VectorStore, pad_ids
+from mirec.retrieval.base import MARKER_KEY, StoreError, StoreParams, VectorStore, pad_ids
 from mirec.retrieval.table import ItemTable
 
 INSERT_ROWS = 10_000  # rows per insert call (a call is one message to the engine)

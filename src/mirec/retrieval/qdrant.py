@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mirec.retrieval.store import MARKER_KEY, StoreError, StoreParams, VectorStore, pad_ids
+from mirec.retrieval.base import MARKER_KEY, StoreError, StoreParams, VectorStore, pad_ids
 from mirec.retrieval.table import ItemTable
 
 UPLOAD_ROWS = 10_000

@@ -470,11 +470,12 @@ def serve(
     settings: ServeSettings | None = None,
     device: str = "cpu",
     threads: int = 1,
-    store: str | None = None,
+    index_of: Any = None,
 ) -> None:
     """Load a bundle (or a run folder) and serve it with uvicorn until stopped; SIGHUP reloads the bundle.
     ``threads``: torch intra-op threads (1: micro-batches are small, and the event loop needs a core).
-    ``store``: a vector database URI (:mod:`mirec.retrieval.store`) searched instead of the bundle's index."""
+    ``index_of(served) -> served``: gives each loaded bundle another index (``mirec serve --store``: a vector
+    database, :func:`mirec.retrieval.serve_from_store`); reloads go through it too."""
     import signal
 
     import uvicorn
@@ -496,13 +497,10 @@ def serve(
     # the token, SIGHUP needs the right to signal this process
     def loader(path: str | Path) -> ServingModel:
         served = load_bundle(path, device)
-        if store is None:
-            return served
-        from mirec.retrieval.store import serve_from_store
+        return served if index_of is None else index_of(served)
 
-        return serve_from_store(served, store)
-
-    app = create_app(loader(bundle) if store else load_serving(bundle, device), settings, bundle, loader=loader)
+    first = loader(bundle) if index_of is not None else load_serving(bundle, device)
+    app = create_app(first, settings, bundle, loader=loader)
 
     def reload_quietly() -> None:
         try:
