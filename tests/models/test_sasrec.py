@@ -85,3 +85,13 @@ def test_sasrec_learns_the_item_cycle(data_dir, tmp_path):  # noqa: F811
     metrics = train_run(data_dir, config, tmp_path / "sasrec", progress=False)
     # the next item is the last one + 1: only order tells it, and a causal model reads order
     assert metrics["test"]["recall@5"] > 0.5
+
+
+def test_sasrec_takes_the_global_context_like_every_model(data_dir, tmp_path):  # noqa: F811
+    config = RunConfig(
+        model=SASRecConfig(embedding_dim=16, maxlen=8, num_blocks=1, global_context=True),
+        train=TrainConfig(batch_size=16, max_steps=20, eval_every=20, seed=3, device="cpu", num_negatives_factor=2),
+        eval=EvalConfig(topk=[5], early_stop_metric="recall@5", batch_size=64),
+    )
+    train_run(data_dir, config, tmp_path / "sasrec-gc", progress=False)
+    assert (tmp_path / "sasrec-gc" / "graph.safetensors").exists()
