@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
 import sys
 import tempfile
 import time
@@ -138,13 +139,16 @@ def main() -> None:
 
         server = pgserver.get_server(tempfile.mkdtemp(prefix="mirec-bench-pg-"), cleanup_mode="stop")
         args.postgres = server.get_uri()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the PostgreSQL server below
     rows = []
-    with tempfile.TemporaryDirectory(prefix="mirec-bench-stores-") as tmp:
-        for name, target in engines(args, Path(tmp)):
-            rows.append(run_with_budget(name, target, table, queries, exact_ids, args))
-            print_row(rows[-1], rows[0])
-    if server is not None:
-        server.cleanup()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirec-bench-stores-") as tmp:
+            for name, target in engines(args, Path(tmp)):
+                rows.append(run_with_budget(name, target, table, queries, exact_ids, args))
+                print_row(rows[-1], rows[0])
+    finally:
+        if server is not None:
+            server.cleanup()
 
 
 def run_with_budget(name, target, table, queries, exact_ids, args) -> dict:
