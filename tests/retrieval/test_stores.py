@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mirec.retrieval import StoreError, open_store, parse_store_uri
-from mirec.retrieval import serve_from_store
+from mirec.retrieval import StoreError, open_store, parse_store_uri, serve_from_store
 from mirec.serving.index import ItemIndex, overlap
 from mirec.serving.model import RecommendRequest
 from tests.conftest import HISTORIES
