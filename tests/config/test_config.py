@@ -69,6 +69,8 @@ NEW_OPTION_DEFAULTS = {
     "eval.base_share_grid": [],
     "graph.engine": "embedded",
     "graph.spark_master": "local[2]",
+    "train.window": "random_cut",
+    "train.hard_negative_beta": 0.0,
 }
 NEW_GEMIREC_DEFAULTS = {
     "model.base": "none",
@@ -108,7 +110,11 @@ def test_every_preset_pair_resolves_as_the_old_per_pair_files_did():
             values = values | CHANGED_PRESET_VALUES.get(model, {}).get(section, {})
             assert {k: got[section][k] for k in values} == values, pair
         added = {f"{s}.{k}": v for s, vs in got.items() for k, v in vs.items() if k not in expected[s]}
-        per_model = {"gemirec": NEW_GEMIREC_DEFAULTS, "gimirec": NEW_GIMIREC_DEFAULTS}.get(model, {})
+        per_model = {
+            "gemirec": NEW_GEMIREC_DEFAULTS,
+            "gimirec": NEW_GIMIREC_DEFAULTS,
+            "comirec-sa": {"model.routing_reg": 0.0},
+        }.get(model, {})
         assert added == NEW_OPTION_DEFAULTS | per_model, pair
 
 

@@ -406,7 +406,8 @@ def test_soft_readout_option(name):
     model = make_model(name, readout_power=1.0)
     batch = make_batch([6, 4], targets=True)
     torch.manual_seed(0)
-    vectors, aux, _, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    vectors, aux = output.user_vectors, output.aux_loss
     torch.manual_seed(0)
     interests = model(batch)
     t = model.output_embeddings(batch.targets)
@@ -422,7 +423,7 @@ def test_hard_readout_training_output(name):
     model = make_model(name)
     batch = make_batch([6, 4, 2], targets=True)
     torch.manual_seed(0)
-    vectors, _, _, _ = model.training_output(batch)
+    vectors = model.training_output(batch).user_vectors
     torch.manual_seed(0)
     interests = model(batch)
     scores = torch.einsum("bkd,bd->bk", interests, model.output_embeddings(batch.targets))

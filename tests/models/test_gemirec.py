@@ -394,7 +394,8 @@ def train_steps(model: GemiRec, steps: int, n_items: int) -> None:
     model.train()
     for step in range(1, steps + 1):
         batch = make_batch([2, 5, 8, 3, 6, 4], model.config.maxlen, n_items, seed=step)
-        user, aux, _, _ = model.training_output(batch)
+        output = model.training_output(batch)
+        user, aux = output.user_vectors, output.aux_loss
         logits = user @ model.output_embeddings().T
         loss = F.cross_entropy(logits, batch.targets) + aux
         model.zero_grad()
@@ -456,7 +457,8 @@ def test_training_output_teacher_forcing_and_gradients(options):
     expected_codes = model.dictionary.quantizer.assign(
         model.embed_items(batch.targets)
     )  # before this step's EMA update
-    user, aux, terms, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    user, aux, terms = output.user_vectors, output.aux_loss, output.terms
     with torch.no_grad():
         h, u_seq = model._encode(batch)
         ref = model.interest_vectors(u_seq, expected_codes[:, None])[:, 0]
@@ -512,7 +514,8 @@ def test_readout_over_generated_interests(teacher):
     model.training_output(batch)  # init
     target_codes = model.dictionary.quantizer.assign(model.embed_items(batch.targets))
     torch.manual_seed(17)
-    user, aux, _, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    user, aux = output.user_vectors, output.aux_loss
     with torch.no_grad():  # mipdm_dropout = 0: the reference pass sees the same encodings
         h, u_seq = model._encode(batch)
         generated, _ = model.beam_search(h[torch.arange(8), batch.mask.sum(1).long() - 1], cfg.num_interests)

@@ -98,7 +98,7 @@ def test_interests_are_attention_over_aggregation_output():
     pimi_style = make_model(seed=1, interest_values="embedding").eval()
     with torch.no_grad():
         torch.testing.assert_close(pimi_style(batch), S2 @ raw)
-        vectors, _, _, _ = pimi_style.training_output(batch)
+        vectors = pimi_style.training_output(batch).user_vectors
         interests_raw = S2 @ raw
         targets = pimi_style.embed_items(batch.targets)
         best = (interests_raw * targets[:, None, :]).sum(-1).argmax(1)  # Eq. 22: argmax-interest readout
@@ -110,7 +110,8 @@ def test_interests_are_attention_over_aggregation_output():
 def test_gradient_reaches_item_table_through_global_context():
     model = make_model(seed=2)
     batch = random_batch(3, 6, 30, seed=13)
-    vectors, aux, _, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    vectors, aux = output.user_vectors, output.aux_loss
     assert aux is None and vectors.shape == (3, 16)
     (vectors * model.output_embeddings(batch.targets)).sum().backward()
     grad_rows = model.item_embedding.weight.grad.abs().sum(1) > 0
@@ -128,7 +129,7 @@ def test_readout_uses_global_context_rows_of_the_target():
     batch = random_batch(6, 6, 30, seed=14)
     with torch.no_grad():
         interests = model(batch)
-        vectors, _, _, _ = model.training_output(batch)
+        vectors = model.training_output(batch).user_vectors
         target_rows = model.global_context.A[batch.targets] @ model.item_embedding.weight  # Eq. 22
     best = torch.einsum("bkd,bd->bk", interests, target_rows).argmax(1)
     torch.testing.assert_close(vectors, interests[torch.arange(6), best])
@@ -177,7 +178,7 @@ def test_with_the_real_global_context_and_a_few_training_steps(one_thread):
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(20):
-        vectors, _, _, _ = model.training_output(batch)
+        vectors = model.training_output(batch).user_vectors
         loss = torch.nn.functional.cross_entropy(vectors @ model.output_embeddings().T, batch.targets)
         optimiser.zero_grad()
         loss.backward()
@@ -225,8 +226,9 @@ def test_training_output_single_lookup_equals_base_path():
     inner = model.global_context.forward
     model.global_context.forward = lambda ids, w: calls.append(ids.numel()) or inner(ids, w)
     torch.manual_seed(1)
-    got, aux, _, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    got, aux = output.user_vectors, output.aux_loss
     assert aux is None and calls == [5 * 6 + 5]
     torch.manual_seed(1)  # same dropout draws
-    ref, _, _, _ = MultiInterestModel.training_output(model, batch)
+    ref = MultiInterestModel.training_output(model, batch).user_vectors
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)

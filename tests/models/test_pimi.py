@@ -281,11 +281,12 @@ def test_pimi_training_output_and_errors():
     torch.manual_seed(7)
     model = PIMI(PIMIConfig(embedding_dim=16, maxlen=6), n_items=30)
     batch = random_batch(4, 6, 30, seed=4)
-    vectors, aux, _, _ = model.training_output(batch)
+    output = model.training_output(batch)
+    vectors, aux = output.user_vectors, output.aux_loss
     assert aux is None and vectors.shape == (4, 16)
     interests = model.eval()(batch)
     with torch.no_grad():
-        vectors, _, _, _ = model.training_output(batch)
+        vectors = model.training_output(batch).user_vectors
     best = torch.einsum("bkd,bd->bk", interests, model.item_embedding.weight[batch.targets]).argmax(1)
     torch.testing.assert_close(vectors, interests[torch.arange(4), best])
     too_long = random_batch(2, 7, 30, seed=5)
@@ -310,7 +311,7 @@ def test_empty_history_gives_zero_interests_and_finite_gradients():
     batch.items[1, :2], batch.mask[1, :2], batch.days[1, :2] = torch.tensor([3, 4]), 1.0, torch.tensor([1, 9])
     batch.targets = torch.tensor([1, 2])
     assert model.eval()(batch)[0].abs().max() == 0  # A @ (masked, zero) item vectors
-    vectors, _, _, _ = model.train().training_output(batch)
+    vectors = model.train().training_output(batch).user_vectors
     vectors.square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
