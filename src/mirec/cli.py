@@ -222,7 +222,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format != "bundle":  # the item table other systems load (vector databases)
         from mirec.retrieval import export_item_table
 
-        _print_json(export_item_table(args.run_dir, args.output, args.format, overwrite=args.overwrite))
+        _print_json(export_item_table(args.run_dir, args.output, args.format, args.overwrite, args.data))
         return
     from mirec.serving.bundle import export_bundle
     from mirec.serving.index import IndexParams

@@ -108,7 +108,11 @@ def merge_rule(serving: Any) -> dict[str, Any]:
 
 
 def export_item_table(
-    source: str | Path, output: str | Path, fmt: TableFormat = "parquet", overwrite: bool = False
+    source: str | Path,
+    output: str | Path,
+    fmt: TableFormat = "parquet",
+    overwrite: bool = False,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the item table of a bundle or run folder into ``output`` (new, empty, or with ``overwrite`` an item
     table mirec wrote: its ``vectors.json`` is the marker); returns the metadata written."""
@@ -120,7 +124,7 @@ def export_item_table(
             raise FileExistsError(f"{output}: exists and is not a mirec item table; choose a new or empty folder")
         if is_item_table(output) and not overwrite:
             raise FileExistsError(f"{output}: already holds an item table; pass --overwrite to replace it")
-    table = ItemTable.of_serving(load_serving(source))
+    table = ItemTable.of_serving(load_serving(source, data=data))  # data: a run's dataset, if it has moved
     meta = {**table.meta, "source": str(Path(source).resolve()), "files": [f"items.{fmt}"]}
     lock = output.resolve().parent / f".{output.name}.lock"
     with exclusive_lock(lock, f"item table {output}"), atomic_directory(output) as tmp:
