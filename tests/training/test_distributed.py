@@ -91,6 +91,11 @@ def _run_rank(rank: int, world: int, port: int, job: dict) -> None:
         metrics = trainer.fit()
         (run_dir / f"rank{rank}.json").write_text(json.dumps(metrics))
     torch.distributed.destroy_process_group()
+    # as the mirec console script does: leave without the interpreter's teardown, where a native thread pool
+    # can abort the process ("terminate called without an active exception") after all the work is written
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _dying(trainer: Trainer, step: int):
