@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +444,17 @@ def test_a_partitioned_parquet_folder_reads_as_its_files_in_order(tmp_path):
 # ------------------------------------------------------------------------------------------- leave-one-out
 
 
+def split_rows(ds, split_name: str) -> dict[str, tuple[list[str], list[str]]]:
+    """user -> (history items, target items) of one split, in original ids (training users: all history)."""
+    split = ds.split(split_name)
+    out = {}
+    for row, u in enumerate(split.users):
+        items = [ds.item_original_ids[i] for i in split.sequence(row)[0]]
+        cut = len(items) if split.history_len is None else int(split.history_len[row])
+        out[ds.user_original_ids[u]] = (items[:cut], items[cut:])
+    return out
+
+
 def test_leave_one_out_holds_out_the_last_two_items_and_drops_seen_or_untrained_targets():
     days = 86_400
     seqs = {
@@ -455,14 +467,7 @@ def test_leave_one_out_holds_out_the_last_two_items_and_drops_seen_or_untrained_
     ds = prepare_log(log_of(triples), options=PrepareOptions(min_item_count=1, min_user_count=1, split="loo"))
     name = lambda ids: [ds.item_original_ids[i] for i in ids]  # noqa: E731
 
-    def rows(split_name):
-        split = ds.split(split_name)
-        out = {}
-        for row, u in enumerate(split.users):
-            items, _ = split.sequence(row)
-            cut = len(items) if split.history_len is None else int(split.history_len[row])
-            out[ds.user_original_ids[u]] = (name(items[:cut]), name(items[cut:]))
-        return out
+    rows = partial(split_rows, ds)
 
     assert rows("train") == {u: (s[:4], []) for u, s in seqs.items()}
     assert rows("valid") == {
@@ -518,14 +523,7 @@ def test_a_temporal_split_never_trains_on_or_reads_for_the_graph_what_comes_afte
     ds = prepare_log(log_of(triples), options=options)
     name = lambda ids: [ds.item_original_ids[i] for i in ids]  # noqa: E731
 
-    def rows(split_name):
-        split = ds.split(split_name)
-        out = {}
-        for row, u in enumerate(split.users):
-            items, _ = split.sequence(row)
-            cut = len(items) if split.history_len is None else int(split.history_len[row])
-            out[ds.user_original_ids[u]] = (name(items[:cut]), name(items[cut:]))
-        return out
+    rows = partial(split_rows, ds)
 
     assert rows("train") == {"u1": (["a", "b"], []), "u2": (["b", "a"], [])}
     assert rows("valid") == {"u1": (["a", "b"], ["c"]), "u3": (["c"], ["d"])}

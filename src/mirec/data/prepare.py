@@ -506,15 +506,7 @@ def leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items)
     dropped, with its user, from that split."""
     train_rows = position < (lengths - 2)[user]
     users = np.arange(len(lengths), dtype=np.int64)
-    splits = {
-        "train": SplitSequences(
-            users=users,
-            indptr=np.concatenate([[0], np.cumsum(lengths - 2)]).astype(np.int64),
-            items=item_ids[train_rows],
-            timestamps=ts[train_rows],
-            history_len=None,
-        )
-    }
+    splits = {"train": csr_split(users, user[train_rows], item_ids[train_rows], ts[train_rows], None)}
     for split_name, held in (("valid", 2), ("test", 1)):
         history_len = lengths - held
         before = position < history_len[user]  # every row a model may read for this split
@@ -525,13 +517,7 @@ def leave_one_out_splits(item_ids, ts, lengths, indptr, position, user, n_items)
         seen = np.isin(users * (n_items + 1) + target, key[before])
         kept = known[target] & ~seen
         rows = kept[user] & (position <= history_len[user])
-        splits[split_name] = SplitSequences(
-            users=users[kept],
-            indptr=np.concatenate([[0], np.cumsum(history_len[kept] + 1)]).astype(np.int64),
-            items=item_ids[rows],
-            timestamps=ts[rows],
-            history_len=history_len[kept].astype(np.int64),
-        )
+        splits[split_name] = csr_split(users[kept], user[rows], item_ids[rows], ts[rows], history_len[kept])
     return splits
 
 
