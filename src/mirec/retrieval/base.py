@@ -52,13 +52,15 @@ class VectorStore(ABC):
     """One engine's adapter: :meth:`load` an item table, then :meth:`search` it like an ``ItemIndex``."""
 
     engine = "?"
-    candidates_factor = 1  # flat search is exact: n candidates are the answer; approximate ones ask for more
 
     def __init__(self, params: StoreParams):
         self.params = params
         self.item_table: torch.Tensor | None = None  # [n + 1, d] once attached (row 0 padding)
-        if params.index == "hnsw":
-            self.candidates_factor = 2
+
+    @property
+    def candidates_factor(self) -> int:
+        """Flat search is exact: n candidates are the answer; an approximate index is asked for twice as many."""
+        return 2 if self.params.index == "hnsw" else 1
 
     # --------------------------------------------------------------- the engine's part
     @abstractmethod
