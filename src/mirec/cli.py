@@ -89,8 +89,24 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         reader_options=reader_options or None,
         overwrite=args.overwrite,
         timestamp_unit=args.timestamp_unit,
+        items=_item_table_options(args),
     )
     _print_json(report.to_dict())
+
+
+def _item_table_options(args: argparse.Namespace) -> Any:
+    """``--items FILE --item-feature NAME:KIND ...`` (None without --items)."""
+    from mirec.data.features import FeatureSpec
+    from mirec.data.prepare import ItemTableOptions
+
+    if args.items is None:
+        if args.item_feature or args.cold_items:
+            raise ValueError("--item-feature and --cold-items need --items FILE (the item table)")
+        return None
+    if not args.item_feature:
+        raise ValueError("--items needs at least one --item-feature NAME:KIND (categorical, multi or dense)")
+    specs = tuple(FeatureSpec.parse(text) for text in args.item_feature)
+    return ItemTableOptions(Path(args.items), specs, args.item_id_column, args.cold_items)
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
@@ -433,6 +449,29 @@ def _add_prepare(sub: Any) -> None:
         choices=("interactions", "time"),
         default="interactions",
         help="interactions: the times by which those shares of the rows had happened; time: of the time range",
+    )
+    p.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="item table (.tsv/.csv with a header, or .parquet): side features; its items absent from the log "
+        "join the catalogue as cold items",
+    )
+    p.add_argument(
+        "--item-feature",
+        action="append",
+        default=[],
+        metavar="NAME:KIND",
+        help="a column of --items, repeated: KIND = categorical (one value), multi (a|b|c or a list), dense "
+        "(a fixed-length vector: a|b|c numbers or a fixed-size list)",
+    )
+    p.add_argument("--item-id-column", default="item_id", help="the --items column holding the log's item ids")
+    p.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="hold out this share of the log's items (seeded): kept only as valid/test targets (cold-start protocol)",
     )
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)

@@ -31,7 +31,9 @@ import torch
 
 from mirec.config import RunConfig, load_config
 from mirec.data.dataset import PreparedDataset, load_dataset
+from mirec.data.features import ItemFeatures
 from mirec.models import MultiInterestModel, get_model_class
+from mirec.nn.item_features import ItemFeatureEncoder
 from mirec.tensors import load_tensors
 from mirec.utils import atomic_write_text, exclusive_lock, sha256_file
 
@@ -311,10 +313,12 @@ def build_model(
     dataset: PreparedDataset | None,
     graph_path: str | Path | None = None,
     n_items: int | None = None,
+    item_features: ItemFeatures | None = None,
 ) -> MultiInterestModel:
-    """The configured model, with its GIMIRec global context attached when needed: loaded from ``graph_path``,
-    else built from ``dataset``. A bundle has no dataset: it gives ``n_items`` and its saved graph."""
-    n_items = dataset.n_items if dataset is not None else n_items
+    """The configured model, with its GIMIRec global context and its item-feature encoder attached when needed:
+    the graph loaded from ``graph_path``, else built from ``dataset``. A bundle has no dataset: it gives
+    ``n_items`` (the items with an id row), its saved graph and its feature tables."""
+    n_items = dataset.n_id_items if dataset is not None else n_items
     if n_items is None:
         raise ValueError("build_model needs a dataset or n_items")
     model = get_model_class(config.model.name)(config.model, n_items)
@@ -327,7 +331,29 @@ def build_model(
             model.global_context = build_global_context(dataset, config.graph)
         else:
             raise FileNotFoundError(f"{graph_path}: the model needs its global-context graph and it is missing")
+    if config.model.item_features:
+        model.feature_encoder = feature_encoder(config, dataset.item_features if dataset else item_features, n_items)
     return model
+
+
+def feature_encoder(config: RunConfig, features: ItemFeatures | None, n_id_items: int) -> ItemFeatureEncoder:
+    """The encoder of ``model.item_features`` over the dataset's (or bundle's) feature tables."""
+    names = list(config.model.item_features)
+    have = features.names if features is not None else []
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(
+            f"model.item_features = {names}: {missing} not among the dataset's item features {have} "
+            "(prepare it with --items FILE --item-feature NAME:KIND)"
+        )
+    model = config.model
+    return ItemFeatureEncoder(
+        features.select(names),  # type: ignore[union-attr]
+        model.embedding_dim,
+        n_id_items,
+        model.item_id_embedding,
+        model.item_id_dropout,
+    )
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -211,6 +211,8 @@ class GemiRecConfig(ModelConfig):
     def check(self) -> None:
         super().check()
         self.require(self.generative or self.base != "none", "generative", "true without a base (model.base)")
+        # its base model and dictionary read the id table directly: features do not reach them yet
+        self.require(not self.item_features, "item_features", "[] (GemiRec does not pool item features yet)")
         self.require(0.0 <= self.mirm_teacher_prob <= 1.0, "mirm_teacher_prob", "in [0, 1]")
         self.require(self.generated_diversity >= 0.0, "generated_diversity", ">= 0")
         self.require(self.beam_diversity >= 0.0, "beam_diversity", ">= 0")

@@ -56,6 +56,14 @@ class ModelConfig(CheckedConfig):
     # Training readout over the K interests, label-aware attention pow(scores, p) (MIND Eq. 7): inf = the hard
     # argmax of ComiRec's code (every multi-interest model's default); 1 = ComiRec's hard_readout=False
     readout_power: float = math.inf
+    # Item side features pooled into every item vector with its id embedding (MIND section 3.1); names of the
+    # prepared dataset's features (mirec prepare --items FILE --item-feature NAME:KIND); [] = ids only
+    item_features: list[str] = field(default_factory=list)
+    # With item_features: false = the item vector is its features' alone (no id embedding)
+    item_id_embedding: bool = True
+    # With item_features: in training, drop each item lookup's id part with this probability (DropoutNet), so
+    # that items scored by features alone (cold, new) are ranked on the warm items' scale
+    item_id_dropout: float = 0.0
 
     def check_with(self, run: RunConfig) -> None:
         """Rules across sections (e.g. GIMIRec's L_time in [model] and [graph]); a model extends it."""
@@ -74,6 +82,12 @@ class ModelConfig(CheckedConfig):
             "readout_power",
             "inf (hard readout) or a non-negative integer",
         )
+        self.require(
+            self.item_id_embedding or bool(self.item_features),
+            "item_id_embedding",
+            "true unless model.item_features names at least one feature",
+        )
+        self.require(len(set(self.item_features)) == len(self.item_features), "item_features", "without repeats")
         for f in dataclasses.fields(self):  # every model's dropout-like rate is a probability
             if "dropout" in f.name and isinstance(getattr(self, f.name), float):
                 self.require(0.0 <= getattr(self, f.name) < 1.0, f.name, "in [0, 1)")

@@ -5,6 +5,7 @@ Layout of a prepared folder::
     meta.json                      counts, options, source checksums, format version
     items.parquet                  row i = internal item i+1: original_id (string), category (int64, -1 = none)
     users.parquet                  row u = internal user u: original_id (string)
+    item_features.json, feature_*  item side features, when prepared with ``--items`` (mirec.data.features)
     {split}_users.npy              int64 [n_split_users]      internal user ids
     {split}_indptr.npy             int64 [n_split_users + 1]  CSR offsets into the two arrays below
     {split}_items.npy              int64 [n_interactions]     internal item ids 1..n_items, time-sorted per user
@@ -33,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mirec.data.features import ItemFeatures, load_item_features
 from mirec.utils import atomic_directory
 
 FORMAT_VERSION = 1
@@ -90,11 +92,18 @@ class PreparedDataset:
     item_categories: np.ndarray | None = None  # [n_items + 1] int64, -1 = unknown
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    item_features: ItemFeatures | None = None  # side features of items 0..n_items (mirec.data.features)
 
     def split(self, name: str) -> SplitSequences:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
+
+    @property
+    def n_id_items(self) -> int:
+        """Items 1..n_id_items are the ones models train on and hold an id embedding for; the rest of the
+        catalogue (held-out cold items, items only the item table lists) is reached through features alone."""
+        return int(self.meta.get("n_id_items", self.n_items))
 
     @property
     def name(self) -> str:
@@ -154,6 +163,8 @@ class PreparedDataset:
             pq.write_table(
                 pa.table({"original_id": pa.array(self.user_original_ids.astype(str))}), tmp / "users.parquet"
             )
+            if self.item_features is not None:
+                self.item_features.save(tmp)
             write_items_and_meta(
                 tmp, self.item_original_ids, self.item_categories, self.meta, self.n_users, self.split_sizes()
             )
@@ -200,7 +211,7 @@ def write_items_and_meta(
 SPLIT_ARRAYS = ("users", "indptr", "items", "timestamps", "history_len")
 # what a prepared folder of either layout holds (interest clusters and lock/temporary files included)
 DATASET_ENTRY = re.compile(
-    r"^(meta\.json|items\.parquet|users\.parquet|users|interactions"
+    r"^(meta\.json|items\.parquet|users\.parquet|users|interactions|item_features\.json|feature_.+\.npy"
     rf"|({'|'.join(SPLITS)})_({'|'.join(SPLIT_ARRAYS)})\.npy|interests-(v2-)?k\d+-s\d+\.npy|\..*\.(lock|tmp))$"
 )
 
@@ -244,6 +255,7 @@ def load_dataset(path: str | Path, mmap: bool = True) -> PreparedDataset:
         item_categories=categories,
         meta=meta,
         path=path,
+        item_features=load_item_features(path, mmap),
         **splits,
     )
 

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mirec.choices import TIMESTAMP_UNITS
+from mirec.data.catalogue import with_item_table
 from mirec.data.dataset import SPLITS, PreparedDataset, SplitSequences, foreign_entries, is_prepared_dataset
+from mirec.data.features import FeatureSpec, read_item_table
 from mirec.data.readers import Interactions, input_files, read_interactions
 from mirec.data.registry import BUNDLED, bundled_path
 from mirec.utils import exclusive_lock, sha256_file
@@ -107,6 +109,16 @@ class PrepareOptions:
             raise ValueError(f"temporal_cuts must be two fractions 0 < valid < test < 1, got {self.temporal_cuts}")
         if self.temporal_cut_by not in ("interactions", "time"):
             raise ValueError(f"temporal_cut_by {self.temporal_cut_by!r}; expected interactions or time")
+
+
+@dataclass(frozen=True)
+class ItemTableOptions:
+    """``mirec prepare --items``: the item table and what to read from it."""
+
+    path: Path  # .tsv / .csv (optionally .gz) with a header, or .parquet
+    features: tuple[FeatureSpec, ...]  # the declared columns (NAME:KIND)
+    id_column: str = "item_id"  # the column holding the log's item ids
+    cold_fraction: float = 0.0  # share of the log's items held out as cold items (the cold-start protocol)
 
 
 @dataclass
@@ -679,6 +691,7 @@ def prepare(
     overwrite: bool = False,
     timestamp_unit: str = "auto",
     frontend: Any = None,
+    items: ItemTableOptions | None = None,
 ) -> PrepareReport:
     """Read ``inputs`` (format ``fmt``), prepare them and save the folder ``output`` atomically.
 
@@ -688,6 +701,8 @@ def prepare(
 
     ``output`` must be new, empty, or (with ``overwrite``) a prepared dataset; it is locked for the whole
     run so two prepares into one folder cannot interleave. ``timestamp_unit``: auto | s | ms | us | ns.
+    ``items``: an item table whose features, catalogue-only items and held-out cold items the folder keeps
+    (:mod:`mirec.data.catalogue`); read and checked before the log.
     """
     paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
     options = options or PrepareOptions()
@@ -696,6 +711,9 @@ def prepare(
     with exclusive_lock(output_lock_file(output), f"dataset output {output}"):
         check_output_folder(output, paths, overwrite)  # again under the lock: another process may have written
         t0 = time.perf_counter()
+        if items is not None and frontend is not None:
+            raise ValueError("--items is not supported with --engine spark yet; prepare with the default engine")
+        table = read_item_table(items.path, list(items.features), items.id_column) if items is not None else None
         log = None if frontend else read_interactions(paths, fmt, on_bad_rows=on_bad_rows, **(reader_options or {}))
         t1 = time.perf_counter()
         files = input_files(paths)
@@ -721,6 +739,8 @@ def prepare(
             )
         else:
             dataset = prepare_log(log, name=name, options=options, seed=seed, meta=meta, timestamp_unit=timestamp_unit)
+        if table is not None:
+            dataset = with_item_table(dataset, table, items.cold_fraction, seed)  # type: ignore[union-attr]
         t2 = time.perf_counter()
         dataset.save(output, overwrite=True)  # check_output_folder allowed it: new, empty, or ours with overwrite
         t3 = time.perf_counter()

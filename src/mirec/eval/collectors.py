@@ -58,14 +58,21 @@ class ListsCollector(Collector):
     """The final lists and the users' targets: every registered metric at every cut-off, ``users`` and the
     share of novel targets (docs/models.md section 6)."""
 
-    def __init__(self, ks: list[int], categories: np.ndarray | None, clusters: np.ndarray | None, maxlen: int):
-        self.ks, self.categories, self.clusters, self.maxlen = ks, categories, clusters, maxlen
+    def __init__(
+        self,
+        ks: list[int],
+        categories: np.ndarray | None,
+        clusters: np.ndarray | None,
+        maxlen: int,
+        cold: np.ndarray | None = None,
+    ):
+        self.ks, self.categories, self.clusters, self.maxlen, self.cold = ks, categories, clusters, maxlen, cold
         self.lists: dict[int, list[np.ndarray]] = {k: [] for k in ks}
         self.targets: list[np.ndarray] = []
         self.histories: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
         self.arrays: dict[str, np.ndarray] = {}
-        needs = {"categories": categories, "clusters": clusters}
+        needs = {"categories": categories, "clusters": clusters, "cold": cold}
         self.names = [
             f"{metric.name}@{k}"
             for k in ks
@@ -94,7 +101,13 @@ class ListsCollector(Collector):
         for k in self.ks:  # one pre-pass per list: the diversity greedy's lists are not prefixes of each other
             if self.targets:
                 lists = per_user_metrics(
-                    self.recs(k), self.targets, [k], categories=self.categories, clusters=self.clusters, history=windows
+                    self.recs(k),
+                    self.targets,
+                    [k],
+                    categories=self.categories,
+                    clusters=self.clusters,
+                    history=windows,
+                    cold=self.cold,
                 )
                 self.arrays.update(lists)
         out = {"users": np.array([len(self.targets)], dtype=np.float64)}

@@ -116,7 +116,10 @@ def _collectors(
 
         clusters = item_clusters(dataset, config.interest_clusters)
     groups = interest_groups(model)
-    lists = ListsCollector(ks, categories, clusters, maxlen)
+    cold = None
+    if dataset.n_id_items < dataset.n_items:  # held-out or table-only items: report their recall apart
+        cold = np.arange(dataset.n_items + 1) > dataset.n_id_items
+    lists = ListsCollector(ks, categories, clusters, maxlen, cold)
     collapse = CollapseCollector(model.num_interests, groups, model.config.embedding_dim)
     collectors: list[Collector] = [lists, collapse]
     if type(model).diagnostics is not MultiInterestModel.diagnostics:

@@ -17,6 +17,8 @@ Definitions (per user u, T_u = the target list, S_N = set of the first N recomme
 
 - ``novel_recall@N`` (needs interest clusters and the history window): recall over the targets whose
   cluster occurs nowhere in the items the model read, averaged over the users that have such targets.
+- ``cold_recall@N`` / ``warm_recall@N`` (needs cold items: a catalogue with items that have no id row): recall
+  over the targets that are cold items / all other targets, each averaged over the users that have such targets.
 - ``interest_coverage@N`` (needs interest clusters): distinct clusters among the first N recommendations.
 - ``diversity@N`` (needs item categories): ComiRec ``compute_diversity``, the share of pairs among the
   filled slots whose categories differ; an unknown category (-1) counts as one more category.
@@ -82,6 +84,7 @@ class RankedLists:
         categories: np.ndarray | None = None,
         clusters: np.ndarray | None = None,
         history: Targets | None = None,
+        cold: np.ndarray | None = None,
     ):
         recs = np.asarray(recs)
         if recs.ndim != 2:
@@ -98,6 +101,7 @@ class RankedLists:
             raise ValueError(f"user row {int(np.argmin(self.lengths))} has no targets; recall is undefined for it")
         self.categories = None if categories is None else np.asarray(categories, dtype=np.int64)
         self.clusters = None if clusters is None else np.asarray(clusters, dtype=np.int64)
+        self.cold = None if cold is None else np.asarray(cold, dtype=bool)
         self.history = None if history is None else to_csr(history)
         if self.history is not None and len(self.history.indptr) - 1 != self.n_users:
             raise ValueError(f"{len(self.history.indptr) - 1} histories for {self.n_users} recommended lists")
@@ -280,10 +284,29 @@ def diversity(lists: RankedLists, k: int) -> np.ndarray:
 def novel_recall(lists: RankedLists, k: int) -> np.ndarray:
     """Recall over the targets whose interest cluster is absent from the user's history window (interest
     evolution); NaN for users without such targets (averaged over the users that have them)."""
-    novel = lists.novel_targets
-    hits = np.bincount(lists.target_users, weights=novel & (lists.target_rank < k), minlength=lists.n_users)
-    count = np.bincount(lists.target_users, weights=novel, minlength=lists.n_users)
+    return _recall_over(lists, k, lists.novel_targets)
+
+
+def _recall_over(lists: RankedLists, k: int, chosen: np.ndarray) -> np.ndarray:
+    """Recall over the targets where ``chosen`` [T] is True; NaN for users without one."""
+    hits = np.bincount(lists.target_users, weights=chosen & (lists.target_rank < k), minlength=lists.n_users)
+    count = np.bincount(lists.target_users, weights=chosen, minlength=lists.n_users)
     return np.divide(hits, count, out=np.full(lists.n_users, np.nan), where=count > 0)
+
+
+@register_metric("cold_recall", needs=("cold",))
+def cold_recall(lists: RankedLists, k: int) -> np.ndarray:
+    """Recall over the targets that are cold items (no id row: held out of training or only in the item
+    table); averaged over the users that have such targets."""
+    assert lists.cold is not None
+    return _recall_over(lists, k, lists.cold[lists.targets.items])
+
+
+@register_metric("warm_recall", needs=("cold",))
+def warm_recall(lists: RankedLists, k: int) -> np.ndarray:
+    """Recall over the targets that are not cold items; averaged over the users that have such targets."""
+    assert lists.cold is not None
+    return _recall_over(lists, k, ~lists.cold[lists.targets.items])
 
 
 @register_metric("interest_coverage", needs=("clusters",))
@@ -317,10 +340,11 @@ def per_user_metrics(
     clusters: np.ndarray | None = None,
     history: Targets | None = None,
     names: Sequence[str] | None = None,
+    cold: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-user arrays ``{"recall@20": [U], ...}``: every registered metric whose needs are met (or the ``names``
     given; one whose needs are missing is an error) at every N in ``ks`` (see the module docstring)."""
-    lists = RankedLists(recs, targets, categories=categories, clusters=clusters, history=history)
+    lists = RankedLists(recs, targets, categories=categories, clusters=clusters, history=history, cold=cold)
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1 or max(ks) > lists.depth:
         raise ValueError(f"cut-offs {ks} must lie in 1..{lists.depth} (the length of the recommended lists)")

@@ -185,12 +185,13 @@ def build_global_context(dataset: Any, config: GraphConfig, build: Any = None) -
     items = items.astype(np.int32)
     days = (stamps - (stamps.min() if len(stamps) else 0)) / SECONDS_PER_DAY  # GIMIRec Table 2: L_time in days
     del stamps
+    n_items = dataset.n_id_items  # the items models train on (held-out and table-only items have no edge)
     info = BuildInfo()
     if build is not None:
         info.n_interactions, info.n_sequences = len(items), len(indptr) - 1
-        matrix = build(indptr, items, days, dataset.n_items, config)
+        matrix = build(indptr, items, days, n_items, config)
     else:
-        matrix = build_cooccurrence(indptr, items, days, dataset.n_items, config, info=info)
+        matrix = build_cooccurrence(indptr, items, days, n_items, config, info=info)
     return GlobalContext(matrix, config, info)
 
 

@@ -18,6 +18,7 @@ from mirec.data.batching import Batch
 from mirec.nn.capsule import label_aware_readout
 from mirec.nn.embedding import RowGradEmbedding
 from mirec.nn.init import glorot_embedding
+from mirec.nn.item_features import ItemFeatureEncoder
 
 
 class TrainingOutput(NamedTuple):
@@ -48,25 +49,47 @@ class MultiInterestModel(nn.Module):
     def __init__(self, config: ModelConfig, n_items: int):
         super().__init__()
         self.config = config
-        self.n_items = n_items
+        self.n_items = n_items  # items 1..n_items have an id row (the items the model trains on)
         self.item_embedding = glorot_embedding(n_items + 1, config.embedding_dim)
         # Set by mirec.graph when config.global_context: maps (ids, E_item) -> rows of A E_item.
         self.global_context: nn.Module | None = None
+        # Set by mirec.runs.build_model when config.item_features: id + side features, pooled (MIND 3.1).
+        self.feature_encoder: ItemFeatureEncoder | None = None
 
     @property
     def num_interests(self) -> int:
         return self.config.num_interests
 
-    def embed_items(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input item vectors: E_item rows, or E_global = A E_item rows with a global context (GIMIRec Eq. 7)."""
-        if self.global_context is not None:
-            return self.global_context(ids, self.item_embedding.weight)
+    @property
+    def n_catalogue(self) -> int:
+        """Items 1..n_catalogue can be scored: the id rows, and with item features every item that has them."""
+        return self.feature_encoder.n_items if self.feature_encoder is not None else self.n_items
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """E_item rows: the id embedding, or with item features the pooled id + feature vectors."""
+        if self.feature_encoder is not None:
+            return self.feature_encoder(ids, self.item_embedding)
         return self.item_embedding(ids)
 
+    def embed_items(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input item vectors: E_item rows, or E_global = A E_item rows with a global context (GIMIRec Eq. 7);
+        items beyond the graph (reached through features only) keep their E_item rows."""
+        if self.global_context is None:
+            return self.item_rows(ids)
+        table = self.item_embedding.weight
+        if self.feature_encoder is not None:
+            table = self.item_rows(torch.arange(self.n_items + 1, device=ids.device))
+        if self.n_catalogue == self.n_items:
+            return self.global_context(ids, table)
+        known = ids <= self.n_items
+        inside = self.global_context(torch.where(known, ids, 0), table)
+        return torch.where(known.unsqueeze(-1), inside, self.item_rows(ids))
+
     def output_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The item vectors scored against (softmax weights, retrieval index); all items when ids is None."""
+        """The item vectors scored against (softmax weights, retrieval index); the whole catalogue when ids is
+        None."""
         if ids is None:
-            ids = torch.arange(self.n_items + 1, device=self.item_embedding.weight.device)
+            ids = torch.arange(self.n_catalogue + 1, device=self.item_embedding.weight.device)
         return self.embed_items(ids)
 
     def keep_item_grad_buffer(self) -> list[nn.Parameter]:

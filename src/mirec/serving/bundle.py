@@ -10,6 +10,7 @@ Layout (every file listed with its size and SHA-256 in ``manifest.json``; loadin
     graph.safetensors         the global context (models that have one)
     item_vectors.safetensors  the [n_items + 1, d] vectors the model scores against (row 0 = padding)
     items.parquet             row i = internal item i + 1: original_id, category (-1 = none)
+    item_features.json, feature_*.npy   the item feature tables (models with model.item_features)
     index.json, index.faiss   the item index (Faiss's own format; never pickle)
 
 Nothing is unpickled: tensors are safetensors, tables Parquet, settings TOML/JSON.
@@ -31,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from mirec.config import load_config, save_config
+from mirec.data.features import load_item_features
 from mirec.runs import build_model, dataset_checksum, load_run, load_state
 from mirec.serving.index import IndexParams, ItemIndex, calibrate
 from mirec.serving.model import ServingModel
@@ -76,7 +78,7 @@ def export_bundle(
 
         check_exportable(load_config(Path(run_dir) / "config.toml").model.name)
     model, dataset, config = load_run(run_dir, "cpu", data)
-    params = (index or IndexParams()).resolved(dataset.n_items)
+    params = (index or IndexParams()).resolved(model.n_catalogue)
     started = time.perf_counter()
     with torch.no_grad():
         vectors = model.output_embeddings().detach().float().cpu().contiguous()
@@ -94,18 +96,12 @@ def export_bundle(
         if model.global_context is not None:
             model.global_context.save(tmp / "graph.safetensors")
         save_file({"item_vectors": vectors}, str(tmp / "item_vectors.safetensors"))
-        categories = (
-            dataset.item_categories if dataset.item_categories is not None else np.full(dataset.n_items + 1, -1)
+        n = model.n_catalogue + 1  # an ids-only model cannot score held-out or table-only items
+        write_items(
+            tmp, dataset.item_original_ids[:n], None if dataset.item_categories is None else dataset.item_categories[:n]
         )
-        pq.write_table(
-            pa.table(
-                {
-                    "original_id": pa.array(dataset.item_original_ids[1:].astype(str)),
-                    "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
-                }
-            ),
-            tmp / "items.parquet",
-        )
+        if model.feature_encoder is not None:
+            dataset.item_features.select(model.feature_encoder.names).save(tmp)
         index_files = item_index.save(tmp)
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
@@ -119,7 +115,8 @@ def export_bundle(
                 "build_seconds": round(build_seconds, 3),
                 "calibration": calibration,
             },
-            "n_items": dataset.n_items,
+            "n_items": model.n_catalogue,
+            "n_id_items": model.n_items,
             "dim": int(vectors.shape[1]),
             "num_interests": int(config.model.num_interests),
             "maxlen": int(config.model.maxlen),
@@ -129,9 +126,19 @@ def export_bundle(
         if onnx:
             from mirec.serving.onnx_export import write_user_tower
 
-            manifest["onnx"] = write_user_tower(model, config, dataset.n_items, tmp)
+            manifest["onnx"] = write_user_tower(model, config, model.n_catalogue, tmp)
         manifest = write_manifest(tmp, manifest)
     return manifest
+
+
+def write_items(folder: Path, original_ids: np.ndarray, categories: np.ndarray | None) -> None:
+    """items.parquet: row i = internal item i + 1 (original id, category or -1)."""
+    categories = categories if categories is not None else np.full(len(original_ids), -1)
+    columns = {
+        "original_id": pa.array(np.asarray(original_ids[1:]).astype(str)),
+        "category": pa.array(np.asarray(categories[1:], dtype=np.int64)),
+    }
+    pq.write_table(pa.table(columns), folder / "items.parquet")
 
 
 def bundle_lock(output: str | Path):
@@ -144,7 +151,13 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """manifest.json listing every file in ``folder`` (size, SHA-256) with the model and index versions."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir())}
     files.pop(MANIFEST, None)
-    model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in ("config.toml", "model.safetensors")).encode())
+    # the feature tables are part of the model: a refresh with new items is a new model version
+    model_files = [
+        "config.toml",
+        "model.safetensors",
+        *sorted(f for f in files if f.startswith(("item_features", "feature_"))),
+    ]
+    model_hash = hashlib.sha256("".join(files[f]["sha256"] for f in model_files).encode())
     index_files = manifest.get("index_files") or [f for f in ("index.json", "index.faiss") if f in files]
     index_hash = hashlib.sha256("".join(files[f]["sha256"] for f in index_files).encode())
     manifest = {
@@ -201,7 +214,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Serving
     device = resolve_device(str(device))
     config = load_config(path / "config.toml")
     graph = path / "graph.safetensors"
-    model = build_model(config, None, graph if graph.exists() else None, n_items=int(manifest["n_items"]))
+    n_id_items = int(manifest.get("n_id_items", manifest["n_items"]))
+    features = load_item_features(path, mmap=False)
+    model = build_model(config, None, graph if graph.exists() else None, n_items=n_id_items, item_features=features)
     load_state(model, load_tensors(path / "model.safetensors"), path / "model.safetensors")
     model.to(device).eval()
     vectors = load_tensors(path / "item_vectors.safetensors")["item_vectors"]

@@ -143,12 +143,14 @@ class ServingModel:
             "model_version": "run",
             "index_version": params.kind,
         }
+        n = model.n_catalogue + 1  # an ids-only model cannot score held-out or table-only items
+        categories = dataset.item_categories
         return cls(
             model,
             config,
-            dataset.item_original_ids,
+            dataset.item_original_ids[:n],
             ItemIndex(vectors, params),
-            item_categories=dataset.item_categories,
+            item_categories=None if categories is None else categories[:n],
             manifest=manifest,
         )
 

@@ -35,6 +35,7 @@ class TrainingLoss:
     def __init__(self, tc: TrainConfig, model: torch.nn.Module, n_items: int, generator: torch.Generator):
         self.tc, self.model, self.generator = tc, model, generator
         self.kind = tc.loss
+        self.n_items = n_items  # ids 1..n_items are trained on: held-out and table-only items are never negatives
         # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
         # train.sampler_exclude_padding = true draws ids 1..n_items only.
         n_classes = n_items + (0 if tc.sampler_exclude_padding else 1)
@@ -49,9 +50,15 @@ class TrainingLoss:
 
     def items(self, detach: bool) -> OutputFn:
         """The model's output item vectors (by ids, or all for None), detached when asked."""
-        if not detach:
-            return self.model.output_embeddings
-        return lambda ids=None: self.model.output_embeddings(ids).detach()
+        model, n_items = self.model, self.n_items
+
+        def vectors(ids: torch.Tensor | None = None) -> torch.Tensor:
+            if ids is None:  # the training catalogue: items beyond it (cold, table-only) are not candidates
+                ids = torch.arange(n_items + 1, device=model.item_embedding.weight.device)
+            out = model.output_embeddings(ids)
+            return out.detach() if detach else out
+
+        return vectors
 
     def __call__(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
         items = self.items(detach_items)

@@ -133,7 +133,7 @@ def training_parts(model: Any, dataset: PreparedDataset, config: RunConfig, devi
         last_window=tc.window == "last",
     )
     generator = torch.Generator().manual_seed(dist.seed(tc.seed))  # negatives (CPU), checkpointed
-    loss = TrainingLoss(tc, model, dataset.n_items, generator)  # train.loss, chosen once
+    loss = TrainingLoss(tc, model, dataset.n_id_items, generator)  # train.loss, chosen once
     step: torch.nn.Module = TrainingStep(model, loss)
     if dist.active:
         step = data_parallel(step, device, model.may_skip_parameters)
