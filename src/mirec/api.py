@@ -48,9 +48,11 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on a prepared dataset into the run folder ``output`` (new or empty; ``resume`` continues
-    its checkpoint, ``overwrite`` replaces an earlier run); returns the metrics.json dict."""
+    its checkpoint, ``overwrite`` replaces an earlier run; ``init_from`` starts from another run's weights, item
+    rows remapped by original id); returns the metrics.json dict."""
     data_dir = resolve_data(data)
     preset = preset_of(data_dir)
     # the config is built and checked before torch, the dataset or the model is loaded
@@ -65,6 +67,7 @@ def train(
         overwrite=overwrite,
         progress=progress,
         preset=f"{preset}/{model}",
+        init_from=init_from,
     )
 
 

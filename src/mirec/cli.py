@@ -156,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        init_from=args.init_from,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the metrics
         from mirec.console import metrics_table
@@ -235,6 +236,12 @@ def cmd_recommend(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.items is not None:  # new items into an existing bundle
+        from mirec.serving.refresh import refresh_bundle
+
+        manifest = refresh_bundle(args.run_dir, args.items, args.output, args.item_id_column, args.overwrite)
+        _print_json({k: v for k, v in manifest.items() if k != "files"})
+        return
     if args.format != "bundle":  # the item table other systems load (vector databases)
         from mirec.retrieval import export_item_table
 
@@ -499,6 +506,12 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN_DIR",
+        help="a new run starting from RUN_DIR's best weights (items remapped by original id; fresh optimiser)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the earlier run in --output (its files and checkpoints; nothing else)",
@@ -612,6 +625,14 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")
     p.add_argument("--ivf-nprobe", type=int, default=0, help="0 = max(8, nlist / 16)")
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
+    p.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="with a BUNDLE whose model pools item features: add the items of this table it does not hold, "
+        "embedded from their features, as a new bundle version in --output (the bundle itself with --overwrite)",
+    )
+    p.add_argument("--item-id-column", default="item_id", help="the --items column holding the item ids")
     p.add_argument("--data", default=None, metavar="DIR", help="the run's prepared dataset, if it has moved")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle already in --output")
     p.set_defaults(func=cmd_export)

@@ -45,6 +45,7 @@ RUN_MARKER = ".mirec-run.json"
 RUN_FILES = (
     "config.toml",
     "data.json",
+    "init.json",
     "model.safetensors",
     "graph.safetensors",
     "train.log",

@@ -112,6 +112,19 @@ class ItemFeatures:
     def rows(self, ids: np.ndarray) -> ItemFeatures:
         return ItemFeatures([f.rows(np.asarray(ids, dtype=np.int64)) for f in self.features], dict(self.report))
 
+    def appended(self, new: ItemFeatures) -> ItemFeatures:
+        """These items followed by ``new``'s items 1..n (encoded with these vocabularies: ``like=self``)."""
+        out = []
+        for old, add in zip(self.features, (new.get(n) for n in self.names), strict=True):
+            if old.vectors is not None:
+                out.append(EncodedFeature(old.spec, vectors=np.concatenate([old.vectors, add.vectors[1:]])))
+                continue
+            start = int(add.indptr[1])  # skip new item 0 (padding)
+            indptr = np.concatenate([old.indptr, old.indptr[-1] + add.indptr[2:] - start])
+            values = np.concatenate([old.values, add.values[start:]])
+            out.append(EncodedFeature(old.spec, list(old.vocab), indptr.astype(np.int64), values.astype(np.int64)))
+        return ItemFeatures(out, dict(new.report))
+
     def describe(self) -> dict:
         """The JSON part: kinds, dimensions, vocabularies."""
         return {

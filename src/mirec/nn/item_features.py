@@ -13,6 +13,7 @@ ComiRec share one item table.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,13 +36,13 @@ class ItemFeatureEncoder(nn.Module):
             name = feature.spec.name
             if feature.vectors is not None:
                 self.tables[name] = nn.Linear(feature.dim, dim, bias=False)
-                self.register_buffer(f"vectors_{name}", torch.as_tensor(feature.vectors[:]), persistent=False)
+                self.register_buffer(f"vectors_{name}", torch.from_numpy(np.array(feature.vectors)), persistent=False)
             else:
                 bag = nn.EmbeddingBag(feature.dim + 1, dim, mode="mean")
                 nn.init.xavier_uniform_(bag.weight)  # as the id table (TF's get_variable default)
                 self.tables[name] = bag
-                self.register_buffer(f"indptr_{name}", torch.as_tensor(feature.indptr[:]), persistent=False)
-                self.register_buffer(f"values_{name}", torch.as_tensor(feature.values[:]), persistent=False)
+                self.register_buffer(f"indptr_{name}", torch.from_numpy(np.array(feature.indptr)), persistent=False)
+                self.register_buffer(f"values_{name}", torch.from_numpy(np.array(feature.values)), persistent=False)
 
     def feature_part(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """[N, dim] the ``name`` part of the flat ids ``ids``."""

@@ -15,6 +15,7 @@ from its construction until :meth:`Trainer.fit` returns (or :meth:`Trainer.close
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -48,7 +49,7 @@ from mirec.training.losses import TrainingLoss
 from mirec.training.policies import EarlyStopping, RunningMeans, Schedule
 from mirec.training.recorder import RunRecorder, run_summary
 from mirec.training.tracking import Trackers
-from mirec.utils import resolve_device, seed_everything
+from mirec.utils import atomic_write_text, resolve_device, seed_everything
 
 # evaluate(model, dataset, split, eval_config, *, maxlen, device, max_users) -> metric dict (the evaluator's)
 EvaluateFn = Callable[..., dict[str, Any]]
@@ -157,8 +158,12 @@ class Trainer:
         on_evaluation: EvaluationHook | None = None,
         test: bool = True,
         hooks: Sequence[TrainerHook] = (),
+        init_from: str | Path | None = None,
     ):
         self.run_dir = Path(run_dir)
+        if init_from is not None and resume:
+            raise ValueError("--init-from starts a new run from another run's weights; --resume continues this one")
+        self.init_from = init_from
         self.dist = Distributed.from_env()  # rank 0 of 1 unless launched by torchrun
         self.evaluate_fn = evaluate
         self.hooks = [*hooks, *([EvaluationCallback(on_evaluation)] if on_evaluation else [])]
@@ -202,6 +207,11 @@ class Trainer:
         self.resume = resume
         seed_everything(tc.seed)
         self.model = build_model(config, self.dataset, self._resume_graph_path())
+        self.init_record = None
+        if self.init_from is not None:  # before the optimiser is built: it starts fresh over these weights
+            from mirec.training.warm_start import warm_start
+
+            self.init_record = warm_start(self.model, self.dataset, config, self.init_from)
         self.model.to(self.device)
         self.optimizer, self.kept_grads, self.sampler, self.generator, self.loss, self.step_module = training_parts(
             self.model, self.dataset, config, self.device, self.dist
@@ -321,6 +331,8 @@ class Trainer:
             if self.dist.main:
                 save_config(self.config, self.run_dir / "config.toml")
                 write_data_json(self.run_dir, self.dataset)
+                if self.init_record is not None:
+                    atomic_write_text(self.run_dir / "init.json", json.dumps(self.init_record, indent=2))
             self.recorder.start_trackers(self.config.to_dict(), resumed)
             if self.model.global_context is not None and not resumed and self.dist.main:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
@@ -446,11 +458,13 @@ def train_run(
     on_evaluation: EvaluationHook | None = None,
     test: bool = True,
     hooks: Sequence[TrainerHook] = (),
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (a new or empty folder; ``resume`` continues its checkpoint,
     ``overwrite`` replaces an earlier run); returns metrics.json. ``evaluate`` scores a split (the ComiRec
     protocol's evaluator unless given); ``on_evaluation(step, valid metrics)`` may return a stop reason (a
-    tuner's pruning); ``test=False`` never evaluates the test split (tuning)."""
+    tuner's pruning); ``test=False`` never evaluates the test split (tuning). ``init_from``: a finished run whose
+    weights this new run starts from (:mod:`mirec.training.warm_start`)."""
     trainer = Trainer(
         data_dir_or_dataset,
         config,
@@ -463,6 +477,7 @@ def train_run(
         on_evaluation=on_evaluation,
         test=test,
         hooks=hooks,
+        init_from=init_from,
     )
     if preset:
         trainer.folder_notes.append(f"presets: {preset} (mirec config show --data ... --model ... prints them)")
