@@ -186,19 +186,40 @@ def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
         assert torch.equal(full.search(queries, 20)[1], i_exact)
 
 
-def test_calibration_keeps_the_metric_that_agrees_more_with_exact_search():
+def test_calibration_keeps_the_fastest_index_within_the_tolerance():
     from mirec.serving.index import calibrate, overlap
 
     table = skewed_table(3000, 16)  # log-normal norms, no clusters: raw inner product does better here
     queries = torch.randn(30, 3, 16, generator=torch.Generator().manual_seed(3))
     index, report = calibrate(table, IndexParams(kind="hnsw"), queries, n=20, target=1.01)  # try every efSearch
-    by_metric = {m: max(v for k, v in report["overlap"].items() if k.startswith(m)) for m in ("ip", "l2")}
-    assert index.params.metric == max(by_metric, key=by_metric.get) == report["chosen"]["metric"]
+    candidates = report["candidates"]
+    assert {(c["metric"], c["hnsw_ef_search"]) for c in candidates} == {
+        (m, ef) for m in ("ip", "l2") for ef in (64, 128, 256, 512, 1024)
+    }
+    best = max(c["overlap"] for c in candidates)
+    eligible = [c for c in candidates if c["overlap"] >= best - report["tolerance"]]
+    chosen = report["chosen"]
+    assert chosen in eligible and all(chosen["queries_per_s"] >= c["queries_per_s"] for c in eligible)
+    assert (index.params.metric, index.params.hnsw_ef_search) == (chosen["metric"], chosen["hnsw_ef_search"])
     exact = ItemIndex(table).search(queries, 20)[1]
-    assert overlap(index.search(queries, 20)[1], exact) == pytest.approx(report["chosen"]["overlap"], abs=1e-4)
+    assert overlap(index.search(queries, 20)[1], exact) == pytest.approx(chosen["overlap"], abs=1e-4)
     assert overlap(exact, exact) == 1.0
+    strict, strict_report = calibrate(table, IndexParams(kind="hnsw"), queries, n=20, target=1.01, tolerance=0.0)
+    assert strict_report["chosen"]["overlap"] == best  # no tolerance: the best overlap, whatever it costs
     fixed, fixed_report = calibrate(table, IndexParams(kind="hnsw", metric="l2", hnsw_ef_search=64), queries, n=20)
-    assert fixed.params.metric == "l2" and list(fixed_report["overlap"]) == ["l2 efSearch=64"]
+    assert fixed.params.metric == "l2" and [(c["metric"], c["hnsw_ef_search"]) for c in fixed_report["candidates"]] == [
+        ("l2", 64)
+    ]
+
+
+def test_exported_hnsw_never_pays_for_overlap_within_the_tolerance(run_dir, tmp_path):
+    manifest = export_bundle(run_dir, tmp_path / "hnsw", index=IndexParams(kind="hnsw"))
+    calibration = manifest["index"]["calibration"]
+    best = max(c["overlap"] for c in calibration["candidates"])
+    eligible = [c for c in calibration["candidates"] if c["overlap"] >= best - calibration["tolerance"]]
+    assert all(calibration["chosen"]["queries_per_s"] >= c["queries_per_s"] for c in eligible)
+    assert manifest["index"]["metric"] == calibration["chosen"]["metric"]
+    assert manifest["index"]["hnsw_ef_search"] == calibration["chosen"]["hnsw_ef_search"]
 
 
 # ------------------------------------------------------------------------------------------------ service
