@@ -284,6 +284,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         microbatch_wait_ms=args.microbatch_wait_ms,
         model_name=args.model_name,
     )
+    if args.workers > 1:
+        from mirec.serving.app import read_token
+        from mirec.serving.workers import serve_workers
+
+        settings.token = read_token(args.token_file) if args.token_file else None
+        serve_workers(
+            args.bundle,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            settings=settings,
+            device=args.device,
+            threads=getattr(args, "threads", None) or 1,
+            store=args.store,
+        )
+        return
     serve(
         args.bundle,
         host=args.host,
@@ -655,6 +671,12 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--microbatch-size", type=int, default=64)
     p.add_argument("--microbatch-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on the one port (one per core: each computes requests in parallel); bundles only",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-name", default="mirec", help="the model's name on the Open Inference Protocol routes")
     p.add_argument(

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -78,6 +79,8 @@ class Metrics:
     served batch sizes, reloads. Route labels come from the app's route table, never from the request path."""
 
     def __init__(self) -> None:
+        # several workers (mirec.serving.workers): values live in files of PROMETHEUS_MULTIPROC_DIR, summed on read
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         self.requests = Counter("mirec_requests", "Answered requests", ["route", "status"], registry=self.registry)
         self.latency = Histogram(
@@ -88,7 +91,10 @@ class Metrics:
         )
         self.reloads = Counter("mirec_reloads", "Reloads by outcome", ["outcome"], registry=self.registry)
         self.last_reload_ok = Gauge(
-            "mirec_last_reload_ok", "1 when the last reload succeeded (or none was tried)", registry=self.registry
+            "mirec_last_reload_ok",
+            "1 when the last reload succeeded (or none was tried); with several workers, the lowest of the live ones",
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.last_reload_ok.set(1)
 
@@ -104,7 +110,13 @@ class Metrics:
         self.last_reload_ok.set(1 if ok else 0)
 
     def text(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
 
 
 class MicroBatcher:
@@ -257,8 +269,16 @@ def _error(status: int, message: str) -> JSONResponse:
 class Service:
     """What the routes share: the served model (swapped whole on reload), the settings, metrics and batcher."""
 
-    def __init__(self, model: ServingModel, settings: ServeSettings, bundle_path: str | Path | None, loader: Any):
+    def __init__(
+        self,
+        model: ServingModel,
+        settings: ServeSettings,
+        bundle_path: str | Path | None,
+        loader: Any,
+        shared: Any = None,
+    ):
         self.model, self.settings, self.loader = model, settings, loader
+        self.shared = shared  # several workers: the reload generation they all follow (mirec.serving.workers)
         self.path = str(bundle_path) if bundle_path else None
         self.reloads, self.ready = 0, True
         self.last_reload: dict[str, Any] = {}  # {"last_reload_ok", "last_reload_error"} once a reload was tried
@@ -296,7 +316,16 @@ class Service:
             raise HTTPException(500, f"internal error serving this request ({type(exc).__name__})") from None
 
     def reload(self, path: str | None = None) -> dict[str, Any]:
-        """Verify and load a bundle, then swap it in; a failure is recorded and re-raised, the old model serves."""
+        """Verify and load a bundle, then swap it in (and, with several workers, have the others follow); a
+        failure is recorded and re-raised, the old model serves."""
+        answer = self.reload_here(path)
+        if self.shared is not None:
+            self.shared.publish(self.path)
+            answer["workers"] = "every worker follows within a second"
+        return answer
+
+    def reload_here(self, path: str | None = None) -> dict[str, Any]:
+        """:meth:`reload` in this process only."""
         if self.loader is None:
             raise HTTPException(409, "this server was not started from a bundle path; nothing to reload")
         target = path or self.path
@@ -407,7 +436,13 @@ async def readyz(service: ServiceDep):
 async def metadata(service: ServiceDep):
     manifest = {k: v for k, v in service.model.manifest.items() if k != "files"}
     limits = service.settings.public()
-    return {"bundle": service.path, "manifest": manifest, "limits": limits, "reloads": service.reloads}
+    return {
+        "bundle": service.path,
+        "manifest": manifest,
+        "limits": limits,
+        "reloads": service.reloads,
+        "worker": os.getpid(),  # with several workers, which one answered
+    }
 
 
 @api.get("/metrics")
@@ -440,14 +475,22 @@ STATIC_PATHS = frozenset(
 
 
 def create_app(
-    model: ServingModel, settings: ServeSettings | None = None, bundle_path: str | Path | None = None, loader=None
+    model: ServingModel,
+    settings: ServeSettings | None = None,
+    bundle_path: str | Path | None = None,
+    loader=None,
+    shared: Any = None,
 ) -> LimitsAndMetrics:
-    """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload."""
-    service = Service(model, settings or ServeSettings(), bundle_path, loader)
+    """The FastAPI application serving ``model``; ``loader(path)`` builds a model for /admin/reload; ``shared``:
+    the reload generation of several workers (:class:`mirec.serving.workers.SharedReload`)."""
+    service = Service(model, settings or ServeSettings(), bundle_path, loader, shared)
 
     async def lifespan(app: FastAPI):
         await service.batcher.start()
+        follower = asyncio.create_task(shared.follow(service.reload_here)) if shared is not None else None
         yield
+        if follower is not None:
+            follower.cancel()
         await service.batcher.stop()
 
     app = FastAPI(title="mirec", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -460,6 +503,13 @@ def create_app(
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     return LimitsAndMetrics(app, service.settings.max_body_bytes, service.metrics)  # type: ignore[return-value]
+
+
+def read_token(token_file: str | Path) -> str:
+    token = Path(token_file).read_text().strip()
+    if not token:
+        raise ValueError(f"{token_file}: empty token file")
+    return token
 
 
 def serve(
@@ -488,10 +538,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     if token_file is not None:
-        token = Path(token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"{token_file}: empty token file")
-        settings.token = token
+        settings.token = read_token(token_file)
 
     # a reload takes verified bundles only (manifest and checksums), never a bare run folder; the HTTP route needs
     # the token, SIGHUP needs the right to signal this process
