@@ -257,6 +257,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         hnsw_ef_search=args.hnsw_ef_search,
         ivf_nlist=args.ivf_nlist,
         ivf_nprobe=args.ivf_nprobe,
+        faiss_factory=args.faiss_factory,
+        faiss_search=args.faiss_search,
     )
     manifest = export_bundle(
         args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
@@ -640,6 +642,18 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument("--ivf-nlist", type=int, default=0, help="0 = 4 sqrt(items)")
     p.add_argument("--ivf-nprobe", type=int, default=0, help="0 = max(8, nlist / 16)")
+    p.add_argument(
+        "--faiss-factory",
+        default="",
+        metavar="STRING",
+        help="--index faiss: a Faiss index_factory string, e.g. IVF4096_HNSW32,PQ32x4fs,RFlat",
+    )
+    p.add_argument(
+        "--faiss-search",
+        default="",
+        metavar="K=V,...",
+        help="--index faiss: search settings, e.g. nprobe=32,k_factor_rf=4",
+    )
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
     p.add_argument(
         "--items",

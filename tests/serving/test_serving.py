@@ -483,3 +483,21 @@ def test_a_history_of_unknown_items_fails_alone(served):
     with client_of(served) as client:
         batch = client.post("/v1/recommend/batch", json={"requests": [{"history": h} for h in (["i100"], ["nope"])]})
         assert batch.status_code == 422 and "requests.1" in batch.json()["error"]
+
+
+def test_faiss_factory_index(tmp_path):
+    table = skewed_table(2000, 16)
+    queries = torch.randn(20, 3, 16, generator=torch.Generator().manual_seed(5))
+    exact = ItemIndex(table).search(queries, 20)
+    # every list probed and the candidates refined by the flat table: exactly the exact search
+    params = IndexParams(
+        kind="faiss", metric="ip", faiss_factory="IVF16,PQ8x4fs,RFlat", faiss_search="nprobe=16,k_factor_rf=50"
+    )
+    index = ItemIndex(table, params)
+    found = index.search(queries, 20)
+    assert torch.equal(found[1], exact[1])
+    torch.testing.assert_close(found[0], exact[0], rtol=1e-5, atol=1e-5)
+    index.save(tmp_path)
+    assert torch.equal(ItemIndex.load(tmp_path, table).search(queries, 20)[1], found[1])
+    with pytest.raises(ValueError, match="needs a factory string"):
+        IndexParams(kind="faiss")

@@ -35,7 +35,7 @@ from mirec.choices import INDEX_KINDS, INDEX_METRICS
 from mirec.eval.retrieval import ExactRetriever
 
 IndexKind = Literal[INDEX_KINDS]
-INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf")
+INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf", "faiss")
 
 
 @dataclass
@@ -53,10 +53,16 @@ class IndexParams:
     ivf_nlist: int = 0  # 0 = 4 * sqrt(n_items) (at most n_items / 39, at least 1)
     ivf_nprobe: int = 0  # 0 = max(8, nlist // 16)
     candidates_factor: int = 2  # ANN candidates per interest = factor * n (then exact re-scoring keeps n)
+    # kind "faiss": any Faiss index_factory string (e.g. "IVF4096_HNSW32,PQ32x4fs,RFlat") and its search-time
+    # settings as Faiss's ParameterSpace reads them (e.g. "nprobe=32,k_factor_rf=4")
+    faiss_factory: str = ""
+    faiss_search: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"index kind {self.kind!r}; expected one of {list(INDEX_KINDS)}")
+        if self.kind == "faiss" and not self.faiss_factory:
+            raise ValueError("index kind 'faiss' needs a factory string (--faiss-factory, e.g. IVF1024,Flat)")
         if self.metric not in ("auto", "ip", "l2"):
             raise ValueError(f"index metric {self.metric!r}; expected auto, ip or l2")
         for name in ("hnsw_m", "hnsw_ef_construction", "candidates_factor"):
@@ -78,6 +84,8 @@ class IndexParams:
             ivf_nlist=min(nlist, n_items),
             ivf_nprobe=self.ivf_nprobe or max(8, nlist // 16),
             candidates_factor=self.candidates_factor,
+            faiss_factory=self.faiss_factory,
+            faiss_search=self.faiss_search,
         )
 
 
@@ -126,7 +134,11 @@ class ItemIndex:
         else:
             vectors = np.ascontiguousarray(self.item_table[1:].numpy(), dtype=np.float32)
             metric, flat = faiss.METRIC_INNER_PRODUCT, faiss.IndexFlatIP
-        if p.kind == "hnsw":
+        if p.kind == "faiss":
+            index = faiss.index_factory(self.index_dim, p.faiss_factory, metric)
+            if not index.is_trained:
+                index.train(vectors)
+        elif p.kind == "hnsw":
             index = faiss.IndexHNSWFlat(self.index_dim, p.hnsw_m, metric)
             index.hnsw.efConstruction = p.hnsw_ef_construction
         else:
@@ -138,6 +150,10 @@ class ItemIndex:
     def _configure(self) -> None:
         if self.params.kind == "ivf":
             self.faiss_index.nprobe = self.params.ivf_nprobe
+        if self.params.kind == "faiss" and self.params.faiss_search:
+            import faiss
+
+            faiss.ParameterSpace().set_index_parameters(self.faiss_index, self.params.faiss_search)
 
     def search(
         self, queries: torch.Tensor, n: int, exclude: Sequence[np.ndarray] | None = None
