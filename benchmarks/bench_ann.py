@@ -3,6 +3,8 @@ ComiRec-protocol metrics with ANN vs exact retrieval.
 
     python benchmarks/bench_ann.py --synthetic 1000000            # a 1M-item catalogue, d = 64, K = 4
     python benchmarks/bench_ann.py --run grocery=runs/gc-comirec-sa --run beauty=runs/b-gimirec
+    python benchmarks/bench_ann.py --synthetic 1000000 --skip-default --threads 1 \\
+        --faiss 'IVF4096_HNSW32,PQ32x4fs,RFlat@nprobe=16,k_factor_rf=4;nprobe=32,k_factor_rf=8'
 
 Synthetic catalogue: items around 2,000 cluster centres (trained item tables are clustered) with log-normal
 norms (un-normalised, as trained tables are); queries are K = 4 interests per user, each a noisy mean of a few
@@ -78,7 +80,9 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
     ]
     print(f"exact: {n_q / exact_seconds:,.0f} queries/s", flush=True)
     built: dict[tuple, ItemIndex] = {}
-    for params in settings(args.synthetic):
+    for spec in args.faiss:
+        rows += bench_factory(table, queries, exact_ids, exact_seconds, spec, args)
+    for params in [] if args.skip_default else settings(args.synthetic):
         key = (params.kind, params.metric)
         started = time.perf_counter()
         if key not in built:  # one build per kind and metric; search settings vary on it
@@ -103,6 +107,34 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
             flush=True,
         )
     del exact
+    return rows
+
+
+def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, args: argparse.Namespace) -> list[dict]:
+    """``FACTORY@SEARCH;SEARCH...``: one Faiss index_factory build (inner product), searched with each setting."""
+    factory, _, searches = spec.partition("@")
+    started = time.perf_counter()
+    index = ItemIndex(table, IndexParams(kind="faiss", metric="ip", faiss_factory=factory))
+    build = time.perf_counter() - started
+    n_q = queries.shape[0] * queries.shape[1]
+    rows = []
+    for search in searches.split(";") if searches else [""]:
+        index.params.faiss_search = search
+        index._configure()
+        ids, seconds = timed_search(index, queries, args.n)
+        row = {
+            "index": f"{factory} {search}".strip(),
+            "build_s": build,
+            "overlap@50": overlap(ids, exact_ids),
+            "qps": n_q / seconds,
+            "speedup": exact_seconds / seconds,
+        }
+        rows.append(row)
+        print(
+            f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
+            f"build {build:.0f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -168,6 +200,14 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=50)
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--faiss",
+        action="append",
+        default=[],
+        metavar="FACTORY@SEARCH;SEARCH",
+        help="a Faiss index_factory string and its search settings, e.g. 'IVF4096_HNSW32,Flat@nprobe=16;nprobe=32'",
+    )
+    parser.add_argument("--skip-default", action="store_true", help="only the --faiss settings")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:

@@ -30,10 +30,16 @@ from mirec.training.trainer import train_run  # noqa: E402
 
 
 def timed_run(data: Path, overrides: list[str], out: Path, model: str, init_from: Path | None = None) -> dict:
+    """Train (or reuse a finished run of the same settings): metrics.json + the wall seconds of the whole call,
+    setup and warm start included."""
+    record = out.with_name(out.name + ".json")
+    if record.exists() and json.loads(record.read_text())["overrides"] == overrides:
+        return json.loads(record.read_text())["metrics"]
     config = load_config(model=model, dataset=preset_of(data), overrides=overrides)
     started = time.perf_counter()
     metrics = train_run(data, config, out, progress=False, overwrite=True, init_from=init_from)
     metrics["wall_seconds"] = time.perf_counter() - started
+    record.write_text(json.dumps({"overrides": overrides, "metrics": metrics}))
     return metrics
 
 
@@ -46,23 +52,35 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--full-steps", type=int, default=6000)
     parser.add_argument("--warm-steps", type=int, default=1500)
+    parser.add_argument("--warm-set", action="append", default=[], help="overrides of the warm start only")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base = [*args.set, f"train.eval_every={args.eval_every}"]
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         full = [*base, f"train.seed={seed}", f"train.max_steps={args.full_steps}"]
-        warm = [*base, f"train.seed={seed}", f"train.max_steps={args.warm_steps}"]
+        warm = [*base, f"train.seed={seed}", f"train.max_steps={args.warm_steps}", *args.warm_set]
         out = args.output / f"seed{seed}"
         old = out / "old"
-        if not (old / "metrics.json").exists():
-            timed_run(args.old, full, old, args.model)
+        timed_run(args.old, full, old, args.model)
         scratch = timed_run(args.new, full, out / "scratch", args.model)
-        warmed = timed_run(args.new, warm, out / "warm", args.model, init_from=old)
+        warmed = timed_run(
+            args.new,
+            warm,
+            out / ("warm-" + "-".join([str(args.warm_steps), *args.warm_set]).replace("=", "_")),
+            args.model,
+            init_from=old,
+        )
         row = {"seed": seed}
         for name, metrics in (("scratch", scratch), ("warm", warmed)):
             row[name] = {k: metrics["test"][k] for k in ("recall@50", "ndcg@50")} | {
+                "valid_recall@50": metrics["valid"]["recall@50"],
                 "seconds": round(metrics["wall_seconds"], 1),
                 "steps": metrics["train"]["steps"],
             }

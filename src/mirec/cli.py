@@ -266,6 +266,22 @@ def cmd_export(args: argparse.Namespace) -> None:
     _print_json({k: v for k, v in manifest.items() if k != "files"})
 
 
+def serving_workers(args: argparse.Namespace) -> int:
+    """--workers 0 (auto): one per usable CPU, at most 4, for a bundle on CPU; one for a run folder, a vector
+    store (an embedded engine's file takes one process) or a GPU."""
+    if args.workers:
+        return args.workers
+    from mirec.serving.bundle import is_bundle
+    from mirec.utils import usable_cpus
+
+    single = args.store is not None or not is_bundle(args.bundle) or args.device not in ("cpu", "auto")
+    if not single and args.device == "auto":
+        import torch
+
+        single = torch.cuda.is_available()
+    return 1 if single else min(4, usable_cpus())
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from mirec.retrieval import serve_from_store
     from mirec.serving.app import ServeSettings, serve
@@ -286,14 +302,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         microbatch_wait_ms=args.microbatch_wait_ms,
         model_name=args.model_name,
     )
-    if args.workers > 1:
+    workers = serving_workers(args)
+    if workers > 1:
         from mirec.serving.app import read_token
         from mirec.serving.workers import serve_workers
 
         settings.token = read_token(args.token_file) if args.token_file else None
         serve_workers(
             args.bundle,
-            workers=args.workers,
+            workers=workers,
             host=args.host,
             port=args.port,
             settings=settings,
@@ -688,8 +705,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="worker processes on the one port (one per core: each computes requests in parallel); bundles only",
+        default=0,
+        help="worker processes on the one port, each computing requests in parallel (bundles only); 0 = one per "
+        "CPU up to 4 on CPU, 1 with --store, a run folder or a GPU",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-name", default="mirec", help="the model's name on the Open Inference Protocol routes")

@@ -189,7 +189,7 @@ def test_a_failed_sighup_reload_logs_one_line_and_keeps_serving(bundle, tmp_path
     shutil.copytree(bundle, served_copy)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mirec", "serve", str(served_copy), "--port", str(port)],
+        [sys.executable, "-m", "mirec", "serve", str(served_copy), "--port", str(port), "--workers", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def test_two_workers_share_metrics_and_reloads(run_dir, bundle, tmp_path):
     (tmp_path / "token").write_text("abc\n")
     command = [sys.executable, "-m", "mirec", "serve", str(bundle), "--port", str(port), "--workers", "2"]
     before = set(Path(tempfile.gettempdir()).glob("mirec-serve-*"))
-    proc = subprocess.Popen([*command, "--token-file", str(tmp_path / "token")])
+    proc = subprocess.Popen([*command, "--token-file", str(tmp_path / "token")], stderr=subprocess.PIPE, text=True)
     try:
         wait_until_healthy(port)
         time.sleep(1.0)  # the second worker may come up a little after the first
@@ -67,7 +68,11 @@ def test_two_workers_share_metrics_and_reloads(run_dir, bundle, tmp_path):
                 break
             time.sleep(0.3)
         assert len(after) == 2 and set(after.values()) == {new_version}, after
+        proc.send_signal(signal.SIGHUP)  # passed to every worker: each reloads its bundle and says so
+        time.sleep(3)
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        _, err = proc.communicate(timeout=60)
+    reloaded = [line for line in err.splitlines() if "reloaded" in line and str(other) in line]
+    assert len(reloaded) == 2 and "Traceback" not in err, err
     assert set(Path(tempfile.gettempdir()).glob("mirec-serve-*")) == before  # the control folder is gone

@@ -496,6 +496,7 @@ def create_app(
     app = FastAPI(title="mirec", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.reload = service.reload
+    app.state.reload_here = service.reload_here
     app.include_router(api)
     app.include_router(health)
     app.include_router(oip.models, dependencies=[Depends(authorised)])  # the same token as /v1
@@ -503,6 +504,16 @@ def create_app(
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     return LimitsAndMetrics(app, service.settings.max_body_bytes, service.metrics)  # type: ignore[return-value]
+
+
+def reload_and_report(reload: Any, who: str = "mirec serve") -> None:
+    """A SIGHUP reload: one line on stderr, whatever happens; a failure keeps the old model serving."""
+    try:
+        answer = reload()
+        print(f"{who}: reloaded {answer['bundle']} (model {answer['model_version']})", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - one line; the old model keeps serving
+        reason = " ".join(str(exc).split())
+        print(f"{who}: reload failed, the old model keeps serving: {reason}", file=sys.stderr)
 
 
 def read_token(token_file: str | Path) -> str:
@@ -549,16 +560,8 @@ def serve(
     first = loader(bundle) if index_of is not None else load_serving(bundle, device)
     app = create_app(first, settings, bundle, loader=loader)
 
-    def reload_quietly() -> None:
-        try:
-            answer = app.state.reload()
-            print(f"mirec serve: reloaded {answer['bundle']} (model {answer['model_version']})", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - one line; the old model keeps serving
-            reason = " ".join(str(exc).split())
-            print(f"mirec serve: reload failed, the old model keeps serving: {reason}", file=sys.stderr)
-
     def on_sighup(signum: int, frame: Any) -> None:
-        threading.Thread(target=reload_quietly, daemon=True).start()
+        threading.Thread(target=reload_and_report, args=(app.state.reload,), daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_sighup)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

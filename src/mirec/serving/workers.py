@@ -1,8 +1,10 @@
 """Several worker processes behind one port: ``mirec serve BUNDLE --workers N``.
 
-uvicorn's process supervisor spawns N workers on one listening socket (the kernel spreads connections among
-them); each loads the bundle (the OS shares the file pages), runs its own event loop, micro-batcher and torch
-thread, so N requests are computed at once on N cores where one process is held to about one by the GIL.
+N worker processes (spawned, so nothing of the parent's torch state is forked) each bind the port with
+SO_REUSEPORT, so the kernel spreads new connections evenly over them (one shared listening socket let the first
+worker to wake take most of a burst of connections: measured, two workers used one core); each loads the bundle,
+runs its own event loop, micro-batcher and torch thread, so N requests are computed at once on N cores where one
+process is held to about one by the GIL. A worker that dies is started again; SIGTERM or Ctrl-C stops them all.
 
 What the workers share lives in a control folder mirec creates for the server's lifetime (removed at exit):
 
@@ -10,8 +12,7 @@ What the workers share lives in a control folder mirec creates for the server's 
 - ``reload.json``: a generation number and the bundle path. ``/admin/reload`` on any worker loads and verifies the
   bundle there, then bumps the generation; every other worker polls the file (every 0.2 s) and reloads the same
   path in the same way, so a reload reaches all workers, each swapping its model whole between requests. SIGHUP
-  to the supervisor replaces the workers one by one (uvicorn's rolling restart); new workers read the current
-  path from ``reload.json``.
+  to the supervisor is passed to every worker, which reloads its current bundle path (as one process does).
 - ``metrics/``: prometheus_client's multiprocess mode, so ``/metrics`` on any worker reports the sums over all.
 """
 
@@ -24,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -94,8 +96,6 @@ def serve_workers(
     store: str | None,
 ) -> None:
     """Run ``workers`` processes serving ``bundle`` until stopped (see the module docstring)."""
-    import uvicorn
-
     from mirec.serving.bundle import verify_bundle
 
     verify_bundle(bundle)  # fail here, once, before any worker starts (several workers serve bundles only)
@@ -103,24 +103,92 @@ def serve_workers(
     try:
         (control / "metrics").mkdir()
         config = {"settings": asdict(settings), "device": device, "threads": threads, "store": store}
+        config |= {"host": host, "port": port}
         write_json(control / "config.json", config, mode=0o600)
         write_json(control / "reload.json", {"generation": 0, "path": str(Path(bundle).resolve())})
-        os.environ[CONTROL_ENV], os.environ[METRICS_ENV] = str(control), str(control / "metrics")
-        uvicorn.run(
-            "mirec.serving.workers:worker_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
+        supervise(control, workers)
     finally:
         shutil.rmtree(control, ignore_errors=True)  # made by mkdtemp above: nothing of the user's is in it
 
 
+def supervise(control: Path, workers: int) -> None:
+    """Start the workers, start again any that dies, pass SIGHUP on, stop them all on SIGTERM / SIGINT."""
+    import multiprocessing
+    import signal
+    import threading
+
+    from prometheus_client import multiprocess
+
+    config = json.loads((control / "config.json").read_text())
+    reuse_port_socket(config["host"], config["port"]).close()  # a port taken by another program fails here
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    deaths: list[float] = []
+    processes = [context.Process(target=run_worker, args=(str(control),)) for _ in range(workers)]
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: [os.kill(p.pid, signal.SIGHUP) for p in processes if p.is_alive()])
+    for process in processes:
+        process.start()
+    try:
+        while not stop.wait(0.5):
+            for i, process in enumerate(processes):
+                if process.exitcode is not None:  # died: its live gauges go, a new worker takes its place
+                    multiprocess.mark_process_dead(process.pid, str(control / "metrics"))
+                    deaths = [t for t in deaths if t > time.monotonic() - 60] + [time.monotonic()]
+                    if len(deaths) > 2 * workers:
+                        raise RuntimeError(f"mirec serve: workers died {len(deaths)} times in a minute; stopping")
+                    processes[i] = context.Process(target=run_worker, args=(str(control),))
+                    processes[i].start()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(30)
+
+
+def run_worker(control: str) -> None:
+    """One worker: its app on its own SO_REUSEPORT socket of the shared port."""
+    import signal
+
+    import uvicorn
+
+    os.environ[CONTROL_ENV], os.environ[METRICS_ENV] = control, str(Path(control) / "metrics")
+    config = json.loads((Path(control) / "config.json").read_text())
+    app = worker_app()
+    sock = reuse_port_socket(config["host"], config["port"])
+    sock.listen(2048)
+    signal.signal(signal.SIGHUP, lambda *_: threading_reload(app))
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def reuse_port_socket(host: str, port: int) -> Any:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT: every worker binds its own, the kernel balances."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto given: asyncio sets TCP_NODELAY on accepted sockets only when proto is IPPROTO_TCP (else Nagle and
+    # delayed ACKs add 40 ms to every keep-alive answer, measured)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def threading_reload(app: Any) -> None:
+    """SIGHUP in a worker: reload its current bundle path in a thread, one line on stderr (this worker only; the
+    others get the same signal from the supervisor)."""
+    import threading
+
+    from mirec.serving.app import reload_and_report
+
+    who = f"mirec serve (worker {os.getpid()})"
+    threading.Thread(target=reload_and_report, args=(app.state.reload_here, who), daemon=True).start()
+
+
 def worker_app() -> Any:
-    """The app of one worker process (uvicorn's factory), built from the control folder."""
+    """The app of one worker process, built from the control folder."""
     import torch
 
     from mirec.serving.app import ServeSettings, create_app
