@@ -112,10 +112,15 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
 
 def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, args: argparse.Namespace) -> list[dict]:
     """``FACTORY@SEARCH;SEARCH...``: one Faiss index_factory build (inner product), searched with each setting."""
+    import faiss
+
     factory, _, searches = spec.partition("@")
+    faiss.omp_set_num_threads(args.build_threads or faiss.omp_get_max_threads())
     started = time.perf_counter()
     index = ItemIndex(table, IndexParams(kind="faiss", metric="ip", faiss_factory=factory))
     build = time.perf_counter() - started
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     n_q = queries.shape[0] * queries.shape[1]
     rows = []
     for search in searches.split(";") if searches else [""]:
@@ -208,6 +213,7 @@ def main() -> int:
         help="a Faiss index_factory string and its search settings, e.g. 'IVF4096_HNSW32,Flat@nprobe=16;nprobe=32'",
     )
     parser.add_argument("--skip-default", action="store_true", help="only the --faiss settings")
+    parser.add_argument("--build-threads", type=int, default=0, help="--faiss builds: Faiss threads (0: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
