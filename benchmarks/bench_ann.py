@@ -111,13 +111,13 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
 
 
 def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, args: argparse.Namespace) -> list[dict]:
-    """``FACTORY@SEARCH;SEARCH...``: one Faiss index_factory build (inner product), searched with each setting."""
+    """``FACTORY@SEARCH;SEARCH...``: one Faiss index_factory build (``--faiss-metric``), searched with each setting."""
     import faiss
 
     factory, _, searches = spec.partition("@")
     faiss.omp_set_num_threads(args.build_threads or faiss.omp_get_max_threads())
     started = time.perf_counter()
-    index = ItemIndex(table, IndexParams(kind="faiss", metric="ip", faiss_factory=factory))
+    index = ItemIndex(table, IndexParams(kind="faiss", metric=args.faiss_metric, faiss_factory=factory))
     build = time.perf_counter() - started
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -128,7 +128,7 @@ def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, ar
         index._configure()
         ids, seconds = timed_search(index, queries, args.n)
         row = {
-            "index": f"{factory} {search}".strip(),
+            "index": f"{factory} ({args.faiss_metric}) {search}".strip(),
             "build_s": build,
             "overlap@50": overlap(ids, exact_ids),
             "qps": n_q / seconds,
@@ -214,6 +214,9 @@ def main() -> int:
     )
     parser.add_argument("--skip-default", action="store_true", help="only the --faiss settings")
     parser.add_argument("--build-threads", type=int, default=0, help="--faiss builds: Faiss threads (0: all)")
+    parser.add_argument(
+        "--faiss-metric", choices=("ip", "l2"), default="ip", help="--faiss: inner product or the L2 transform"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:

@@ -97,3 +97,9 @@ def test_refresh_refusals(feature_bundle, run_dir, bundle, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert not (tmp_path / "out").exists()
     json.loads((base / "bundle" / "manifest.json").read_text())  # the source is untouched
+
+
+def test_onnx_export_refuses_feature_models_before_any_work(feature_bundle, tmp_path):
+    with pytest.raises(ValueError, match="item features"):
+        export_bundle(feature_bundle / "run", tmp_path / "onnx", onnx=True)
+    assert not (tmp_path / "onnx").exists()

@@ -76,7 +76,8 @@ def export_bundle(
     if onnx:  # before any work: a model that cannot be exported fails in a second
         from mirec.serving.onnx_export import check_exportable
 
-        check_exportable(load_config(Path(run_dir) / "config.toml").model.name)
+        model_config = load_config(Path(run_dir) / "config.toml").model
+        check_exportable(model_config.name, model_config.item_features)
     model, dataset, config = load_run(run_dir, "cpu", data)
     params = (index or IndexParams()).resolved(model.n_catalogue)
     started = time.perf_counter()
@@ -241,7 +242,7 @@ def export_onnx(bundle: str | Path, n_check: int = 64, seed: int = 0) -> dict[st
     bundle = Path(bundle)
     with bundle_lock(bundle):
         manifest = verify_bundle(bundle)
-        check_exportable(manifest["model"])
+        check_exportable(manifest["model"], load_config(bundle / "config.toml").model.item_features)
         serving = load_bundle(bundle)
         with atomic_directory(bundle) as tmp:
             for name in manifest["files"]:
