@@ -1,0 +1,150 @@
+"""Training speed beside a public PyTorch port, run as published, in interleaved rounds of one script.
+
+    git clone https://github.com/Tokkiu/REMI            # the public port (DNN, GRU4Rec, MIND, ComiRec-DR/SA)
+    mirec prepare PATH/comirec-split --format comirec --name amazon-grocery-comirec --output prep/grocery
+    gunzip -k PATH/comirec-split/grocery_train.txt.gz
+    python benchmarks/bench_public_ports.py --remi REMI/src --train-file PATH/grocery_train.txt --data prep/grocery
+
+The same training data (ComiRec's Grocery split), batch 128, maxlen 20, d 64, K 4, and the same loss: REMI's
+sampled softmax (1,280 uniform negatives shared by the batch, accidental hits kept), which mirec runs with
+``train.negative_sampler=uniform``, ``train.negatives_unique=false``, ``train.remove_accidental_hits=false``.
+A step on each side is what its training loop does: draw a batch (REMI's DataLoader; mirec's TrainSampler),
+forward, loss, backward, Adam. Each round times every model on both sides, the side going first alternating;
+medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public; the public
+side is also timed on batches drawn beforehand (its model, loss and Adam without its Python DataLoader). The one
+change made to the public code: ``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_throughput import measure_throughput  # noqa: E402
+
+from mirec.data.dataset import load_dataset  # noqa: E402
+
+MODELS = {"dnn": "DNN", "gru4rec": "GRU4Rec", "mind": "MIND", "comirec-dr": "ComiRec-DR", "comirec-sa": "ComiRec-SA"}
+REMI_LOSS = ["train.negative_sampler=uniform", "train.negatives_unique=false", "train.remove_accidental_hits=false"]
+# REMI's own settings for the models where they differ from ComiRec's (its train.py / get_model defaults)
+REMI_SHAPES = {
+    "gru4rec": [
+        "model.gru_hidden=128",
+        "model.gru_bias=false",
+        "model.embedding_dropout=0.2",
+        "model.output_dense=true",
+    ],
+}
+
+
+class PublicPort:
+    """One REMI model with its DataLoader and optimiser, stepped as its ``train`` loop does."""
+
+    def __init__(self, remi_src: Path, train_file: Path, model: str, item_count: int):
+        sys.path.insert(0, str(remi_src))
+        import utils  # REMI's src/utils.py
+
+        # the one change to the public code: its noise table is built with .cuda() (BasicModel.build_uniform_noise)
+        # and this machine has no GPU; on CPU the tensor stays where it is
+        torch.Tensor.cuda = lambda tensor, *a, **k: tensor  # type: ignore[method-assign]
+        args = utils.get_parser().parse_args([])
+        args.model_type, args.dataset = model, "book"
+        self.device = torch.device("cpu")
+        self.loader = iter(utils.get_DataLoader(str(train_file), 128, 20, train_flag=1, args=args))
+        self.model = utils.get_model("book", model, item_count, 128, 64, 4, 20, args=args, device=self.device)
+        self.model.set_device(self.device)
+        self.model.set_sampler(args, device=self.device)
+        self.model.loss_fct = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.001)
+        self.kind = model
+        self.to_tensor = utils.to_tensor
+
+    def batch(self) -> tuple:
+        """The next batch from its DataLoader, converted as its train loop does (utils.to_tensor)."""
+        _, targets, items, mask, times = next(self.loader)
+        pos, items, mask = (self.to_tensor(x, self.device) for x in (targets, items, mask))
+        return pos, items, mask, tuple(self.to_tensor(t, self.device) for t in times)
+
+    def step(self, batch: tuple | None = None) -> None:
+        pos, items, mask, times = batch or self.batch()
+        self.model.train()
+        self.optimizer.zero_grad()
+        interests = selection = None
+        if self.kind == "ComiRec-SA":
+            interests, _, _, readout, selection = self.model(items, pos, mask, times, self.device)
+        elif self.kind == "ComiRec-DR":
+            interests, _, readout = self.model(items, pos, mask, times, self.device)
+        elif self.kind == "MIND":
+            interests, _, readout, selection = self.model(items, pos, mask, times, self.device)
+        else:
+            readout, _ = self.model(items, pos, mask, times, self.device)
+        loss = self.model.calculate_sampled_loss(readout, pos, selection, interests)
+        loss.backward()
+        self.optimizer.step()
+
+    def samples_per_s(self, steps: int, warmup: int, batches_given: bool = False) -> float:
+        """Samples/s of its training loop; ``batches_given``: the batches drawn beforehand (its model, loss and
+        optimiser alone, without its DataLoader)."""
+        for _ in range(warmup):
+            self.step()
+        given = [self.batch() for _ in range(steps)] if batches_given else [None] * steps
+        started = time.perf_counter()
+        for batch in given:
+            self.step(batch)
+        return 128 * steps / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remi", type=Path, required=True, help="REMI's src folder")
+    parser.add_argument("--train-file", type=Path, required=True, help="ComiRec-format training file (user,item,time)")
+    parser.add_argument("--data", type=Path, required=True, help="the same split prepared by mirec")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    dataset = load_dataset(args.data)
+    item_count = dataset.n_items + 1  # REMI's item_count: the table size (ids 0..n)
+    results: dict = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for name in args.models.split(","):
+            runs = results.setdefault(f"{name} @{threads}", {"mirec": [], "public": [], "public_step": []})
+            port = PublicPort(args.remi, args.train_file, MODELS[name], item_count)
+            for round_ in range(args.rounds):
+                sides = ["mirec", "public"] if round_ % 2 == 0 else ["public", "mirec"]
+                for side in sides:
+                    if side == "public":
+                        runs["public"].append(port.samples_per_s(args.steps, args.warmup))
+                        runs["public_step"].append(port.samples_per_s(args.steps, args.warmup, batches_given=True))
+                    else:
+                        overrides = [*REMI_LOSS, *REMI_SHAPES.get(name, [])]
+                        measured = measure_throughput(
+                            name, dataset=dataset, steps=args.steps, warmup=args.warmup, overrides=overrides
+                        )
+                        runs["mirec"].append(measured["samples_per_s"])
+            mirec, public, step = (np.median(runs[k]) for k in ("mirec", "public", "public_step"))
+            spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in runs.items()}
+            print(
+                f"{name:11s} {threads} thread(s): mirec {mirec:8,.0f} ({spread['mirec']})  public {public:7,.0f} "
+                f"({spread['public']}) ratio {mirec / public:.1f}x;  public without its loader {step:7,.0f} "
+                f"({spread['public_step']}) ratio {mirec / step:.2f}x",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
