@@ -103,3 +103,21 @@ def test_onnx_export_refuses_feature_models_before_any_work(feature_bundle, tmp_
     with pytest.raises(ValueError, match="item features"):
         export_bundle(feature_bundle / "run", tmp_path / "onnx", onnx=True)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_ids_only_model_over_a_catalogue_with_table_only_items(feature_bundle, tmp_path):
+    from mirec.data.dataset import load_dataset
+    from mirec.serving.batch import recommend_dataset
+    from mirec.serving.bundle import serving_model_of_run
+
+    base = feature_bundle
+    (tmp_path / "items.tsv").write_text((base / "items.tsv").read_text() + "only-in-table\tg1\n")
+    spec = (FeatureSpec("brand", "categorical"),)
+    prepare([base / "log.tsv"], "csv", tmp_path / "data", items=ItemTableOptions(tmp_path / "items.tsv", spec))
+    config = load_config(model="comirec-sa", overrides=[*SMALL, "train.max_steps=40"])
+    train_run(tmp_path / "data", config, tmp_path / "run", progress=False)
+    served = serving_model_of_run(tmp_path / "run")
+    data = load_dataset(tmp_path / "data")
+    assert data.n_items == served.n_items + 1 and "only-in-table" not in set(served.item_original_ids)
+    report = recommend_dataset(served, data, "test", tmp_path / "recs.parquet", n=10, progress=False)
+    assert report["users"] == len(data.test)

@@ -109,7 +109,11 @@ def recommend_dataset(
     """Top-n for every user of a prepared dataset's ``split`` (valid | test | train | all) into ``output``."""
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"split {split!r}; expected train, valid, test or all")
-    if dataset.n_items != serving.n_items or not np.array_equal(dataset.item_original_ids, serving.item_original_ids):
+    # an ids-only model serves the trained items only: the dataset's ids must start with the model's, and its
+    # histories (ids <= n_id_items: never a held-out or table-only item) must lie within them
+    rows = serving.n_items + 1
+    same = dataset.n_items >= serving.n_items and dataset.n_id_items <= serving.n_items
+    if not same or not np.array_equal(dataset.item_original_ids[:rows], serving.item_original_ids):
         raise ValueError("the dataset's item ids are not the model's (a bundle of another dataset?)")
     total = sum(len(u) for u, *_ in dataset_histories(dataset, split))
     started = time.perf_counter()
