@@ -510,10 +510,11 @@ def reload_and_report(reload: Any, who: str = "mirec serve") -> None:
     """A SIGHUP reload: one line on stderr, whatever happens; a failure keeps the old model serving."""
     try:
         answer = reload()
-        print(f"{who}: reloaded {answer['bundle']} (model {answer['model_version']})", file=sys.stderr)
+        line = f"{who}: reloaded {answer['bundle']} (model {answer['model_version']})"
     except Exception as exc:  # noqa: BLE001 - one line; the old model keeps serving
-        reason = " ".join(str(exc).split())
-        print(f"{who}: reload failed, the old model keeps serving: {reason}", file=sys.stderr)
+        line = f"{who}: reload failed, the old model keeps serving: {' '.join(str(exc).split())}"
+    sys.stderr.write(line + "\n")  # one write: several workers' lines never interleave
+    sys.stderr.flush()
 
 
 def read_token(token_file: str | Path) -> str:
