@@ -92,19 +92,9 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
         index.params = params.resolved(args.synthetic)
         index._configure()
         ids, seconds = timed_search(index, queries, args.n)
-        row = {
-            "index": f"{params.kind}-{params.metric} "
-            + (f"efSearch={params.hnsw_ef_search}" if params.kind == "hnsw" else f"nprobe={params.ivf_nprobe}"),
-            "build_s": build,
-            "overlap@50": overlap(ids, exact_ids),
-            "qps": n_q / seconds,
-            "speedup": exact_seconds / seconds,
-        }
-        rows.append(row)
-        print(
-            f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
-            f"build {build:.0f} s",
-            flush=True,
+        setting = f"efSearch={params.hnsw_ef_search}" if params.kind == "hnsw" else f"nprobe={params.ivf_nprobe}"
+        rows.append(
+            report_row(f"{params.kind}-{params.metric} {setting}", build, ids, exact_ids, seconds, exact_seconds)
         )
     del exact
     return rows
@@ -121,26 +111,31 @@ def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, ar
     build = time.perf_counter() - started
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    n_q = queries.shape[0] * queries.shape[1]
     rows = []
     for search in searches.split(";") if searches else [""]:
         index.params.faiss_search = search
         index._configure()
         ids, seconds = timed_search(index, queries, args.n)
-        row = {
-            "index": f"{factory} ({args.faiss_metric}) {search}".strip(),
-            "build_s": build,
-            "overlap@50": overlap(ids, exact_ids),
-            "qps": n_q / seconds,
-            "speedup": exact_seconds / seconds,
-        }
-        rows.append(row)
-        print(
-            f"{row['index']}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), "
-            f"build {build:.0f} s",
-            flush=True,
-        )
+        name = f"{factory} ({args.faiss_metric}) {search}".strip()
+        rows.append(report_row(name, build, ids, exact_ids, seconds, exact_seconds))
     return rows
+
+
+def report_row(name: str, build: float, ids, exact_ids, seconds: float, exact_seconds: float) -> dict:
+    """One index setting's row (overlap with exact, queries/s, speed-up), printed as it comes."""
+    n_q = exact_ids.shape[0] * exact_ids.shape[1]
+    row = {
+        "index": name,
+        "build_s": build,
+        "overlap@50": overlap(ids, exact_ids),
+        "qps": n_q / seconds,
+        "speedup": exact_seconds / seconds,
+    }
+    print(
+        f"{name}: overlap {row['overlap@50']:.4f}, {row['qps']:,.0f} q/s ({row['speedup']:.1f}x), build {build:.0f} s",
+        flush=True,
+    )
+    return row
 
 
 def bench_runs(args: argparse.Namespace) -> list[dict]:

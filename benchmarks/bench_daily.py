@@ -29,7 +29,9 @@ import pyarrow.csv as pcsv
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import free_port  # noqa: E402
+from bench_serve import free_port, wait_ready  # noqa: E402
+
+from mirec.serving.refresh import bundle_item_ids  # noqa: E402
 
 MIREC = [sys.executable, "-m", "mirec"]
 
@@ -126,10 +128,9 @@ def main() -> int:
                 port = free_port()
                 serve = ["serve", str(bundle), "--port", str(port), "--token-file", str(out / "token")]
                 server = subprocess.Popen([*MIREC, *serve], stderr=subprocess.DEVNULL)
-                wait_ready(port)
-                catalogue = json.loads((bundle / "manifest.json").read_text())
+                wait_ready(port, server)
                 names = pcsv.read_csv(args.log, parse_options=pcsv.ParseOptions(delimiter="\t")).column("item_id")
-                known = sorted({str(x) for x in names.to_pylist()} & set(load_ids(bundle)))
+                known = sorted({str(x) for x in names.to_pylist()} & set(bundle_item_ids(bundle)))
                 traffic = Traffic(port, token, known).__enter__()
             else:
                 started = time.perf_counter()
@@ -159,23 +160,6 @@ def main() -> int:
     print(json.dumps(summary))
     (out / "summary.json").write_text(json.dumps({"days": days, **summary}, indent=2))
     return 1 if summary["failed"] else 0
-
-
-def wait_ready(port: int, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise SystemExit("the server did not start")
-
-
-def load_ids(bundle: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return [str(x) for x in pq.read_table(bundle / "items.parquet").column("original_id").to_pylist()]
 
 
 if __name__ == "__main__":

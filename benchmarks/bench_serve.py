@@ -46,6 +46,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(port: int, server: subprocess.Popen, seconds: float = 120) -> None:
+    """Poll /readyz of the server started on loopback until 200; exit with its stderr if it dies or never is."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            if server.poll() is not None or time.time() > deadline:
+                err = server.stderr.read().decode()[-2000:] if server.stderr else ""
+                raise SystemExit(f"the server did not start: {err}") from None
+            time.sleep(0.2)
+
+
 def family(pid: int) -> list[int]:
     """``pid`` and its descendants (a multi-worker server's processes)."""
     children: dict[int, list[int]] = {}
@@ -257,21 +271,7 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float,
         tasks.append(asyncio.create_task(one(start + i / rate, bodies[i % len(bodies)])))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {
-        "client": f"open loop at {rate:g}/s",
-        "seconds": round(elapsed, 1),
-        "requests": len(latencies),
-        "requests_per_second": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2),
-        "max_ms": round(float(lat.max()), 2),
-        "errors": len(errors),
-        "connections": opened,
-        "client_cpu_cores": round((after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime) / elapsed, 2),
-        "first_errors": errors[:3],
-    }
+    return latency_report(f"open loop at {rate:g}/s", latencies, errors, elapsed, used) | {"connections": opened}
 
 
 def run_python(port: int, items: list[str], args: argparse.Namespace) -> dict:
@@ -279,10 +279,18 @@ def run_python(port: int, items: list[str], args: argparse.Namespace) -> dict:
     latencies, errors, elapsed, poisoned = asyncio.run(
         drive(port, items, args.seconds, args.clients, args.n, args.seed, args.poison_every)
     )
+    return latency_report("python closed loop", latencies, errors, elapsed, used) | {
+        "poisoned_requests": len(poisoned),
+        "poisoned_answered_422": sum(1 for status in poisoned if status == 422),
+    }
+
+
+def latency_report(client: str, latencies: list[float], errors: list[str], elapsed: float, used) -> dict:
+    """Requests/s, latency percentiles (ms) and this process's CPU since ``used`` (a getrusage) of a Python client."""
     after = resource.getrusage(resource.RUSAGE_SELF)
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
-        "client": "python closed loop",
+        "client": client,
         "seconds": round(elapsed, 1),
         "requests": len(latencies),
         "requests_per_second": round(len(latencies) / elapsed, 1),
@@ -290,8 +298,6 @@ def run_python(port: int, items: list[str], args: argparse.Namespace) -> dict:
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "max_ms": round(float(lat.max()), 2),
         "errors": len(errors),
-        "poisoned_requests": len(poisoned),
-        "poisoned_answered_422": sum(1 for status in poisoned if status == 422),
         "client_cpu_cores": round((after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime) / elapsed, 2),
         "first_errors": errors[:3],
     }
@@ -333,15 +339,7 @@ def main() -> int:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"the server did not start: {server.stderr.read().decode()[-2000:]}") from None
-                time.sleep(0.2)
+        wait_ready(port, server)
         rss_start = rss_mib(server.pid)
         samples: list[float] = []
         stop = threading.Event()

@@ -426,6 +426,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
     main_bench(args)
 
 
+def _add_item_table_args(p: argparse.ArgumentParser) -> None:
+    """mirec prepare's item table: --items, --item-feature, --item-id-column, --cold-items."""
+    p.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="item table (.tsv/.csv with a header, or .parquet): side features; its items absent from the log "
+        "join the catalogue as cold items",
+    )
+    p.add_argument(
+        "--item-feature",
+        action="append",
+        default=[],
+        metavar="NAME:KIND",
+        help="a column of --items, repeated: KIND = categorical (one value), multi (a|b|c or a list), dense "
+        "(a fixed-length vector: a|b|c numbers or a fixed-size list)",
+    )
+    p.add_argument("--item-id-column", default="item_id", help="the --items column holding the log's item ids")
+    p.add_argument(
+        "--cold-items",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="hold out this share of the log's items (seeded): kept only as valid/test targets (cold-start protocol)",
+    )
+
+
 def _add_prepare(sub: Any) -> None:
     p = sub.add_parser("prepare", help="read raw logs, clean, filter, remap, split into a prepared folder")
     p.add_argument("inputs", nargs="+", help="input files (several are merged; a folder for --format comirec)")
@@ -492,29 +519,7 @@ def _add_prepare(sub: Any) -> None:
         default="interactions",
         help="interactions: the times by which those shares of the rows had happened; time: of the time range",
     )
-    p.add_argument(
-        "--items",
-        default=None,
-        metavar="FILE",
-        help="item table (.tsv/.csv with a header, or .parquet): side features; its items absent from the log "
-        "join the catalogue as cold items",
-    )
-    p.add_argument(
-        "--item-feature",
-        action="append",
-        default=[],
-        metavar="NAME:KIND",
-        help="a column of --items, repeated: KIND = categorical (one value), multi (a|b|c or a list), dense "
-        "(a fixed-length vector: a|b|c numbers or a fixed-size list)",
-    )
-    p.add_argument("--item-id-column", default="item_id", help="the --items column holding the log's item ids")
-    p.add_argument(
-        "--cold-items",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="hold out this share of the log's items (seeded): kept only as valid/test targets (cold-start protocol)",
-    )
+    _add_item_table_args(p)
     p.add_argument("--min-timestamp", type=int, default=None)
     p.add_argument("--max-timestamp", type=int, default=None)
     p.add_argument("--behaviors", default=None, help="taobao: behaviours to keep, e.g. buy, pv,cart or all")

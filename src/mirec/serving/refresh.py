@@ -48,7 +48,7 @@ def refresh_bundle(
 
         config = load_config(bundle / "config.toml")
         table = read_item_table(items, [f.spec for f in features.features], id_column)
-        original = np.array([""] + _item_ids(bundle), dtype=object)
+        original = np.array([""] + bundle_item_ids(bundle), dtype=object)
         known = set(original[1:].tolist())
         new_ids = [item for item in table.ids if item not in known]
         if not new_ids:
@@ -96,7 +96,8 @@ def _check_output(bundle: Path, output: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{output}: already holds a bundle; pass --overwrite to replace it")
 
 
-def _item_ids(bundle: Path) -> list[str]:
+def bundle_item_ids(bundle: Path) -> list[str]:
+    """The original ids of a bundle's items, in internal-id order (row i = item i + 1)."""
     import pyarrow.parquet as pq
 
     return [str(x) for x in pq.read_table(bundle / "items.parquet").column("original_id").to_pylist()]
