@@ -71,6 +71,7 @@ NEW_OPTION_DEFAULTS = {
     "graph.spark_master": "local[2]",
     "train.window": "random_cut",
     "train.hard_negative_beta": 0.0,
+    "train.gbce_t": 0.75,
     "model.item_features": [],
     "model.item_id_embedding": True,
     "model.item_id_dropout": 0.0,

@@ -66,19 +66,21 @@ def test_sasrec_has_one_interest_and_a_head_count_that_divides_d():
         SASRecConfig(embedding_dim=16, num_heads=3)
 
 
-def test_sasrec_learns_the_item_cycle(data_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(("loss", "steps"), [("sampled", 300), ("gbce", 900)])  # BCE learns it more slowly
+def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps):  # noqa: F811
     config = RunConfig(
         model=SASRecConfig(embedding_dim=32, maxlen=8, num_blocks=1, dropout=0.1),
         train=TrainConfig(
             batch_size=32,
             lr=0.005,
-            max_steps=300,
+            max_steps=steps,
             eval_every=100,
             patience=10,
             seed=3,
             device="cpu",
             num_negatives_factor=2,
             window="last",
+            loss=loss,
         ),
         eval=EvalConfig(topk=[5], early_stop_metric="recall@5", batch_size=64),
     )

@@ -128,7 +128,9 @@ class TrainConfig(CheckedConfig):
     eval_every: int = 1000  # steps between valid evaluations (ComiRec: test_iter 1000)
     patience: int = 10  # evaluations without a better valid Recall@50
     max_minutes: float = 0.0  # 0 = no wall-clock budget
-    loss: Literal["sampled", "full", "inbatch"] = "sampled"  # TF sampled softmax (ComiRec) | full softmax | in-batch
+    # TF sampled softmax (ComiRec) | full softmax | in-batch | gSASRec's gBCE over the sampled negatives
+    loss: Literal["sampled", "full", "inbatch", "gbce"] = "sampled"
+    gbce_t: float = 0.75  # gBCE calibration t in [0, 1] (gSASRec's default 0.75; 0 = plain BCE)
     num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
     # True: negatives drawn from ids 1..n_items only (TF/ComiRec draw padding 0 too)
     sampler_exclude_padding: bool = False
@@ -164,6 +166,7 @@ class TrainConfig(CheckedConfig):
         beta = self.hard_negative_beta
         self.require(math.isfinite(beta), "hard_negative_beta", "a finite number")
         self.require(beta == 0 or self.loss == "sampled", "hard_negative_beta", "0 unless train.loss = 'sampled'")
+        self.require(0 <= self.gbce_t <= 1, "gbce_t", "in [0, 1]")
         trackers = [part.strip() for part in self.log_to.split(",") if part.strip() not in ("", "none")]
         self.require(set(trackers) <= set(TRACKERS), "log_to", f"a comma-separated subset of {list(TRACKERS)}")
 

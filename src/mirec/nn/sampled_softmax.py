@@ -387,6 +387,34 @@ def hard_negative_sampled_softmax_loss(
     return (torch.logaddexp(x0, log_mass) - x0).mean()
 
 
+def gbce_loss(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    sampler: CandidateSampler,
+    num_sampled: int,
+    t: float,
+    n_items: int,
+    generator: torch.Generator | None = None,
+    remove_accidental_hits: bool = True,
+    unique: bool = True,
+) -> torch.Tensor:
+    """gSASRec's generalised binary cross-entropy (Petrov & Macdonald, RecSys 2023, eq. 9; asash/gSASRec-pytorch
+    gbce.py): beta * softplus(-s_pos) + sum_j softplus(s_j) over the S sampled negatives, averaged over the
+    B x (1 + S) logits as gSASRec averages, with beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = S / (n_items - 1).
+    t = 0 is plain BCE with S negatives, t = 1 removes the sampling's overconfidence entirely. Raw scores (gBCE is
+    derived for uniform negatives: no log Q); accidental hits dropped from the sum as configured."""
+    alpha = num_sampled / max(n_items - 1, 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    candidates = sampler.sample(num_sampled, target_ids, generator, unique)
+    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q=False)
+    true = _true_logits(user_vectors, inputs)
+    sampled = _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
+    # a removed hit sits at -FLOAT_MAX, where softplus is exactly 0: it adds nothing to the sum
+    total = beta * F.softplus(-true).sum() + F.softplus(sampled).sum()
+    return total / (true.numel() + sampled.numel())
+
+
 def full_softmax_loss(
     user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, mask_padding: bool = True
 ) -> torch.Tensor:
@@ -430,6 +458,7 @@ __all__ = [
     "sampled_logits",
     "sampled_softmax_loss",
     "hard_negative_sampled_softmax_loss",
+    "gbce_loss",
     "full_softmax_loss",
     "inbatch_softmax_loss",
 ]

@@ -5,6 +5,7 @@
   configured candidate sampler, log Q subtracted, accidental hits removed unless told otherwise); with
   ``hard_negative_beta``, REMI's reweighting of those negatives;
 - ``full``: cross-entropy over the whole catalogue;
+- ``gbce``: gSASRec's generalised BCE over the same sampled negatives (``gbce_t``);
 - ``inbatch``: the batch's other targets as negatives.
 
 ``detach_items``: no gradient reaches the item table (GemiRec's side readout over a base).
@@ -20,6 +21,7 @@ from mirec.config import TrainConfig
 from mirec.nn.sampled_softmax import (
     CandidateSampler,
     full_softmax_loss,
+    gbce_loss,
     hard_negative_sampled_softmax_loss,
     inbatch_softmax_loss,
     make_candidate_sampler,
@@ -42,7 +44,7 @@ class TrainingLoss:
         offset = 1 if tc.sampler_exclude_padding else 0
         self.negatives: CandidateSampler = make_candidate_sampler(tc.negative_sampler, n_classes, offset=offset)
         self.num_sampled = tc.num_negatives_factor * tc.batch_size
-        if self.kind == "sampled" and tc.negatives_unique and self.num_sampled > n_classes:
+        if self.kind in ("sampled", "gbce") and tc.negatives_unique and self.num_sampled > n_classes:
             raise ValueError(
                 f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
                 f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
@@ -81,6 +83,19 @@ class TrainingLoss:
                 items,
                 self.negatives,
                 self.num_sampled,
+                self.generator,
+                remove_accidental_hits=self.tc.remove_accidental_hits,
+                unique=self.tc.negatives_unique,
+            )
+        if self.kind == "gbce":
+            return gbce_loss(
+                user_vectors,
+                targets,
+                items,
+                self.negatives,
+                self.num_sampled,
+                self.tc.gbce_t,
+                self.n_items,
                 self.generator,
                 remove_accidental_hits=self.tc.remove_accidental_hits,
                 unique=self.tc.negatives_unique,
