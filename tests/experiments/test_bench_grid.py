@@ -264,6 +264,7 @@ def test_shipped_grid_by_name_with_cli_sweep():
 def _fake_run(run_dir: Path, recall: float, ndcg: float, curve: list[tuple[int, float]], collapse: dict | None):
     run_dir.mkdir(parents=True)
     test = {"recall@20": recall / 2, "ndcg@20": ndcg / 2, "recall@50": recall, "ndcg@50": ndcg, "users": 10}
+    test["novel_recall@50"] = recall / 4
     if collapse is not None:
         test["collapse"] = collapse
     metrics = {"valid": dict(test), "test": test, "train": {"seconds": 1.0, "samples_per_second": 5.0}}
@@ -341,7 +342,7 @@ def test_a_tracked_bench_mirrors_its_tables_and_plots_in_mlflow_and_tensorboard(
     run_id = (out / "mlflow_run.txt").read_text().strip()
     artefacts = {a.path for a in client.list_artifacts(run_id)}
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert artefacts == {"results.md", "results.csv", *plots} and len(plots) == 4
+    assert artefacts == {"results.md", "results.csv", *plots} and len(plots) == 5
     assert client.get_run(run_id).data.params["seeds"] == "[1, 2]"
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -357,7 +358,13 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
         == 0
     )
     names = sorted(p.name for p in (out / "plots").iterdir())
-    assert names == ["bars_ds.png", "collapse_ds.png", "curves_ds.png", "sweep_ds_model.num_interests.png"]
+    assert names == [
+        "bars_ds.png",
+        "collapse_ds.png",
+        "curves_ds.png",
+        "sweep_ds_model.num_interests.png",
+        "tradeoff_ds.png",
+    ]
     for name in names:
         assert (out / "plots" / name).read_bytes()[:8] == PNG
 
@@ -399,6 +406,10 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
     np.testing.assert_allclose(sweep["ndcg@50"]["mean"], [0.05, 0.095])
     np.testing.assert_allclose(sweep["ndcg@50"]["std"], [np.std([0.04, 0.06], ddof=1), np.std([0.08, 0.11], ddof=1)])
 
+    tradeoff = drawn[tmp / "tradeoff_ds.png"]  # (mean, std, n) of recall and novel recall over the seeds
+    assert tradeoff[k4]["recall@50"] == pytest.approx((0.25, math.sqrt(0.005), 2))
+    assert tradeoff[k2]["novel_recall@50"][0] == pytest.approx((0.10 + 0.14) / 2 / 4)
+
     collapse = drawn[tmp / "collapse_ds.png"]
     assert collapse[k2]["interest_cosine"][0] == pytest.approx(0.6)
     assert collapse[k2]["topk_jaccard"][0] == pytest.approx(0.3)
@@ -407,7 +418,17 @@ def test_plots_from_fake_run_folders_match_hand_means(fake_grid):
 
 
 def test_plot_functions_directly(tmp_path):
-    from mirec.experiments.plots import plot_collapse, plot_metric_bars, plot_sweep
+    from mirec.experiments.plots import plot_collapse, plot_metric_bars, plot_sweep, plot_tradeoff
+
+    panels = {
+        "comirec split": {"a": {"recall@50": [0.2, 0.4], "novel_recall@50": [0.1, 0.1]}, "b": {"recall@50": [0.3]}},
+        "temporal": {"a": {"recall@50": [0.05], "novel_recall@50": [0.02]}},
+    }
+    drawn = plot_tradeoff(panels, tmp_path / "t.png")
+    assert set(drawn["comirec split"]) == {"a"}  # b has no novel recall: not drawn
+    assert drawn["comirec split"]["a"]["recall@50"] == pytest.approx((0.3, math.sqrt(0.02), 2))
+    assert drawn["temporal"]["a"]["novel_recall@50"] == (0.02, 0.0, 1)
+    assert (tmp_path / "t.png").read_bytes()[:8] == PNG
 
     drawn = plot_metric_bars({"a": {"recall@50": [0.1], "ndcg@50": []}}, tmp_path / "b.png")
     assert drawn["a"]["recall@50"] == {"mean": 0.1, "std": 0.0, "n": 1}  # one seed: no spread

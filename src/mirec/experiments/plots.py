@@ -147,6 +147,38 @@ def plot_metric_bars(
     return drawn
 
 
+def plot_tradeoff(
+    panels: dict[str, dict[str, dict[str, Sequence[float]]]],
+    path: str | Path,
+    *,
+    x: str = "recall@50",
+    y: str = "novel_recall@50",
+    title: str = "",
+) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+    """One scatter panel per dataset or split: each variant at (mean x, mean y) over seeds, std as error bars,
+    labelled; variants lacking either metric are left out. Returns {panel: {variant: {x|y: (mean, std, n)}}}."""
+    fig = _figure(4.2 * max(len(panels), 1), 4.2)
+    drawn: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {}
+    for i, (panel, variants) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, max(len(panels), 1), i + 1)
+        drawn[panel] = {}
+        for variant, values in variants.items():
+            if not values.get(x) or not values.get(y):
+                continue
+            px, py = _mean_std(values[x]), _mean_std(values[y])
+            drawn[panel][variant] = {x: px, y: py}
+            ax.errorbar(px[0], py[0], xerr=px[1], yerr=py[1], fmt="o", capsize=2)
+            ax.annotate(variant, (px[0], py[0]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"test {x}")
+        ax.set_ylabel(f"test {y}")
+        ax.set_title(panel, fontsize="small")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, Path(path))
+    return drawn
+
+
 # ----------------------------------------------------------------------------------------------------------
 # (c) sweeps
 
@@ -311,6 +343,18 @@ def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int 
             written[path] = plot_sweep(
                 sweep, path, key=key, metrics=metrics, title=f"{dataset}: test metrics against {key}"
             )
+
+        novel = f"novel_recall@{k}"
+        if any(novel in rm["test"] for _, rm in loaded):
+            points = {
+                v: {
+                    m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]]
+                    for m in (metrics[0], novel)
+                }
+                for v in variants
+            }
+            path = out_dir / f"tradeoff_{safe_name(dataset)}.png"
+            written[path] = plot_tradeoff({dataset: points}, path, x=metrics[0], y=novel)[dataset]
 
         collapse = {
             v: [rm["test"]["collapse"] for r, rm in loaded if r["variant"] == v and rm["test"].get("collapse")]
