@@ -5,6 +5,8 @@ ComiRec-protocol metrics with ANN vs exact retrieval.
     python benchmarks/bench_ann.py --run grocery=runs/gc-comirec-sa --run beauty=runs/b-gimirec
     python benchmarks/bench_ann.py --synthetic 1000000 --skip-default --threads 1 \\
         --faiss 'IVF4096_HNSW32,PQ32x4fs,RFlat@nprobe=16,k_factor_rf=4;nprobe=32,k_factor_rf=8'
+    python benchmarks/bench_ann.py --synthetic 1000000 --skip-default --threads 1 --index-cache ann-cache \\
+        --hnsw '48,400@128;192;256'                               # mirec's hnsw kind, M 48, efConstruction 400
 
 Synthetic catalogue: items around 2,000 cluster centres (trained item tables are clustered) with log-normal
 norms (un-normalised, as trained tables are); queries are K = 4 interests per user, each a noisy mean of a few
@@ -82,6 +84,8 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
     built: dict[tuple, ItemIndex] = {}
     for spec in args.faiss:
         rows += bench_factory(table, queries, exact_ids, exact_seconds, spec, args)
+    for spec in args.hnsw:
+        rows += bench_hnsw(table, queries, exact_ids, exact_seconds, spec, args)
     for params in [] if args.skip_default else settings(args.synthetic):
         key = (params.kind, params.metric)
         started = time.perf_counter()
@@ -118,6 +122,43 @@ def bench_factory(table, queries, exact_ids, exact_seconds: float, spec: str, ar
         ids, seconds = timed_search(index, queries, args.n)
         name = f"{factory} ({args.faiss_metric}) {search}".strip()
         rows.append(report_row(name, build, ids, exact_ids, seconds, exact_seconds))
+    return rows
+
+
+def bench_hnsw(table, queries, exact_ids, exact_seconds: float, spec: str, args: argparse.Namespace) -> list[dict]:
+    """``M,EFC@EF;EF...``: mirec's hnsw kind (inner product) with graph degree M and efConstruction EFC, built
+    once (or read from ``--index-cache``, so a build made on a busy machine can be timed on a quiet one), searched
+    with each efSearch."""
+    import faiss
+
+    shape, _, searches = spec.partition("@")
+    m, ef_construction = (int(v) for v in shape.split(","))
+    params = IndexParams(kind="hnsw", metric="ip", hnsw_m=m, hnsw_ef_construction=ef_construction)
+    cache = Path(args.index_cache) / f"hnsw-{len(table) - 1}-{m}-{ef_construction}" if args.index_cache else None
+    build = 0.0
+    if cache is not None and (cache / "index.faiss").exists():
+        index = ItemIndex.load(cache, table)
+        build = json.loads((cache / "build.json").read_text())["build_s"]
+    else:
+        faiss.omp_set_num_threads(args.build_threads or faiss.omp_get_max_threads())
+        started = time.perf_counter()
+        index = ItemIndex(table, params)
+        build = time.perf_counter() - started
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            index.save(cache)
+            (cache / "build.json").write_text(json.dumps({"build_s": build, "threads": faiss.omp_get_max_threads()}))
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    rows = []
+    for ef in (int(v) for v in searches.split(";")):
+        index.params.hnsw_ef_search = ef
+        ids, seconds = timed_search(index, queries, args.n)
+        rows.append(
+            report_row(
+                f"hnsw-ip M={m} efC={ef_construction} efSearch={ef}", build, ids, exact_ids, seconds, exact_seconds
+            )
+        )
     return rows
 
 
@@ -207,8 +248,16 @@ def main() -> int:
         metavar="FACTORY@SEARCH;SEARCH",
         help="a Faiss index_factory string and its search settings, e.g. 'IVF4096_HNSW32,Flat@nprobe=16;nprobe=32'",
     )
-    parser.add_argument("--skip-default", action="store_true", help="only the --faiss settings")
-    parser.add_argument("--build-threads", type=int, default=0, help="--faiss builds: Faiss threads (0: all)")
+    parser.add_argument(
+        "--hnsw",
+        action="append",
+        default=[],
+        metavar="M,EFC@EF;EF",
+        help="mirec's hnsw kind with graph degree M and efConstruction EFC, searched with each efSearch",
+    )
+    parser.add_argument("--index-cache", default=None, help="--hnsw: keep built indexes here and reuse them")
+    parser.add_argument("--skip-default", action="store_true", help="only the --faiss and --hnsw settings")
+    parser.add_argument("--build-threads", type=int, default=0, help="--faiss/--hnsw builds: threads (0: all)")
     parser.add_argument(
         "--faiss-metric", choices=("ip", "l2"), default="ip", help="--faiss: inner product or the L2 transform"
     )
