@@ -4,6 +4,8 @@
     mirec prepare PATH/comirec-split --format comirec --name amazon-grocery-comirec --output prep/grocery
     gunzip -k PATH/comirec-split/grocery_train.txt.gz
     python benchmarks/bench_public_ports.py --remi REMI/src --train-file PATH/grocery_train.txt --data prep/grocery
+    git clone https://github.com/daniellaah/ComiRec daniellaah-comirec   # a second port (ComiRec-SA only)
+    python benchmarks/bench_public_ports.py --daniellaah daniellaah-comirec --data prep/grocery --models comirec-sa
 
 The same training data (ComiRec's Grocery split), batch 128, maxlen 20, d 64, K 4, and the same loss: REMI's
 sampled softmax (1,280 uniform negatives shared by the batch, accidental hits kept), which mirec runs with
@@ -13,6 +15,11 @@ forward, loss, backward, Adam. Each round times every model on both sides, the s
 medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public; the public
 side is also timed on batches drawn beforehand (its model, loss and Adam without its Python DataLoader). The one
 change made to the public code: ``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
+
+``--daniellaah``: github.com/daniellaah/ComiRec (ComiRec-SA only), run as published: its model, its
+``SampledSoftmaxLoss`` (10 x batch unique log-uniform negatives, hits removed, log Q: ComiRec's loss, which is
+mirec's default, so mirec runs its defaults beside it) and Adam, on batches mirec's sampler drew beforehand (its
+loader reads its own JSONL preparation of Amazon Books, not this split): the "model step" columns only.
 """
 
 from __future__ import annotations
@@ -101,10 +108,81 @@ class PublicPort:
         return 128 * steps / (time.perf_counter() - started)
 
 
+class DaniellaahPort:
+    """daniellaah/ComiRec's ComiRec-SA stepped as its ``train_one_step`` does, on batches given to it."""
+
+    def __init__(self, root: Path, dataset, item_count: int):
+        sys.path.insert(0, str(root))
+        from comirec.model import ComiRecSA, SampledSoftmaxLoss  # its package
+
+        from mirec.data.batching import TrainSampler
+
+        self.model = ComiRecSA(item_count, 64, 64, 4, 20)  # its defaults: d 64, hidden 64, K 4; maxlen 20
+        self.loss = SampledSoftmaxLoss(item_count, num_sampled=10)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.sampler = TrainSampler(dataset.train, maxlen=20, batch_size=128, seed=1)
+
+    def batch(self) -> tuple:
+        drawn = self.sampler.sample()
+        return drawn.items, drawn.mask, drawn.targets
+
+    def step(self, batch: tuple) -> None:
+        items, mask, targets = batch
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = self.loss(self.model, self.model(items, mask, targets), targets)
+        loss.backward()
+        self.optimizer.step()
+
+    def samples_per_s(self, steps: int, warmup: int, batches_given: bool = True) -> float:
+        given = [self.batch() for _ in range(steps + warmup)]
+        for batch in given[:warmup]:
+            self.step(batch)
+        started = time.perf_counter()
+        for batch in given[warmup:]:
+            self.step(batch)
+        return 128 * steps / (time.perf_counter() - started)
+
+
+def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Interleaved rounds (the side going first alternating) of mirec and the public port on one model."""
+    runs: dict[str, list[float]] = {"mirec": [], "public_step": []}
+    if isinstance(port, PublicPort):
+        runs["public"] = []
+    for round_ in range(args.rounds):
+        for side in ["mirec", "public"] if round_ % 2 == 0 else ["public", "mirec"]:
+            if side == "mirec":
+                measured = measure_throughput(
+                    name, dataset=dataset, steps=args.steps, warmup=args.warmup, overrides=overrides
+                )
+                runs["mirec"].append(measured["samples_per_s"])
+                continue
+            if "public" in runs:  # its training loop with its own DataLoader
+                runs["public"].append(port.samples_per_s(args.steps, args.warmup))
+            runs["public_step"].append(port.samples_per_s(args.steps, args.warmup, batches_given=True))
+    return runs
+
+
+def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
+    medians = {k: float(np.median(v)) for k, v in runs.items()}
+    spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in runs.items()}
+    line = f"{name:11s} {threads} thread(s): mirec {medians['mirec']:8,.0f} ({spread['mirec']})"
+    if "public" in runs:
+        ratio = medians["mirec"] / medians["public"]
+        line += f"  public {medians['public']:7,.0f} ({spread['public']}) ratio {ratio:.1f}x;"
+    line += (
+        f"  public without its loader {medians['public_step']:7,.0f} ({spread['public_step']}) "
+        f"ratio {medians['mirec'] / medians['public_step']:.2f}x"
+    )
+    print(line, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--remi", type=Path, required=True, help="REMI's src folder")
-    parser.add_argument("--train-file", type=Path, required=True, help="ComiRec-format training file (user,item,time)")
+    port_kind = parser.add_mutually_exclusive_group(required=True)
+    port_kind.add_argument("--remi", type=Path, help="REMI's src folder")
+    port_kind.add_argument("--daniellaah", type=Path, help="daniellaah/ComiRec's checkout (ComiRec-SA only)")
+    parser.add_argument("--train-file", type=Path, help="--remi: ComiRec-format training file (user,item,time)")
     parser.add_argument("--data", type=Path, required=True, help="the same split prepared by mirec")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", default="1,2")
@@ -113,34 +191,23 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.remi and not args.train_file:
+        parser.error("--remi needs --train-file")
+    if args.daniellaah and args.models != "comirec-sa":
+        parser.error("daniellaah/ComiRec has ComiRec-SA only: pass --models comirec-sa")
     dataset = load_dataset(args.data)
-    item_count = dataset.n_items + 1  # REMI's item_count: the table size (ids 0..n)
+    item_count = dataset.n_items + 1  # the public ports' item_count: the table size (ids 0..n)
     results: dict = {}
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for name in args.models.split(","):
-            runs = results.setdefault(f"{name} @{threads}", {"mirec": [], "public": [], "public_step": []})
-            port = PublicPort(args.remi, args.train_file, MODELS[name], item_count)
-            for round_ in range(args.rounds):
-                sides = ["mirec", "public"] if round_ % 2 == 0 else ["public", "mirec"]
-                for side in sides:
-                    if side == "public":
-                        runs["public"].append(port.samples_per_s(args.steps, args.warmup))
-                        runs["public_step"].append(port.samples_per_s(args.steps, args.warmup, batches_given=True))
-                    else:
-                        overrides = [*REMI_LOSS, *REMI_SHAPES.get(name, [])]
-                        measured = measure_throughput(
-                            name, dataset=dataset, steps=args.steps, warmup=args.warmup, overrides=overrides
-                        )
-                        runs["mirec"].append(measured["samples_per_s"])
-            mirec, public, step = (np.median(runs[k]) for k in ("mirec", "public", "public_step"))
-            spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in runs.items()}
-            print(
-                f"{name:11s} {threads} thread(s): mirec {mirec:8,.0f} ({spread['mirec']})  public {public:7,.0f} "
-                f"({spread['public']}) ratio {mirec / public:.1f}x;  public without its loader {step:7,.0f} "
-                f"({spread['public_step']}) ratio {mirec / step:.2f}x",
-                flush=True,
-            )
+            if args.remi:
+                port = PublicPort(args.remi, args.train_file, MODELS[name], item_count)
+                overrides = [*REMI_LOSS, *REMI_SHAPES.get(name, [])]
+            else:  # its loss is ComiRec's, mirec's default
+                port, overrides = DaniellaahPort(args.daniellaah, dataset, item_count), []
+            results[f"{name} @{threads}"] = runs = rounds_of(name, port, dataset, overrides, args)
+            report(name, threads, runs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
