@@ -97,3 +97,17 @@ def test_sasrec_takes_the_global_context_like_every_model(data_dir, tmp_path):  
     )
     train_run(data_dir, config, tmp_path / "sasrec-gc", progress=False)
     assert (tmp_path / "sasrec-gc" / "graph.safetensors").exists()
+
+
+def test_the_xavier_init_is_sasrec_pytorchs_xavier_normal():
+    torch.manual_seed(0)
+    xavier = SASRec(SASRecConfig(embedding_dim=32, maxlen=50, num_blocks=1, init="xavier"), n_items=4000)
+    torch.manual_seed(0)
+    mixed = SASRec(SASRecConfig(embedding_dim=32, maxlen=50, num_blocks=1, init="mixed"), n_items=4000)
+    # xavier_normal_: std sqrt(2 / (fan_in + fan_out)); an [n, d] table has fan_in d and fan_out n
+    positions = xavier.position_embedding.weight
+    assert float(positions.std()) == pytest.approx((2 / (50 + 32)) ** 0.5, rel=0.1)
+    items = xavier.item_embedding.weight[1:]
+    assert float(items.std()) == pytest.approx((2 / (4001 + 32)) ** 0.5, rel=0.1)
+    assert float(xavier.item_embedding.weight[0].abs().sum()) == 0.0
+    assert float(mixed.position_embedding.weight.std()) == pytest.approx(1.0, rel=0.1)  # torch's N(0, 1)

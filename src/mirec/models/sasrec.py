@@ -58,6 +58,12 @@ class SASRec(MultiInterestModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.last_norm = nn.LayerNorm(d, eps=1e-8)
+        if config.init == "xavier":  # SASRec.pytorch: xavier_normal_ on every parameter it accepts (2+ dims)
+            for weight in self.parameters():
+                if weight.dim() >= 2:
+                    nn.init.xavier_normal_(weight)
+            with torch.no_grad():
+                self.item_embedding.weight[0].zero_()  # padding: masked everywhere, kept at zero as the base sets it
 
     def sequence_states(self, batch: Batch) -> torch.Tensor:
         """The state after each position [B, L, d] (zeros at padding)."""
