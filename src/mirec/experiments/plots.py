@@ -171,6 +171,7 @@ def plot_tradeoff(
             ax.annotate(variant, (px[0], py[0]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(f"test {x}")
         ax.set_ylabel(f"test {y}")
+        ax.locator_params(nbins=4)  # narrow panels: fewer ticks, no overlapping labels
         ax.set_title(panel, fontsize="small")
         ax.grid(alpha=0.3)
     if title:
