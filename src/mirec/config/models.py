@@ -249,9 +249,9 @@ class SASRecConfig(ModelConfig):
     num_heads: int = 1  # attention heads (SASRec paper: 1)
     dropout: float = 0.2  # on embeddings, attention weights and the feed-forward layers (paper: 0.2 Amazon)
     all_positions: bool = True  # every position predicts its next item (the paper) | false: one target per window
-    # xavier: xavier_normal_ on every weight of 2+ dimensions, padding row zeroed (SASRec.pytorch main.py) |
-    # mixed: Glorot-uniform item table, N(0, 1) positions, torch's layer defaults (studies 18 and 20a's first runs)
-    init: Literal["xavier", "mixed"] = "mixed"
+    # xavier: xavier_normal_ on every weight of 2+ dimensions, padding row zeroed (SASRec.pytorch main.py; chosen
+    # on valid, study 20) | mixed: Glorot-uniform item table, N(0, 1) positions, torch's defaults (study 18's runs)
+    init: Literal["xavier", "mixed"] = "xavier"
 
     def check(self) -> None:
         super().check()
