@@ -135,7 +135,6 @@ def bench_hnsw(table, queries, exact_ids, exact_seconds: float, spec: str, args:
     m, ef_construction = (int(v) for v in shape.split(","))
     params = IndexParams(kind="hnsw", metric="ip", hnsw_m=m, hnsw_ef_construction=ef_construction)
     cache = Path(args.index_cache) / f"hnsw-{len(table) - 1}-{m}-{ef_construction}" if args.index_cache else None
-    build = 0.0
     if cache is not None and (cache / "index.faiss").exists():
         index = ItemIndex.load(cache, table)
         build = json.loads((cache / "build.json").read_text())["build_s"]

@@ -427,7 +427,7 @@ def test_plot_functions_directly(tmp_path):
     drawn = plot_tradeoff(panels, tmp_path / "t.png")
     assert set(drawn["comirec split"]) == {"a"}  # b has no novel recall: not drawn
     assert drawn["comirec split"]["a"]["recall@50"] == pytest.approx((0.3, math.sqrt(0.02), 2))
-    assert drawn["temporal"]["a"]["novel_recall@50"] == (0.02, 0.0, 1)
+    assert drawn["temporal"]["a"]["novel_recall@50"] == pytest.approx((0.02, 0.0, 1))
     assert (tmp_path / "t.png").read_bytes()[:8] == PNG
 
     drawn = plot_metric_bars({"a": {"recall@50": [0.1], "ndcg@50": []}}, tmp_path / "b.png")

@@ -303,6 +303,16 @@ def read_history(run_dir: str | Path, metric: str = "recall@50") -> tuple[list[i
     return [int(r["step"]) for r in rows], [float(r[metric]) for r in rows]
 
 
+def _test_values(
+    loaded: Sequence[tuple[dict[str, Any], dict[str, Any]]], variants: Sequence[str], metrics: Sequence[str]
+) -> dict[str, dict[str, list[float]]]:
+    """{variant: {metric: per-seed test values}} from (record, metrics.json) pairs; absent metrics are skipped."""
+    return {
+        v: {m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]] for m in metrics}
+        for v in variants
+    }
+
+
 def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int = 50) -> dict[Path, Any]:
     """Every figure for the finished cells of a grid. A record: dataset, variant, seed, run_dir and, for a
     swept variant, base, sweep_key, sweep_value. Returns {PNG path written: the data it drew}."""
@@ -324,10 +334,7 @@ def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int 
             curves, path, metric=metrics[0], title=f"{dataset}: valid {metrics[0]} (early-stop metric)"
         )
 
-        bars = {
-            v: {m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]] for m in metrics}
-            for v in variants
-        }
+        bars = _test_values(loaded, variants, metrics)
         path = out_dir / f"bars_{safe_name(dataset)}.png"
         written[path] = plot_metric_bars(bars, path, metrics=metrics, title=f"{dataset}: test, mean ± std over seeds")
 
@@ -347,13 +354,7 @@ def plot_grid(records: Sequence[dict[str, Any]], out_dir: str | Path, *, k: int 
 
         novel = f"novel_recall@{k}"
         if any(novel in rm["test"] for _, rm in loaded):
-            points = {
-                v: {
-                    m: [rm["test"][m] for r, rm in loaded if r["variant"] == v and m in rm["test"]]
-                    for m in (metrics[0], novel)
-                }
-                for v in variants
-            }
+            points = _test_values(loaded, variants, (metrics[0], novel))
             path = out_dir / f"tradeoff_{safe_name(dataset)}.png"
             written[path] = plot_tradeoff({dataset: points}, path, x=metrics[0], y=novel)[dataset]
 

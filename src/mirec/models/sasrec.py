@@ -63,7 +63,7 @@ class SASRec(MultiInterestModel):
                 if weight.dim() >= 2:
                     nn.init.xavier_normal_(weight)
             with torch.no_grad():
-                self.item_embedding.weight[0].zero_()  # padding: masked everywhere, kept at zero as the base sets it
+                self.item_embedding.weight[0].zero_()  # padding row, as SASRec.pytorch zeroes it (masked everywhere)
 
     def sequence_states(self, batch: Batch) -> torch.Tensor:
         """The state after each position [B, L, d] (zeros at padding)."""

@@ -407,12 +407,12 @@ def gbce_loss(
     alpha = num_sampled / max(n_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
     candidates = sampler.sample(num_sampled, target_ids, generator, unique)
-    inputs = _logit_inputs(user_vectors, target_ids, output_fn, candidates, subtract_log_q=False)
-    true = _true_logits(user_vectors, inputs)
-    sampled = _sampled_logits(user_vectors, inputs, remove_accidental_hits, candidates.distinct)
+    logits = sampled_logits(
+        user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q=False
+    )
     # a removed hit sits at -FLOAT_MAX, where softplus is exactly 0: it adds nothing to the sum
-    total = beta * F.softplus(-true).sum() + F.softplus(sampled).sum()
-    return total / (true.numel() + sampled.numel())
+    total = beta * F.softplus(-logits[:, 0]).sum() + F.softplus(logits[:, 1:]).sum()
+    return total / logits.numel()
 
 
 def full_softmax_loss(

@@ -64,45 +64,21 @@ class TrainingLoss:
 
     def __call__(self, user_vectors: torch.Tensor, targets: torch.Tensor, detach_items: bool = False) -> torch.Tensor:
         items = self.items(detach_items)
-        if self.kind == "sampled" and self.tc.hard_negative_beta != 0:
-            return hard_negative_sampled_softmax_loss(
-                user_vectors,
-                targets,
-                items,
-                self.negatives,
-                self.num_sampled,
-                self.tc.hard_negative_beta,
-                self.generator,
-                remove_accidental_hits=self.tc.remove_accidental_hits,
-                unique=self.tc.negatives_unique,
-            )
-        if self.kind == "sampled":
-            return sampled_softmax_loss(
-                user_vectors,
-                targets,
-                items,
-                self.negatives,
-                self.num_sampled,
-                self.generator,
-                remove_accidental_hits=self.tc.remove_accidental_hits,
-                unique=self.tc.negatives_unique,
-            )
-        if self.kind == "gbce":
-            return gbce_loss(
-                user_vectors,
-                targets,
-                items,
-                self.negatives,
-                self.num_sampled,
-                self.tc.gbce_t,
-                self.n_items,
-                self.generator,
-                remove_accidental_hits=self.tc.remove_accidental_hits,
-                unique=self.tc.negatives_unique,
-            )
         if self.kind == "full":
             return full_softmax_loss(user_vectors, targets, items)
-        return inbatch_softmax_loss(user_vectors, targets, items)
+        if self.kind == "inbatch":
+            return inbatch_softmax_loss(user_vectors, targets, items)
+        tc = self.tc
+        drawn = (self.negatives, self.num_sampled)
+        options = {"remove_accidental_hits": tc.remove_accidental_hits, "unique": tc.negatives_unique}
+        if self.kind == "gbce":
+            return gbce_loss(user_vectors, targets, items, *drawn, tc.gbce_t, self.n_items, self.generator, **options)
+        if tc.hard_negative_beta != 0:  # checked at load: only with train.loss = "sampled"
+            beta = tc.hard_negative_beta
+            return hard_negative_sampled_softmax_loss(
+                user_vectors, targets, items, *drawn, beta, self.generator, **options
+            )
+        return sampled_softmax_loss(user_vectors, targets, items, *drawn, self.generator, **options)
 
 
 __all__ = ["TrainingLoss"]
