@@ -66,8 +66,11 @@ def test_sasrec_has_one_interest_and_a_head_count_that_divides_d():
         SASRecConfig(embedding_dim=16, num_heads=3)
 
 
-@pytest.mark.parametrize(("loss", "steps"), [("sampled", 300), ("gbce", 900)])  # BCE learns it more slowly
-def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps):  # noqa: F811
+# BCE learns it more slowly; row negatives: RecTools' per-position uniform draws
+@pytest.mark.parametrize(
+    ("loss", "steps", "row_negatives"), [("sampled", 300, 0), ("gbce", 900, 0), ("sampled", 300, 32)]
+)
+def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps, row_negatives):  # noqa: F811
     config = RunConfig(
         model=SASRecConfig(embedding_dim=32, maxlen=8, num_blocks=1, dropout=0.1),
         train=TrainConfig(
@@ -81,6 +84,7 @@ def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps):  # noqa:
             num_negatives_factor=2,
             window="last",
             loss=loss,
+            row_negatives=row_negatives,
         ),
         eval=EvalConfig(topk=[5], early_stop_metric="recall@5", batch_size=64),
     )

@@ -139,6 +139,9 @@ class TrainConfig(CheckedConfig):
     # REMI's interest-aware hard negatives: sampled negatives reweighted by exp(beta * logit) (0 = off; needs sampled)
     hard_negative_beta: float = 0.0
     remove_accidental_hits: bool = True  # TF default; REMI: False
+    # 0: the sampled/gbce negatives are shared by the batch (TF/ComiRec) | N: each training row draws its own N
+    # with replacement (RecTools' CatalogUniformSampler, the eSASRec benchmark's SASRec + sampled softmax)
+    row_negatives: int = 0
     # CPU: each item-table lookup adds its row gradients into one kept dense buffer (index_add_; same Adam update,
     # less memory traffic than a zero-filled [n_items, d] gradient per lookup); False = torch's dense backward
     sparse_item_grad: bool = True
@@ -159,7 +162,8 @@ class TrainConfig(CheckedConfig):
     def check(self) -> None:
         for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
-        for name in ("max_steps", "patience", "checkpoint_every", "eval_users", "weight_decay", "max_minutes"):
+        non_negative = ("max_steps", "patience", "row_negatives", "checkpoint_every", "eval_users", "weight_decay")
+        for name in (*non_negative, "max_minutes"):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         self.require(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
@@ -167,6 +171,9 @@ class TrainConfig(CheckedConfig):
         self.require(math.isfinite(beta), "hard_negative_beta", "a finite number")
         self.require(beta == 0 or self.loss == "sampled", "hard_negative_beta", "0 unless train.loss = 'sampled'")
         self.require(0 <= self.gbce_t <= 1, "gbce_t", "in [0, 1]")
+        sampled = self.loss in ("sampled", "gbce")
+        self.require(self.row_negatives == 0 or sampled, "row_negatives", "0 unless train.loss is sampled or gbce")
+        self.require(self.row_negatives == 0 or beta == 0, "row_negatives", "0 with train.hard_negative_beta != 0")
         trackers = [part.strip() for part in self.log_to.split(",") if part.strip() not in ("", "none")]
         self.require(set(trackers) <= set(TRACKERS), "log_to", f"a comma-separated subset of {list(TRACKERS)}")
 

@@ -404,15 +404,52 @@ def gbce_loss(
     B x (1 + S) logits as gSASRec averages, with beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = S / (n_items - 1).
     t = 0 is plain BCE with S negatives, t = 1 removes the sampling's overconfidence entirely. Raw scores (gBCE is
     derived for uniform negatives: no log Q); accidental hits dropped from the sum as configured."""
-    alpha = num_sampled / max(n_items - 1, 1)
-    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
     candidates = sampler.sample(num_sampled, target_ids, generator, unique)
     logits = sampled_logits(
         user_vectors, target_ids, output_fn, candidates, remove_accidental_hits, subtract_log_q=False
     )
+    return gbce_from_logits(logits, t, n_items)
+
+
+def gbce_from_logits(logits: torch.Tensor, t: float, n_items: int) -> torch.Tensor:
+    """gBCE over [B, 1 + S] raw logits (the positive in column 0), S the negatives each row saw."""
+    num_sampled = logits.shape[1] - 1
+    alpha = num_sampled / max(n_items - 1, 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
     # a removed hit sits at -FLOAT_MAX, where softplus is exactly 0: it adds nothing to the sum
     total = beta * F.softplus(-logits[:, 0]).sum() + F.softplus(logits[:, 1:]).sum()
     return total / logits.numel()
+
+
+def row_sampled_logits(
+    user_vectors: torch.Tensor,
+    target_ids: torch.Tensor,
+    output_fn: OutputFn,
+    sampler: CandidateSampler,
+    per_row: int,
+    generator: torch.Generator | None = None,
+    remove_accidental_hits: bool = True,
+    subtract_log_q: bool = True,
+) -> torch.Tensor:
+    """[B, 1 + per_row] logits, the true class in column 0, where every row draws its own ``per_row`` negatives
+    with replacement (RecTools ``CatalogUniformSampler``: randint of shape [batch, session_len, n_negatives], the
+    sampler of the eSASRec benchmark's SASRec+SS) instead of one set shared by the batch. log Q = log(p * per_row)
+    (constant for the uniform sampler); a hit is any copy of the row's own target."""
+    rows = len(target_ids)
+    device, dtype = user_vectors.device, user_vectors.dtype
+    drawn = sampler.draw(rows * per_row, generator)
+    targets = target_ids.to(device)
+    vectors = output_fn(torch.cat([targets, drawn.to(device)]))
+    true_w, sampled_w = vectors[:rows], vectors[rows:].view(rows, per_row, -1)
+    true = (user_vectors * true_w).sum(-1)
+    sampled = torch.bmm(sampled_w, user_vectors[:, :, None]).squeeze(-1)
+    if subtract_log_q:
+        true = true - torch.log(sampler.probability(target_ids.detach().cpu()) * per_row).to(device, dtype)
+        sampled = sampled - torch.log(sampler.probability(drawn) * per_row).to(device, dtype).view(rows, per_row)
+    if remove_accidental_hits:
+        hit = drawn.to(device).view(rows, per_row) == targets[:, None]
+        sampled = sampled.masked_fill(hit, torch.finfo(dtype).min)
+    return torch.cat([true[:, None], sampled], dim=1)
 
 
 def full_softmax_loss(
@@ -459,6 +496,8 @@ __all__ = [
     "sampled_softmax_loss",
     "hard_negative_sampled_softmax_loss",
     "gbce_loss",
+    "gbce_from_logits",
+    "row_sampled_logits",
     "full_softmax_loss",
     "inbatch_softmax_loss",
 ]

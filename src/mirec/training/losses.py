@@ -6,6 +6,7 @@
   ``hard_negative_beta``, REMI's reweighting of those negatives;
 - ``full``: cross-entropy over the whole catalogue;
 - ``gbce``: gSASRec's generalised BCE over the same sampled negatives (``gbce_t``);
+- with ``row_negatives`` = N > 0, ``sampled`` and ``gbce`` draw N negatives for every row instead of one shared set;
 - ``inbatch``: the batch's other targets as negatives.
 
 ``detach_items``: no gradient reaches the item table (GemiRec's side readout over a base).
@@ -16,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from mirec.config import TrainConfig
 from mirec.nn.sampled_softmax import (
     CandidateSampler,
     full_softmax_loss,
+    gbce_from_logits,
     gbce_loss,
     hard_negative_sampled_softmax_loss,
     inbatch_softmax_loss,
     make_candidate_sampler,
+    row_sampled_logits,
     sampled_softmax_loss,
 )
 
@@ -44,7 +48,8 @@ class TrainingLoss:
         offset = 1 if tc.sampler_exclude_padding else 0
         self.negatives: CandidateSampler = make_candidate_sampler(tc.negative_sampler, n_classes, offset=offset)
         self.num_sampled = tc.num_negatives_factor * tc.batch_size
-        if self.kind in ("sampled", "gbce") and tc.negatives_unique and self.num_sampled > n_classes:
+        shared = tc.row_negatives == 0
+        if self.kind in ("sampled", "gbce") and shared and tc.negatives_unique and self.num_sampled > n_classes:
             raise ValueError(
                 f"train.num_negatives_factor * train.batch_size = {self.num_sampled} unique negatives > "
                 f"{n_classes} classes; lower train.num_negatives_factor or use train.loss = 'full'"
@@ -69,6 +74,8 @@ class TrainingLoss:
         if self.kind == "inbatch":
             return inbatch_softmax_loss(user_vectors, targets, items)
         tc = self.tc
+        if tc.row_negatives:
+            return self.row_loss(user_vectors, targets, items)
         drawn = (self.negatives, self.num_sampled)
         options = {"remove_accidental_hits": tc.remove_accidental_hits, "unique": tc.negatives_unique}
         if self.kind == "gbce":
@@ -79,6 +86,18 @@ class TrainingLoss:
                 user_vectors, targets, items, *drawn, beta, self.generator, **options
             )
         return sampled_softmax_loss(user_vectors, targets, items, *drawn, self.generator, **options)
+
+    def row_loss(self, user_vectors: torch.Tensor, targets: torch.Tensor, items: OutputFn) -> torch.Tensor:
+        """The sampled softmax or gBCE over negatives drawn for each row (``train.row_negatives``); gBCE's scores
+        stay raw as on the shared path."""
+        tc, gbce = self.tc, self.kind == "gbce"
+        logits = row_sampled_logits(
+            user_vectors, targets, items, self.negatives, tc.row_negatives, self.generator,
+            remove_accidental_hits=tc.remove_accidental_hits, subtract_log_q=not gbce,
+        )  # fmt: skip
+        if gbce:
+            return gbce_from_logits(logits, tc.gbce_t, self.n_items)
+        return F.cross_entropy(logits, torch.zeros_like(targets, device=logits.device))
 
 
 __all__ = ["TrainingLoss"]
