@@ -115,3 +115,21 @@ def test_the_xavier_init_is_sasrec_pytorchs_xavier_normal():
     assert float(items.std()) == pytest.approx((2 / (4001 + 32)) ** 0.5, rel=0.1)
     assert float(xavier.item_embedding.weight[0].abs().sum()) == 0.0
     assert float(mixed.position_embedding.weight.std()) == pytest.approx(1.0, rel=0.1)  # torch's N(0, 1)
+
+
+def test_the_torch_init_and_unscaled_items_are_rectools_sasrec():
+    torch.manual_seed(0)
+    rectools = SASRec(SASRecConfig(embedding_dim=32, maxlen=50, init="torch", scale_items=False), n_items=4000)
+    items = rectools.item_embedding.weight[1:]
+    assert float(items.std()) == pytest.approx(1.0, rel=0.05)  # nn.Embedding's N(0, 1)
+    assert float(rectools.item_embedding.weight[0].abs().sum()) == 0.0
+    # without the sqrt(d) scale the first block reads items + positions; with it, 4 x the items (d = 16)
+    batch = batch_of([[3, 7, 9]], 6)
+    unscaled, scaled = model(scale_items=False), model(scale_items=True)
+    with torch.no_grad():
+        unscaled.position_embedding.weight.zero_()
+        scaled.position_embedding.weight.zero_()
+        scaled.item_embedding.weight.mul_(0.25)  # the scale undone by hand: both models then read the same input
+        torch.testing.assert_close(unscaled.sequence_states(batch), scaled.sequence_states(batch), rtol=1e-5, atol=1e-5)
+        scaled.item_embedding.weight.mul_(4.0)
+        assert not torch.allclose(unscaled.sequence_states(batch), scaled.sequence_states(batch), atol=1e-3)

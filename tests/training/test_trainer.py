@@ -296,6 +296,15 @@ def test_bad_config_is_a_clear_error(data_dir, tmp_path):
         Trainer(data_dir, make_config(negative_sampler="zipf"), tmp_path / "x")
 
 
+def test_adam_beta2_reaches_the_optimizer(data_dir, tmp_path):
+    default = Trainer(data_dir, make_config(), tmp_path / "default", progress=False)
+    assert default.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    sasrec_pytorch = Trainer(data_dir, make_config(adam_beta2=0.98), tmp_path / "0.98", progress=False)
+    assert sasrec_pytorch.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    with pytest.raises(ValueError, match="adam_beta2"):
+        make_config(adam_beta2=1.0)
+
+
 def test_remi_sampler_options_reach_the_loss_and_learn(data_dir, tmp_path):
     # REMI's default: uniform noise, draws with replacement (so more than the 121 classes is fine), hits kept
     remi = dict(negative_sampler="uniform", negatives_unique=False, remove_accidental_hits=False)

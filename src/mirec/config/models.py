@@ -251,7 +251,9 @@ class SASRecConfig(ModelConfig):
     all_positions: bool = True  # every position predicts its next item (the paper) | false: one target per window
     # xavier: xavier_normal_ on every weight of 2+ dimensions, padding row zeroed (SASRec.pytorch main.py; chosen
     # on valid, study 20) | mixed: Glorot-uniform item table, N(0, 1) positions, torch's defaults (study 18's runs)
-    init: Literal["xavier", "mixed"] = "xavier"
+    # | torch: torch's defaults everywhere, N(0, 1) item table (RecTools' SASRecModel)
+    init: Literal["xavier", "mixed", "torch"] = "xavier"
+    scale_items: bool = True  # item vectors * sqrt(d) before the positions are added (SASRec.pytorch) | RecTools: no
 
     def check(self) -> None:
         super().check()

@@ -124,6 +124,7 @@ class TrainConfig(CheckedConfig):
     batch_size: int = 128  # training sequences per step (ComiRec: 128)
     lr: float = 1e-3  # Adam learning rate (ComiRec: 0.001)
     weight_decay: float = 0.0  # Adam's L2 weight decay (ComiRec: none)
+    adam_beta2: float = 0.999  # Adam's second-moment decay (TF/torch default; SASRec.pytorch and RecTools: 0.98)
     max_steps: int = 1_000_000  # step cap (ComiRec: 1,000,000; early stopping ends runs long before)
     eval_every: int = 1000  # steps between valid evaluations (ComiRec: test_iter 1000)
     patience: int = 10  # evaluations without a better valid Recall@50
@@ -166,6 +167,7 @@ class TrainConfig(CheckedConfig):
         for name in (*non_negative, "max_minutes"):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
+        self.require(0 <= self.adam_beta2 < 1, "adam_beta2", "in [0, 1)")
         self.require(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
         beta = self.hard_negative_beta
         self.require(math.isfinite(beta), "hard_negative_beta", "a finite number")

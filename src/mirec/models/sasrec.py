@@ -1,9 +1,10 @@
 """SASRec: Wang-Cheng Kang, Julian McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018; the block
 structure of pmixer/SASRec.pytorch ``model.py`` (the authors' TF code ported), the single-interest control.
 
-E = item embeddings * sqrt(d) + learned position embeddings, dropout; then per block (Kang section III-B/C):
-Q = LayerNorm(x); x = Q + MHA(Q, x, x) with a causal mask; x = LayerNorm(x); x = x + FFN(x) (two position-wise
-linear layers, ReLU, dropout); padding rows zeroed after each block; a final LayerNorm. The output at a position
+E = item embeddings * sqrt(d) (``model.scale_items``) + learned position embeddings, dropout; then per block
+(Kang section III-B/C): Q = LayerNorm(x); x = Q + MHA(Q, x, x) with a causal mask; x = LayerNorm(x);
+x = x + FFN(x) (two position-wise linear layers, ReLU, dropout); padding rows zeroed after each block; a final
+LayerNorm. The output at a position
 is the user state after reading the items up to it; the item embeddings are shared as output vectors.
 
 Training (``model.all_positions``, the paper's objective): every position of the window predicts the item after
@@ -62,6 +63,9 @@ class SASRec(MultiInterestModel):
             for weight in self.parameters():
                 if weight.dim() >= 2:
                     nn.init.xavier_normal_(weight)
+        if config.init == "torch":  # RecTools: nn.Embedding's N(0, 1), padding row zero
+            nn.init.normal_(self.item_embedding.weight)
+        if config.init != "mixed":
             with torch.no_grad():
                 self.item_embedding.weight[0].zero_()  # padding row, as SASRec.pytorch zeroes it (masked everywhere)
 
@@ -74,7 +78,8 @@ class SASRec(MultiInterestModel):
         keep = batch.mask.to(self.item_embedding.weight.dtype).unsqueeze(-1)
         counts = batch.mask.sum(1, keepdim=True).long()
         recency = (counts - 1 - torch.arange(length, device=items.device)).clamp(min=0)  # 0 = the latest item
-        x = self.embed_items(items) * self.config.embedding_dim**0.5 + self.position_embedding(recency)
+        scale = self.config.embedding_dim**0.5 if self.config.scale_items else 1.0
+        x = self.embed_items(items) * scale + self.position_embedding(recency)
         x = self.dropout(x) * keep
         # left-aligned: a real position only sees earlier real ones; padding rows are dropped below
         causal = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
