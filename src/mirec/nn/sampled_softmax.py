@@ -437,9 +437,9 @@ def row_sampled_logits(
     (constant for the uniform sampler); a hit is any copy of the row's own target."""
     rows = len(target_ids)
     device, dtype = user_vectors.device, user_vectors.dtype
-    drawn = sampler.draw(rows * per_row, generator)
-    targets = target_ids.to(device)
-    vectors = output_fn(torch.cat([targets, drawn.to(device)]))
+    drawn = sampler.draw(rows * per_row, generator)  # on the CPU generator, as the shared draws
+    targets, drawn_here = target_ids.to(device), drawn.to(device)
+    vectors = output_fn(torch.cat([targets, drawn_here]))
     true_w, sampled_w = vectors[:rows], vectors[rows:].view(rows, per_row, -1)
     true = (user_vectors * true_w).sum(-1)
     sampled = torch.bmm(sampled_w, user_vectors[:, :, None]).squeeze(-1)
@@ -447,7 +447,7 @@ def row_sampled_logits(
         true = true - torch.log(sampler.probability(target_ids.detach().cpu()) * per_row).to(device, dtype)
         sampled = sampled - torch.log(sampler.probability(drawn) * per_row).to(device, dtype).view(rows, per_row)
     if remove_accidental_hits:
-        hit = drawn.to(device).view(rows, per_row) == targets[:, None]
+        hit = drawn_here.view(rows, per_row) == targets[:, None]
         sampled = sampled.masked_fill(hit, torch.finfo(dtype).min)
     return torch.cat([true[:, None], sampled], dim=1)
 
