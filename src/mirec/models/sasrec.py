@@ -4,8 +4,8 @@ structure of pmixer/SASRec.pytorch ``model.py`` (the authors' TF code ported), t
 E = item embeddings * sqrt(d) (``model.scale_items``) + learned position embeddings, dropout; then per block
 (Kang section III-B/C): Q = LayerNorm(x); x = Q + MHA(Q, x, x) with a causal mask; x = LayerNorm(x);
 x = x + FFN(x) (two position-wise linear layers, ReLU, dropout); padding rows zeroed after each block; a final
-LayerNorm. The output at a position
-is the user state after reading the items up to it; the item embeddings are shared as output vectors.
+LayerNorm. The output at a position is the user state after reading the items up to it; the item embeddings are
+shared as output vectors.
 
 Training (``model.all_positions``, the paper's objective): every position of the window predicts the item after
 it (the last one the batch's target), one loss term per real position; retrieval reads the last real position

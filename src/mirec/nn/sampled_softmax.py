@@ -443,9 +443,10 @@ def row_sampled_logits(
     true_w, sampled_w = vectors[:rows], vectors[rows:].view(rows, per_row, -1)
     true = (user_vectors * true_w).sum(-1)
     sampled = torch.bmm(sampled_w, user_vectors[:, :, None]).squeeze(-1)
-    if subtract_log_q:
-        true = true - torch.log(sampler.probability(target_ids.detach().cpu()) * per_row).to(device, dtype)
-        sampled = sampled - torch.log(sampler.probability(drawn) * per_row).to(device, dtype).view(rows, per_row)
+    if subtract_log_q:  # TF ExpectedCountHelper without repeats counted: p * per_row (the sampler's lookup tables)
+        log_q_true = torch.log(sampler.expected_count(target_ids.detach().cpu(), per_row, per_row))
+        log_q_sampled = torch.log(sampler.expected_count(drawn, per_row, per_row)).view(rows, per_row)
+        true, sampled = true - log_q_true.to(device, dtype), sampled - log_q_sampled.to(device, dtype)
     if remove_accidental_hits:
         hit = drawn_here.view(rows, per_row) == targets[:, None]
         sampled = sampled.masked_fill(hit, torch.finfo(dtype).min)
