@@ -7,6 +7,7 @@ ComiRec-protocol metrics with ANN vs exact retrieval.
         --faiss 'IVF4096_HNSW32,PQ32x4fs,RFlat@nprobe=16,k_factor_rf=4;nprobe=32,k_factor_rf=8'
     python benchmarks/bench_ann.py --synthetic 1000000 --skip-default --threads 1 --index-cache ann-cache \\
         --hnsw '48,400@128;192;256'                               # mirec's hnsw kind, M 48, efConstruction 400
+    python benchmarks/bench_ann.py --synthetic 1000000 --skip-default --threads 1 --norm-tier 0.05 --norm-tier 0.1
 
 Synthetic catalogue: items around 2,000 cluster centres (trained item tables are clustered) with log-normal
 norms (un-normalised, as trained tables are); queries are K = 4 interests per user, each a noisy mean of a few
@@ -86,6 +87,8 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
         rows += bench_factory(table, queries, exact_ids, exact_seconds, spec, args)
     for spec in args.hnsw:
         rows += bench_hnsw(table, queries, exact_ids, exact_seconds, spec, args)
+    for share in args.norm_tier:
+        rows += bench_norm_tier(table, queries, exact_ids, exact_seconds, share, args)
     for params in [] if args.skip_default else settings(args.synthetic):
         key = (params.kind, params.metric)
         started = time.perf_counter()
@@ -158,6 +161,22 @@ def bench_hnsw(table, queries, exact_ids, exact_seconds: float, spec: str, args:
                 f"hnsw-ip M={m} efC={ef_construction} efSearch={ef}", build, ids, exact_ids, seconds, exact_seconds
             )
         )
+    return rows
+
+
+def bench_norm_tier(table, queries, exact_ids, exact_seconds: float, share: float, args) -> list[dict]:
+    """Exact search over the ``share`` of items with the largest norms: mirec's exact kind (torch) and a Faiss
+    ``IndexFlatIP`` of the tier (the reference's own engine), both through ``ItemIndex``."""
+    rows = []
+    for name, params in (
+        ("exact (torch)", IndexParams(kind="exact", norm_tier=share)),
+        ("faiss Flat", IndexParams(kind="faiss", metric="ip", faiss_factory="Flat", norm_tier=share)),
+    ):
+        started = time.perf_counter()
+        index = ItemIndex(table, params)
+        build = time.perf_counter() - started
+        ids, seconds = timed_search(index, queries, args.n)
+        rows.append(report_row(f"norm tier {share:g}, {name}", build, ids, exact_ids, seconds, exact_seconds))
     return rows
 
 
@@ -254,8 +273,16 @@ def main() -> int:
         metavar="M,EFC@EF;EF",
         help="mirec's hnsw kind with graph degree M and efConstruction EFC, searched with each efSearch",
     )
+    parser.add_argument(
+        "--norm-tier",
+        type=float,
+        action="append",
+        default=[],
+        metavar="SHARE",
+        help="exact search over this share of the items, largest norms first (repeatable)",
+    )
     parser.add_argument("--index-cache", default=None, help="--hnsw: keep built indexes here and reuse them")
-    parser.add_argument("--skip-default", action="store_true", help="only the --faiss and --hnsw settings")
+    parser.add_argument("--skip-default", action="store_true", help="only the --faiss, --hnsw, --norm-tier settings")
     parser.add_argument("--build-threads", type=int, default=0, help="--faiss/--hnsw builds: threads (0: all)")
     parser.add_argument(
         "--faiss-metric", choices=("ip", "l2"), default="ip", help="--faiss: inner product or the L2 transform"

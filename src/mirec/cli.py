@@ -259,6 +259,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         ivf_nprobe=args.ivf_nprobe,
         faiss_factory=args.faiss_factory,
         faiss_search=args.faiss_search,
+        norm_tier=args.norm_tier,
     )
     manifest = export_bundle(
         args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
@@ -675,6 +676,14 @@ def _add_export(sub: Any) -> None:
         default="",
         metavar="K=V,...",
         help="--index faiss: search settings, e.g. nprobe=32,k_factor_rf=4",
+    )
+    p.add_argument(
+        "--norm-tier",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="index only this share of the items, largest norms first (any --index; its overlap with exact search "
+        "on validation users goes into the manifest)",
     )
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
     p.add_argument(

@@ -84,7 +84,7 @@ def export_bundle(
     with torch.no_grad():
         vectors = model.output_embeddings().detach().float().cpu().contiguous()
     calibration: dict[str, Any] = {}
-    if params.kind == "exact":
+    if params.kind == "exact" and params.norm_tier >= 1:
         item_index = ItemIndex(vectors, params)
     else:  # the metric and search depth measured on the run's own validation users (never test)
         item_index, calibration = calibrate(vectors, params, validation_interests(model, dataset, config))

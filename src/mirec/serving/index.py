@@ -57,6 +57,9 @@ class IndexParams:
     # settings as Faiss's ParameterSpace reads them (e.g. "nprobe=32,k_factor_rf=4")
     faiss_factory: str = ""
     faiss_search: str = ""
+    # the share of items, largest norms first, that the index holds (1 = all). Inner-product top lists favour
+    # long vectors (Cauchy-Schwarz: q.x <= |q| |x|), on some tables almost entirely; calibration measures the cost
+    norm_tier: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -71,6 +74,8 @@ class IndexParams:
         for name in ("hnsw_ef_search", "ivf_nlist", "ivf_nprobe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"index {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.norm_tier <= 1:
+            raise ValueError(f"index norm_tier must be in (0, 1], got {self.norm_tier}")
 
     def resolved(self, n_items: int) -> IndexParams:
         # 4 sqrt(n) lists, but at least 39 items per list (Faiss's k-means warns below that)
@@ -86,7 +91,18 @@ class IndexParams:
             candidates_factor=self.candidates_factor,
             faiss_factory=self.faiss_factory,
             faiss_search=self.faiss_search,
+            norm_tier=self.norm_tier,
         )
+
+
+def norm_tier_ids(item_table: torch.Tensor, share: float) -> np.ndarray | None:
+    """Item ids (ascending) of the ``share`` of items with the largest norms, ties by id; None for all items."""
+    n_items = int(item_table.shape[0]) - 1
+    if share >= 1:
+        return None
+    norms = item_table[1:].float().norm(dim=1).numpy()
+    keep = max(1, math.ceil(share * n_items))
+    return np.sort(np.argsort(-norms, kind="stable")[:keep]) + 1
 
 
 def augment_items(vectors: np.ndarray) -> tuple[np.ndarray, float]:
@@ -110,29 +126,37 @@ class ItemIndex:
             self.params.metric = "l2"
         self.item_table = item_table.detach().float().cpu().contiguous()  # [n_items + 1, d], row 0 padding
         self.n_items, self.dim = int(item_table.shape[0]) - 1, int(item_table.shape[1])
-        self.exact = ExactRetriever(self.item_table, "torch")
+        tier = norm_tier_ids(self.item_table, self.params.norm_tier)
+        # the searched table: local ids 1..n_indexed; local_to_id maps them back (-1 and 0 map to themselves)
+        self.local_to_id = None if tier is None else torch.from_numpy(np.concatenate([[0], tier]))
+        indexed = self.item_table if tier is None else self.item_table[self.local_to_id]
+        self.n_indexed = int(indexed.shape[0]) - 1
+        self.exact = ExactRetriever(indexed, "torch")
         self.faiss_index = faiss_index
-        if self.params.kind != "exact" and faiss_index is not None and faiss_index.d != self.index_dim:
-            raise ValueError(
-                f"a Faiss index of dimension {faiss_index.d} for {self.dim}-d items ({self.params.metric})"
-            )
+        if self.params.kind != "exact" and faiss_index is not None:
+            if faiss_index.d != self.index_dim:
+                raise ValueError(
+                    f"a Faiss index of dimension {faiss_index.d} for {self.dim}-d items ({self.params.metric})"
+                )
+            if faiss_index.ntotal != self.n_indexed:
+                raise ValueError(f"a Faiss index of {faiss_index.ntotal} vectors for {self.n_indexed} indexed items")
         if self.params.kind != "exact" and faiss_index is None:
-            self.faiss_index = self._build()
+            self.faiss_index = self._build(indexed[1:].numpy())
         self._configure()
 
     @property
     def index_dim(self) -> int:
         return self.dim + (self.params.metric == "l2")
 
-    def _build(self):
+    def _build(self, items: np.ndarray):
         import faiss
 
         p = self.params
         if p.metric == "l2":
-            vectors, _ = augment_items(self.item_table[1:].numpy())
+            vectors, _ = augment_items(items)
             metric, flat = faiss.METRIC_L2, faiss.IndexFlatL2
         else:
-            vectors = np.ascontiguousarray(self.item_table[1:].numpy(), dtype=np.float32)
+            vectors = np.ascontiguousarray(items, dtype=np.float32)
             metric, flat = faiss.METRIC_INNER_PRODUCT, faiss.IndexFlatIP
         if p.kind == "faiss":
             index = faiss.index_factory(self.index_dim, p.faiss_factory, metric)
@@ -160,18 +184,37 @@ class ItemIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if self.params.kind == "exact":
-            return self.exact.search(queries.float().cpu(), n, exclude)
+            scores, ids = self.exact.search(queries.float().cpu(), n, self._local_exclusions(exclude))
+            return scores, self._global_ids(ids)
         if queries.ndim != 3 or queries.shape[2] != self.dim:
             raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
         n_users, k, _ = queries.shape
         flat = queries.detach().float().cpu().reshape(-1, self.dim)
-        width = candidate_width(n, self.n_items, self.params.candidates_factor, exclude)
+        width = candidate_width(n, self.n_indexed, self.params.candidates_factor, exclude)
         if self.params.kind == "hnsw":
             self.faiss_index.hnsw.efSearch = self.params.hnsw_ef_search or max(128, 2 * width)
         query = augment_queries(flat.numpy()) if self.params.metric == "l2" else np.ascontiguousarray(flat.numpy())
         _, positions = self.faiss_index.search(query, width)
-        ids = torch.from_numpy(positions).long() + 1  # faiss position p = item id p + 1; -1 stays <= 0
+        ids = self._global_ids(torch.from_numpy(positions).long() + 1)  # faiss position p = local id p + 1
         return rescore_candidates(flat, ids, self.item_table, n, exclude, n_users, k)
+
+    def _global_ids(self, local: torch.Tensor) -> torch.Tensor:
+        if self.local_to_id is None:
+            return local
+        return torch.where(local > 0, self.local_to_id[local.clamp(min=0)], local)
+
+    def _local_exclusions(self, exclude: Sequence[np.ndarray] | None) -> Sequence[np.ndarray] | None:
+        """Excluded item ids in the searched table's local ids (items outside the tier are never found anyway)."""
+        if exclude is None or self.local_to_id is None:
+            return exclude
+        tier = self.local_to_id[1:].numpy()
+        out = []
+        for items in exclude:
+            items = np.asarray(items, dtype=np.int64)
+            at = np.searchsorted(tier, items)
+            inside = (at < len(tier)) & (tier[np.minimum(at, len(tier) - 1)] == items)
+            out.append(at[inside] + 1)
+        return out
 
     def save(self, folder: str | Path) -> list[str]:
         """Write ``index.json`` (+ ``index.faiss`` for ANN kinds) into ``folder``; returns the file names."""
@@ -196,11 +239,10 @@ class ItemIndex:
             # index.json written before the metric option: the dimension tells (d + 1 = the L2 transform)
             values.setdefault("metric", "l2" if faiss_index.d == int(item_table.shape[1]) + 1 else "ip")
         params = IndexParams(**values)
-        if faiss_index is not None and faiss_index.ntotal != int(item_table.shape[0]) - 1:
-            raise ValueError(
-                f"{folder / 'index.faiss'}: {faiss_index.ntotal} vectors for {int(item_table.shape[0]) - 1} items"
-            )
-        return cls(item_table, params, faiss_index)
+        try:
+            return cls(item_table, params, faiss_index)
+        except ValueError as error:
+            raise ValueError(f"{folder / 'index.faiss'}: {error}") from None
 
 
 def rescore_candidates(
@@ -262,11 +304,12 @@ def calibrate(
     """Build the ANN index for real queries (e.g. validation users' interests [U, K, d]). Candidates: both
     metrics with ``metric = "auto"``; for HNSW with ``hnsw_ef_search = 0`` efSearch 64, 128, ... up to 1024, each
     metric stopping at the first that reaches ``target`` overlap with exact search (0.97: at 0.95 a measured test
-    recall@50 lost more than the 1% we allow, docs/performance.md). Each candidate's overlap and queries/s are
+    recall@50 lost more than the 1% we allow, docs/performance.md); exact search over a norm tier is measured
+    the same way. Each candidate's overlap and queries/s are
     measured; the fastest candidate whose overlap is within ``tolerance`` of the best is kept, so a more expensive
     index is never chosen for a gain below it. Returns the index and the calibration table."""
     params = params.resolved(int(item_table.shape[0]) - 1)
-    if params.kind == "exact":
+    if params.kind == "exact" and params.norm_tier >= 1:
         return ItemIndex(item_table, params), {}
     exact = ItemIndex(item_table, IndexParams(kind="exact")).search(queries, n)[1]
     report: dict = {
@@ -277,7 +320,8 @@ def calibrate(
         "candidates": [],
     }
     indexes: dict[str, ItemIndex] = {}
-    for metric in ("ip", "l2") if params.metric == "auto" else (params.metric,):
+    both = params.metric == "auto" and params.kind != "exact"  # exact search has no metric to choose
+    for metric in ("ip", "l2") if both else (params.metric,):
         index = indexes[metric] = ItemIndex(item_table, IndexParams(**{**params.__dict__, "metric": metric}))
         searches = (
             [params.hnsw_ef_search] if params.kind != "hnsw" or params.hnsw_ef_search else [64, 128, 256, 512, 1024]
@@ -287,7 +331,13 @@ def calibrate(
             found, seconds = _timed_search(index, queries, n)
             value = overlap(found, exact)
             report["candidates"].append(
-                {"metric": metric, "hnsw_ef_search": ef, "overlap": round(value, 4), "queries_per_s": seconds}
+                {
+                    "metric": metric,
+                    "hnsw_ef_search": ef,
+                    "norm_tier": params.norm_tier,
+                    "overlap": round(value, 4),
+                    "queries_per_s": seconds,
+                }
             )
             if value >= target:
                 break
@@ -322,6 +372,7 @@ __all__ = [
     "augment_queries",
     "calibrate",
     "candidate_width",
+    "norm_tier_ids",
     "overlap",
     "rescore_candidates",
 ]
