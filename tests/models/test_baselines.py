@@ -3,6 +3,7 @@ and slow loop references of THUDM/ComiRec src/model.py."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -277,6 +278,29 @@ def test_mind_matches_slow_reference(relu_layer):
     out = model(batch, init_logits=logits)
     np.testing.assert_allclose(out.detach().numpy(), slow_mind(model, batch, logits), rtol=1e-9, atol=1e-12)
     assert (model.proj is not None) == relu_layer
+
+
+def test_mind_real_rows_path_has_the_reference_gradients():
+    """The CPU path maps real history rows only (zeros on padding): capsules and every parameter's gradient
+    equal the reference form's (the map on every row, padding rows holding the bias)."""
+    from mirec.nn.fastpath import reference_paths
+
+    model = make_model("mind")
+    batch = make_batch([6, 4, 2])
+    logits = mind_logits(3, L)
+    weights = torch.randn(3, K, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for context in (contextlib.nullcontext, reference_paths):
+        model.zero_grad()
+        with context():
+            out = model(batch, init_logits=logits)
+        (out * weights).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (fast, fast_grads), (slow, slow_grads) = results
+    torch.testing.assert_close(fast, slow)
+    assert len(fast_grads) == len(slow_grads) >= 3  # item table, map weight and bias
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_mind_draws_fresh_truncated_normal_logits():

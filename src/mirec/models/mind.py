@@ -25,6 +25,7 @@ from mirec.config import MINDConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, SharedBilinear
+from mirec.nn.fastpath import use_cpu_fast_path
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -65,14 +66,22 @@ class MIND(MultiInterestModel):
             return out.zero_()
         return torch.nn.init.trunc_normal_(out, 0.0, std, -2 * std, 2 * std)
 
+    def shared_predictions(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """S e_i + s for the masked history [B, L] -> [B, L, d]. CPU fast path: the map on the real rows only,
+        zeros on padding rows (the routing weighs padding 0, so neither their values nor gradients count)."""
+        real = mask > 0
+        if not use_cpu_fast_path(mask) or bool(real.all()):
+            return self.bilinear.shared_predictions(self.embed_items(items) * mask.unsqueeze(-1))
+        rows = self.bilinear.shared_predictions(self.embed_items(items[real]))  # [R, d]
+        return rows.new_zeros(*items.shape, rows.shape[-1]).index_put((real,), rows)
+
     def forward(self, batch: Batch, init_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Interests [B, K, d]; ``init_logits`` [B, K, L] replaces the random routing logits (tests)."""
         mask = batch.mask.to(self.item_embedding.weight.dtype)
-        x = self.embed_items(batch.items) * mask.unsqueeze(-1)
-        item_hat = self.bilinear.shared_predictions(x)  # [B, L, d], shared by the K interests (tf.tile)
+        item_hat = self.shared_predictions(batch.items, mask)  # [B, L, d], shared by the K interests (tf.tile)
         B, L, _ = item_hat.shape
         if init_logits is None:
-            init_logits = self.draw_routing_logits(B, L, x.device, x.dtype)
+            init_logits = self.draw_routing_logits(B, L, item_hat.device, item_hat.dtype)
         active = self.active_interests(mask) if self.config.dynamic_interests else None
         capsules = self.routing(item_hat, mask, init_logits=init_logits, interest_mask=active)
         if self.proj is not None:
