@@ -259,12 +259,25 @@ def cmd_export(args: argparse.Namespace) -> None:
         ivf_nprobe=args.ivf_nprobe,
         faiss_factory=args.faiss_factory,
         faiss_search=args.faiss_search,
-        norm_tier=args.norm_tier,
+        norm_tier=0.0 if args.norm_tier == "auto" else float(args.norm_tier),
     )
     manifest = export_bundle(
         args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
     )
     _print_json({k: v for k, v in manifest.items() if k != "files"})
+
+
+def norm_tier_arg(text: str) -> str:
+    """``auto`` or a share in (0, 1]."""
+    if text == "auto":
+        return text
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share in (0, 1] or auto") from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share in (0, 1] or auto")
+    return text
 
 
 def serving_workers(args: argparse.Namespace) -> int:
@@ -679,11 +692,11 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument(
         "--norm-tier",
-        type=float,
-        default=1.0,
-        metavar="SHARE",
-        help="index only this share of the items, largest norms first (any --index; its overlap with exact search "
-        "on validation users goes into the manifest)",
+        type=norm_tier_arg,
+        default="1",
+        metavar="SHARE|auto",
+        help="index only this share of the items, largest norms first (its overlap with exact search on validation "
+        "users goes into the manifest); auto, with --index exact: the smallest share of 0.5..0.05 reaching 0.97",
     )
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
     p.add_argument(

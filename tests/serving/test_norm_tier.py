@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -35,9 +37,12 @@ def test_tier_ids_are_the_largest_norms_ties_by_id():
     assert norm_tier_ids(table, 0.3).tolist() == [2, 4]  # ceil(0.3 * 6) = 2
     assert norm_tier_ids(table, 0.5).tolist() == [2, 3, 4]  # the tie at 2.0 goes to the smaller id
     assert norm_tier_ids(table, 0.01).tolist() == [2]  # at least one item
-    for bad in (0.0, -0.5, 1.5):
+    for bad in (-0.5, 1.5):
         with pytest.raises(ValueError, match="norm_tier must be in"):
             IndexParams(norm_tier=bad)
+    with pytest.raises(ValueError, match="auto.*exact search only"):
+        IndexParams(kind="hnsw", norm_tier=0.0)
+    assert norm_tier_ids(table, 0.0) is None  # auto before calibration: every item
 
 
 @pytest.mark.parametrize(
@@ -91,6 +96,23 @@ def test_calibration_measures_an_exact_tier_against_the_whole_catalogue():
     assert 0 < candidate["overlap"] < 1  # this table's top lists reach below the tier
 
 
+def test_auto_tier_is_the_smallest_share_before_the_overlap_falls_below_the_target():
+    from mirec.serving.index import NORM_TIERS
+
+    table = lognormal_table(600, 8)
+    table[1:301] *= 20  # half the items long: the top lists live in that half
+    queries = torch.randn(20, 2, 8, generator=torch.Generator().manual_seed(6))
+    exact = ItemIndex(table).search(queries, 10)[1]
+    index, report = calibrate(table, IndexParams(kind="exact", norm_tier=0.0), queries, n=10)
+    tried = [c["norm_tier"] for c in report["candidates"]]
+    assert tried == list(NORM_TIERS[: len(tried)])
+    by_hand = {t: overlap(ItemIndex(table, IndexParams(norm_tier=t)).search(queries, 10)[1], exact) for t in tried}
+    reaching = [t for t in tried if by_hand[t] >= 0.97]
+    assert reaching == tried[: len(reaching)] and len(tried) in (len(reaching), len(reaching) + 1)
+    assert report["chosen"]["norm_tier"] == index.params.norm_tier == min(reaching) <= 0.5
+    assert by_hand[tried[-1]] < 0.97 or tried == list(NORM_TIERS)
+
+
 def test_an_exported_bundle_keeps_its_tier_and_reports_its_overlap(run_dir, tmp_path):
     manifest = export_bundle(run_dir, tmp_path / "tier", index=IndexParams(kind="exact", norm_tier=0.5))
     assert manifest["index"]["norm_tier"] == 0.5
@@ -101,3 +123,27 @@ def test_an_exported_bundle_keeps_its_tier_and_reports_its_overlap(run_dir, tmp_
     interests = torch.randn(3, 4, served.index.dim, generator=torch.Generator().manual_seed(0))
     found = served.index.search(interests, 5)[1]
     assert set(found.reshape(-1).tolist()) <= tier
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirec",
+            "export",
+            str(run_dir),
+            "--output",
+            str(tmp_path / "auto"),
+            "--norm-tier",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    calibration = json.loads(out.stdout)["index"]["calibration"]
+    assert calibration["chosen"]["overlap"] >= 0.97 and calibration["candidates"][0]["norm_tier"] == 1.0
+    bad = subprocess.run(
+        [sys.executable, "-m", "mirec", "export", str(run_dir), "--output", str(tmp_path / "bad"), "--norm-tier", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "a share in (0, 1] or auto" in bad.stderr

@@ -57,8 +57,8 @@ class IndexParams:
     # settings as Faiss's ParameterSpace reads them (e.g. "nprobe=32,k_factor_rf=4")
     faiss_factory: str = ""
     faiss_search: str = ""
-    # the share of items, largest norms first, that the index holds (1 = all). Inner-product top lists favour
-    # long vectors (Cauchy-Schwarz: q.x <= |q| |x|), on some tables almost entirely; calibration measures the cost
+    # the share of items, largest norms first, that the index holds (1 = all; 0 = auto, exact kind: measured at
+    # export). Inner-product top lists favour long vectors (q.x <= |q| |x|), on some tables almost entirely
     norm_tier: float = 1.0
 
     def __post_init__(self) -> None:
@@ -74,8 +74,10 @@ class IndexParams:
         for name in ("hnsw_ef_search", "ivf_nlist", "ivf_nprobe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"index {name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.norm_tier <= 1:
-            raise ValueError(f"index norm_tier must be in (0, 1], got {self.norm_tier}")
+        if not 0 <= self.norm_tier <= 1:
+            raise ValueError(f"index norm_tier must be in (0, 1] (0: auto), got {self.norm_tier}")
+        if self.norm_tier == 0 and self.kind != "exact":
+            raise ValueError("index norm_tier 0 (auto) is measured for exact search only; give ANN kinds a share")
 
     def resolved(self, n_items: int) -> IndexParams:
         # 4 sqrt(n) lists, but at least 39 items per list (Faiss's k-means warns below that)
@@ -96,9 +98,10 @@ class IndexParams:
 
 
 def norm_tier_ids(item_table: torch.Tensor, share: float) -> np.ndarray | None:
-    """Item ids (ascending) of the ``share`` of items with the largest norms, ties by id; None for all items."""
+    """Item ids (ascending) of the ``share`` of items with the largest norms, ties by id; None for all items
+    (share 1, or 0: auto, all items until calibration chooses)."""
     n_items = int(item_table.shape[0]) - 1
-    if share >= 1:
+    if share >= 1 or share == 0:
         return None
     norms = item_table[1:].float().norm(dim=1).numpy()
     keep = max(1, math.ceil(share * n_items))
@@ -304,10 +307,10 @@ def calibrate(
     """Build the ANN index for real queries (e.g. validation users' interests [U, K, d]). Candidates: both
     metrics with ``metric = "auto"``; for HNSW with ``hnsw_ef_search = 0`` efSearch 64, 128, ... up to 1024, each
     metric stopping at the first that reaches ``target`` overlap with exact search (0.97: at 0.95 a measured test
-    recall@50 lost more than the 1% we allow, docs/performance.md); exact search over a norm tier is measured
-    the same way. Each candidate's overlap and queries/s are
+    recall@50 lost more than the 1% we allow, docs/performance.md). Each candidate's overlap and queries/s are
     measured; the fastest candidate whose overlap is within ``tolerance`` of the best is kept, so a more expensive
-    index is never chosen for a gain below it. Returns the index and the calibration table."""
+    index is never chosen for a gain below it. Exact search over a norm tier: :func:`_calibrate_norm_tier`.
+    Returns the index and the calibration table."""
     params = params.resolved(int(item_table.shape[0]) - 1)
     if params.kind == "exact" and params.norm_tier >= 1:
         return ItemIndex(item_table, params), {}
@@ -319,9 +322,10 @@ def calibrate(
         "tolerance": tolerance,
         "candidates": [],
     }
+    if params.kind == "exact":
+        return _calibrate_norm_tier(item_table, params, queries, exact, report)
     indexes: dict[str, ItemIndex] = {}
-    both = params.metric == "auto" and params.kind != "exact"  # exact search has no metric to choose
-    for metric in ("ip", "l2") if both else (params.metric,):
+    for metric in ("ip", "l2") if params.metric == "auto" else (params.metric,):
         index = indexes[metric] = ItemIndex(item_table, IndexParams(**{**params.__dict__, "metric": metric}))
         searches = (
             [params.hnsw_ef_search] if params.kind != "hnsw" or params.hnsw_ef_search else [64, 128, 256, 512, 1024]
@@ -344,6 +348,29 @@ def calibrate(
     chosen = _cheapest_within(report["candidates"], tolerance)
     index = indexes[chosen["metric"]]
     index.params.hnsw_ef_search = chosen["hnsw_ef_search"]
+    report["chosen"] = chosen
+    return index, report
+
+
+NORM_TIERS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)  # norm_tier = 0 (auto) tries these, largest first
+
+
+def _calibrate_norm_tier(
+    item_table: torch.Tensor, params: IndexParams, queries: torch.Tensor, exact: torch.Tensor, report: dict
+) -> tuple[ItemIndex, dict]:
+    """Exact search over a norm tier: the given share, or (``norm_tier = 0``) the smallest of :data:`NORM_TIERS`
+    before the first whose overlap falls below the target (the whole catalogue always reaches it)."""
+    n, target = report["n"], report["target"]
+    chosen = index = None
+    for tier in NORM_TIERS if params.norm_tier == 0 else (params.norm_tier,):
+        candidate_index = ItemIndex(item_table, IndexParams(**{**params.__dict__, "norm_tier": tier}))
+        found, speed = _timed_search(candidate_index, queries, n)
+        value = overlap(found, exact)
+        candidate = {"norm_tier": tier, "overlap": round(value, 4), "queries_per_s": speed}
+        report["candidates"].append(candidate)
+        if params.norm_tier == 0 and value < target:
+            break
+        chosen, index = candidate, candidate_index
     report["chosen"] = chosen
     return index, report
 
