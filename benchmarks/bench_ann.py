@@ -221,19 +221,20 @@ def bench_runs(args: argparse.Namespace) -> list[dict]:
             IndexParams(kind="hnsw", metric="auto"),
             IndexParams(kind="ivf", metric="ip"),
             IndexParams(kind="ivf", metric="l2"),
+            IndexParams(kind="exact", norm_tier=0.0),
         ]:
-            if params.metric == "auto":  # what `mirec export --index hnsw` builds: chosen on validation users
+            label = f"{params.kind}-{params.metric}"
+            if params.metric == "auto" or params.norm_tier == 0:  # what `mirec export` builds: chosen on valid
                 index, report = calibrate(table, params, valid)
-                params = IndexParams(kind="hnsw", metric="auto")
                 print(json.dumps({"run": name, "calibration": report}), flush=True)
+                label = (
+                    f"exact, norm tier auto ({index.params.norm_tier:g})"
+                    if params.kind == "exact"
+                    else f"hnsw-auto ({index.params.metric}, efSearch {index.params.hnsw_ef_search})"
+                )
             else:
                 index = ItemIndex(table, params)
             metrics = evaluate(model, dataset, "test", config.eval, maxlen=config.model.maxlen, retriever=index)
-            label = (
-                f"{params.kind}-{params.metric}"
-                if params.metric != "auto"
-                else f"hnsw-auto ({index.params.metric}, efSearch {index.params.hnsw_ef_search})"
-            )
             row = {
                 "run": name,
                 "model": config.model.name,
