@@ -16,6 +16,9 @@ both are built, each is searched with their interests, and the one whose top-n a
 is kept (with the smallest ``efSearch`` that reaches the target overlap, 0.97), the measured overlaps recorded in the
 manifest. Candidates are re-scored exactly (q.x) before they are returned, so scores are comparable across a
 user's interests. Indexes are saved with Faiss's own writer/reader (never pickle).
+
+Any kind can hold only a norm tier, the share of items with the largest norms (``norm_tier``): since
+q.x <= |q| |x|, on some tables the top lists hardly leave it; its overlap with exact search is calibrated too.
 """
 
 from __future__ import annotations
