@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mirec.config import load_config
 from mirec.data.dataset import PreparedDataset, SplitSequences
@@ -16,6 +17,23 @@ from mirec.training.trainer import train_run
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def assert_same_top_lists(ids, scores, ref_ids, ref_scores, tol: float = 1e-4) -> None:
+    """Top-n lists from two float paths (another engine, device or CPU): the same scores within ``tol``, and the
+    same ids except where the reference's scores tie within ``tol`` (a near-tie may come out in either order)."""
+    ref_ids = torch.as_tensor(ref_ids)
+    ref_ids = ref_ids.reshape(-1, ref_ids.shape[-1])
+    ids = torch.as_tensor(ids).reshape(ref_ids.shape)
+    scores = torch.as_tensor(scores, dtype=torch.float64).reshape(ids.shape)
+    ref_scores = torch.as_tensor(ref_scores, dtype=torch.float64).reshape(ids.shape)
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=tol)
+    gap = (ref_scores[:, :-1] - ref_scores[:, 1:]).abs() <= 2 * tol  # [rows, n - 1]: position j ties with j + 1
+    tied = torch.zeros_like(ids, dtype=torch.bool)
+    tied[:, :-1] |= gap
+    tied[:, 1:] |= gap
+    tied[:, -1] = True  # the last slot may tie with the first item left out
+    assert bool(((ids == ref_ids) | tied).all()), (ids, ref_ids)
 
 
 def make_split(sequences: list[list[int]], times: list[list[int]] | None = None, users=None, history_len=None):

@@ -259,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         ivf_nprobe=args.ivf_nprobe,
         faiss_factory=args.faiss_factory,
         faiss_search=args.faiss_search,
-        norm_tier=0.0 if args.norm_tier == "auto" else float(args.norm_tier),
+        norm_tier=args.norm_tier,
     )
     manifest = export_bundle(
         args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
@@ -267,17 +267,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     _print_json({k: v for k, v in manifest.items() if k != "files"})
 
 
-def norm_tier_arg(text: str) -> str:
-    """``auto`` or a share in (0, 1]."""
+def norm_tier_arg(text: str) -> float:
+    """``auto`` (0: chosen at export, IndexParams' convention) or a share in (0, 1]."""
     if text == "auto":
-        return text
+        return 0.0
     try:
         share = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a share in (0, 1] or auto") from None
+        share = math.nan  # fails the range check below
     if not 0 < share <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a share in (0, 1] or auto")
-    return text
+    return share
 
 
 def serving_workers(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ DEFAULT_BLOCK_BYTES = 128 << 20
 DEFAULT_ITEM_BLOCK = 1 << 15
 
 
-def _exclusion_pairs(exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def exclusion_pairs(exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user id arrays -> (user, item) int64 arrays sorted by user; ids outside 1..n_items rejected."""
     if exclude is None:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -95,7 +95,7 @@ class ExactRetriever:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         n_users, k = int(interests.shape[0]), int(interests.shape[1])
-        ex_users, ex_items = _exclusion_pairs(exclude, n_users, self.n_items)
+        ex_users, ex_items = exclusion_pairs(exclude, n_users, self.n_items)
         if self.backend == "torch":
             scores, ids = self._search_torch(interests.detach(), n, ex_users, ex_items)
         else:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mirec.choices import INDEX_KINDS, INDEX_METRICS
-from mirec.eval.retrieval import ExactRetriever
+from mirec.eval.retrieval import ExactRetriever, exclusion_pairs
 
 IndexKind = Literal[INDEX_KINDS]
 INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf", "faiss")
@@ -133,9 +133,15 @@ class ItemIndex:
         self.item_table = item_table.detach().float().cpu().contiguous()  # [n_items + 1, d], row 0 padding
         self.n_items, self.dim = int(item_table.shape[0]) - 1, int(item_table.shape[1])
         tier = norm_tier_ids(self.item_table, self.params.norm_tier)
-        # the searched table: local ids 1..n_indexed; local_to_id maps them back (-1 and 0 map to themselves)
-        self.local_to_id = None if tier is None else torch.from_numpy(np.concatenate([[0], tier]))
-        indexed = self.item_table if tier is None else self.item_table[self.local_to_id]
+        # the searched table holds local ids 1..n_indexed: local_to_id maps them to item ids, id_to_local back (0
+        # for items outside the tier)
+        self.local_to_id = self.id_to_local = None
+        indexed = self.item_table
+        if tier is not None:
+            self.local_to_id = torch.from_numpy(np.concatenate([[0], tier]))
+            self.id_to_local = np.zeros(self.n_items + 1, dtype=np.int64)
+            self.id_to_local[tier] = np.arange(1, len(tier) + 1)
+            indexed = self.item_table[self.local_to_id]
         self.n_indexed = int(indexed.shape[0]) - 1
         self.exact = ExactRetriever(indexed, "torch")
         self.faiss_index = faiss_index
@@ -190,7 +196,7 @@ class ItemIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if self.params.kind == "exact":
-            scores, ids = self.exact.search(queries.float().cpu(), n, self._local_exclusions(exclude))
+            scores, ids = self.exact.search(queries.float().cpu(), n, self._local_exclusions(exclude, len(queries)))
             return scores, self._global_ids(ids)
         if queries.ndim != 3 or queries.shape[2] != self.dim:
             raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
@@ -209,18 +215,15 @@ class ItemIndex:
             return local
         return torch.where(local > 0, self.local_to_id[local.clamp(min=0)], local)
 
-    def _local_exclusions(self, exclude: Sequence[np.ndarray] | None) -> Sequence[np.ndarray] | None:
-        """Excluded item ids in the searched table's local ids (items outside the tier are never found anyway)."""
-        if exclude is None or self.local_to_id is None:
+    def _local_exclusions(self, exclude: Sequence[np.ndarray] | None, n_users: int) -> Sequence[np.ndarray] | None:
+        """Excluded item ids (checked as for exact search) in the searched table's local ids, per user; items
+        outside the tier are dropped (never found anyway)."""
+        if exclude is None or self.id_to_local is None:
             return exclude
-        tier = self.local_to_id[1:].numpy()
-        out = []
-        for items in exclude:
-            items = np.asarray(items, dtype=np.int64)
-            at = np.searchsorted(tier, items)
-            inside = (at < len(tier)) & (tier[np.minimum(at, len(tier) - 1)] == items)
-            out.append(at[inside] + 1)
-        return out
+        users, items = exclusion_pairs(exclude, n_users, self.n_items)
+        local = self.id_to_local[items]
+        users, local = users[local > 0], local[local > 0]
+        return np.split(local, np.searchsorted(users, np.arange(1, n_users)))[:n_users]  # no users: no arrays
 
     def save(self, folder: str | Path) -> list[str]:
         """Write ``index.json`` (+ ``index.faiss`` for ANN kinds) into ``folder``; returns the file names."""
