@@ -13,8 +13,8 @@ Synthetic catalogue: items around 2,000 cluster centres (trained item tables are
 norms (un-normalised, as trained tables are); queries are K = 4 interests per user, each a noisy mean of a few
 items of one cluster. Exact search is Faiss ``IndexFlatIP`` (the reference, timed in the same run). For each
 index setting: build seconds, overlap@50 with the exact top-50 per interest, queries/s (one interest = one
-query, searched in batches of 4,000) and the speed-up over exact. Both Faiss metrics are measured: direct inner
-product (``ip``) and the inner-product-to-L2 transform (``l2``).
+query, searched in batches of 4,000; the fastest of 3 passes, exact too) and the speed-up over exact. Both
+Faiss metrics are measured: direct inner product (``ip``) and the inner-product-to-L2 transform (``l2``).
 """
 
 from __future__ import annotations
@@ -47,10 +47,24 @@ def synthetic(n_items: int, dim: int, n_queries: int, k: int, seed: int = 0) -> 
     return torch.from_numpy(table), torch.from_numpy(queries.reshape(n_queries, k, dim))
 
 
+REPEATS = 3  # every timing (exact reference included) is the fastest of this many passes over the queries
+
+
+def fastest(search) -> tuple[object, float]:
+    """(result, seconds) of the fastest of REPEATS calls: other work on a shared machine only ever adds time."""
+    best = None
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        result = search()
+        seconds = time.perf_counter() - started
+        best = (result, seconds) if best is None or seconds < best[1] else best
+    return best
+
+
 def timed_search(index: ItemIndex, queries: torch.Tensor, n: int, block: int = 1000) -> tuple[torch.Tensor, float]:
-    started = time.perf_counter()
-    ids = torch.cat([index.search(queries[i : i + block], n)[1] for i in range(0, len(queries), block)])
-    return ids, time.perf_counter() - started
+    return fastest(
+        lambda: torch.cat([index.search(queries[i : i + block], n)[1] for i in range(0, len(queries), block)])
+    )
 
 
 def settings(n_items: int) -> list[IndexParams]:
@@ -67,9 +81,9 @@ def bench_synthetic(args: argparse.Namespace) -> list[dict]:
 
     flat = faiss.IndexFlatIP(args.dim)
     flat.add(np.ascontiguousarray(table[1:].numpy()))
-    started = time.perf_counter()
-    _, positions = flat.search(np.ascontiguousarray(queries.reshape(-1, args.dim).numpy()), args.n)
-    exact_seconds = time.perf_counter() - started
+    (_, positions), exact_seconds = fastest(
+        lambda: flat.search(np.ascontiguousarray(queries.reshape(-1, args.dim).numpy()), args.n)
+    )
     exact_ids = torch.from_numpy(positions + 1).reshape(len(queries), args.k, args.n)
     n_q = queries.shape[0] * queries.shape[1]
     rows = [
@@ -165,12 +179,14 @@ def bench_hnsw(table, queries, exact_ids, exact_seconds: float, spec: str, args:
 
 
 def bench_norm_tier(table, queries, exact_ids, exact_seconds: float, share: float, args) -> list[dict]:
-    """Exact search over the ``share`` of items with the largest norms: mirec's exact kind (torch) and a Faiss
-    ``IndexFlatIP`` of the tier (the reference's own engine), both through ``ItemIndex``."""
+    """Exact search over the ``share`` of items with the largest norms through ``ItemIndex``: mirec's exact kind
+    with each back-end (the default, auto, takes Faiss's flat search for these 4,000-query calls) and a Faiss
+    ``IndexFlatIP`` of the tier as an ANN kind (its candidates re-scored, as every ANN kind's)."""
     rows = []
     for name, params in (
-        ("exact (torch)", IndexParams(kind="exact", norm_tier=share)),
-        ("faiss Flat", IndexParams(kind="faiss", metric="ip", faiss_factory="Flat", norm_tier=share)),
+        ("exact, torch", IndexParams(kind="exact", norm_tier=share, exact_backend="torch")),
+        ("exact, faiss (auto)", IndexParams(kind="exact", norm_tier=share)),
+        ("faiss Flat + re-scoring", IndexParams(kind="faiss", metric="ip", faiss_factory="Flat", norm_tier=share)),
     ):
         started = time.perf_counter()
         index = ItemIndex(table, params)

@@ -260,6 +260,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         faiss_factory=args.faiss_factory,
         faiss_search=args.faiss_search,
         norm_tier=args.norm_tier,
+        exact_backend=args.exact_backend,
     )
     manifest = export_bundle(
         args.run_dir, args.output, index=params, data=args.data, overwrite=args.overwrite, onnx=args.onnx
@@ -697,6 +698,12 @@ def _add_export(sub: Any) -> None:
         metavar="SHARE|auto",
         help="index only this share of the items, largest norms first (its overlap with exact search on validation "
         "users goes into the manifest); auto, with --index exact: the smallest share of 0.5..0.05 reaching 0.97",
+    )
+    p.add_argument(
+        "--exact-backend",
+        choices=choices.EXACT_BACKENDS,
+        default="auto",
+        help="--index exact: auto = Faiss's flat search for calls of >= 2,048 interest queries, torch below",
     )
     p.add_argument("--onnx", action="store_true", help="also export the user tower to ONNX (needs mirec[onnx])")
     p.add_argument(

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from mirec.serving.bundle import export_bundle, load_bundle
-from mirec.serving.index import IndexParams, ItemIndex, calibrate, norm_tier_ids, overlap
+from mirec.serving.index import (
+    FAISS_EXACT_MIN_QUERIES,
+    IndexParams,
+    ItemIndex,
+    calibrate,
+    norm_tier_ids,
+    overlap,
+)
 from tests.conftest import assert_same_top_lists
 
 
@@ -49,11 +56,12 @@ def test_tier_ids_are_the_largest_norms_ties_by_id():
 @pytest.mark.parametrize(
     "params",
     [
-        IndexParams(kind="exact", norm_tier=0.25),
+        IndexParams(kind="exact", norm_tier=0.25, exact_backend="torch"),
+        IndexParams(kind="exact", norm_tier=0.25, exact_backend="faiss"),
         IndexParams(kind="ivf", metric="ip", ivf_nlist=4, ivf_nprobe=4, norm_tier=0.25),  # every list probed
         IndexParams(kind="faiss", metric="ip", faiss_factory="Flat", norm_tier=0.25),
     ],
-    ids=["exact", "ivf-exhaustive", "faiss-flat"],
+    ids=["exact-torch", "exact-faiss", "ivf-exhaustive", "faiss-flat"],
 )
 def test_tier_search_is_exact_search_of_the_tier(params, tmp_path):
     table = lognormal_table(400, 8)
@@ -75,6 +83,25 @@ def test_tier_search_is_exact_search_of_the_tier(params, tmp_path):
         assert_same_top_lists(kept[u, 0], kept_scores[u, 0], *slow)
     index.save(tmp_path)
     assert torch.equal(ItemIndex.load(tmp_path, table).search(queries, 10)[1], ids)
+
+
+def test_auto_exact_backend_is_faiss_for_large_calls_only(monkeypatch):
+    table = lognormal_table(300, 8)
+    index = ItemIndex(table, IndexParams(kind="exact", norm_tier=0.5))
+    assert index.exact_backend(FAISS_EXACT_MIN_QUERIES - 1) == "torch"
+    assert index.exact_backend(FAISS_EXACT_MIN_QUERIES) == "faiss"
+    assert ItemIndex(table, IndexParams(exact_backend="torch")).exact_backend(10**6) == "torch"
+    assert ItemIndex(table, IndexParams(exact_backend="faiss")).exact_backend(1) == "faiss"
+    with pytest.raises(ValueError, match="exact_backend 'blas'"):
+        IndexParams(exact_backend="blas")
+    # the same lists either way, at both sides of the threshold (the threshold lowered to cross it cheaply)
+    queries = torch.randn(8, 2, 8, generator=torch.Generator().manual_seed(3))
+    banned = [np.arange(1, 40, 3 + u) for u in range(8)]
+    torch_scores, torch_ids = index.search(queries, 12, banned)
+    monkeypatch.setattr("mirec.serving.index.FAISS_EXACT_MIN_QUERIES", 16)
+    assert index.exact_backend(16) == "faiss"
+    faiss_scores, faiss_ids = index.search(queries, 12, banned)
+    assert_same_top_lists(faiss_ids, faiss_scores, torch_ids, torch_scores)
 
 
 def test_a_saved_tier_index_is_refused_for_another_tier(tmp_path):

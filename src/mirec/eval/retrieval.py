@@ -5,7 +5,8 @@ Every interest vector of a user retrieves its own top-n items by inner product o
 ``evaluate_full``. Two interchangeable back-ends give the same rankings (ties aside):
 
 - ``torch``: blocked matmul + ``topk`` (users in blocks, catalogue in blocks), CPU or CUDA, memory bounded;
-- ``faiss``: ``faiss.IndexFlatIP`` on float32 numpy arrays (CPU).
+- ``faiss``: Faiss's flat inner-product search (``faiss.knn``, the kernel of ``IndexFlatIP``) on a float32
+  view of the same table (CPU, no copy).
 
 :func:`merge_interests` is ComiRec's lambda = 0 aggregation: the K*n results sorted by score, duplicates and
 id 0 dropped, the first n kept, i.e. the top-n items by f(u, i) = max_k e_i^T v_u^(k).
@@ -73,16 +74,9 @@ class ExactRetriever:
         self.dim = int(item_table.shape[1])
         self.block_bytes = int(block_bytes)
         self.item_block = max(1, int(item_block))
-        table = item_table.detach()[1:]
-        if backend == "torch":
-            self.table = table.float().contiguous()
-            self.index = None
-        else:
-            import faiss
-
-            self.table = None
-            self.index = faiss.IndexFlatIP(self.dim)
-            self.index.add(np.ascontiguousarray(table.float().cpu().numpy(), dtype=np.float32))
+        self.table = item_table.detach()[1:].float().contiguous()
+        if backend == "faiss":
+            self.table = self.table.cpu()
 
     def search(
         self, interests: torch.Tensor, n: int, exclude: Sequence[np.ndarray] | None = None
@@ -155,7 +149,9 @@ class ExactRetriever:
         queries = np.ascontiguousarray(interests.reshape(n_users * k, self.dim).float().cpu().numpy())
         max_ex = int(np.bincount(ex_users, minlength=n_users).max(initial=0)) if len(ex_users) else 0
         depth = min(n + max_ex, self.n_items)
-        dist, label = self.index.search(queries, depth)
+        import faiss
+
+        dist, label = faiss.knn(queries, self.table.numpy(), depth, metric=faiss.METRIC_INNER_PRODUCT)
         label = label.astype(np.int64)
         drop = label < 0  # faiss pads with -1 when depth exceeds the catalogue
         ids = np.where(drop, -1, label + 1)

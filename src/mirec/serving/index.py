@@ -34,11 +34,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mirec.choices import INDEX_KINDS, INDEX_METRICS
+from mirec.choices import EXACT_BACKENDS, INDEX_KINDS, INDEX_METRICS
 from mirec.eval.retrieval import ExactRetriever, exclusion_pairs
 
 IndexKind = Literal[INDEX_KINDS]
 INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf", "faiss")
+# From this many interest queries per call Faiss's flat search beats the torch back-end on one CPU thread
+# (10k-400k items, d 64, n 50: docs/experiments/11-retrieval-stage.md 11h); below it torch is faster.
+FAISS_EXACT_MIN_QUERIES = 2048
 
 
 @dataclass
@@ -63,6 +66,9 @@ class IndexParams:
     # the share of items, largest norms first, that the index holds (1 = all; 0 = auto, exact kind: measured at
     # export). Inner-product top lists favour long vectors (q.x <= |q| |x|), on some tables almost entirely
     norm_tier: float = 1.0
+    # exact kind: torch's blocked matmul + topk, Faiss's flat search, or auto: Faiss for calls of at least
+    # FAISS_EXACT_MIN_QUERIES interest queries (batch scoring), torch below (the service's small batches)
+    exact_backend: Literal[EXACT_BACKENDS] = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -77,6 +83,8 @@ class IndexParams:
         for name in ("hnsw_ef_search", "ivf_nlist", "ivf_nprobe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"index {name} must be >= 0, got {getattr(self, name)}")
+        if self.exact_backend not in EXACT_BACKENDS:
+            raise ValueError(f"index exact_backend {self.exact_backend!r}; expected one of {list(EXACT_BACKENDS)}")
         if not 0 <= self.norm_tier <= 1:
             raise ValueError(f"index norm_tier must be in (0, 1] (0: auto), got {self.norm_tier}")
         if self.norm_tier == 0 and self.kind != "exact":
@@ -97,6 +105,7 @@ class IndexParams:
             faiss_factory=self.faiss_factory,
             faiss_search=self.faiss_search,
             norm_tier=self.norm_tier,
+            exact_backend=self.exact_backend,
         )
 
 
@@ -143,7 +152,7 @@ class ItemIndex:
             self.id_to_local[tier] = np.arange(1, len(tier) + 1)
             indexed = self.item_table[self.local_to_id]
         self.n_indexed = int(indexed.shape[0]) - 1
-        self.exact = ExactRetriever(indexed, "torch")
+        self.exact = {backend: ExactRetriever(indexed, backend) for backend in ("torch", "faiss")}  # one table
         self.faiss_index = faiss_index
         if self.params.kind != "exact" and faiss_index is not None:
             if faiss_index.d != self.index_dim:
@@ -196,7 +205,8 @@ class ItemIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if self.params.kind == "exact":
-            scores, ids = self.exact.search(queries.float().cpu(), n, self._local_exclusions(exclude, len(queries)))
+            exact = self.exact[self.exact_backend(queries.shape[0] * queries.shape[1])]
+            scores, ids = exact.search(queries.float().cpu(), n, self._local_exclusions(exclude, len(queries)))
             return scores, self._global_ids(ids)
         if queries.ndim != 3 or queries.shape[2] != self.dim:
             raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
@@ -209,6 +219,12 @@ class ItemIndex:
         _, positions = self.faiss_index.search(query, width)
         ids = self._global_ids(torch.from_numpy(positions).long() + 1)  # faiss position p = local id p + 1
         return rescore_candidates(flat, ids, self.item_table, n, exclude, n_users, k)
+
+    def exact_backend(self, n_queries: int) -> str:
+        """The exact back-end a call with ``n_queries`` interest queries uses."""
+        if self.params.exact_backend != "auto":
+            return self.params.exact_backend
+        return "faiss" if n_queries >= FAISS_EXACT_MIN_QUERIES else "torch"
 
     def _global_ids(self, local: torch.Tensor) -> torch.Tensor:
         if self.local_to_id is None:
