@@ -24,6 +24,7 @@ from mirec.config import GRU4RecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.fastpath import use_cpu_fast_path
+from mirec.nn.gru import packed_gru_last_states
 
 
 def init_gru_like_tf(gru: nn.GRU) -> None:
@@ -71,21 +72,23 @@ class GRU4Rec(MultiInterestModel):
         return 1
 
     def last_states(self, x: torch.Tensor, length: torch.Tensor, packed: bool | None = None) -> torch.Tensor:
-        """Top-layer hidden state after the last valid item of each left-aligned history, [B, hidden].
+        """Top-layer hidden state after the last valid item of each left-aligned history, [B, hidden], from the
+        masked history embeddings ``x`` (the input dropout applied here).
 
-        ``packed`` (default: on CPU) runs the GRU on a PackedSequence; otherwise over every position."""
+        ``packed`` (default: on CPU) runs the GRU on the valid steps only, through :func:`packed_gru_last_states`
+        (dropout drawn for those rows only); otherwise ``nn.GRU`` over every position."""
         if packed is None:  # CPU: the recurrence over the valid steps only (histories are ~30% filled)
             packed = use_cpu_fast_path(x)
         if packed:
             sequences = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-            _, final = self.gru(sequences)  # [layers, B, hidden], back in batch order
-            return final[-1]
-        states, _ = self.gru(x)  # [B, L, hidden]; states up to length-1 never see padding
+            sequences = sequences._replace(data=self.embedding_dropout(sequences.data))
+            return packed_gru_last_states(self.gru, sequences)
+        states, _ = self.gru(self.embedding_dropout(x))  # [B, L, hidden]; states up to length-1 never see padding
         return states[torch.arange(len(length), device=states.device), (length - 1).clamp(min=0)]
 
     def forward(self, batch: Batch) -> torch.Tensor:
         mask = batch.mask.to(self.item_embedding.weight.dtype)
-        x = self.embedding_dropout(self.embed_items(batch.items)) * mask.unsqueeze(-1)
+        x = self.embed_items(batch.items) * mask.unsqueeze(-1)  # dropout(e) * mask = dropout(e * mask)
         length = mask.sum(dim=1).long()
         last = self.last_states(x, length)
         if self.dense is not None:
