@@ -3,6 +3,7 @@ slow loop-based references of THUDM/ComiRec src/model.py."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from mirec.nn.capsule import (
     squash,
 )
 from mirec.nn.embedding import RowGradEmbedding
-from mirec.nn.self_attentive import MASK_LOGIT, SelfAttentiveExtractor, cpu_fast_tanh, tf_dense
+from mirec.nn.self_attentive import MASK_LOGIT, SelfAttentiveExtractor, tf_dense
 
 
 def slow_routing(item_hat: np.ndarray, mask: np.ndarray, init: np.ndarray, iterations: int) -> tuple:
@@ -296,15 +297,27 @@ def test_row_grad_embedding_accumulates_the_dense_gradient(grad_first):
         torch.testing.assert_close(table(history), reference.weight[history])
 
 
-def test_cpu_fast_tanh_is_tanh():
-    x = torch.cat([torch.linspace(-20, 20, 4001), torch.tensor([0.0, 1e-30, -1e-8, 3e-4])]).requires_grad_()
-    y = cpu_fast_tanh(x)
-    reference = torch.tanh(x)
-    torch.testing.assert_close(y, reference, rtol=0, atol=3e-7)
-    upstream = torch.randn(len(x))
-    (grad,) = torch.autograd.grad((y * upstream).sum(), x)
-    (grad_reference,) = torch.autograd.grad((reference * upstream).sum(), x)
-    torch.testing.assert_close(grad, grad_reference, rtol=0, atol=1e-6)
-    # float64 inputs take torch.tanh itself
-    xd = x.detach().double()
-    assert torch.equal(cpu_fast_tanh(xd), torch.tanh(xd))
+def test_self_attentive_float32_cpu_logits_fold_tanh_into_the_weights():
+    """float32 on CPU: (2 W_2) sigmoid((2 W_1) h + 2 b_1) + (b_2 - W_2 1) against W_2 tanh(W_1 h + b_1) + b_2,
+    values and every gradient within float32 rounding; float64 takes the plain form."""
+    from mirec.nn.fastpath import reference_paths
+
+    torch.manual_seed(5)
+    ext = SelfAttentiveExtractor(16, 4)
+    with torch.no_grad():
+        ext.w1.bias.uniform_(-1, 1)
+        ext.w2.bias.uniform_(-1, 1)
+    H = (3 * torch.randn(50, 16)).requires_grad_()  # pre-activations up to ~+-10: tanh saturates
+    weights = torch.randn(50, 4)
+    results = []
+    for context in (contextlib.nullcontext, reference_paths):
+        with context():
+            logits = ext.position_logits(H)
+        results.append((logits, torch.autograd.grad((logits * weights).sum(), [H, *ext.parameters()])))
+    (fast, fast_grads), (slow, slow_grads) = results
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    ext64, H64 = ext.double(), H.detach().double()
+    expected = ext64.w2(torch.tanh(ext64.w1(H64)))
+    assert torch.equal(ext64.position_logits(H64), expected)

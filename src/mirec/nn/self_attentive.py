@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 from mirec.nn.fastpath import use_cpu_fast_path
 
@@ -27,30 +27,6 @@ def tf_dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linea
     return layer
 
 
-class _SigmoidTanh(torch.autograd.Function):
-    """tanh(x) as 2 sigmoid(2x) - 1 (equal up to float rounding, |difference| < 3e-7) with tanh's backward
-    (1 - y^2) g: torch's CPU tanh kernel is several times slower than its sigmoid kernel (docs/performance.md)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-def cpu_fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh; on CPU in float32 through the sigmoid kernel (:class:`_SigmoidTanh`)."""
-    if use_cpu_fast_path(x) and x.dtype == torch.float32:
-        return _SigmoidTanh.apply(x)
-    return torch.tanh(x)
-
-
 class SelfAttentiveExtractor(nn.Module):
     """K attention distributions over the L positions and the K attention-weighted sums of the values."""
 
@@ -60,6 +36,15 @@ class SelfAttentiveExtractor(nn.Module):
         self.num_interests = num_interests
         self.w1 = tf_dense(d, hidden)  # W_1, b_1 (with tanh)
         self.w2 = tf_dense(hidden, num_interests)  # W_2, b_2
+
+    def position_logits(self, H: torch.Tensor) -> torch.Tensor:
+        """W_2 tanh(W_1 h + b_1) + b_2 per row of ``H`` [..., d] -> [..., K]. On CPU in float32 with tanh(a) =
+        2 sigmoid(2a) - 1 folded into the weights, (2 W_2) sigmoid((2 W_1) h + 2 b_1) + (b_2 - W_2 1): one
+        sigmoid pass replaces torch's CPU tanh kernel, several times slower (equal up to float rounding)."""
+        if use_cpu_fast_path(H) and H.dtype == torch.float32:
+            gates = torch.sigmoid(F.linear(H, self.w1.weight * 2, self.w1.bias * 2))
+            return F.linear(gates, self.w2.weight * 2, self.w2.bias - self.w2.weight.sum(1))
+        return self.w2(torch.tanh(self.w1(H)))
 
     def attention(self, H: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """A [B, K, L] = softmax over positions of W_2 tanh(W_1 H + b_1) + b_2; 0 on padding (mask == 0).
@@ -74,9 +59,9 @@ class SelfAttentiveExtractor(nn.Module):
             # CPU: W_1, tanh, W_2 on the real positions only (training windows are ~30% filled; tanh is
             # the costliest op here); padded logits are the mask value either way, so the result is the same
             logits = H.new_full((*H.shape[:2], self.num_interests), MASK_LOGIT)
-            logits = logits.index_put((valid,), self.w2(cpu_fast_tanh(self.w1(H[valid]))))
+            logits = logits.index_put((valid,), self.position_logits(H[valid]))
             return torch.softmax(logits.transpose(1, 2), dim=-1)
-        logits = self.w2(cpu_fast_tanh(self.w1(H))).transpose(1, 2)  # [B, K, L]
+        logits = self.position_logits(H).transpose(1, 2)  # [B, K, L]
         logits = logits.masked_fill(~valid[:, None, :], MASK_LOGIT)
         return torch.softmax(logits, dim=-1)
 
