@@ -1,6 +1,7 @@
 """One switch for the CPU fast paths (the self-attentive tanh folded into a sigmoid, attention on the valid rows
-only, the packed GRU with its own backward, MIND's map on real rows): each is tested equal to its reference form, and each branches on data or device, which graph
-exporters (ONNX, torch.export) cannot follow. :func:`reference_paths` turns them all off for a block."""
+only, the packed GRU with its own backward, MIND's map on real rows): each is tested equal to its reference form,
+and each branches on data or device, which graph exporters (ONNX, torch.export) cannot follow.
+:func:`reference_paths` turns them all off for a block."""
 
 from __future__ import annotations
 
