@@ -94,6 +94,8 @@ def test_auto_exact_backend_is_faiss_for_large_calls_only(monkeypatch):
     assert ItemIndex(table, IndexParams(exact_backend="faiss")).exact_backend(1) == "faiss"
     with pytest.raises(ValueError, match="exact_backend 'blas'"):
         IndexParams(exact_backend="blas")
+    with pytest.raises(ValueError, match=r"interests must be \[users, K, 8\]"):
+        index.search(torch.randn(8), 5)  # a malformed query gets the retriever's message, whatever the back-end
     # the same lists either way, at both sides of the threshold (the threshold lowered to cross it cheaply)
     queries = torch.randn(8, 2, 8, generator=torch.Generator().manual_seed(3))
     banned = [np.arange(1, 40, 3 + u) for u in range(8)]

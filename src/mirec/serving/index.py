@@ -205,7 +205,7 @@ class ItemIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if self.params.kind == "exact":
-            exact = self.exact[self.exact_backend(queries.shape[0] * queries.shape[1])]
+            exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]  # shapes checked by the retriever
             scores, ids = exact.search(queries.float().cpu(), n, self._local_exclusions(exclude, len(queries)))
             return scores, self._global_ids(ids)
         if queries.ndim != 3 or queries.shape[2] != self.dim:
