@@ -84,17 +84,27 @@ class ExactRetriever:
         """Top-n per interest: (scores [U, K, n] float32, ids [U, K, n] int64), best first, on ``interests``'s
         device. Slots that cannot be filled (n > catalogue minus exclusions) hold id -1 and score -inf.
         ``exclude``: per-user arrays of item ids removed from that user's ranking (e.g. the history)."""
-        if interests.ndim != 3 or interests.shape[2] != self.dim:
-            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(interests.shape)}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        self._check(interests, n)
+        return self.search_pairs(interests, n, *exclusion_pairs(exclude, int(interests.shape[0]), self.n_items))
+
+    def search_pairs(
+        self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`search` with the exclusions already as :func:`exclusion_pairs` gives them (user rows sorted,
+        item ids in 1..n_items), for callers that hold them in that form."""
+        self._check(interests, n)
         n_users, k = int(interests.shape[0]), int(interests.shape[1])
-        ex_users, ex_items = exclusion_pairs(exclude, n_users, self.n_items)
         if self.backend == "torch":
             scores, ids = self._search_torch(interests.detach(), n, ex_users, ex_items)
         else:
             scores, ids = self._search_faiss(interests.detach(), n, ex_users, ex_items)
         return scores.reshape(n_users, k, n), ids.reshape(n_users, k, n)
+
+    def _check(self, interests: torch.Tensor, n: int) -> None:
+        if interests.ndim != 3 or interests.shape[2] != self.dim:
+            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(interests.shape)}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
 
     def _search_torch(
         self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray

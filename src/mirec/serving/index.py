@@ -206,7 +206,8 @@ class ItemIndex:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if self.params.kind == "exact":
             exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]  # shapes checked by the retriever
-            scores, ids = exact.search(queries.float().cpu(), n, self._local_exclusions(exclude, len(queries)))
+            pairs = self._local_exclusion_pairs(exclude, len(queries))
+            scores, ids = exact.search_pairs(queries.float().cpu(), n, *pairs)
             return scores, self._global_ids(ids)
         if queries.ndim != 3 or queries.shape[2] != self.dim:
             raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
@@ -231,15 +232,16 @@ class ItemIndex:
             return local
         return torch.where(local > 0, self.local_to_id[local.clamp(min=0)], local)
 
-    def _local_exclusions(self, exclude: Sequence[np.ndarray] | None, n_users: int) -> Sequence[np.ndarray] | None:
-        """Excluded item ids (checked as for exact search) in the searched table's local ids, per user; items
-        outside the tier are dropped (never found anyway)."""
-        if exclude is None or self.id_to_local is None:
-            return exclude
+    def _local_exclusion_pairs(
+        self, exclude: Sequence[np.ndarray] | None, n_users: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Excluded (user row, item id) pairs, checked as for exact search, with the ids in the searched table's
+        local ids; items outside the tier are dropped (never found anyway)."""
         users, items = exclusion_pairs(exclude, n_users, self.n_items)
+        if self.id_to_local is None:
+            return users, items
         local = self.id_to_local[items]
-        users, local = users[local > 0], local[local > 0]
-        return np.split(local, np.searchsorted(users, np.arange(1, n_users)))[:n_users]  # no users: no arrays
+        return users[local > 0], local[local > 0]
 
     def save(self, folder: str | Path) -> list[str]:
         """Write ``index.json`` (+ ``index.faiss`` for ANN kinds) into ``folder``; returns the file names."""
