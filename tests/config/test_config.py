@@ -50,7 +50,10 @@ def test_a_recipe_is_its_model_with_its_options_and_user_overrides_win():
     assert {**config.to_dict()["model"], "global_context": False} == plain.to_dict()["model"]
     assert config.train == plain.train  # the preset of the recipe's model
     assert load_config(model="comirec-sa+gc", overrides=["model.global_context=false"]).model.global_context is False
-    assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc", "gemirec-over-sa+gc"}
+    assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc", "sasrec+gc", "gemirec-over-sa+gc"}
+    sasrec = load_config(model="sasrec+gc", dataset="amazon-beauty")
+    assert sasrec.model.name == "sasrec" and sasrec.model.global_context is True
+    assert sasrec.train == load_config(model="sasrec", dataset="amazon-beauty").train
     recipe = load_config(model="gemirec-over-sa+gc", dataset="amazon-grocery")
     gemirec = recipe.model
     assert (gemirec.name, gemirec.base, gemirec.global_context) == ("gemirec", "comirec-sa", True)
