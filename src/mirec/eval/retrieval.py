@@ -85,7 +85,7 @@ class ExactRetriever:
         device. Slots that cannot be filled (n > catalogue minus exclusions) hold id -1 and score -inf.
         ``exclude``: per-user arrays of item ids removed from that user's ranking (e.g. the history)."""
         self._check(interests, n)
-        return self.search_pairs(interests, n, *exclusion_pairs(exclude, int(interests.shape[0]), self.n_items))
+        return self._search(interests, n, *exclusion_pairs(exclude, int(interests.shape[0]), self.n_items))
 
     def search_pairs(
         self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray
@@ -93,6 +93,11 @@ class ExactRetriever:
         """:meth:`search` with the exclusions already as :func:`exclusion_pairs` gives them (user rows sorted,
         item ids in 1..n_items), for callers that hold them in that form."""
         self._check(interests, n)
+        return self._search(interests, n, ex_users, ex_items)
+
+    def _search(
+        self, interests: torch.Tensor, n: int, ex_users: np.ndarray, ex_items: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n_users, k = int(interests.shape[0]), int(interests.shape[1])
         if self.backend == "torch":
             scores, ids = self._search_torch(interests.detach(), n, ex_users, ex_items)
