@@ -102,3 +102,24 @@ def test_init_from_run_records_its_origin(two_days):
     assert record["run_id"] == marker["run_id"]
     with pytest.raises(ValueError, match="--resume continues"):
         train_run(base / "data-day2", config, base / "run2", progress=False, init_from=base / "run1", resume=True)
+
+
+def test_a_separate_output_table_is_remapped_like_the_item_table(two_days):
+    base, overrides = two_days
+    sasrec = [*SMALL, "train.max_steps=20", 'model.output_table="separate"', "model.num_blocks=1"]
+    train_run(base / "data-day1", load_config(model="sasrec", overrides=sasrec), base / "sasrec1", progress=False)
+    old_data, new_data = load_dataset(base / "data-day1"), load_dataset(base / "data-day2")
+    old_state = load_tensors(base / "sasrec1" / "model.safetensors")
+    config = load_config(model="sasrec", overrides=sasrec)
+    model = build_model(config, new_data)
+    record = warm_start(model, new_data, config, base / "sasrec1")
+    new_state = model.state_dict()
+    old_row = {o: i for i, o in enumerate(old_data.item_original_ids) if 0 < i <= old_data.n_id_items}
+    kept = [i for i in range(1, new_data.n_id_items + 1) if new_data.item_original_ids[i] in old_row]
+    assert len(kept) == record["kept_items"] == 30
+    for table in ("item_embedding.weight", "output_item_embedding.weight"):
+        for item in kept:
+            assert torch.equal(new_state[table][item], old_state[table][old_row[new_data.item_original_ids[item]]])
+    shared = load_config(model="sasrec", overrides=[*SMALL, "model.num_blocks=1"])
+    with pytest.raises(ValueError, match="model.output_table: 'separate' -> 'shared'"):
+        warm_start(build_model(shared, new_data), new_data, shared, base / "sasrec1")

@@ -254,6 +254,9 @@ class SASRecConfig(ModelConfig):
     # | torch: torch's defaults everywhere, N(0, 1) item table (RecTools' SASRecModel)
     init: Literal["xavier", "mixed", "torch"] = "xavier"
     scale_items: bool = True  # item vectors * sqrt(d) before the positions are added (SASRec.pytorch) | RecTools: no
+    # shared: the input item table is also the output one (SASRec.pytorch, RecTools) | separate: a second item
+    # table scores the states (gSASRec-pytorch's reuse_item_embeddings = False, its default)
+    output_table: Literal["shared", "separate"] = "shared"
 
     def check(self) -> None:
         super().check()
@@ -261,6 +264,12 @@ class SASRecConfig(ModelConfig):
         self.require(self.num_blocks >= 1, "num_blocks", ">= 1")
         self.require(self.num_heads >= 1, "num_heads", ">= 1")
         self.require(self.embedding_dim % self.num_heads == 0, "num_heads", "a divisor of embedding_dim")
+        # a new item's output vector comes from its features through the shared table only
+        self.require(
+            self.output_table == "shared" or not self.item_features,
+            "output_table",
+            "'shared' with item features (a separate output table has no feature path)",
+        )
 
 
 MODEL_CONFIGS: dict[str, type[ModelConfig]] = {

@@ -92,16 +92,22 @@ class MultiInterestModel(nn.Module):
             ids = torch.arange(self.n_catalogue + 1, device=self.item_embedding.weight.device)
         return self.embed_items(ids)
 
+    def item_tables(self) -> list[nn.Embedding]:
+        """The tables with one row per item id: the input table, and a model's own output table where it has one
+        (warm starts remap each of them by original item id)."""
+        return [self.item_embedding]
+
     def keep_item_grad_buffer(self) -> list[nn.Parameter]:
-        """CPU fast path: the item table's training lookups add their row gradients into one dense ``.grad`` kept
+        """CPU fast path: the item tables' training lookups add their row gradients into one dense ``.grad`` kept
         across steps (:class:`~mirec.nn.embedding.RowGradEmbedding`, one ``index_add_`` per lookup); returns the
         kept parameters. Adam still sees a dense gradient with zero rows for the unused items."""
-        embedding = self.item_embedding
-        if not isinstance(embedding, RowGradEmbedding):
-            return []
-        embedding.accumulate_rows = True
-        embedding.weight.grad = torch.zeros_like(embedding.weight)
-        return [embedding.weight]
+        kept = []
+        for embedding in self.item_tables():
+            if isinstance(embedding, RowGradEmbedding):
+                embedding.accumulate_rows = True
+                embedding.weight.grad = torch.zeros_like(embedding.weight)
+                kept.append(embedding.weight)
+        return kept
 
     def interest_groups(self) -> dict[str, slice]:
         """The served interests by kind (:mod:`mirec.eval.merge`): one group here; a model serving interests

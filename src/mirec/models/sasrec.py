@@ -5,7 +5,8 @@ E = item embeddings * sqrt(d) (``model.scale_items``) + learned position embeddi
 (Kang section III-B/C): Q = LayerNorm(x); x = Q + MHA(Q, x, x) with a causal mask; x = LayerNorm(x);
 x = x + FFN(x) (two position-wise linear layers, ReLU, dropout); padding rows zeroed after each block; a final
 LayerNorm. The output at a position is the user state after reading the items up to it; the item embeddings are
-shared as output vectors.
+shared as output vectors, or with ``model.output_table = "separate"`` a second item table scores the states
+(gSASRec-pytorch ``gsasrec.py``: ``output_embedding`` when ``reuse_item_embeddings`` is false).
 
 Training (``model.all_positions``, the paper's objective): every position of the window predicts the item after
 it (the last one the batch's target), one loss term per real position; retrieval reads the last real position
@@ -23,6 +24,7 @@ from torch import nn
 from mirec.config import SASRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel, TrainingOutput
+from mirec.nn.init import glorot_embedding
 
 
 class SASRecBlock(nn.Module):
@@ -59,15 +61,30 @@ class SASRec(MultiInterestModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.last_norm = nn.LayerNorm(d, eps=1e-8)
+        # the scoring table (initialised as the input table below), or None: the input table is shared
+        separate = config.output_table == "separate"
+        self.output_item_embedding = glorot_embedding(n_items + 1, d) if separate else None
         if config.init == "xavier":  # SASRec.pytorch: xavier_normal_ on every parameter it accepts (2+ dims)
             for weight in self.parameters():
                 if weight.dim() >= 2:
                     nn.init.xavier_normal_(weight)
-        if config.init == "torch":  # RecTools: nn.Embedding's N(0, 1), padding row zero
-            nn.init.normal_(self.item_embedding.weight)
-        if config.init != "mixed":
-            with torch.no_grad():
-                self.item_embedding.weight[0].zero_()  # padding row, as SASRec.pytorch zeroes it (masked everywhere)
+        for table in self.item_tables():
+            if config.init == "torch":  # RecTools: nn.Embedding's N(0, 1), padding row zero
+                nn.init.normal_(table.weight)
+            if config.init != "mixed":
+                with torch.no_grad():
+                    table.weight[0].zero_()  # padding row, as SASRec.pytorch zeroes it (masked everywhere)
+
+    def item_tables(self) -> list[nn.Embedding]:
+        return super().item_tables() + ([self.output_item_embedding] if self.output_item_embedding is not None else [])
+
+    def output_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The shared item vectors (with the global context when on), or the separate output table's rows."""
+        if self.output_item_embedding is None:
+            return super().output_embeddings(ids)
+        if ids is None:
+            ids = torch.arange(self.n_items + 1, device=self.output_item_embedding.weight.device)
+        return self.output_item_embedding(ids)
 
     def sequence_states(self, batch: Batch) -> torch.Tensor:
         """The state after each position [B, L, d] (zeros at padding)."""

@@ -44,12 +44,14 @@ def warm_start(model: MultiInterestModel, dataset: PreparedDataset, config: RunC
     old_config = load_config(source / "config.toml")
     old_state = load_tensors(source / "model.safetensors")
     new_state = model.state_dict()
-    _check_compatible(old_config, config, old_state, new_state, source)
+    tables = [table.weight for table in model.item_tables()]
+    item_keys = {key for key, value in model.named_parameters() if any(value is t for t in tables)}
+    _check_compatible(old_config, config, old_state, new_state, source, item_keys)
     old_data = load_dataset(resolve_run_data(source))
     state: dict[str, torch.Tensor] = {}
     counts: dict[str, Any] = {}
     for key, value in new_state.items():
-        if key == ITEM_TABLE:
+        if key in item_keys:
             state[key], counts = _item_rows(value, old_state[key], old_data, dataset)
         elif key.startswith(FEATURE_TABLE):  # a feature RUN did not have starts fresh
             state[key] = _value_rows(key, value, old_state[key], old_data, dataset) if key in old_state else value
@@ -71,19 +73,23 @@ def warm_start(model: MultiInterestModel, dataset: PreparedDataset, config: RunC
     }
 
 
-def _check_compatible(old: RunConfig, new: RunConfig, old_state: dict, new_state: dict, source: Path) -> None:
+def _check_compatible(
+    old: RunConfig, new: RunConfig, old_state: dict, new_state: dict, source: Path, item_keys: set[str]
+) -> None:
     """Same model and the same shapes for everything but the item and feature tables, else a listed refusal."""
     old_options, new_options = dataclasses.asdict(old.model), dataclasses.asdict(new.model)
     differences = [
         f"model.{k}: {v!r} -> {new_options.get(k)!r}" for k, v in old_options.items() if new_options.get(k) != v
     ]
-    tables = (ITEM_TABLE, FEATURE_TABLE)
-    structural = sorted(
-        key
-        for key in set(old_state) | set(new_state)
-        if not key.startswith(tables)
-        and (key not in old_state or key not in new_state or old_state[key].shape != new_state[key].shape)
-    )
+
+    def misfit(key: str) -> bool:  # item and feature tables may change rows; an item table may not be missing
+        if key.startswith(FEATURE_TABLE):
+            return False
+        if key not in old_state or key not in new_state:
+            return True
+        return key not in item_keys and old_state[key].shape != new_state[key].shape
+
+    structural = sorted(key for key in set(old_state) | set(new_state) if misfit(key))
     widths = old_state[ITEM_TABLE].shape[1] != new_state[ITEM_TABLE].shape[1]
     if old.model.name != new.model.name or structural or widths:
         raise ValueError(
