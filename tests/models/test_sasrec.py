@@ -68,13 +68,14 @@ def test_sasrec_has_one_interest_and_a_head_count_that_divides_d():
 
 # BCE learns it more slowly; row negatives: RecTools' per-position uniform draws; gSASRec's separate output table
 @pytest.mark.parametrize(
-    ("loss", "steps", "row_negatives", "output_table"),
-    [("sampled", 300, 0, "shared"), ("gbce", 900, 0, "shared"), ("sampled", 300, 32, "shared"),
-     ("sampled", 300, 0, "separate")],
+    ("loss", "steps", "row_negatives", "output_table", "item_dropout"),
+    [("sampled", 300, 0, "shared", 0.0), ("gbce", 900, 0, "shared", 0.0), ("sampled", 300, 32, "shared", 0.2),
+     ("sampled", 300, 0, "separate", 0.0)],
 )  # fmt: skip
-def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps, row_negatives, output_table):  # noqa: F811
+def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps, row_negatives, output_table, item_dropout):  # noqa: F811
+    options = {"output_table": output_table, "item_dropout": item_dropout}
     config = RunConfig(
-        model=SASRecConfig(embedding_dim=32, maxlen=8, num_blocks=1, dropout=0.1, output_table=output_table),
+        model=SASRecConfig(embedding_dim=32, maxlen=8, num_blocks=1, dropout=0.1, **options),
         train=TrainConfig(
             batch_size=32,
             lr=0.005,
@@ -158,3 +159,22 @@ def test_a_separate_output_table_scores_the_states_and_trains_apart():
     assert [p.shape[0] for p in separate.keep_item_grad_buffer()] == [31, 31]  # both kept on the CPU fast path
     with pytest.raises(ConfigError, match="output_table"):
         SASRecConfig(output_table="separate", item_features=["brand"])
+
+
+def test_item_dropout_masks_an_item_alike_as_input_and_output_for_one_step():
+    sasrec = model(item_dropout=0.5).train()
+    ids = torch.arange(1, 31)
+    raw = sasrec.item_embedding.weight[1:].detach().clone()
+    sasrec.training_output(batch_of([[3, 7, 9]], 6, targets=[12]))
+    with torch.no_grad():
+        inputs, outputs = sasrec.embed_items(ids), sasrec.output_embeddings(ids)
+    torch.testing.assert_close(inputs, outputs, rtol=0, atol=0)  # one mask per item for the step
+    dropped = inputs == 0
+    assert 0.4 < float(dropped.float().mean()) < 0.6  # 480 elements, p = 0.5
+    torch.testing.assert_close(inputs[~dropped], raw[~dropped] * 2, rtol=1e-6, atol=1e-7)  # kept ones scaled 1/(1-p)
+    sasrec.on_step_end(1)
+    torch.testing.assert_close(sasrec.embed_items(ids).detach(), raw, rtol=0, atol=0)  # the next step draws anew
+    sasrec.training_output(batch_of([[3, 7, 9]], 6, targets=[12]))
+    torch.testing.assert_close(sasrec.eval().embed_items(ids).detach(), raw, rtol=0, atol=0)  # never at evaluation
+    with pytest.raises(ConfigError, match="item_dropout"):
+        SASRecConfig(item_dropout=1.0)
