@@ -172,9 +172,19 @@ def test_item_dropout_masks_an_item_alike_as_input_and_output_for_one_step():
     dropped = inputs == 0
     assert 0.4 < float(dropped.float().mean()) < 0.6  # 480 elements, p = 0.5
     torch.testing.assert_close(inputs[~dropped], raw[~dropped] * 2, rtol=1e-6, atol=1e-7)  # kept ones scaled 1/(1-p)
+    sasrec.global_context = ThreeTimesTheRows()  # the global context reads the same dropped table
+    torch.testing.assert_close(sasrec.embed_items(ids).detach(), inputs * 3, rtol=0, atol=0)
+    sasrec.global_context = None
     sasrec.on_step_end(1)
     torch.testing.assert_close(sasrec.embed_items(ids).detach(), raw, rtol=0, atol=0)  # the next step draws anew
     sasrec.training_output(batch_of([[3, 7, 9]], 6, targets=[12]))
     torch.testing.assert_close(sasrec.eval().embed_items(ids).detach(), raw, rtol=0, atol=0)  # never at evaluation
     with pytest.raises(ConfigError, match="item_dropout"):
         SASRecConfig(item_dropout=1.0)
+    with pytest.raises(ConfigError, match="item_dropout"):
+        SASRecConfig(item_dropout=0.2, item_features=["brand"])
+
+
+class ThreeTimesTheRows(torch.nn.Module):
+    def forward(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return 3 * table[ids]

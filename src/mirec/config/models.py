@@ -257,8 +257,8 @@ class SASRecConfig(ModelConfig):
     # shared: the input item table is also the output one (SASRec.pytorch, RecTools) | separate: a second item
     # table scores the states (gSASRec-pytorch's reuse_item_embeddings = False, its default)
     output_table: Literal["shared", "separate"] = "shared"
-    # dropout on whole item vectors before anything reads them, one mask per item and step shared by its input and
-    # shared-table output uses (RecTools' IdEmbeddingsItemNet, at its model's dropout_rate); 0 = off (SASRec.pytorch)
+    # dropout on the item table, drawn once per training step and read by the history and the scored items alike
+    # (RecTools' IdEmbeddingsItemNet, at its model's dropout_rate); 0 = off (SASRec.pytorch)
     item_dropout: float = 0.0
 
     def check(self) -> None:
@@ -268,6 +268,7 @@ class SASRecConfig(ModelConfig):
         self.require(self.num_heads >= 1, "num_heads", ">= 1")
         self.require(self.embedding_dim % self.num_heads == 0, "num_heads", "a divisor of embedding_dim")
         self.require(0.0 <= self.item_dropout < 1.0, "item_dropout", "in [0, 1)")
+        self.require(not (self.item_dropout and self.item_features), "item_dropout", "0 with item features")
         # a new item's output vector comes from its features through the shared table only
         self.require(
             self.output_table == "shared" or not self.item_features,

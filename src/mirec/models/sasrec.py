@@ -8,8 +8,8 @@ LayerNorm. The output at a position is the user state after reading the items up
 shared as output vectors, or with ``model.output_table = "separate"`` a second item table scores the states
 (gSASRec-pytorch ``gsasrec.py``: ``output_embedding`` when ``reuse_item_embeddings`` is false).
 ``model.item_dropout``: RecTools' ``IdEmbeddingsItemNet`` drops elements of the whole item table once per training
-step (``get_all_embeddings``) and both reads the history and scores the items from that one dropped table; here one
-mask per step over the catalogue multiplies every item vector the step reads, inputs and shared-table outputs alike.
+step (``get_all_embeddings``) and both reads the history and scores the items from that one dropped table; so does
+this one (before the global context when on; the separate output table is not dropped).
 
 Training (``model.all_positions``, the paper's objective): every position of the window predicts the item after
 it (the last one the batch's target), one loss term per real position; retrieval reads the last real position
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mirec.config import SASRecConfig
@@ -66,7 +67,7 @@ class SASRec(MultiInterestModel):
         self.last_norm = nn.LayerNorm(d, eps=1e-8)
         # the scoring table (initialised as the input table below), or None: the input table is shared
         separate = config.output_table == "separate"
-        self._step_item_mask: torch.Tensor | None = None  # model.item_dropout's mask for the current training step
+        self._step_item_table: torch.Tensor | None = None  # the item table under this step's model.item_dropout
         self.output_item_embedding = glorot_embedding(n_items + 1, d) if separate else None
         if config.init == "xavier":  # SASRec.pytorch: xavier_normal_ on every parameter it accepts (2+ dims)
             for weight in self.parameters():
@@ -91,13 +92,13 @@ class SASRec(MultiInterestModel):
         return self.output_item_embedding(ids)
 
     def embed_items(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = super().embed_items(ids)
-        if self.training and self._step_item_mask is not None:
-            return rows * self._step_item_mask[ids]
-        return rows
+        table = self._step_item_table
+        if not self.training or table is None:
+            return super().embed_items(ids)
+        return self.global_context(ids, table) if self.global_context is not None else F.embedding(ids, table)
 
     def on_step_end(self, step: int) -> None:
-        self._step_item_mask = None  # drawn again by the next training step
+        self._step_item_table = None  # drawn again by the next training step
 
     def sequence_states(self, batch: Batch) -> torch.Tensor:
         """The state after each position [B, L, d] (zeros at padding)."""
@@ -125,11 +126,8 @@ class SASRec(MultiInterestModel):
     def training_output(self, batch: Batch) -> TrainingOutput:
         """Every real position scored against its next item (the last against the batch's target)."""
         assert batch.targets is not None, "training batches carry targets"
-        keep = 1.0 - self.config.item_dropout
-        if self.training and keep < 1.0:  # one mask per item for the whole step: its inputs and its output agree
-            weight = self.item_embedding.weight
-            mask = torch.empty(self.n_catalogue + 1, weight.shape[1], device=weight.device, dtype=weight.dtype)
-            self._step_item_mask = mask.bernoulli_(keep).div_(keep)
+        if self.training and self.config.item_dropout > 0:  # one dropped table for the step: inputs and outputs agree
+            self._step_item_table = F.dropout(self.item_embedding.weight, self.config.item_dropout)
         if not self.config.all_positions:
             return TrainingOutput(self(batch)[:, 0])
         states = self.sequence_states(batch)
