@@ -99,9 +99,10 @@ def test_sasrec_learns_the_item_cycle(data_dir, tmp_path, loss, steps, row_negat
         assert metrics["test"]["hit_rate@5"] > 0.9
 
 
-def test_sasrec_takes_the_global_context_like_every_model(data_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("item_dropout", [0.0, 0.2])
+def test_sasrec_takes_the_global_context_like_every_model(data_dir, tmp_path, item_dropout):  # noqa: F811
     config = RunConfig(
-        model=SASRecConfig(embedding_dim=16, maxlen=8, num_blocks=1, global_context=True),
+        model=SASRecConfig(embedding_dim=16, maxlen=8, num_blocks=1, global_context=True, item_dropout=item_dropout),
         train=TrainConfig(batch_size=16, max_steps=20, eval_every=20, seed=3, device="cpu", num_negatives_factor=2),
         eval=EvalConfig(topk=[5], early_stop_metric="recall@5", batch_size=64),
     )
@@ -186,5 +187,5 @@ def test_item_dropout_masks_an_item_alike_as_input_and_output_for_one_step():
 
 
 class ThreeTimesTheRows(torch.nn.Module):
-    def forward(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def rows(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return 3 * table[ids]

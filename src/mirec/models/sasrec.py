@@ -65,9 +65,9 @@ class SASRec(MultiInterestModel):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.last_norm = nn.LayerNorm(d, eps=1e-8)
+        self._step_item_table: torch.Tensor | None = None  # the item table under this step's model.item_dropout
         # the scoring table (initialised as the input table below), or None: the input table is shared
         separate = config.output_table == "separate"
-        self._step_item_table: torch.Tensor | None = None  # the item table under this step's model.item_dropout
         self.output_item_embedding = glorot_embedding(n_items + 1, d) if separate else None
         if config.init == "xavier":  # SASRec.pytorch: xavier_normal_ on every parameter it accepts (2+ dims)
             for weight in self.parameters():
@@ -95,7 +95,9 @@ class SASRec(MultiInterestModel):
         table = self._step_item_table
         if not self.training or table is None:
             return super().embed_items(ids)
-        return self.global_context(ids, table) if self.global_context is not None else F.embedding(ids, table)
+        if self.global_context is not None:  # a new table every step: never the context's cached product
+            return self.global_context.rows(ids, table)
+        return F.embedding(ids, table)
 
     def on_step_end(self, step: int) -> None:
         self._step_item_table = None  # drawn again by the next training step
