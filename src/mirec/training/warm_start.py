@@ -44,15 +44,16 @@ def warm_start(model: MultiInterestModel, dataset: PreparedDataset, config: RunC
     old_config = load_config(source / "config.toml")
     old_state = load_tensors(source / "model.safetensors")
     new_state = model.state_dict()
-    tables = [table.weight for table in model.item_tables()]
-    item_keys = {key for key, value in model.named_parameters() if any(value is t for t in tables)}
+    tables = {id(table.weight) for table in model.item_tables()}
+    item_keys = {key for key, value in model.named_parameters() if id(value) in tables}
     _check_compatible(old_config, config, old_state, new_state, source, item_keys)
     old_data = load_dataset(resolve_run_data(source))
+    rows = old_state[ITEM_TABLE].shape[0], new_state[ITEM_TABLE].shape[0]
+    new_rows, old_rows, counts = _item_row_map(*rows, old_data, dataset)  # one map for every item table
     state: dict[str, torch.Tensor] = {}
-    counts: dict[str, Any] = {}
     for key, value in new_state.items():
         if key in item_keys:
-            state[key], counts = _item_rows(value, old_state[key], old_data, dataset)
+            state[key] = _item_rows(value, old_state[key], new_rows, old_rows)
         elif key.startswith(FEATURE_TABLE):  # a feature RUN did not have starts fresh
             state[key] = _value_rows(key, value, old_state[key], old_data, dataset) if key in old_state else value
         else:
@@ -98,20 +99,23 @@ def _check_compatible(
         )
 
 
-def _item_rows(fresh: torch.Tensor, old: torch.Tensor, old_data: PreparedDataset, data: PreparedDataset) -> tuple:
+def _item_row_map(n_old: int, n_new: int, old_data: PreparedDataset, data: PreparedDataset) -> tuple:
+    """(new rows, their old rows, counts): the items RUN trained on, matched by original id."""
+    old_row = {str(o): i for i, o in enumerate(old_data.item_original_ids[:n_old]) if i > 0}
+    found = [old_row.get(str(data.item_original_ids[item])) for item in range(1, n_new)]
+    new_rows = [item for item, row in enumerate(found, start=1) if row is not None]
+    old_rows = [row for row in found if row is not None]
+    new_ids = [item for item, row in enumerate(found, start=1) if row is None]
+    counts = {"kept": len(new_rows), "new_ids": new_ids, "dropped": len(old_row) - len(new_rows)}
+    return torch.tensor(new_rows, dtype=torch.long), torch.tensor(old_rows, dtype=torch.long), counts
+
+
+def _item_rows(fresh: torch.Tensor, old: torch.Tensor, new_rows: torch.Tensor, old_rows: torch.Tensor) -> torch.Tensor:
     """The new id table: rows of items RUN trained on copied by original id; the rest keep ``fresh``."""
-    old_row = {str(o): i for i, o in enumerate(old_data.item_original_ids[: old.shape[0]]) if i > 0}
     table = fresh.clone()
     table[0] = old[0]
-    new_ids, kept = [], 0
-    for item in range(1, fresh.shape[0]):
-        row = old_row.get(str(data.item_original_ids[item]))
-        if row is None:
-            new_ids.append(item)
-        else:
-            table[item] = old[row]
-            kept += 1
-    return table, {"kept": kept, "new_ids": new_ids, "dropped": len(old_row) - kept}
+    table[new_rows.to(table.device)] = old[old_rows].to(table.device)
+    return table
 
 
 def _value_rows(key: str, fresh: torch.Tensor, old: torch.Tensor, old_data: PreparedDataset, data: Any) -> torch.Tensor:
