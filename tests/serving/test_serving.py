@@ -187,6 +187,18 @@ def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
         assert_same_top_lists(i_full, s_full, i_exact, s_exact)
 
 
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_a_misshaped_query_is_refused_before_its_exclusions_are_read(kind):
+    table = clustered_table(200, 8)
+    index = ItemIndex(table, IndexParams(kind=kind))
+    flat = torch.randn(3, 8)  # [users, d] without the interest axis
+    # one exclusion list per row of the misshaped tensor: read first, it would pass and the error name the wrong thing
+    with pytest.raises(ValueError, match=r"queries must be \[users, K, 8\], got \(3, 8\)"):
+        index.search(flat, 5, [np.array([1])] * 3)
+    with pytest.raises(ValueError, match=r"queries must be \[users, K, 8\], got \(2, 3, 4\)"):
+        index.search(torch.randn(2, 3, 4), 5, [np.array([1])] * 2)
+
+
 def test_calibration_keeps_the_fastest_index_within_the_tolerance():
     from mirec.serving.index import calibrate, overlap
 

@@ -204,13 +204,13 @@ class ItemIndex:
         self, queries: torch.Tensor, n: int, exclude: Sequence[np.ndarray] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
+        if queries.ndim != 3 or queries.shape[2] != self.dim:
+            raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
         if self.params.kind == "exact":
-            exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]  # shapes checked by the retriever
+            exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]
             pairs = self._local_exclusion_pairs(exclude, len(queries))
             scores, ids = exact.search_pairs(queries.float().cpu(), n, *pairs)
             return scores, self._global_ids(ids)
-        if queries.ndim != 3 or queries.shape[2] != self.dim:
-            raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
         n_users, k, _ = queries.shape
         flat = queries.detach().float().cpu().reshape(-1, self.dim)
         width = candidate_width(n, self.n_indexed, self.params.candidates_factor, exclude)
