@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mirec.config import load_config
+from mirec.config.checked import ConfigError
 from mirec.data.features import EncodedFeature, FeatureSpec, ItemFeatures
 from mirec.nn.item_features import ItemFeatureEncoder
 from mirec.runs import build_model
@@ -84,7 +85,11 @@ def test_models_over_features(name):
     overrides = ["model.embedding_dim=8", "train.batch_size=8", "train.num_negatives_factor=1"]
     ids_only = build_model(load_config(model=name, overrides=overrides), data)
     assert ids_only.output_embeddings().shape[0] == 26  # cold items cannot be scored by an ids-only model
-    config = load_config(model=name, overrides=[*overrides, 'model.item_features=["brand"]'])
+    with_features = [*overrides, 'model.item_features=["brand"]']
+    if name == "sasrec":  # its preset's item-table dropout is refused with features, naming the option
+        with pytest.raises(ConfigError, match=r"model.item_dropout = 0.2; must be 0 with item features"):
+            load_config(model=name, dataset="default", overrides=with_features)
+    config = load_config(model=name, overrides=with_features)
     model = build_model(config, data)
     assert model.n_items == 25 and model.n_catalogue == 30 and model.output_embeddings().shape == (31, 8)
     # a cold item's vector is its brand embedding alone, whatever the model (global context passes it through)

@@ -258,7 +258,7 @@ class SASRecConfig(ModelConfig):
     # table scores the states (gSASRec-pytorch's reuse_item_embeddings = False, its default)
     output_table: Literal["shared", "separate"] = "shared"
     # dropout on the item table, drawn once per training step and read by the history and the scored items alike
-    # (RecTools' IdEmbeddingsItemNet, at its model's dropout_rate); 0 = off (SASRec.pytorch)
+    # (RecTools' IdEmbeddingsItemNet, at its model's dropout_rate); 0 = off (SASRec.pytorch); the preset: 0.2
     item_dropout: float = 0.0
 
     def check(self) -> None:
@@ -268,7 +268,11 @@ class SASRecConfig(ModelConfig):
         self.require(self.num_heads >= 1, "num_heads", ">= 1")
         self.require(self.embedding_dim % self.num_heads == 0, "num_heads", "a divisor of embedding_dim")
         self.require(0.0 <= self.item_dropout < 1.0, "item_dropout", "in [0, 1)")
-        self.require(not (self.item_dropout and self.item_features), "item_dropout", "0 with item features")
+        self.require(
+            not (self.item_dropout and self.item_features),
+            "item_dropout",
+            "0 with item features (--set model.item_dropout=0)",
+        )
         # a new item's output vector comes from its features through the shared table only
         self.require(
             self.output_table == "shared" or not self.item_features,
