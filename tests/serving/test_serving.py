@@ -191,11 +191,11 @@ def test_ann_indexes_against_exact_search(kind, metric, tmp_path):
 def test_a_misshaped_query_is_refused_before_its_exclusions_are_read(kind):
     table = clustered_table(200, 8)
     index = ItemIndex(table, IndexParams(kind=kind))
-    flat = torch.randn(3, 8)  # [users, d] without the interest axis
-    # one exclusion list per row of the misshaped tensor: read first, it would pass and the error name the wrong thing
-    with pytest.raises(ValueError, match=r"queries must be \[users, K, 8\], got \(3, 8\)"):
-        index.search(flat, 5, [np.array([1])] * 3)
-    with pytest.raises(ValueError, match=r"queries must be \[users, K, 8\], got \(2, 3, 4\)"):
+    one_user = torch.randn(4, 8)  # one user's [K, d] without the users axis, with that user's exclusions
+    # read first, the exclusions would fail as "1 per-user arrays for 4 users", naming the wrong problem
+    with pytest.raises(ValueError, match=r"interests must be \[users, K, 8\], got \(4, 8\)"):
+        index.search(one_user, 5, [np.array([1])])
+    with pytest.raises(ValueError, match=r"interests must be \[users, K, 8\], got \(2, 3, 4\)"):
         index.search(torch.randn(2, 3, 4), 5, [np.array([1])] * 2)
 
 

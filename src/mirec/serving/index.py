@@ -205,7 +205,7 @@ class ItemIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
         if queries.ndim != 3 or queries.shape[2] != self.dim:
-            raise ValueError(f"queries must be [users, K, {self.dim}], got {tuple(queries.shape)}")
+            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(queries.shape)}")
         if self.params.kind == "exact":
             exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]
             pairs = self._local_exclusion_pairs(exclude, len(queries))
