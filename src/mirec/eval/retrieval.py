@@ -30,6 +30,12 @@ DEFAULT_BLOCK_BYTES = 128 << 20
 DEFAULT_ITEM_BLOCK = 1 << 15
 
 
+def check_interest_shape(interests: torch.Tensor, dim: int) -> None:
+    """Refuse anything but [users, K, dim] query vectors (every search path's one message)."""
+    if interests.ndim != 3 or interests.shape[2] != dim:
+        raise ValueError(f"interests must be [users, K, {dim}], got {tuple(interests.shape)}")
+
+
 def exclusion_pairs(exclude: Sequence[np.ndarray] | None, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user id arrays -> (user, item) int64 arrays sorted by user; ids outside 1..n_items rejected."""
     if exclude is None:
@@ -106,8 +112,7 @@ class ExactRetriever:
         return scores.reshape(n_users, k, n), ids.reshape(n_users, k, n)
 
     def _check(self, interests: torch.Tensor, n: int) -> None:
-        if interests.ndim != 3 or interests.shape[2] != self.dim:
-            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(interests.shape)}")
+        check_interest_shape(interests, self.dim)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mirec.choices import EXACT_BACKENDS, INDEX_KINDS, INDEX_METRICS
-from mirec.eval.retrieval import ExactRetriever, exclusion_pairs
+from mirec.eval.retrieval import ExactRetriever, check_interest_shape, exclusion_pairs
 
 IndexKind = Literal[INDEX_KINDS]
 INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf", "faiss")
@@ -204,8 +204,7 @@ class ItemIndex:
         self, queries: torch.Tensor, n: int, exclude: Sequence[np.ndarray] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores [U, K, n], ids [U, K, n]) best first; -1 / -inf where fewer than n items are left."""
-        if queries.ndim != 3 or queries.shape[2] != self.dim:
-            raise ValueError(f"interests must be [users, K, {self.dim}], got {tuple(queries.shape)}")
+        check_interest_shape(queries, self.dim)  # before the exclusions are read against its user count
         if self.params.kind == "exact":
             exact = self.exact[self.exact_backend(math.prod(queries.shape[:-1]))]
             pairs = self._local_exclusion_pairs(exclude, len(queries))

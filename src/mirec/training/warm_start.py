@@ -99,7 +99,9 @@ def _check_compatible(
         )
 
 
-def _item_row_map(n_old: int, n_new: int, old_data: PreparedDataset, data: PreparedDataset) -> tuple:
+def _item_row_map(
+    n_old: int, n_new: int, old_data: PreparedDataset, data: PreparedDataset
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(new rows, their old rows, counts): the items RUN trained on, matched by original id."""
     old_row = {str(o): i for i, o in enumerate(old_data.item_original_ids[:n_old]) if i > 0}
     found = [old_row.get(str(data.item_original_ids[item])) for item in range(1, n_new)]
