@@ -456,6 +456,31 @@ def test_plot_functions_directly(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_published_table_is_drawn_from_its_summaries(tmp_path):
+    from mirec.experiments.plots import plot_tradeoff_summaries, read_tradeoff_table
+
+    table = tmp_path / "points.csv"
+    table.write_text(
+        "panel,variant,source,seeds,recall@50,recall@50 std,novel_recall@50,novel_recall@50 std\n"
+        '"Beauty, temporal",sasrec,20k,2,0.0515,0.0004,0.0294,\n'
+        '"Beauty, temporal",sa+gc,18,3,0.0527,0.0023,0.0328,0.0014\n'
+        "Grocery,sasrec,20k,3,0.1984,0.0047,0.0843,0.0081\n"
+    )
+    panels = read_tradeoff_table(table)
+    assert list(panels) == ["Beauty, temporal", "Grocery"]
+    assert panels["Beauty, temporal"]["sasrec"] == {
+        "recall@50": (0.0515, 0.0004, 2),
+        "novel_recall@50": (0.0294, 0.0, 2),
+    }
+    assert panels["Grocery"]["sasrec"]["novel_recall@50"] == (0.0843, 0.0081, 3)
+    assert plot_tradeoff_summaries(panels, tmp_path / "t.png") == panels
+    assert (tmp_path / "t.png").read_bytes()[:8] == PNG
+
+    table.write_text(table.read_text() + "Grocery,gimirec,18,three,0.1861,0.0031,0.0894,0.0043\n")
+    with pytest.raises(ValueError, match=r"points\.csv:5: bad tradeoff row"):
+        read_tradeoff_table(table)
+
+
 def test_missing_matplotlib_is_a_one_line_error(fake_grid, monkeypatch, capsys):
     spec, out = fake_grid
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError

@@ -11,6 +11,7 @@ seeds at different steps).
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Sequence
@@ -147,6 +148,9 @@ def plot_metric_bars(
     return drawn
 
 
+Summary = tuple[float, float, int]  # (mean, std, n) over seeds
+
+
 def plot_tradeoff(
     panels: dict[str, dict[str, dict[str, Sequence[float]]]],
     path: str | Path,
@@ -154,21 +158,41 @@ def plot_tradeoff(
     x: str = "recall@50",
     y: str = "novel_recall@50",
     title: str = "",
-) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+) -> dict[str, dict[str, dict[str, Summary]]]:
     """One scatter panel per dataset or split: each variant at (mean x, mean y) over seeds, std as error bars,
     labelled; variants lacking either metric are left out. Returns {panel: {variant: {x|y: (mean, std, n)}}}."""
+    summaries = {
+        panel: {
+            v: {x: _mean_std(vals[x]), y: _mean_std(vals[y])}
+            for v, vals in variants.items()
+            if vals.get(x) and vals.get(y)
+        }
+        for panel, variants in panels.items()
+    }
+    return plot_tradeoff_summaries(summaries, path, x=x, y=y, title=title)
+
+
+def plot_tradeoff_summaries(
+    panels: dict[str, dict[str, dict[str, Summary]]],
+    path: str | Path,
+    *,
+    x: str = "recall@50",
+    y: str = "novel_recall@50",
+    title: str = "",
+) -> dict[str, dict[str, dict[str, Summary]]]:
+    """:func:`plot_tradeoff` from figures already summarised over seeds (e.g. a study's published table)."""
     fig = _figure(4.2 * max(len(panels), 1), 4.2)
-    drawn: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {}
+    from matplotlib import colormaps
+
+    # one colour per variant on every panel
+    names = list(dict.fromkeys(v for variants in panels.values() for v in variants))
+    colour = {v: colormaps["tab20" if len(names) > 10 else "tab10"](i % 20) for i, v in enumerate(names)}
     for i, (panel, variants) in enumerate(panels.items()):
         ax = fig.add_subplot(1, max(len(panels), 1), i + 1)
-        drawn[panel] = {}
-        for variant, values in variants.items():
-            if not values.get(x) or not values.get(y):
-                continue
-            px, py = _mean_std(values[x]), _mean_std(values[y])
-            drawn[panel][variant] = {x: px, y: py}
-            ax.errorbar(px[0], py[0], xerr=px[1], yerr=py[1], fmt="o", capsize=2)
-            ax.annotate(variant, (px[0], py[0]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+        for variant, point in variants.items():
+            (mx, sx, _), (my, sy, _) = point[x], point[y]
+            ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt="o", capsize=2, color=colour[variant])
+            ax.annotate(variant, (mx, my), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(f"test {x}")
         ax.set_ylabel(f"test {y}")
         ax.locator_params(nbins=4)  # narrow panels: fewer ticks, no overlapping labels
@@ -177,7 +201,22 @@ def plot_tradeoff(
     if title:
         fig.suptitle(title)
     _save(fig, Path(path))
-    return drawn
+    return panels
+
+
+def read_tradeoff_table(path: str | Path, *, x: str = "recall@50", y: str = "novel_recall@50") -> dict:
+    """Panels for :func:`plot_tradeoff_summaries` from a CSV with columns panel, variant, seeds, X, X std, Y,
+    Y std (an empty std draws no bar). Raises ValueError naming the file and line of a bad row."""
+    panels: dict[str, dict[str, dict[str, Summary]]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                n = int(row["seeds"])
+                point = {m: (float(row[m]), float(row[f"{m} std"] or 0.0), n) for m in (x, y)}
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{line}: bad tradeoff row ({err!r})") from None
+            panels.setdefault(row["panel"], {})[row["variant"]] = point
+    return panels
 
 
 # ----------------------------------------------------------------------------------------------------------
