@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_support import describe_machine, machine_info  # noqa: E402
 from bench_train_throughput import measure_throughput  # noqa: E402
 
 from mirec.data.dataset import load_dataset  # noqa: E402
@@ -195,6 +196,7 @@ def main() -> int:
         parser.error("--remi needs --train-file")
     if args.daniellaah and args.models != "comirec-sa":
         parser.error("daniellaah/ComiRec has ComiRec-SA only: pass --models comirec-sa")
+    print(describe_machine(machine_info()), flush=True)
     dataset = load_dataset(args.data)
     item_count = dataset.n_items + 1  # the public ports' item_count: the table size (ids 0..n)
     results: dict = {}

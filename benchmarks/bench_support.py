@@ -325,6 +325,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # read by OpenMP when torch loads; it moves two-thread timings on a 2-core VM (study 8d)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -339,7 +341,8 @@ def describe_machine(info: dict[str, Any]) -> str:
     load_text = "n/a" if not load else ", ".join(f"{v:.2f}" for v in load)
     return (
         f"machine: {info['cpu']} | {info['cpu_count']} logical CPUs | {info.get('memory_gib', '?')} GiB | "
-        f"{info['platform']} | python {info['python']} | load average (1/5/15 min) {load_text}"
+        f"{info['platform']} | python {info['python']} | load average (1/5/15 min) {load_text} | "
+        f"OMP_WAIT_POLICY {info.get('omp_wait_policy', 'unset')}"
     )
 
 
