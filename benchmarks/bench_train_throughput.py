@@ -3,6 +3,8 @@
     python benchmarks/bench_train_throughput.py                       # synthetic data, all models
     python benchmarks/bench_train_throughput.py --models mind comirec-sa --steps 50 --threads 1
     python benchmarks/bench_train_throughput.py --data prepared/amazon-grocery --device cuda
+    python benchmarks/bench_train_throughput.py --data prep/amazon-beauty --models sasrec --presets \
+        --maxlen 50 --interests 1 --against-reference --rounds 3   # per-row negatives: block-wise vs looked up
 
 Each step is ``mirec.training.trainer.Trainer.train_step``, the training loop's own step, on the model's default
 config with batch 128, maxlen 20, d 64, K 4 (``--set`` adds overrides, e.g. ``train.sparse_item_grad=false``):
@@ -10,7 +12,9 @@ a ``TrainSampler`` batch (ComiRec's cut-and-window sampling, timed as the anchor
 code's batch building) over a synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted
 ids) or a prepared folder, the configured loss (default: TF ``sampled_softmax_loss`` with 10 x batch unique
 log-uniform negatives, as ComiRec), backward and the fused Adam step. Prints ms/step and samples/s per model
-after ``--warmup`` steps.
+after ``--warmup`` steps. ``--presets`` starts from the model's shipped preset (e.g. SASRec's 256 negatives per
+position and item dropout) instead of its bare defaults; ``--against-reference`` times each model beside its
+reference form in interleaved rounds and prints the ratio.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_support import PeakRSS
+from bench_support import PeakRSS, describe_machine, machine_info
 from bench_time_interval import dense_attention, per_sample_time_interval
 
 from mirec.config import load_config
 from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
+from mirec.nn.sampled_softmax import row_sampled_logits
+from mirec.training import losses
 from mirec.training.trainer import Trainer
 
 
@@ -65,15 +71,23 @@ def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedData
 REFERENCE_MODELS = ("pimi", "gimirec")  # models with a reference (official PIMI_Rec) formulation to compare
 
 
+def looked_up_row_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """row_sampled_logits with every row's negatives looked up as one block, whatever the catalogue's size."""
+    return row_sampled_logits(*args, **{**kwargs, "catalogue_size": None})
+
+
 @contextlib.contextmanager
 def reference_approach(model: torch.nn.Module) -> Iterator[None]:
     """Run PIMI / GIMIRec the way the official PIMI_Rec code computes them (same maths, slower forms):
 
     * the time-interval matrix by per-sample Python loops (PIMI_Rec ``data_iterator``), per batch;
     * the interval embeddings materialised as [B, L, L, d] (PIMI_Rec model.py) instead of the histogram;
-    * the star graph over the stacked [B, L, 4, d] neighbour context (``StarGraph.forward_stacked``).
+    * the star graph over the stacked [B, L, 4, d] neighbour context (``StarGraph.forward_stacked``);
+    and, for any model trained with ``train.row_negatives``, the negatives of every row looked up as one
+    [rows, per_row, d] block (RecTools' form) instead of block-wise products over the whole table.
     Undone on exit. Other models are left as they are (no reference form: the caller reports none).
     """
+    losses.row_sampled_logits = looked_up_row_logits
     module = sys.modules[type(model).__module__]
     patched_matrix = hasattr(module, "time_interval_matrix") and hasattr(model, "time_attention")
     if patched_matrix:
@@ -86,6 +100,7 @@ def reference_approach(model: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        losses.row_sampled_logits = row_sampled_logits
         if patched_matrix:
             module.time_interval_matrix = original
             del attention.forward
@@ -109,6 +124,7 @@ def measure_throughput(
     overrides: Sequence[str] = (),
     reference: bool = False,
     dataset: PreparedDataset | None = None,
+    presets: bool = False,
 ) -> dict[str, Any]:
     """Training samples/s of model ``name`` (forward + sampled softmax + backward + Adam step), timed over
     ``steps`` steps (each drawing its batch) after ``warmup``; ``reference`` runs it under :func:`reference_approach`.
@@ -117,6 +133,7 @@ def measure_throughput(
         dataset = load_dataset(data) if data else synthetic_dataset(users, items)
     config = load_config(
         model=name,
+        dataset="default" if presets else None,  # the shipped preset layers of the model
         overrides=[
             f"train.batch_size={batch_size}",
             f"model.maxlen={maxlen}",
@@ -172,9 +189,9 @@ def measure_throughput(
     return out
 
 
-def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -> tuple[float, float, int]:
-    """(ms/step, samples/s, parameters) with the CLI's options."""
-    result = measure_throughput(
+def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace, reference: bool) -> dict[str, Any]:
+    """measure_throughput with the CLI's options."""
+    return measure_throughput(
         name,
         dataset=dataset,
         batch_size=args.batch_size,
@@ -185,9 +202,26 @@ def bench_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -
         warmup=args.warmup,
         device=args.device,
         overrides=args.set,
-        reference=getattr(args, "reference", False),
+        reference=reference,
+        presets=args.presets,
     )
-    return result["ms_per_step"], result["samples_per_s"], result["params"]
+
+
+def report_model(name: str, dataset: PreparedDataset, args: argparse.Namespace) -> str:
+    """One printed line: ours (median over rounds) and, with --against-reference, the reference form beside it,
+    the two alternating which goes first."""
+    if not args.against_reference:
+        out = bench_model(name, dataset, args, args.reference)
+        return f"{name:<12} {out['params']:>10} {out['ms_per_step']:>9.1f} {out['samples_per_s']:>10.0f}"
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(args.rounds):
+        for reference in (False, True) if round_ % 2 == 0 else (True, False):
+            rates[reference].append(bench_model(name, dataset, args, reference)["samples_per_s"])
+    ours, ref = float(np.median(rates[False])), float(np.median(rates[True]))
+    return (
+        f"{name:<12} ours {ours:>8,.0f} samples/s ({min(rates[False]):,.0f}-{max(rates[False]):,.0f})  "
+        f"reference {ref:>8,.0f} ({min(rates[True]):,.0f}-{max(rates[True]):,.0f})  ratio {ours / ref:.2f}x"
+    )
 
 
 def main() -> None:
@@ -207,30 +241,35 @@ def main() -> None:
     parser.add_argument(
         "--set", action="extend", nargs="+", default=[], help="config overrides (repeatable), e.g. model.dropout=0"
     )
+    parser.add_argument("--presets", action="store_true", help="start from each model's shipped preset")
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="PIMI/GIMIRec as the official PIMI_Rec code computes them (per-sample Python time intervals, "
-        "[B, L, L, d] interval embeddings, stacked star graph); other models unchanged",
+        help="the reference forms instead of ours: PIMI/GIMIRec as the official PIMI_Rec code computes them "
+        "(per-sample Python time intervals, [B, L, L, d] interval embeddings, stacked star graph), per-row "
+        "negatives looked up as one block; other models unchanged",
     )
+    parser.add_argument("--against-reference", action="store_true", help="time ours and the reference forms")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against-reference")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data) if args.data else synthetic_dataset(args.users, args.items)
     names = args.models or available_models()
+    print(describe_machine(machine_info()))
     print(
         f"data={dataset.name} items={dataset.n_items} batch={args.batch_size} maxlen={args.maxlen} d={args.dim} "
         f"K={args.interests} steps={args.steps} device={args.device} threads={torch.get_num_threads()}"
-        + (" REFERENCE forms (PIMI_Rec)" if args.reference else "")
+        + (" presets" if args.presets else "")
+        + (" REFERENCE forms" if args.reference else "")
     )
-    print(f"{'model':<12} {'params':>10} {'ms/step':>9} {'samples/s':>10}")
+    if not args.against_reference:
+        print(f"{'model':<12} {'params':>10} {'ms/step':>9} {'samples/s':>10}")
     for name in names:
         try:
-            ms, rate, n_params = bench_model(name, dataset, args)
+            print(report_model(name, dataset, args), flush=True)
         except Exception as exc:  # report and go on with the other models
             print(f"{name:<12} failed: {type(exc).__name__}: {exc}")
-            continue
-        print(f"{name:<12} {n_params:>10} {ms:>9.1f} {rate:>10.0f}")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,34 @@ def test_best_of_repeats_keeps_the_fastest_run_and_the_largest_memory() -> None:
     rate = best_run(runs, "rows_per_s")
     assert rate["rows_per_s"] == 100.0 and rate["peak_mib"] == 300.0 and rate["rows_per_s_all"] == [50.0, 100.0, 66.0]
     assert best_run(runs, "seconds", lower_is_better=True)["seconds"] == 1.0
+
+
+def test_reference_approach_looks_up_every_rows_negatives() -> None:
+    import bench_train_throughput as btt
+
+    from mirec.config import TrainConfig
+    from mirec.training import losses
+
+    class Table(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.item_embedding = torch.nn.Embedding(31, 8)
+            self.looked_up: list[int] = []
+
+        def output_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+            self.looked_up.append(len(ids))
+            return self.item_embedding(ids)
+
+    model = Table()
+    config = TrainConfig(row_negatives=16, negative_sampler="uniform", sampler_exclude_padding=True)
+    users, targets = torch.randn(6, 8), torch.tensor([1, 5, 5, 9, 17, 30])
+
+    def loss() -> float:
+        return float(losses.TrainingLoss(config, model, 30, torch.Generator().manual_seed(3))(users, targets).detach())
+
+    ours = loss()
+    with btt.reference_approach(model):
+        reference = loss()
+    assert model.looked_up == [31, 6 * 17]  # the whole table once, then the drawn rows as one block
+    assert losses.row_sampled_logits is btt.row_sampled_logits  # restored on exit
+    assert reference == pytest.approx(ours, rel=1e-6)

@@ -33,16 +33,23 @@ def logits_by_hand(users, table, targets, drawn, sampler, per_row: int, hits_rem
     return rows
 
 
+def lookup(table: torch.Tensor):
+    """An output function over a plain table: rows by id, or the whole table for None."""
+    return lambda ids: table if ids is None else table[ids]
+
+
 @pytest.mark.parametrize("kind", ["uniform", "log_uniform"])
 @pytest.mark.parametrize("hits_removed", [False, True])
-def test_row_logits_are_each_rows_own_negatives(kind, hits_removed):
+@pytest.mark.parametrize("catalogue_size", [None, 13])  # 13 < 5 x 9 draws: the block-wise products
+def test_row_logits_are_each_rows_own_negatives(kind, hits_removed, catalogue_size):
     torch.manual_seed(0)
     users, table = torch.randn(5, 8, dtype=torch.float64), torch.randn(13, 8, dtype=torch.float64)
     targets = torch.tensor([1, 2, 3, 4, 12])
     sampler = make_candidate_sampler(kind, 12, offset=1)
     got = row_sampled_logits(
-        users, targets, lambda ids: table[ids], sampler, 9, torch.Generator().manual_seed(4), hits_removed
-    )
+        users, targets, lookup(table), sampler, 9, torch.Generator().manual_seed(4), hits_removed,
+        catalogue_size=catalogue_size,
+    )  # fmt: skip
     drawn = sampler.draw(5 * 9, torch.Generator().manual_seed(4)).view(5, 9)
     assert bool((drawn[:, :, None] == targets[:, None, None]).any())  # the case holds hits
     assert len({tuple(row) for row in drawn.tolist()}) == 5  # every row its own draws
@@ -50,6 +57,36 @@ def test_row_logits_are_each_rows_own_negatives(kind, hits_removed):
     floor = torch.finfo(torch.float64).min
     expected = torch.tensor(expected, dtype=torch.float64).clamp(min=floor)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_block_wise_products_give_the_lookups_gradients(monkeypatch):
+    import mirec.nn.sampled_softmax as ss
+
+    monkeypatch.setattr(ss, "ROW_BLOCK_FLOATS", 3 * 9 * 8)  # blocks of 3 rows: 7 rows make 3 blocks
+    torch.manual_seed(2)
+    users0, table0 = torch.randn(7, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
+    targets = torch.tensor([1, 2, 2, 5, 7, 9, 10])
+    sampler = make_candidate_sampler("uniform", 10, offset=1)
+    weights = torch.randn(7, 10, dtype=torch.float64)  # a loss that weighs every logit differently
+    grads = []
+    for catalogue_size in (None, 11):
+        users, table = users0.clone().requires_grad_(), table0.clone().requires_grad_()
+        logits = row_sampled_logits(
+            users,
+            targets,
+            lookup(table),
+            sampler,
+            9,
+            torch.Generator().manual_seed(5),
+            True,
+            catalogue_size=catalogue_size,
+        )
+        (logits.clamp(min=-1e6) * weights).sum().backward()  # hits (-FLOAT_MAX) clamped: a finite sum
+        grads.append((logits.detach(), users.grad, table.grad))
+    drawn = sampler.draw(7 * 9, torch.Generator().manual_seed(5))
+    assert len(set(drawn.tolist())) < len(drawn)  # repeated ids: their gradients add up
+    for looked_up, block_wise in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(block_wise, looked_up, rtol=1e-12, atol=1e-12)  # float64, sums reordered
 
 
 def softplus(x: float) -> float:

@@ -421,6 +421,41 @@ def gbce_from_logits(logits: torch.Tensor, t: float, n_items: int) -> torch.Tens
     return total / logits.numel()
 
 
+# the blocks of per-row negatives gathered at once (floats): small enough for malloc to reuse, not mmap, each step
+ROW_BLOCK_FLOATS = 1 << 21
+
+
+class _RowGatherDot(torch.autograd.Function):
+    """[R, S] logits vectors[ids[r, s]] . users[r], computed over blocks of rows so that the [R, S, d] gathered
+    negatives and their gradient never exist at once: the products of gather + bmm (tested equal), without the
+    step's largest allocations (SASRec's 256 negatives per position: hundreds of MB a step, page-faulted anew)."""
+
+    @staticmethod
+    def forward(ctx, users: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        block = max(1, ROW_BLOCK_FLOATS // (ids.shape[1] * users.shape[1]))
+        out = users.new_empty(ids.shape)
+        for a in range(0, len(ids), block):
+            out[a : a + block] = torch.bmm(vectors[ids[a : a + block]], users[a : a + block, :, None]).squeeze(-1)
+        ctx.save_for_backward(users, vectors, ids)
+        ctx.block = block
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        users, vectors, ids = ctx.saved_tensors
+        grad_users = torch.empty_like(users) if ctx.needs_input_grad[0] else None
+        grad_vectors = torch.zeros_like(vectors) if ctx.needs_input_grad[1] else None
+        for a in range(0, len(ids), ctx.block):
+            g, rows, u = grad[a : a + ctx.block], ids[a : a + ctx.block], users[a : a + ctx.block]
+            if grad_users is not None:
+                grad_users[a : a + ctx.block] = torch.bmm(g[:, None, :], vectors[rows]).squeeze(1)
+            if grad_vectors is not None:
+                products = (g[:, :, None] * u[:, None, :]).reshape(-1, u.shape[1])
+                grad_vectors.index_put_((rows.reshape(-1),), products, accumulate=True)  # deterministic on CUDA too
+        return grad_users, grad_vectors, None
+
+
 def row_sampled_logits(
     user_vectors: torch.Tensor,
     target_ids: torch.Tensor,
@@ -430,19 +465,27 @@ def row_sampled_logits(
     generator: torch.Generator | None = None,
     remove_accidental_hits: bool = True,
     subtract_log_q: bool = True,
+    catalogue_size: int | None = None,
 ) -> torch.Tensor:
     """[B, 1 + per_row] logits, the true class in column 0, where every row draws its own ``per_row`` negatives
     with replacement (RecTools ``CatalogUniformSampler``: randint of shape [batch, session_len, n_negatives], the
     sampler of the eSASRec benchmark's SASRec+SS) instead of one set shared by the batch. log Q = log(p * per_row)
-    (constant for the uniform sampler); a hit is any copy of the row's own target."""
+    (constant for the uniform sampler); a hit is any copy of the row's own target. With ``catalogue_size`` (the
+    rows of ``output_fn(None)``) smaller than the draws, every item's vector is computed once and the negatives'
+    products block by block (:class:`_RowGatherDot`); otherwise the drawn rows are looked up (same logits)."""
     rows = len(target_ids)
     device, dtype = user_vectors.device, user_vectors.dtype
     drawn = sampler.draw(rows * per_row, generator)  # on the CPU generator, as the shared draws
     targets, drawn_here = target_ids.to(device), drawn.to(device)
-    vectors = output_fn(torch.cat([targets, drawn_here]))
-    true_w, sampled_w = vectors[:rows], vectors[rows:].view(rows, per_row, -1)
-    true = (user_vectors * true_w).sum(-1)
-    sampled = torch.bmm(sampled_w, user_vectors[:, :, None]).squeeze(-1)
+    if catalogue_size is not None and rows * per_row > catalogue_size:
+        table = output_fn(None)
+        true = (user_vectors * table[targets]).sum(-1)
+        sampled = _RowGatherDot.apply(user_vectors, table, drawn_here.view(rows, per_row))
+    else:
+        vectors = output_fn(torch.cat([targets, drawn_here]))
+        true_w, sampled_w = vectors[:rows], vectors[rows:].view(rows, per_row, -1)
+        true = (user_vectors * true_w).sum(-1)
+        sampled = torch.bmm(sampled_w, user_vectors[:, :, None]).squeeze(-1)
     if subtract_log_q:  # TF ExpectedCountHelper without repeats counted: p * per_row (the sampler's lookup tables)
         log_q_true = torch.log(sampler.expected_count(target_ids.detach().cpu(), per_row, per_row))
         log_q_sampled = torch.log(sampler.expected_count(drawn, per_row, per_row)).view(rows, per_row)

@@ -94,6 +94,7 @@ class TrainingLoss:
         logits = row_sampled_logits(
             user_vectors, targets, items, self.negatives, tc.row_negatives, self.generator,
             remove_accidental_hits=tc.remove_accidental_hits, subtract_log_q=not gbce,
+            catalogue_size=self.n_items + 1,  # the rows of items(None)
         )  # fmt: skip
         if gbce:
             return gbce_from_logits(logits, tc.gbce_t, self.n_items)
