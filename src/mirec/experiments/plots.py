@@ -213,9 +213,9 @@ def read_tradeoff_table(path: str | Path, *, x: str = "recall@50", y: str = "nov
             try:
                 n = int(row["seeds"])
                 point = {m: (float(row[m]), float(row[f"{m} std"] or 0.0), n) for m in (x, y)}
+                panels.setdefault(row["panel"], {})[row["variant"]] = point
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}:{line}: bad tradeoff row ({err!r})") from None
-            panels.setdefault(row["panel"], {})[row["variant"]] = point
     return panels
 
 
