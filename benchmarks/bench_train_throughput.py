@@ -36,7 +36,7 @@ from bench_time_interval import dense_attention, per_sample_time_interval
 from mirec.config import load_config
 from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
-from mirec.nn.sampled_softmax import row_sampled_logits
+from mirec.nn.sampled_softmax import full_softmax_loss, row_sampled_logits
 from mirec.training import losses
 from mirec.training.trainer import Trainer
 
@@ -76,6 +76,13 @@ def looked_up_row_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
     return row_sampled_logits(*args, **{**kwargs, "catalogue_size": None})
 
 
+def whole_logits_full_softmax(user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: Any) -> torch.Tensor:
+    """The full softmax as one [rows, items] cross-entropy (padding masked), the usual form."""
+    logits = user_vectors @ output_fn(None).T
+    logits[:, 0] = torch.finfo(logits.dtype).min
+    return torch.nn.functional.cross_entropy(logits, target_ids.to(logits.device))
+
+
 @contextlib.contextmanager
 def reference_approach(model: torch.nn.Module) -> Iterator[None]:
     """Run PIMI / GIMIRec the way the official PIMI_Rec code computes them (same maths, slower forms):
@@ -84,10 +91,12 @@ def reference_approach(model: torch.nn.Module) -> Iterator[None]:
     * the interval embeddings materialised as [B, L, L, d] (PIMI_Rec model.py) instead of the histogram;
     * the star graph over the stacked [B, L, 4, d] neighbour context (``StarGraph.forward_stacked``);
     and, for any model trained with ``train.row_negatives``, the negatives of every row looked up as one
-    [rows, per_row, d] block (RecTools' form) instead of block-wise products over the whole table.
-    Undone on exit. Other models are left as they are (no reference form: the caller reports none).
+    [rows, per_row, d] block (RecTools' form) instead of block-wise products over the whole table, and the full
+    softmax as one cross-entropy over the [rows, items] logits. Undone on exit. Other models are left as they
+    are (no reference form: the caller reports none).
     """
     losses.row_sampled_logits = looked_up_row_logits
+    losses.full_softmax_loss = whole_logits_full_softmax
     module = sys.modules[type(model).__module__]
     patched_matrix = hasattr(module, "time_interval_matrix") and hasattr(model, "time_attention")
     if patched_matrix:
@@ -101,6 +110,7 @@ def reference_approach(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         losses.row_sampled_logits = row_sampled_logits
+        losses.full_softmax_loss = full_softmax_loss
         if patched_matrix:
             module.time_interval_matrix = original
             del attention.forward
@@ -247,7 +257,7 @@ def main() -> None:
         action="store_true",
         help="the reference forms instead of ours: PIMI/GIMIRec as the official PIMI_Rec code computes them "
         "(per-sample Python time intervals, [B, L, L, d] interval embeddings, stacked star graph), per-row "
-        "negatives looked up as one block; other models unchanged",
+        "negatives looked up as one block, the full softmax over the whole logits; other models unchanged",
     )
     parser.add_argument("--against-reference", action="store_true", help="time ours and the reference forms")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --against-reference")

@@ -231,6 +231,33 @@ def test_full_softmax_hand_computed_and_padding_masked():
     assert loss.item() == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_full_softmax_over_row_blocks_is_cross_entropy_on_the_whole_logits(monkeypatch, mask_padding):
+    import mirec.nn.sampled_softmax as ss
+
+    monkeypatch.setattr(ss, "ROW_BLOCK_FLOATS", 3 * 9)  # 9 items: blocks of 3 rows, 8 rows make 3 blocks
+    torch.manual_seed(4)
+    users0, table0 = torch.randn(8, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    targets = torch.tensor([1, 3, 3, 8, 2, 5, 5, 7])
+    results = []
+    for blocked in (True, False):
+        users, table = users0.clone().requires_grad_(), table0.clone().requires_grad_()
+        if blocked:
+            loss = full_softmax_loss(users, targets, lambda ids, t=table: t if ids is None else t[ids], mask_padding)
+        else:  # the whole [8, 9] logits at once
+            logits = users @ table.T
+            if mask_padding:
+                logits = torch.cat([torch.full_like(logits[:, :1], -torch.inf), logits[:, 1:]], dim=1)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+        (3.0 * loss).backward()  # a non-unit upstream gradient
+        results.append((loss.detach(), users.grad, table.grad))
+    for blocked, whole in zip(*results, strict=True):
+        torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # no gradient wanted: the loss alone
+        alone = full_softmax_loss(users0, targets, lambda ids: table0 if ids is None else table0[ids], mask_padding)
+    torch.testing.assert_close(alone, results[1][0], rtol=1e-12, atol=1e-12)
+
+
 def test_inbatch_softmax_hand_computed_with_duplicate_targets():
     table, _, _ = _tiny_case()
     users = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)

@@ -496,16 +496,52 @@ def row_sampled_logits(
     return torch.cat([true[:, None], sampled], dim=1)
 
 
+class _BlockedFullSoftmaxCE(torch.autograd.Function):
+    """mean_r [logsumexp_j(u_r . w_j) - u_r . w_target(r)] over the whole table, over blocks of rows: the [R, N]
+    logits, their masked copy, log-softmax and gradient are never held at once. The loss is a scalar, so each
+    block's gradient (softmax - one-hot, times the table or the users) is taken in the forward while its logits are
+    at hand, and the backward only scales it: the products of autograd's form, without its R x N buffers."""
+
+    @staticmethod
+    def forward(ctx, users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, mask_padding: bool):  # type: ignore[override]
+        block = max(1, ROW_BLOCK_FLOATS // len(table))
+        wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_users = torch.empty_like(users) if wanted else None
+        grad_table = torch.zeros_like(table) if wanted else None
+        total = users.new_zeros(())
+        for a in range(0, len(users), block):
+            u, t = users[a : a + block], targets[a : a + block]
+            logits = u @ table.T
+            if mask_padding:
+                logits[:, 0] = torch.finfo(logits.dtype).min
+            rows = torch.arange(len(u), device=u.device)
+            lse = torch.logsumexp(logits, dim=1)
+            total += (lse - logits[rows, t]).sum()
+            if wanted:  # d loss_r / d logits = softmax - one-hot (masked padding: exp(min - lse) = 0)
+                softmax = logits.sub_(lse[:, None]).exp_()
+                softmax[rows, t] -= 1
+                grad_users[a : a + block] = softmax @ table
+                grad_table.addmm_(softmax.T, u)
+        if wanted:
+            ctx.save_for_backward(grad_users, grad_table)
+        return total / len(users)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        grad_users, grad_table = ctx.saved_tensors
+        scale = grad / len(grad_users)
+        return grad_users * scale, grad_table * scale, None, None
+
+
 def full_softmax_loss(
     user_vectors: torch.Tensor, target_ids: torch.Tensor, output_fn: OutputFn, mask_padding: bool = True
 ) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue (``output_fn(None)`` = all ids 0..n_items); id 0 masked out."""
-    logits = user_vectors @ output_fn(None).T
-    if mask_padding:
-        padding = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        padding[0] = True
-        logits = logits.masked_fill(padding, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, target_ids.to(logits.device))
+    """Cross-entropy over the whole catalogue (``output_fn(None)`` = all ids 0..n_items); id 0 masked out.
+    Computed over blocks of rows (:class:`_BlockedFullSoftmaxCE`; equal to ``F.cross_entropy`` on the full
+    logits, tested)."""
+    table = output_fn(None)
+    return _BlockedFullSoftmaxCE.apply(user_vectors, table, target_ids.to(table.device), mask_padding)
 
 
 def inbatch_softmax_loss(
