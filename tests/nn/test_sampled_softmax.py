@@ -236,6 +236,7 @@ def test_full_softmax_over_row_blocks_is_cross_entropy_on_the_whole_logits(monke
     import mirec.nn.sampled_softmax as ss
 
     monkeypatch.setattr(ss, "ROW_BLOCK_FLOATS", 3 * 9)  # 9 items: blocks of 3 rows, 8 rows make 3 blocks
+    monkeypatch.setattr(ss, "FULL_SOFTMAX_MIN_ROWS", 1)
     torch.manual_seed(4)
     users0, table0 = torch.randn(8, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
     targets = torch.tensor([1, 3, 3, 8, 2, 5, 5, 7])

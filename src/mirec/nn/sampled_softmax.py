@@ -496,6 +496,10 @@ def row_sampled_logits(
     return torch.cat([true[:, None], sampled], dim=1)
 
 
+# rows per block of the full softmax at least: on large catalogues the products stay matrix products
+FULL_SOFTMAX_MIN_ROWS = 32
+
+
 class _BlockedFullSoftmaxCE(torch.autograd.Function):
     """mean_r [logsumexp_j(u_r . w_j) - u_r . w_target(r)] over the whole table, over blocks of rows: the [R, N]
     logits, their masked copy, log-softmax and gradient are never held at once. The loss is a scalar, so each
@@ -504,7 +508,7 @@ class _BlockedFullSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, users: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, mask_padding: bool):  # type: ignore[override]
-        block = max(1, ROW_BLOCK_FLOATS // len(table))
+        block = max(FULL_SOFTMAX_MIN_ROWS, ROW_BLOCK_FLOATS // len(table))
         wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_users = torch.empty_like(users) if wanted else None
         grad_table = torch.zeros_like(table) if wanted else None
