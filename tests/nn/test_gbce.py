@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mirec.config import ConfigError, TrainConfig
-from mirec.nn.sampled_softmax import gbce_loss, make_candidate_sampler
+from mirec.nn.candidate_sampling import make_candidate_sampler
+from mirec.nn.sampled_softmax import gbce_loss
 
 
 def softplus(x: float) -> float:

@@ -11,12 +11,9 @@ from mirec.config import ComiRecSAConfig, TrainConfig
 from mirec.config.checked import ConfigError
 from mirec.data.batching import Batch
 from mirec.models.comirec_sa import ComiRecSA
+from mirec.nn.candidate_sampling import make_candidate_sampler
 from mirec.nn.regularizers import routing_penalty
-from mirec.nn.sampled_softmax import (
-    hard_negative_sampled_softmax_loss,
-    make_candidate_sampler,
-    sampled_softmax_loss,
-)
+from mirec.nn.sampled_softmax import hard_negative_sampled_softmax_loss, sampled_softmax_loss
 
 
 def remi_loss_one_row(x: list[float], beta: float) -> float:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mirec.config import ConfigError, TrainConfig
-from mirec.nn.sampled_softmax import gbce_from_logits, make_candidate_sampler, row_sampled_logits
+from mirec.nn.candidate_sampling import make_candidate_sampler
+from mirec.nn.sampled_softmax import gbce_from_logits, row_sampled_logits
 from mirec.training.losses import TrainingLoss
 
 

@@ -10,16 +10,8 @@ import torch
 from scipy import stats
 
 import mirec.nn.sampled_softmax as sampled_softmax_module
-from mirec.nn.sampled_softmax import (
-    LogUniformSampler,
-    SampledCandidates,
-    UniformSampler,
-    full_softmax_loss,
-    inbatch_softmax_loss,
-    make_candidate_sampler,
-    sampled_logits,
-    sampled_softmax_loss,
-)
+from mirec.nn.candidate_sampling import LogUniformSampler, SampledCandidates, UniformSampler, make_candidate_sampler
+from mirec.nn.sampled_softmax import full_softmax_loss, inbatch_softmax_loss, sampled_logits, sampled_softmax_loss
 
 
 def tf_probability(k: np.ndarray, range_max: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import mirec.models as models_module
 from mirec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from mirec.data.dataset import PreparedDataset
 from mirec.models.base import MultiInterestModel
-from mirec.nn.sampled_softmax import UniformSampler
+from mirec.nn.candidate_sampling import UniformSampler
 from mirec.runs import RunFolderError, load_run
 from mirec.training.checkpoint import checkpoint_versions
 from mirec.training.trainer import Trainer, train_run

@@ -20,14 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from mirec.config import TrainConfig
+from mirec.nn.candidate_sampling import CandidateSampler, make_candidate_sampler
 from mirec.nn.sampled_softmax import (
-    CandidateSampler,
     full_softmax_loss,
     gbce_from_logits,
     gbce_loss,
     hard_negative_sampled_softmax_loss,
     inbatch_softmax_loss,
-    make_candidate_sampler,
     row_sampled_logits,
     sampled_softmax_loss,
 )
