@@ -68,9 +68,6 @@ def synthetic_dataset(n_users: int, n_items: int, seed: int = 0) -> PreparedData
     )
 
 
-REFERENCE_MODELS = ("pimi", "gimirec")  # models with a reference (official PIMI_Rec) formulation to compare
-
-
 def looked_up_row_logits(*args: Any, **kwargs: Any) -> torch.Tensor:
     """row_sampled_logits with every row's negatives looked up as one block, whatever the catalogue's size."""
     return row_sampled_logits(*args, **{**kwargs, "catalogue_size": None})

@@ -149,6 +149,7 @@ def plot_metric_bars(
 
 
 Summary = tuple[float, float, int]  # (mean, std, n) over seeds
+SummaryPanels = dict[str, dict[str, dict[str, Summary]]]  # {panel: {variant: {metric: Summary}}}
 
 
 def plot_tradeoff(
@@ -158,7 +159,7 @@ def plot_tradeoff(
     x: str = "recall@50",
     y: str = "novel_recall@50",
     title: str = "",
-) -> dict[str, dict[str, dict[str, Summary]]]:
+) -> SummaryPanels:
     """One scatter panel per dataset or split: each variant at (mean x, mean y) over seeds, std as error bars,
     labelled; variants lacking either metric are left out. Returns {panel: {variant: {x|y: (mean, std, n)}}}."""
     summaries = {
@@ -173,13 +174,13 @@ def plot_tradeoff(
 
 
 def plot_tradeoff_summaries(
-    panels: dict[str, dict[str, dict[str, Summary]]],
+    panels: SummaryPanels,
     path: str | Path,
     *,
     x: str = "recall@50",
     y: str = "novel_recall@50",
     title: str = "",
-) -> dict[str, dict[str, dict[str, Summary]]]:
+) -> SummaryPanels:
     """:func:`plot_tradeoff` from figures already summarised over seeds (e.g. a study's published table)."""
     fig = _figure(4.2 * max(len(panels), 1), 4.2)
     from matplotlib import colormaps
@@ -204,10 +205,10 @@ def plot_tradeoff_summaries(
     return panels
 
 
-def read_tradeoff_table(path: str | Path, *, x: str = "recall@50", y: str = "novel_recall@50") -> dict:
+def read_tradeoff_table(path: str | Path, *, x: str = "recall@50", y: str = "novel_recall@50") -> SummaryPanels:
     """Panels for :func:`plot_tradeoff_summaries` from a CSV with columns panel, variant, seeds, X, X std, Y,
     Y std (an empty std draws no bar). Raises ValueError naming the file and line of a bad row."""
-    panels: dict[str, dict[str, dict[str, Summary]]] = {}
+    panels: SummaryPanels = {}
     with open(path, newline="", encoding="utf-8") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
