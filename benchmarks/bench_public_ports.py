@@ -12,9 +12,10 @@ sampled softmax (1,280 uniform negatives shared by the batch, accidental hits ke
 ``train.negative_sampler=uniform``, ``train.negatives_unique=false``, ``train.remove_accidental_hits=false``.
 A step on each side is what its training loop does: draw a batch (REMI's DataLoader; mirec's TrainSampler),
 forward, loss, backward, Adam. Each round times every model on both sides, the side going first alternating;
-medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public; the public
-side is also timed on batches drawn beforehand (its model, loss and Adam without its Python DataLoader). The one
-change made to the public code: ``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
+medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public of the medians
+and the median of the ratios within each round (model steps); the public side is also timed on batches drawn
+beforehand (its model, loss and Adam without its Python DataLoader). The one change made to the public code:
+``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
 
 ``--daniellaah``: github.com/daniellaah/ComiRec (ComiRec-SA only), run as published: its model, its
 ``SampledSoftmaxLoss`` (10 x batch unique log-uniform negatives, hits removed, log Q: ComiRec's loss, which is
@@ -175,7 +176,15 @@ def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
         f"  public without its loader {medians['public_step']:7,.0f} ({spread['public_step']}) "
         f"ratio {medians['mirec'] / medians['public_step']:.2f}x"
     )
+    paired = paired_ratios(runs["mirec"], runs["public_step"])
+    line += f", paired by round {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
     print(line, flush=True)
+
+
+def paired_ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    """mirec / public within each round: the two sides ran seconds apart, so a machine whose speed drifts between
+    rounds (two-thread steps on a 2-vCPU VM switch between two speeds) moves both sides of a ratio together."""
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
 
 
 def main() -> int:
