@@ -830,6 +830,11 @@ def _add_tune(sub: Any) -> None:
         default=3,
         help="evaluations a trial always gets before the median pruner may stop it (early values are noisy)",
     )
+    p.add_argument(
+        "--baseline-trial",
+        action="store_true",
+        help="trial 0 runs the preset's (and --config/--set's) own values of the searched options",
+    )
     p.add_argument("--plots", action="store_true", help="optimisation history and parameter importances (mirec[plot])")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     add_log_argument(p)

@@ -124,6 +124,23 @@ def test_trials_are_run_folders_scored_on_valid_only_and_best_toml_reproduces_th
     assert [int(r["trial"]) for r in rows] == [0, 1, 2] and {r["state"] for r in rows} == {"complete"}
 
 
+def test_a_baseline_trial_runs_the_configs_own_values_first_and_only_once(data_dir, tmp_path, capsys):
+    space, output = write_space(tmp_path / "s.toml", SPACE), tmp_path / "study"
+    own = ["--baseline-trial", "--set", "train.lr=0.004", "--set", "model.num_interests=2"]
+    assert tune(data_dir, space, output, 2, *own) == 0
+    assert tune(data_dir, space, output, 3, *own) == 0  # resumed: no second baseline
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{output / 'study.db'}")
+    assert study.trials[0].params == {"train.lr": 0.004, "model.num_interests": 2}
+    assert [bool(t.user_attrs.get("baseline")) for t in study.trials] == [True, False, False]
+    assert load_config(output / "trials" / "0000" / "config.toml").train.lr == 0.004
+    with open(output / "trials.csv") as f:
+        assert [r["state"] for r in csv.DictReader(f)][0].endswith("(baseline)")
+    # a config value the space cannot hold fails before anything is written
+    assert tune(data_dir, space, tmp_path / "other", 2, *own, "--set", "train.lr=0.5") == 1
+    assert "the config's train.lr = 0.5 lies outside the search space" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_study_resumes_to_its_trial_count_and_refuses_other_arguments(data_dir, tmp_path, capsys):
     space, output = write_space(tmp_path / "s.toml", SPACE), tmp_path / "study"
     assert tune(data_dir, space, output, 2) == 0

@@ -61,6 +61,12 @@ class Dimension:
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this dimension can suggest (a choice, or within the bounds)."""
+        if self.kind == "categorical":
+            return value in self.choices
+        return isinstance(value, int | float) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def corners(self) -> list[Any]:
         """Values that reach every bound and choice, to check the space against the config before any trial."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
@@ -124,6 +130,19 @@ def check_space(space: list[Dimension], model: str, preset: str, config_file: st
                 )
             except (ConfigError, ValueError) as exc:
                 raise ConfigError(f"search space {dim.key} = {value!r}: {exc}") from None
+
+
+def baseline_params(space: list[Dimension], base: Any) -> dict[str, Any]:
+    """The config's own values of the searched options (``--baseline-trial``), each checked against its range."""
+    values = base.to_dict()
+    params = {}
+    for dim in space:
+        section, option = dim.key.split(".", 1)
+        value = values[section][option]
+        if not dim.contains(value):
+            raise ConfigError(f"--baseline-trial: the config's {dim.key} = {value!r} lies outside the search space")
+        params[dim.key] = value
+    return params
 
 
 # ---------------------------------------------------------------- the study
@@ -334,7 +353,7 @@ def trial_rows(study: Any, metric_name: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": t.number,
-                "state": t.state.name.lower(),
+                "state": t.state.name.lower() + (" (baseline)" if t.user_attrs.get("baseline") else ""),
                 f"valid {metric_name}": "" if t.value is None else round(float(t.value), 6),
                 **{key: value for key, value in t.params.items()},
                 "steps": max(t.intermediate_values, default=""),
@@ -448,6 +467,7 @@ class StudySpec:
     pruner: str = "median"
     startup_trials: int = 5
     prune_after_evals: int = 3
+    baseline_trial: bool = False  # trial 0 runs the config's own values of the searched options
     plots: bool = False
     worker: int | None = None  # set on the worker processes of a --jobs study
     threads: int | None = None
@@ -476,13 +496,17 @@ class Study:
             raise ValueError("--trials and --jobs must be >= 1")
         # everything that can be wrong is checked before the first trial (and before anything is written)
         setup = StudySetup.of(spec)
-        check_space(load_space(spec.space), spec.model, setup.preset, spec.config, setup.fixed)
+        space = load_space(spec.space)
+        check_space(space, spec.model, setup.preset, spec.config, setup.fixed)
+        baseline = baseline_params(space, setup.base) if spec.baseline_trial and spec.worker is None else None
         Path(spec.output).mkdir(parents=True, exist_ok=True)
         if spec.plots:
             from mirec.experiments.plots import require_matplotlib
 
             require_matplotlib()
         started = time.time()
+        if baseline is not None:
+            enqueue_baseline(spec, baseline)
         if spec.jobs == 1 or spec.worker is not None:
             run_worker(spec, spec.worker or 0)
         else:
@@ -493,6 +517,16 @@ class Study:
         rows = write_reports(spec)
         print(f"tuning took {time.time() - started:.0f} s", file=sys.stderr)
         return rows
+
+
+def enqueue_baseline(spec: StudySpec, params: dict[str, Any]) -> None:
+    """Queue the config's own values as the study's first trial (Optuna's ``enqueue_trial``), once: a resumed
+    study that already holds trials gets none."""
+    study = open_study(spec)
+    if study.trials:
+        return
+    study.enqueue_trial(params, user_attrs={"baseline": True})
+    print(f"trial 0 runs the config's own values: {params}", file=sys.stderr)
 
 
 def main_tune(args: argparse.Namespace) -> None:
