@@ -78,6 +78,7 @@ NEW_OPTION_DEFAULTS = {
     "train.hard_negative_beta": 0.0,
     "train.gbce_t": 0.75,
     "train.row_negatives": 0,
+    "train.full_softmax_max_items": 0,
     "train.adam_beta2": 0.999,
     "model.item_features": [],
     "model.item_id_embedding": True,

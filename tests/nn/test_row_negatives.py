@@ -128,3 +128,27 @@ def test_row_negatives_are_checked():
         TrainConfig(row_negatives=8, hard_negative_beta=1.0)
     with pytest.raises(ConfigError, match="row_negatives"):
         TrainConfig(row_negatives=-1)
+
+
+def test_a_catalogue_within_full_softmax_max_items_trains_with_the_full_softmax():
+    torch.manual_seed(3)
+    table, users = torch.randn(21, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    targets = torch.tensor([3, 8, 8, 20])
+    # by hand: cross-entropy of u . w_i over items 1..20 (padding row 0 is never a class)
+    scores = users @ table[1:].T
+    expected = sum(math.log(sum(math.exp(float(x)) for x in row)) - float(row[t - 1]) for row, t in zip(
+        scores, targets.tolist(), strict=True)) / 4  # fmt: skip
+    common = dict(row_negatives=7, negative_sampler="uniform", sampler_exclude_padding=True)
+    for limit, kind in [(20, "full"), (100, "full"), (19, "sampled"), (0, "sampled")]:
+        loss = TrainingLoss(
+            TrainConfig(full_softmax_max_items=limit, **common), Table(table), 20, torch.Generator().manual_seed(1)
+        )
+        assert loss.kind == kind
+        if kind == "full":
+            assert float(loss(users, targets)) == pytest.approx(expected, rel=1e-9)
+    gbce = TrainConfig(loss="gbce", full_softmax_max_items=100, **common)
+    assert TrainingLoss(gbce, Table(table), 20, None).kind == "gbce"  # only the sampled softmax switches
+    with pytest.raises(ConfigError, match="full_softmax_max_items"):
+        TrainConfig(full_softmax_max_items=100, hard_negative_beta=1.0)
+    with pytest.raises(ConfigError, match="full_softmax_max_items"):
+        TrainConfig(full_softmax_max_items=-1)

@@ -287,6 +287,16 @@ def test_full_and_inbatch_losses_learn(data_dir, tmp_path):
         assert rows[-1]["train_loss"] < rows[0]["train_loss"], loss
 
 
+def test_a_small_catalogue_switches_the_sampled_run_to_the_full_softmax_and_says_so(data_dir, tmp_path):
+    # the cycle data's 120 items: 120 is covered, 119 is not (the switch never touches a run's other options)
+    switched = train_run(data_dir, make_config(max_steps=20, eval_every=20, full_softmax_max_items=120), tmp_path / "a")
+    full = train_run(data_dir, make_config(max_steps=20, eval_every=20, loss="full"), tmp_path / "b")
+    assert switched["valid"] == full["valid"]  # same seed, same loss: the same run
+    assert "loss: the full softmax (120 items" in (tmp_path / "a" / "train.log").read_text()
+    kept = Trainer(data_dir, make_config(full_softmax_max_items=119), tmp_path / "c", progress=False)
+    assert kept.loss.kind == "sampled"
+
+
 def test_bad_config_is_a_clear_error(data_dir, tmp_path):
     with pytest.raises(ValueError, match="train.loss"):
         Trainer(data_dir, make_config(loss="bpr"), tmp_path / "x")

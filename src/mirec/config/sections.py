@@ -131,6 +131,8 @@ class TrainConfig(CheckedConfig):
     max_minutes: float = 0.0  # 0 = no wall-clock budget
     # TF sampled softmax (ComiRec) | full softmax | in-batch | gSASRec's gBCE over the sampled negatives
     loss: Literal["sampled", "full", "inbatch", "gbce"] = "sampled"
+    # N > 0: a "sampled" run trains with the full softmax when its catalogue has at most N items (0 = never)
+    full_softmax_max_items: int = 0
     gbce_t: float = 0.75  # gBCE calibration t in [0, 1] (gSASRec's default 0.75; 0 = plain BCE)
     num_negatives_factor: int = 10  # sampled softmax draws factor * batch_size unique ids (TF default use)
     # True: negatives drawn from ids 1..n_items only (TF/ComiRec draw padding 0 too)
@@ -164,6 +166,7 @@ class TrainConfig(CheckedConfig):
         for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
         non_negative = ("max_steps", "patience", "row_negatives", "checkpoint_every", "eval_users", "weight_decay")
+        non_negative += ("full_softmax_max_items",)
         for name in (*non_negative, "max_minutes"):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
@@ -172,6 +175,10 @@ class TrainConfig(CheckedConfig):
         beta = self.hard_negative_beta
         self.require(math.isfinite(beta), "hard_negative_beta", "a finite number")
         self.require(beta == 0 or self.loss == "sampled", "hard_negative_beta", "0 unless train.loss = 'sampled'")
+        # REMI's reweighting exists only inside the sampled softmax: it must not silently vanish with the switch
+        self.require(
+            self.full_softmax_max_items == 0 or beta == 0, "full_softmax_max_items", "0 with train.hard_negative_beta"
+        )
         self.require(0 <= self.gbce_t <= 1, "gbce_t", "in [0, 1]")
         sampled = self.loss in ("sampled", "gbce")
         self.require(self.row_negatives == 0 or sampled, "row_negatives", "0 unless train.loss is sampled or gbce")

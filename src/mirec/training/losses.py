@@ -4,7 +4,8 @@
 - ``sampled``: TF ``sampled_softmax_loss`` as ComiRec trains (``num_negatives_factor`` x batch negatives from the
   configured candidate sampler, log Q subtracted, accidental hits removed unless told otherwise); with
   ``hard_negative_beta``, REMI's reweighting of those negatives;
-- ``full``: cross-entropy over the whole catalogue;
+- ``full``: cross-entropy over the whole catalogue; also what ``sampled`` runs as when the training catalogue has
+  at most ``full_softmax_max_items`` items (:func:`resolved_loss`);
 - ``gbce``: gSASRec's generalised BCE over the same sampled negatives (``gbce_t``);
 - with ``row_negatives`` = N > 0, ``sampled`` and ``gbce`` draw N negatives for every row instead of one shared set;
 - ``inbatch``: the batch's other targets as negatives.
@@ -34,12 +35,19 @@ from mirec.nn.sampled_softmax import (
 OutputFn = Callable[[torch.Tensor | None], torch.Tensor]
 
 
+def resolved_loss(tc: TrainConfig, n_items: int) -> str:
+    """``train.loss``, or "full" for a "sampled" run whose catalogue ``train.full_softmax_max_items`` covers."""
+    if tc.loss == "sampled" and 0 < n_items <= tc.full_softmax_max_items:
+        return "full"
+    return tc.loss
+
+
 class TrainingLoss:
     """The configured loss of one run; ``negatives`` and ``num_sampled`` are the sampled loss's draws."""
 
     def __init__(self, tc: TrainConfig, model: torch.nn.Module, n_items: int, generator: torch.Generator):
         self.tc, self.model, self.generator = tc, model, generator
-        self.kind = tc.loss
+        self.kind = resolved_loss(tc, n_items)
         self.n_items = n_items  # ids 1..n_items are trained on: held-out and table-only items are never negatives
         # TF/ComiRec: num_classes = item table size (ids 0..n_items), so padding 0 may be drawn as a negative;
         # train.sampler_exclude_padding = true draws ids 1..n_items only.
@@ -100,4 +108,4 @@ class TrainingLoss:
         return F.cross_entropy(logits, torch.zeros_like(targets, device=logits.device))
 
 
-__all__ = ["TrainingLoss"]
+__all__ = ["TrainingLoss", "resolved_loss"]

@@ -339,6 +339,10 @@ class Trainer:
                 self.model.global_context.save(self.run_dir / "graph.safetensors")
             parameters = sum(p.numel() for p in self.model.parameters())
             self.recorder.info(f"model {self.config.model.name} on {self.device}; {parameters} parameters")
+            if self.loss.kind != self.config.train.loss:
+                self.recorder.info(
+                    f"loss: the full softmax ({self.dataset.n_id_items} items <= train.full_softmax_max_items)"
+                )
             self._loop()
             return self._finish()
         finally:
