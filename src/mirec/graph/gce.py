@@ -124,43 +124,9 @@ def build_cooccurrence(
     lengths = np.diff(indptr)
     # rem[n] = positions left in n's sequence after n, so <i_n, i_{n+k}> exists iff rem[n] >= k
     rem = (np.repeat(indptr[1:], lengths) - np.arange(1, n + 1, dtype=np.int64)).astype(np.int32)
-    l_time = float(config.l_time)
     a_prime = sp.identity(size, dtype=np.float64, format="csr")  # Eq. 5: I + ...
     for k, hop_weight in enumerate(hop_weights, start=1):
-        if n > k:
-            src = np.flatnonzero(rem[: n - k] >= k)
-        else:
-            src = np.zeros(0, dtype=np.int64)
-        dst = src + k
-        dt = days[dst] - days[src]  # Eq. 1: the time interval of <i_n, i_{n+k}>
-        keep = np.ones(len(src), dtype=bool)
-        if config.use_threshold:
-            keep &= dt <= l_time + DT_TOLERANCE_DAYS
-        u, v = items[src], items[dst]
-        same = u == v
-        info.self_pairs_per_hop.append(int(same.sum()))
-        if not config.self_pairs:
-            keep &= ~same
-        del src, dst, same
-        u, v, dt = u[keep], v[keep], dt[keep]
-        info.pairs_per_hop.append(len(u))
-        info.dropped_per_hop.append(int(len(keep) - len(u)))
-        del keep
-        if config.count_pairs:
-            # Eq. 2: p = a (L_time - dt) / L_time + b, interval normalised to [0, 1]
-            p = (config.a * np.clip((l_time - dt) / l_time, 0.0, 1.0) + config.b).astype(np.float32)
-        else:
-            p = np.ones(len(u), dtype=np.float32)
-        del dt
-        q = sp.coo_matrix((p, (u, v)), shape=(size, size)).tocsr()  # Eq. 3: duplicates summed
-        del p, u, v
-        if not config.count_pairs:
-            q.data[:] = 1.0  # GIMIRec-IN: presence of the pair
-        q.eliminate_zeros()
-        info.nnz_per_hop.append(int(q.nnz))
-        q = q.astype(np.float64)
-        a_k = q + q.T.tocsr()  # Eq. 4: A^k = q^k + q^k^T
-        del q
+        a_k = _hop_adjacency(k, rem, items, days, size, config, info)
         if hop_weight != 0.0:
             a_prime = a_prime + hop_weight * a_k  # Eq. 5: A' = I + sum_k w_k A^k
         del a_k
@@ -168,7 +134,48 @@ def build_cooccurrence(
     a_prime.sum_duplicates()
     a_prime.sort_indices()
     info.nnz_a_prime = int(a_prime.nnz)
-    # Eq. 6: A = D^{-1/2} A' D^{-1/2}, D = row sums of A' (>= 1 thanks to I)
+    return _symmetric_normalised(a_prime, size)
+
+
+def _hop_adjacency(
+    k: int, rem: np.ndarray, items: np.ndarray, days: np.ndarray, size: int, config: GraphConfig, info: BuildInfo
+) -> sp.csr_matrix:
+    """A^k (Eq. 1-4): the k-hop pairs <i_n, i_{n+k}> within each sequence, weighted and symmetrised (float64)."""
+    n, l_time = len(items), float(config.l_time)
+    src = np.flatnonzero(rem[: n - k] >= k) if n > k else np.zeros(0, dtype=np.int64)
+    dst = src + k
+    dt = days[dst] - days[src]  # Eq. 1: the time interval of <i_n, i_{n+k}>
+    keep = np.ones(len(src), dtype=bool)
+    if config.use_threshold:
+        keep &= dt <= l_time + DT_TOLERANCE_DAYS
+    u, v = items[src], items[dst]
+    same = u == v
+    info.self_pairs_per_hop.append(int(same.sum()))
+    if not config.self_pairs:
+        keep &= ~same
+    del src, dst, same
+    u, v, dt = u[keep], v[keep], dt[keep]
+    info.pairs_per_hop.append(len(u))
+    info.dropped_per_hop.append(int(len(keep) - len(u)))
+    del keep
+    if config.count_pairs:
+        # Eq. 2: p = a (L_time - dt) / L_time + b, interval normalised to [0, 1]
+        p = (config.a * np.clip((l_time - dt) / l_time, 0.0, 1.0) + config.b).astype(np.float32)
+    else:
+        p = np.ones(len(u), dtype=np.float32)
+    del dt
+    q = sp.coo_matrix((p, (u, v)), shape=(size, size)).tocsr()  # Eq. 3: duplicates summed
+    del p, u, v
+    if not config.count_pairs:
+        q.data[:] = 1.0  # GIMIRec-IN: presence of the pair
+    q.eliminate_zeros()
+    info.nnz_per_hop.append(int(q.nnz))
+    q = q.astype(np.float64)
+    return q + q.T.tocsr()  # Eq. 4: A^k = q^k + q^k^T
+
+
+def _symmetric_normalised(a_prime: sp.csr_matrix, size: int) -> sp.csr_matrix:
+    """Eq. 6: A = D^{-1/2} A' D^{-1/2}, D = row sums of A' (>= 1 thanks to I), as float32 CSR."""
     d_inv_sqrt = 1.0 / np.sqrt(np.asarray(a_prime.sum(axis=1)).ravel())
     rows = np.repeat(np.arange(size, dtype=np.int64), np.diff(a_prime.indptr))
     a_prime.data *= d_inv_sqrt[rows] * d_inv_sqrt[a_prime.indices]
