@@ -55,6 +55,20 @@ def is_bundle(path: str | Path) -> bool:
         return False
 
 
+def _check_export(run_dir: str | Path, output: Path, overwrite: bool, onnx: bool) -> None:
+    """Before any work: the output may be replaced, and (``onnx``) the model can be exported."""
+    if output.exists():
+        if not output.is_dir() or (any(output.iterdir()) and not is_bundle(output)):
+            raise FileExistsError(f"{output}: exists and is not a mirec bundle; choose a new or empty folder")
+        if is_bundle(output) and not overwrite:
+            raise FileExistsError(f"{output}: already holds a bundle; pass --overwrite to replace it")
+    if onnx:  # a model that cannot be exported fails in a second
+        from mirec.serving.onnx_export import check_exportable
+
+        model_config = load_config(Path(run_dir) / "config.toml").model
+        check_exportable(model_config.name, model_config.item_features)
+
+
 def export_bundle(
     run_dir: str | Path,
     output: str | Path,
@@ -68,16 +82,7 @@ def export_bundle(
     ``overwrite``) a bundle. ``onnx``: the user tower as ONNX too, built inside the bundle before it is moved
     into place (so the manifest lists and checks it like every other file)."""
     output = Path(output)
-    if output.exists():
-        if not output.is_dir() or (any(output.iterdir()) and not is_bundle(output)):
-            raise FileExistsError(f"{output}: exists and is not a mirec bundle; choose a new or empty folder")
-        if is_bundle(output) and not overwrite:
-            raise FileExistsError(f"{output}: already holds a bundle; pass --overwrite to replace it")
-    if onnx:  # before any work: a model that cannot be exported fails in a second
-        from mirec.serving.onnx_export import check_exportable
-
-        model_config = load_config(Path(run_dir) / "config.toml").model
-        check_exportable(model_config.name, model_config.item_features)
+    _check_export(run_dir, output, overwrite, onnx)
     model, dataset, config = load_run(run_dir, "cpu", data)
     params = (index or IndexParams()).resolved(model.n_catalogue)
     started = time.perf_counter()
