@@ -201,6 +201,19 @@ class GemiRec(MultiInterestModel):
         per_user /= lengths.clamp(min=1)[:, None]
         return {**{f"generator_hit_l{c + 1}": per_user[:, c] for c in range(hit.shape[1])}, **similarity}
 
+    def _code_cross_entropy(
+        self, batch: Batch, h: torch.Tensor, h_last: torch.Tensor, target_codes: torch.Tensor
+    ) -> torch.Tensor:
+        """MIPDM's cross-entropy of the next item's code tuple: the target's from the last state, or (with
+        mipdm_all_positions) history item t+1's (its catalogue assignment) from every state t."""
+        if not self.config.mipdm_all_positions:
+            return -self.code_log_probs(h_last, target_codes).mean()
+        nxt = torch.cat([self.dictionary.codes_of(batch.items[:, 1:]), target_codes[:, None]], 1)
+        last = (batch.mask.sum(1).long() - 1).clamp(min=0)
+        nxt[torch.arange(len(last), device=last.device), last] = target_codes
+        logp = self.code_log_probs(h, nxt)
+        return -(logp * batch.mask).sum() / batch.mask.sum().clamp(min=1)
+
     def training_output(self, batch: Batch) -> TrainingOutput:
         """u_{m*(target)} [B, d] (teacher forcing on the target's tuple), the auxiliary loss, and its terms plus
         the batch's code perplexity per level (codebook usage) for the log.
@@ -221,16 +234,7 @@ class GemiRec(MultiInterestModel):
         target_codes = quant.codes[inverse[: len(batch.targets)]]  # m*(target), fresh assignment
         h, u_seq = self._encode(batch)
         h_last = last_valid(h, batch.mask)
-        if self.config.mipdm_all_positions:
-            # next-item codes at every position: history item t+1 (catalogue assignment), then the target
-            nxt = torch.cat([self.dictionary.codes_of(batch.items[:, 1:]), target_codes[:, None]], 1)
-            last = (batch.mask.sum(1).long() - 1).clamp(min=0)
-            rows = torch.arange(len(last), device=last.device)
-            nxt[rows, last] = target_codes
-            logp = self.code_log_probs(h, nxt)
-            ce = -(logp * batch.mask).sum() / batch.mask.sum().clamp(min=1)
-        else:
-            ce = -self.code_log_probs(h_last, target_codes).mean()
+        ce = self._code_cross_entropy(batch, h, h_last, target_codes)
         teacher = self.config.mirm_teacher_prob
         diversity = self.config.generated_diversity
         isolated = self._isolated
