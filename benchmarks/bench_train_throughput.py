@@ -4,7 +4,8 @@
     python benchmarks/bench_train_throughput.py --models mind comirec-sa --steps 50 --threads 1
     python benchmarks/bench_train_throughput.py --data prepared/amazon-grocery --device cuda
     python benchmarks/bench_train_throughput.py --data prep/amazon-beauty --models sasrec --presets \
-        --maxlen 50 --interests 1 --against-reference --rounds 3   # per-row negatives: block-wise vs looked up
+        --maxlen 50 --interests 1 --against-reference --rounds 3 --set train.full_softmax_max_items=0
+        # per-row negatives, block-wise vs looked up (the preset trains Beauty with the full softmax)
 
 Each step is ``mirec.training.trainer.Trainer.train_step``, the training loop's own step, on the model's default
 config with batch 128, maxlen 20, d 64, K 4 (``--set`` adds overrides, e.g. ``train.sparse_item_grad=false``):
@@ -12,9 +13,9 @@ a ``TrainSampler`` batch (ComiRec's cut-and-window sampling, timed as the anchor
 code's batch building) over a synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted
 ids) or a prepared folder, the configured loss (default: TF ``sampled_softmax_loss`` with 10 x batch unique
 log-uniform negatives, as ComiRec), backward and the fused Adam step. Prints ms/step and samples/s per model
-after ``--warmup`` steps. ``--presets`` starts from the model's shipped preset (e.g. SASRec's 256 negatives per
-position and item dropout) instead of its bare defaults; ``--against-reference`` times each model beside its
-reference form in interleaved rounds and prints the ratio.
+after ``--warmup`` steps. ``--presets`` starts from the model's shipped preset (e.g. SASRec's full softmax up to
+20,000 items, else 256 negatives per position, and item dropout) instead of its bare defaults;
+``--against-reference`` times each model beside its reference form in interleaved rounds and prints the ratio.
 """
 
 from __future__ import annotations
