@@ -166,8 +166,7 @@ class TrainConfig(CheckedConfig):
         for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
         non_negative = ("max_steps", "patience", "row_negatives", "checkpoint_every", "eval_users", "weight_decay")
-        non_negative += ("full_softmax_max_items",)
-        for name in (*non_negative, "max_minutes"):
+        for name in (*non_negative, "full_softmax_max_items", "max_minutes"):
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         self.require(0 <= self.adam_beta2 < 1, "adam_beta2", "in [0, 1)")
@@ -252,6 +251,11 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def value(self, dotted: str) -> Any:
+        """The value of ``"section.key"``: what :meth:`with_values` would change."""
+        section, _, key = dotted.partition(".")
+        return getattr(getattr(self, section), key)
 
     def with_values(self, values: dict[str, Any]) -> RunConfig:
         """A new config with ``{"section.key": value}`` changed, built and checked as a loaded one (configs are

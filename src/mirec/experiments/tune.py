@@ -134,11 +134,9 @@ def check_space(space: list[Dimension], model: str, preset: str, config_file: st
 
 def baseline_params(space: list[Dimension], base: Any) -> dict[str, Any]:
     """The config's own values of the searched options (``--baseline-trial``), each checked against its range."""
-    values = base.to_dict()
     params = {}
     for dim in space:
-        section, option = dim.key.split(".", 1)
-        value = values[section][option]
+        value = base.value(dim.key)
         if not dim.contains(value):
             raise ConfigError(f"--baseline-trial: the config's {dim.key} = {value!r} lies outside the search space")
         params[dim.key] = value
