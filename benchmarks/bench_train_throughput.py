@@ -116,6 +116,36 @@ def reference_approach(model: torch.nn.Module) -> Iterator[None]:
             del model.star_graph.forward
 
 
+def training_setup(
+    name: str,
+    dataset: PreparedDataset,
+    *,
+    batch_size: int = 128,
+    maxlen: int = 20,
+    dim: int = 64,
+    interests: int = 4,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
+    presets: bool = False,
+) -> Trainer:
+    """The trainer of model ``name`` at this shape, in training mode, ready for ``train_step``."""
+    config = load_config(
+        model=name,
+        dataset="default" if presets else None,  # the shipped preset layers of the model
+        overrides=[
+            f"train.batch_size={batch_size}",
+            f"model.maxlen={maxlen}",
+            f"model.embedding_dim={dim}",
+            f"model.num_interests={interests}",
+            *overrides,
+        ],
+    )
+    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing before its first evaluation
+        trainer = Trainer(dataset, config, run_dir, device=torch.device(device), progress=False)
+    trainer.model.train()
+    return trainer
+
+
 def measure_throughput(
     name: str,
     *,
@@ -139,22 +169,9 @@ def measure_throughput(
     Peak RSS covers the timed steps (model, optimiser state and batches included)."""
     if dataset is None:
         dataset = load_dataset(data) if data else synthetic_dataset(users, items)
-    config = load_config(
-        model=name,
-        dataset="default" if presets else None,  # the shipped preset layers of the model
-        overrides=[
-            f"train.batch_size={batch_size}",
-            f"model.maxlen={maxlen}",
-            f"model.embedding_dim={dim}",
-            f"model.num_interests={interests}",
-            *overrides,
-        ],
-    )
-    on = torch.device(device)
-    with tempfile.TemporaryDirectory() as run_dir:  # the trainer writes nothing before its first evaluation
-        trainer = Trainer(dataset, config, run_dir, device=on, progress=False)
-    model = trainer.model
-    model.train()
+    shape = {"batch_size": batch_size, "maxlen": maxlen, "dim": dim, "interests": interests}
+    trainer = training_setup(name, dataset, device=device, overrides=overrides, presets=presets, **shape)
+    config, model, on = trainer.config, trainer.model, trainer.device
 
     def step() -> int:
         """The trainer's own step: draw the batch (timed, as the anchors count batch building), forward, the
