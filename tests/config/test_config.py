@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -53,9 +54,11 @@ def test_a_recipe_is_its_model_with_its_options_and_user_overrides_win():
     assert set(RECIPES) >= {"comirec-sa+gc", "pimi+gc", "sasrec+gc", "gemirec-over-sa+gc"}
     sasrec = load_config(model="sasrec+gc", dataset="amazon-beauty")
     assert sasrec.model.name == "sasrec" and sasrec.model.global_context is True
-    # the recipe as measured (studies 20h-20i): without the preset's item dropout
-    assert sasrec.model.item_dropout == 0.0 and load_config(model="sasrec", dataset="default").model.item_dropout == 0.2
-    assert sasrec.train == load_config(model="sasrec", dataset="amazon-beauty").train
+    # the recipe as measured (studies 20h-20i): without the preset's item dropout and full softmax
+    preset = load_config(model="sasrec", dataset="amazon-beauty")
+    assert sasrec.model.item_dropout == 0.0 and preset.model.item_dropout == 0.2
+    assert sasrec.train.full_softmax_max_items == 0 and preset.train.full_softmax_max_items == 20000
+    assert sasrec.train == replace(preset.train, full_softmax_max_items=0)
     recipe = load_config(model="gemirec-over-sa+gc", dataset="amazon-grocery")
     gemirec = recipe.model
     assert (gemirec.name, gemirec.base, gemirec.global_context) == ("gemirec", "comirec-sa", True)
