@@ -169,8 +169,17 @@ def measure_throughput(
     Peak RSS covers the timed steps (model, optimiser state and batches included)."""
     if dataset is None:
         dataset = load_dataset(data) if data else synthetic_dataset(users, items)
-    shape = {"batch_size": batch_size, "maxlen": maxlen, "dim": dim, "interests": interests}
-    trainer = training_setup(name, dataset, device=device, overrides=overrides, presets=presets, **shape)
+    trainer = training_setup(
+        name,
+        dataset,
+        batch_size=batch_size,
+        maxlen=maxlen,
+        dim=dim,
+        interests=interests,
+        device=device,
+        overrides=overrides,
+        presets=presets,
+    )
     config, model, on = trainer.config, trainer.model, trainer.device
 
     def step() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,19 +20,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_support import describe_machine, machine_info  # noqa: E402
-from bench_train_throughput import training_setup  # noqa: E402
+from bench_train_throughput import measure_throughput, training_setup  # noqa: E402
 
 from mirec.data.dataset import load_dataset  # noqa: E402
-
-
-def step_ms(trainer, steps: int, warmup: int) -> float:
-    """Wall milliseconds per trainer step, after ``warmup`` steps."""
-    for _ in range(warmup):
-        trainer.train_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return (time.perf_counter() - start) / steps * 1e3
 
 
 def op_self_us(trainer, steps: int) -> dict[str, float]:
@@ -55,13 +44,17 @@ def main() -> int:
     args = parser.parse_args()
     base, other = (int(t) for t in args.threads.split(","))
     print(describe_machine(machine_info()))
-    trainer = training_setup(args.model, load_dataset(args.data), overrides=args.overrides)
+    dataset = load_dataset(args.data)
+    for threads in (base, other):
+        torch.set_num_threads(threads)
+        timed = measure_throughput(args.model, dataset=dataset, steps=args.steps, warmup=20, overrides=args.overrides)
+        print(f"{args.model} at {threads} thread(s): {timed['ms_per_step']:.2f} ms a step")
+    trainer = training_setup(args.model, dataset, overrides=args.overrides)
     profiles = {}
     for threads in (base, other):
         torch.set_num_threads(threads)
-        print(f"{args.model} at {threads} thread(s): {step_ms(trainer, args.steps, warmup=20):.2f} ms a step")
-    for threads in (base, other):
-        torch.set_num_threads(threads)
+        for _ in range(20):  # warm-up at this thread count
+            trainer.train_step()
         profiles[threads] = op_self_us(trainer, args.steps)
     print(f"{'op':48s} {f'{base}t us':>9s} {f'{other}t us':>9s} {'speed-up':>9s}")
     for key in sorted(profiles[base], key=lambda k: -profiles[base][k])[: args.top]:

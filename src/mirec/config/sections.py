@@ -166,7 +166,8 @@ class TrainConfig(CheckedConfig):
         for name in ("batch_size", "eval_every", "log_every", "num_negatives_factor", "min_cut"):
             self.require(getattr(self, name) >= 1, name, ">= 1")
         non_negative = ("max_steps", "patience", "row_negatives", "checkpoint_every", "eval_users", "weight_decay")
-        for name in (*non_negative, "full_softmax_max_items", "max_minutes"):
+        non_negative += ("full_softmax_max_items", "max_minutes")
+        for name in non_negative:
             self.require(getattr(self, name) >= 0, name, ">= 0")
         self.require(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         self.require(0 <= self.adam_beta2 < 1, "adam_beta2", "in [0, 1)")
@@ -252,9 +253,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def _section_and_key(dotted: str) -> tuple[str, str]:
+        section, _, key = dotted.partition(".")
+        if section not in ("model", "graph", "train", "eval") or not key:
+            raise ConfigError(f"{dotted}: expected SECTION.KEY with SECTION model, graph, train or eval")
+        return section, key
+
     def value(self, dotted: str) -> Any:
         """The value of ``"section.key"``: what :meth:`with_values` would change."""
-        section, _, key = dotted.partition(".")
+        section, key = self._section_and_key(dotted)
         return getattr(getattr(self, section), key)
 
     def with_values(self, values: dict[str, Any]) -> RunConfig:
@@ -262,9 +270,7 @@ class RunConfig:
         frozen: this is how code changes one)."""
         sections: dict[str, dict[str, Any]] = {}
         for dotted, value in values.items():
-            section, _, key = dotted.partition(".")
-            if section not in ("model", "graph", "train", "eval") or not key:
-                raise ConfigError(f"{dotted}: expected SECTION.KEY with SECTION model, graph, train or eval")
+            section, key = self._section_and_key(dotted)
             sections.setdefault(section, {})[key] = value
         changed = {name: dataclasses.replace(getattr(self, name), **kv) for name, kv in sections.items()}
         return dataclasses.replace(self, **changed)
