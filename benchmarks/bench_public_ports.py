@@ -14,8 +14,9 @@ A step on each side is what its training loop does: draw a batch (REMI's DataLoa
 forward, loss, backward, Adam. Each round times every model on both sides, the side going first alternating;
 medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public of the medians
 and the median of the ratios within each round (model steps); the public side is also timed on batches drawn
-beforehand (its model, loss and Adam without its Python DataLoader). The one change made to the public code:
-``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
+beforehand (its model, loss and Adam without its Python DataLoader), and so is mirec's (its trainer's step without
+drawing the batch): the "model steps alone" ratio compares the same scope on both sides. The one change made to
+the public code: ``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
 
 ``--daniellaah``: github.com/daniellaah/ComiRec (ComiRec-SA only), run as published: its model, its
 ``SampledSoftmaxLoss`` (10 x batch unique log-uniform negatives, hits removed, log Q: ComiRec's loss, which is
@@ -148,7 +149,7 @@ class DaniellaahPort:
 
 def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     """Interleaved rounds (the side going first alternating) of mirec and the public port on one model."""
-    runs: dict[str, list[float]] = {"mirec": [], "public_step": []}
+    runs: dict[str, list[float]] = {"mirec": [], "mirec_step": [], "public_step": []}
     if isinstance(port, PublicPort):
         runs["public"] = []
     for round_ in range(args.rounds):
@@ -158,6 +159,10 @@ def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Nam
                     name, dataset=dataset, steps=args.steps, warmup=args.warmup, overrides=overrides
                 )
                 runs["mirec"].append(measured["samples_per_s"])
+                measured = measure_throughput(
+                    name, dataset=dataset, steps=args.steps, warmup=args.warmup, overrides=overrides, batches_given=True
+                )
+                runs["mirec_step"].append(measured["samples_per_s"])
                 continue
             if "public" in runs:  # its training loop with its own DataLoader
                 runs["public"].append(port.samples_per_s(args.steps, args.warmup))
@@ -178,6 +183,12 @@ def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
     )
     paired = paired_ratios(runs["mirec"], runs["public_step"])
     line += f", paired by round {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+    paired = paired_ratios(runs["mirec_step"], runs["public_step"])
+    line += (
+        f"; model steps alone (batches drawn beforehand on both sides): mirec {medians['mirec_step']:8,.0f} "
+        f"({spread['mirec_step']}) ratio {medians['mirec_step'] / medians['public_step']:.2f}x, "
+        f"paired {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+    )
     print(line, flush=True)
 
 

@@ -201,3 +201,14 @@ def test_reference_approach_looks_up_every_rows_negatives() -> None:
     assert model.looked_up == [31, 6 * 17]  # the whole table once, then the drawn rows as one block
     assert losses.row_sampled_logits is btt.row_sampled_logits  # restored on exit
     assert reference == pytest.approx(ours, rel=1e-6)
+
+
+def test_batches_drawn_beforehand_feed_every_timed_step_in_the_samplers_order() -> None:
+    import bench_train_throughput as btt
+
+    out = btt.measure_throughput("dnn", users=60, items=80, steps=4, warmup=1, batch_size=8, batches_given=True)
+    assert out["batches_given"] and out["steps"] == 4 and out["samples_per_s"] > 0
+    drawn = btt.DrawnBatches(["a", "b"])
+    assert [drawn.sample(), drawn.sample()] == ["a", "b"]
+    with pytest.raises(StopIteration):  # a timed step past the drawn batches fails instead of drawing one
+        drawn.sample()
