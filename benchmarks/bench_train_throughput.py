@@ -35,6 +35,7 @@ from bench_support import PeakRSS, describe_machine, machine_info
 from bench_time_interval import dense_attention, per_sample_time_interval
 
 from mirec.config import load_config
+from mirec.data.batching import Batch
 from mirec.data.dataset import PreparedDataset, SplitSequences, load_dataset
 from mirec.models import available_models
 from mirec.nn.sampled_softmax import full_softmax_loss, row_sampled_logits
@@ -149,10 +150,10 @@ def training_setup(
 class DrawnBatches:
     """Serves batches drawn beforehand, in order, where the trainer asks its sampler for the next one."""
 
-    def __init__(self, batches: list):
+    def __init__(self, batches: list[Batch]):
         self._batches = iter(batches)
 
-    def sample(self):
+    def sample(self) -> Batch:
         return next(self._batches)
 
 
