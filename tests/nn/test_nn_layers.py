@@ -321,3 +321,25 @@ def test_self_attentive_float32_cpu_logits_fold_tanh_into_the_weights():
     ext64, H64 = ext.double(), H.detach().double()
     expected = ext64.w2(torch.tanh(ext64.w1(H64)))
     assert torch.equal(ext64.position_logits(H64), expected)
+
+
+def test_truncated_normal_keeps_first_draws_inside_and_redraws_only_the_rest():
+    """tf.truncated_normal's distribution: N(0, std) cut at 2 std (std of the cut law 0.8796 std), entries inside
+    the bounds kept from the first draw, reproducible under the global seed, quantiles equal to torch's
+    trunc_normal_ (an independent implementation) within sampling error."""
+    from mirec.nn.init import truncated_normal_
+
+    std = 0.5
+    torch.manual_seed(11)
+    first = torch.empty(400_000).normal_(0.0, std)
+    torch.manual_seed(11)
+    drawn = truncated_normal_(torch.empty(400_000), std)
+    inside = first.abs() <= 2 * std
+    assert torch.equal(drawn[inside], first[inside])  # the same normal_ call: kept entries are the first draw's
+    assert not torch.equal(drawn[~inside], first[~inside]) and drawn.abs().max() <= 2 * std
+    assert abs(drawn.std().item() / std - 0.87962566) < 0.005 and abs(drawn.mean().item()) < 0.005
+    torch.manual_seed(11)
+    assert torch.equal(truncated_normal_(torch.empty(400_000), std), drawn)
+    reference = torch.nn.init.trunc_normal_(torch.empty(400_000), 0.0, std, -2 * std, 2 * std)
+    q = torch.tensor([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+    torch.testing.assert_close(torch.quantile(drawn, q), torch.quantile(reference, q), rtol=0, atol=0.01)

@@ -26,6 +26,7 @@ from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, SharedBilinear
 from mirec.nn.fastpath import use_cpu_fast_path
+from mirec.nn.init import truncated_normal_
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -64,7 +65,7 @@ class MIND(MultiInterestModel):
         out = torch.empty(batch_size, self.config.num_interests, seq_len, device=device, dtype=dtype)
         if std == 0:
             return out.zero_()
-        return torch.nn.init.trunc_normal_(out, 0.0, std, -2 * std, 2 * std)
+        return truncated_normal_(out, std)
 
     def shared_predictions(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S e_i + s for the masked history [B, L] -> [B, L, d]. CPU fast path: the map on the real rows only,
