@@ -1,4 +1,4 @@
-"""Initialisers the TF reference code gets by default."""
+"""Initialisers and random draws as the TF reference code makes them by default."""
 
 from __future__ import annotations
 
