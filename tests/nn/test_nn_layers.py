@@ -343,3 +343,31 @@ def test_truncated_normal_keeps_first_draws_inside_and_redraws_only_the_rest():
     reference = torch.nn.init.trunc_normal_(torch.empty(400_000), 0.0, std, -2 * std, 2 * std)
     q = torch.tensor([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
     torch.testing.assert_close(torch.quantile(drawn, q), torch.quantile(reference, q), rtol=0, atol=0.01)
+
+
+def test_dropout_masks_from_16_bit_lanes_keep_the_law_and_the_gradient():
+    """Each of the four 16-bit lanes of a draw drops at rate p (no lane biased), kept values are x / (1 - p') with
+    p' = round(p 2^16) / 2^16, the gradient is the same mask and scale, eval / p = 0 / p = 1 behave as F.dropout,
+    and a seed fixes the mask."""
+    from mirec.nn.dropout import Dropout, dropout
+
+    p, n = 0.2, 1_000_000
+    x = torch.full((n,), 3.0, requires_grad=True)
+    torch.manual_seed(4)
+    y = dropout(x, p)
+    kept = y.detach() != 0
+    rate = round(p * 2**16) / 2**16
+    sigma = math.sqrt(rate * (1 - rate) / (n / 4))
+    for lane in range(4):
+        assert abs((~kept[lane::4]).float().mean().item() - rate) < 4 * sigma, lane
+    torch.testing.assert_close(y.detach()[kept], torch.full((int(kept.sum()),), 3.0 / (1 - rate)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - rate))
+    torch.manual_seed(4)
+    assert torch.equal(dropout(x.detach(), p), y.detach())  # the same draw under the same seed
+    layer = Dropout(p)
+    layer.eval()
+    assert torch.equal(layer(x.detach()), x.detach())
+    assert torch.equal(dropout(x.detach(), 0.0), x.detach())
+    assert torch.count_nonzero(dropout(x.detach(), 1.0)) == 0
+    assert Dropout(0.1)(torch.ones(5, 7)).shape == (5, 7)  # odd sizes: the last draw is cut to the tensor

@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from mirec.config import GRU4RecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel
+from mirec.nn.dropout import Dropout
 from mirec.nn.fastpath import use_cpu_fast_path
 from mirec.nn.gru import packed_gru_last_states
 
@@ -64,7 +65,7 @@ class GRU4Rec(MultiInterestModel):
         else:  # REMI's _init_weights: Glorot-uniform on the first layer's two matrices only
             nn.init.xavier_uniform_(self.gru.weight_ih_l0)
             nn.init.xavier_uniform_(self.gru.weight_hh_l0)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.embedding_dropout = Dropout(config.embedding_dropout)
         self.dense = nn.Linear(hidden, d) if config.output_dense else None  # torch default init, as REMI
 
     @property

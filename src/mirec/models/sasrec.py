@@ -28,6 +28,7 @@ from torch import nn
 from mirec.config import SASRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel, TrainingOutput
+from mirec.nn.dropout import Dropout, dropout
 from mirec.nn.init import glorot_embedding
 
 
@@ -40,7 +41,7 @@ class SASRecBlock(nn.Module):
         self.attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.forward_norm = nn.LayerNorm(d, eps=1e-8)
         self.feed_forward = nn.Sequential(
-            nn.Linear(d, d), nn.Dropout(dropout), nn.ReLU(), nn.Linear(d, d), nn.Dropout(dropout)
+            nn.Linear(d, d), Dropout(dropout), nn.ReLU(), nn.Linear(d, d), Dropout(dropout)
         )
 
     def forward(self, x: torch.Tensor, causal: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ class SASRec(MultiInterestModel):
         super().__init__(config, n_items)
         d = config.embedding_dim
         self.position_embedding = nn.Embedding(config.maxlen, d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
         self.last_norm = nn.LayerNorm(d, eps=1e-8)
         self._step_item_table: torch.Tensor | None = None  # the item table under this step's model.item_dropout
@@ -129,7 +130,7 @@ class SASRec(MultiInterestModel):
         """Every real position scored against its next item (the last against the batch's target)."""
         assert batch.targets is not None, "training batches carry targets"
         if self.training and self.config.item_dropout > 0:  # one dropped table for the step: inputs and outputs agree
-            self._step_item_table = F.dropout(self.item_embedding.weight, self.config.item_dropout)
+            self._step_item_table = dropout(self.item_embedding.weight, self.config.item_dropout)
         if not self.config.all_positions:
             return TrainingOutput(self(batch)[:, 0])
         states = self.sequence_states(batch)
