@@ -177,19 +177,23 @@ def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
     if "public" in runs:
         ratio = medians["mirec"] / medians["public"]
         line += f"  public {medians['public']:7,.0f} ({spread['public']}) ratio {ratio:.1f}x;"
-    line += (
-        f"  public without its loader {medians['public_step']:7,.0f} ({spread['public_step']}) "
-        f"ratio {medians['mirec'] / medians['public_step']:.2f}x"
-    )
-    paired = paired_ratios(runs["mirec"], runs["public_step"])
-    line += f", paired by round {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
-    paired = paired_ratios(runs["mirec_step"], runs["public_step"])
+    ratio, paired = against_public_step(runs, medians, "mirec")
+    line += f"  public without its loader {medians['public_step']:7,.0f} ({spread['public_step']}) ratio {ratio}"
+    line += f", paired by round {paired}"
+    ratio, paired = against_public_step(runs, medians, "mirec_step")
     line += (
         f"; model steps alone (batches drawn beforehand on both sides): mirec {medians['mirec_step']:8,.0f} "
-        f"({spread['mirec_step']}) ratio {medians['mirec_step'] / medians['public_step']:.2f}x, "
-        f"paired {np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+        f"({spread['mirec_step']}) ratio {ratio}, paired {paired}"
     )
     print(line, flush=True)
+
+
+def against_public_step(runs: dict[str, list[float]], medians: dict[str, float], side: str) -> tuple[str, str]:
+    """``side`` against the public model step: the ratio of the medians, and the median (range) of the per-round
+    ratios."""
+    paired = paired_ratios(runs[side], runs["public_step"])
+    ratio = medians[side] / medians["public_step"]
+    return f"{ratio:.2f}x", f"{np.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
 
 
 def paired_ratios(ours: list[float], theirs: list[float]) -> list[float]:

@@ -28,7 +28,8 @@ from torch import nn
 from mirec.config import SASRecConfig
 from mirec.data.batching import Batch
 from mirec.models.base import MultiInterestModel, TrainingOutput
-from mirec.nn.dropout import Dropout, dropout
+from mirec.nn.dropout import Dropout
+from mirec.nn.dropout import dropout as table_dropout  # the blocks' `dropout` is their rate
 from mirec.nn.init import glorot_embedding
 
 
@@ -130,7 +131,7 @@ class SASRec(MultiInterestModel):
         """Every real position scored against its next item (the last against the batch's target)."""
         assert batch.targets is not None, "training batches carry targets"
         if self.training and self.config.item_dropout > 0:  # one dropped table for the step: inputs and outputs agree
-            self._step_item_table = dropout(self.item_embedding.weight, self.config.item_dropout)
+            self._step_item_table = table_dropout(self.item_embedding.weight, self.config.item_dropout)
         if not self.config.all_positions:
             return TrainingOutput(self(batch)[:, 0])
         states = self.sequence_states(batch)

@@ -32,7 +32,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p == 0 or p >= 1 or x.device.type != "cpu":  # CUDA's bernoulli_ is fast (Philox)
         return F.dropout(x, p, training)
     keep, scale = keep_mask(x, p)
-    return x * (keep.to(x.dtype) * scale)
+    return x * keep.to(x.dtype).mul_(scale)
 
 
 class Dropout(nn.Dropout):
