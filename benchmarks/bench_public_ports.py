@@ -15,8 +15,11 @@ forward, loss, backward, Adam. Each round times every model on both sides, the s
 medians and ranges over the rounds are printed at each thread count, with the ratio mirec / public of the medians
 and the median of the ratios within each round (model steps); the public side is also timed on batches drawn
 beforehand (its model, loss and Adam without its Python DataLoader), and so is mirec's (its trainer's step without
-drawing the batch): the "model steps alone" ratio compares the same scope on both sides. The one change made to
-the public code: ``Tensor.cuda`` is a no-op in this process (its noise table calls ``.cuda()``).
+drawing the batch): the "model steps alone" ratio compares the same scope on both sides. Last in each round, the
+two model steps take turns in ``--blocks`` pairs of ``--block-steps``-step blocks (one trainer, one port): on a VM
+whose speed switches within seconds, both sides of each pair see the same moments; their ratio is printed as
+"alternating blocks". The one change made to the public code: ``Tensor.cuda`` is a no-op in this process (its
+noise table calls ``.cuda()``).
 
 ``--daniellaah``: github.com/daniellaah/ComiRec (ComiRec-SA only), run as published: its model, its
 ``SampledSoftmaxLoss`` (10 x batch unique log-uniform negatives, hits removed, log Q: ComiRec's loss, which is
@@ -37,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_support import describe_machine, machine_info  # noqa: E402
-from bench_train_throughput import measure_throughput  # noqa: E402
+from bench_train_throughput import DrawnBatches, measure_throughput, training_setup  # noqa: E402
 
 from mirec.data.dataset import load_dataset  # noqa: E402
 
@@ -149,7 +152,7 @@ class DaniellaahPort:
 
 def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     """Interleaved rounds (the side going first alternating) of mirec and the public port on one model."""
-    runs: dict[str, list[float]] = {"mirec": [], "mirec_step": [], "public_step": []}
+    runs: dict[str, list] = {"mirec": [], "mirec_step": [], "public_step": [], "blocks": []}
     if isinstance(port, PublicPort):
         runs["public"] = []
     for round_ in range(args.rounds):
@@ -167,10 +170,43 @@ def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Nam
             if "public" in runs:  # its training loop with its own DataLoader
                 runs["public"].append(port.samples_per_s(args.steps, args.warmup))
             runs["public_step"].append(port.samples_per_s(args.steps, args.warmup, batches_given=True))
+        if args.blocks:
+            runs["blocks"] += alternating_blocks(name, port, dataset, overrides, args, mirec_first=round_ % 2 == 0)
     return runs
 
 
-def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
+def alternating_blocks(
+    name: str, port, dataset, overrides: list[str], args: argparse.Namespace, mirec_first: bool
+) -> list[list[float]]:
+    """[mirec, public] seconds of each pair of blocks: the two model steps (batches drawn beforehand on both
+    sides) take turns every ``--block-steps`` steps, so both see the same moments of a machine whose speed
+    switches within seconds."""
+    trainer = training_setup(name, dataset, overrides=overrides)
+    sampler = trainer.sampler
+    for _ in range(args.warmup):
+        trainer.train_step()
+        port.step(port.batch())
+    pairs = []
+    for _ in range(args.blocks):
+        seconds = {}
+        for side in ("mirec", "public") if mirec_first else ("public", "mirec"):
+            if side == "mirec":
+                trainer.sampler = DrawnBatches([sampler.sample() for _ in range(args.block_steps)])
+                started = time.perf_counter()
+                for _ in range(args.block_steps):
+                    trainer.train_step()
+            else:
+                batches = [port.batch() for _ in range(args.block_steps)]
+                started = time.perf_counter()
+                for batch in batches:
+                    port.step(batch)
+            seconds[side] = time.perf_counter() - started
+        pairs.append([seconds["mirec"], seconds["public"]])
+    return pairs
+
+
+def report(name: str, threads: int, runs: dict[str, list]) -> None:
+    blocks = runs.pop("blocks")
     medians = {k: float(np.median(v)) for k, v in runs.items()}
     spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in runs.items()}
     line = f"{name:11s} {threads} thread(s): mirec {medians['mirec']:8,.0f} ({spread['mirec']})"
@@ -185,6 +221,14 @@ def report(name: str, threads: int, runs: dict[str, list[float]]) -> None:
         f"; model steps alone (batches drawn beforehand on both sides): mirec {medians['mirec_step']:8,.0f} "
         f"({spread['mirec_step']}) ratio {ratio}, paired {paired}"
     )
+    if blocks:
+        per_pair = [public / mirec for mirec, public in blocks]
+        total = sum(public for _, public in blocks) / sum(mirec for mirec, _ in blocks)
+        line += (
+            f"; alternating blocks ({len(blocks)} pairs): ratio of the summed times {total:.2f}x, per pair "
+            f"{np.median(per_pair):.2f}x ({min(per_pair):.2f}-{max(per_pair):.2f})"
+        )
+    runs["blocks"] = blocks
     print(line, flush=True)
 
 
@@ -214,6 +258,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=4, help="pairs of alternating blocks per round (0: none)")
+    parser.add_argument("--block-steps", type=int, default=20, help="steps in each alternating block")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.remi and not args.train_file:

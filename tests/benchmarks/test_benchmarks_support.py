@@ -212,3 +212,39 @@ def test_batches_drawn_beforehand_feed_every_timed_step_in_the_samplers_order() 
     assert [drawn.sample(), drawn.sample()] == ["a", "b"]
     with pytest.raises(StopIteration):  # a timed step past the drawn batches fails instead of drawing one
         drawn.sample()
+
+
+def test_alternating_blocks_take_turns_and_step_every_drawn_batch_in_order(monkeypatch) -> None:
+    import argparse
+
+    import bench_public_ports as bpp
+    import bench_train_throughput as btt
+
+    log: list[str] = []
+
+    class RecordingPort:  # the public side's interface: draw a batch, step on it
+        def __init__(self) -> None:
+            self.drawn, self.stepped = 0, []
+
+        def batch(self) -> int:
+            self.drawn += 1
+            return self.drawn
+
+        def step(self, batch: int) -> None:
+            self.stepped.append(batch)
+            log.append("public")
+
+    def recorded_setup(*args, **kwargs):
+        trainer = btt.training_setup(*args, **kwargs)
+        step = trainer.train_step
+        trainer.train_step = lambda: (log.append("mirec"), step())[1]
+        return trainer
+
+    monkeypatch.setattr(bpp, "training_setup", recorded_setup)
+    port = RecordingPort()
+    args = argparse.Namespace(warmup=2, blocks=3, block_steps=4)
+    dataset = btt.synthetic_dataset(60, 80)
+    pairs = bpp.alternating_blocks("dnn", port, dataset, bpp.REMI_LOSS, args, mirec_first=False)
+    assert len(pairs) == 3 and all(mirec > 0 and public > 0 for mirec, public in pairs)
+    assert port.stepped == list(range(1, 2 + 3 * 4 + 1))  # warm-up, then every block's batches, none skipped
+    assert log[4:] == (["public"] * 4 + ["mirec"] * 4) * 3  # after the warm-up, blocks of 4 taking turns

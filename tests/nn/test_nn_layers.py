@@ -245,6 +245,32 @@ def test_self_attentive_real_positions_only_equals_the_full_masked_form():
         torch.testing.assert_close(a, b)
 
 
+def test_rows_by_flat_index_equal_boolean_indexing_and_its_gradients():
+    """gather_rows / scatter_rows against x[mask] and index_put((mask,), values): values and gradients, including
+    a row with no real position and a trailing feature shape."""
+    from mirec.nn.rows import gather_rows, real_rows, scatter_rows
+
+    torch.manual_seed(4)
+    mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]]) > 0
+    x = torch.randn(3, 4, 2, 5, dtype=torch.float64, requires_grad=True)
+    rows = real_rows(mask)
+    assert rows.tolist() == [0, 2, 3, 8, 9, 10, 11]
+    picked = gather_rows(x, rows)
+    torch.testing.assert_close(picked, x[mask], rtol=1e-12, atol=1e-12)  # the same entries, copied
+    weights = torch.randn_like(picked)
+    (fast,) = torch.autograd.grad((picked * weights).sum(), x)
+    (slow,) = torch.autograd.grad((x[mask] * weights).sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    values = torch.randn(len(rows), 3, dtype=torch.float64, requires_grad=True)
+    spread = scatter_rows(values, rows, mask.shape, -7.0)
+    expected = values.new_full((3, 4, 3), -7.0).index_put((mask,), values)
+    torch.testing.assert_close(spread, expected, rtol=1e-12, atol=1e-12)
+    out_weights = torch.randn_like(spread)
+    (fast,) = torch.autograd.grad((spread * out_weights).sum(), values)
+    (slow,) = torch.autograd.grad((expected * out_weights).sum(), values)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_shared_predictions_route_like_their_tiled_copies(stop_gradient):
     """MIND's untiled [B, L, d] prediction: same capsules, weights and gradients as the tiled [B, K, L, d]."""

@@ -27,6 +27,7 @@ from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, SharedBilinear
 from mirec.nn.fastpath import use_cpu_fast_path
 from mirec.nn.init import truncated_normal_
+from mirec.nn.rows import real_rows, scatter_rows
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -73,8 +74,9 @@ class MIND(MultiInterestModel):
         real = mask > 0
         if not use_cpu_fast_path(mask) or bool(real.all()):
             return self.bilinear.shared_predictions(self.embed_items(items) * mask.unsqueeze(-1))
-        rows = self.bilinear.shared_predictions(self.embed_items(items[real]))  # [R, d]
-        return rows.new_zeros(*items.shape, rows.shape[-1]).index_put((real,), rows)
+        rows = real_rows(real)
+        predictions = self.bilinear.shared_predictions(self.embed_items(items.reshape(-1).index_select(0, rows)))
+        return scatter_rows(predictions, rows, items.shape, 0.0)
 
     def forward(self, batch: Batch, init_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Interests [B, K, d]; ``init_logits`` [B, K, L] replaces the random routing logits (tests)."""

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mirec.nn.fastpath import use_cpu_fast_path
+from mirec.nn.rows import gather_rows, real_rows, scatter_rows
 
 # TF reference's mask value for attention logits (ComiRec / PIMI_Rec model.py: -2**32 + 1).
 MASK_LOGIT = -(2.0**32) + 1.0
@@ -58,8 +59,8 @@ class SelfAttentiveExtractor(nn.Module):
         if use_cpu_fast_path(H) and not bool(valid.all()):
             # CPU: W_1, tanh, W_2 on the real positions only (training windows are ~30% filled; tanh is
             # the costliest op here); padded logits are the mask value either way, so the result is the same
-            logits = H.new_full((*H.shape[:2], self.num_interests), MASK_LOGIT)
-            logits = logits.index_put((valid,), self.position_logits(H[valid]))
+            rows = real_rows(valid)
+            logits = scatter_rows(self.position_logits(gather_rows(H, rows)), rows, H.shape, MASK_LOGIT)
             return torch.softmax(logits.transpose(1, 2), dim=-1)
         logits = self.position_logits(H).transpose(1, 2)  # [B, K, L]
         logits = logits.masked_fill(~valid[:, None, :], MASK_LOGIT)
