@@ -8,7 +8,8 @@
         # per-row negatives, block-wise vs looked up (the preset trains Beauty with the full softmax)
 
 Each step is ``mirec.training.trainer.Trainer.train_step``, the training loop's own step, on the model's default
-config with batch 128, maxlen 20, d 64, K 4 (``--set`` adds overrides, e.g. ``train.sparse_item_grad=false``):
+config with batch 128, maxlen 20, d 64, the model's own K (4; SASRec 1; ``--interests`` sets it) (``--set``
+adds overrides, e.g. ``train.sparse_item_grad=false``):
 a ``TrainSampler`` batch (ComiRec's cut-and-window sampling, timed as the anchors' throughputs include each
 code's batch building) over a synthetic ``PreparedDataset`` (Zipf-distributed items, like popularity-sorted
 ids) or a prepared folder, the configured loss (default: TF ``sampled_softmax_loss`` with 10 x batch unique
@@ -124,7 +125,7 @@ def training_setup(
     batch_size: int = 128,
     maxlen: int = 20,
     dim: int = 64,
-    interests: int = 4,
+    interests: int | None = 4,
     device: str = "cpu",
     overrides: Sequence[str] = (),
     presets: bool = False,
@@ -137,7 +138,7 @@ def training_setup(
             f"train.batch_size={batch_size}",
             f"model.maxlen={maxlen}",
             f"model.embedding_dim={dim}",
-            f"model.num_interests={interests}",
+            *([] if interests is None else [f"model.num_interests={interests}"]),
             *overrides,
         ],
     )
@@ -166,7 +167,7 @@ def measure_throughput(
     batch_size: int = 128,
     maxlen: int = 20,
     dim: int = 64,
-    interests: int = 4,
+    interests: int | None = 4,
     steps: int = 20,
     warmup: int = 3,
     device: str = "cpu",
@@ -284,7 +285,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--maxlen", type=int, default=20)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--interests", type=int, default=4)
+    parser.add_argument("--interests", type=int, default=None, help="K (default: each model's own, 4 or SASRec's 1)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -310,7 +311,7 @@ def main() -> None:
     print(describe_machine(machine_info()))
     print(
         f"data={dataset.name} items={dataset.n_items} batch={args.batch_size} maxlen={args.maxlen} d={args.dim} "
-        f"K={args.interests} steps={args.steps} device={args.device} threads={torch.get_num_threads()}"
+        f"K={args.interests or 'default'} steps={args.steps} device={args.device} threads={torch.get_num_threads()}"
         + (" presets" if args.presets else "")
         + (" REFERENCE forms" if args.reference else "")
     )
