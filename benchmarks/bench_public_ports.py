@@ -150,8 +150,9 @@ class DaniellaahPort:
         return 128 * steps / (time.perf_counter() - started)
 
 
-def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    """Interleaved rounds (the side going first alternating) of mirec and the public port on one model."""
+def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list]:
+    """Interleaved rounds (the side going first alternating) of mirec and the public port on one model: samples/s
+    per round for each measurement, and under "blocks" the [mirec, public] seconds of each pair of blocks."""
     runs: dict[str, list] = {"mirec": [], "mirec_step": [], "public_step": [], "blocks": []}
     if isinstance(port, PublicPort):
         runs["public"] = []
@@ -206,17 +207,18 @@ def alternating_blocks(
 
 
 def report(name: str, threads: int, runs: dict[str, list]) -> None:
-    blocks = runs.pop("blocks")
-    medians = {k: float(np.median(v)) for k, v in runs.items()}
-    spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in runs.items()}
+    blocks = runs["blocks"]
+    rates = {k: v for k, v in runs.items() if k != "blocks"}
+    medians = {k: float(np.median(v)) for k, v in rates.items()}
+    spread = {k: f"{min(v):,.0f}-{max(v):,.0f}" for k, v in rates.items()}
     line = f"{name:11s} {threads} thread(s): mirec {medians['mirec']:8,.0f} ({spread['mirec']})"
     if "public" in runs:
         ratio = medians["mirec"] / medians["public"]
         line += f"  public {medians['public']:7,.0f} ({spread['public']}) ratio {ratio:.1f}x;"
-    ratio, paired = against_public_step(runs, medians, "mirec")
+    ratio, paired = against_public_step(rates, medians, "mirec")
     line += f"  public without its loader {medians['public_step']:7,.0f} ({spread['public_step']}) ratio {ratio}"
     line += f", paired by round {paired}"
-    ratio, paired = against_public_step(runs, medians, "mirec_step")
+    ratio, paired = against_public_step(rates, medians, "mirec_step")
     line += (
         f"; model steps alone (batches drawn beforehand on both sides): mirec {medians['mirec_step']:8,.0f} "
         f"({spread['mirec_step']}) ratio {ratio}, paired {paired}"
@@ -228,7 +230,6 @@ def report(name: str, threads: int, runs: dict[str, list]) -> None:
             f"; alternating blocks ({len(blocks)} pairs): ratio of the summed times {total:.2f}x, per pair "
             f"{np.median(per_pair):.2f}x ({min(per_pair):.2f}-{max(per_pair):.2f})"
         )
-    runs["blocks"] = blocks
     print(line, flush=True)
 
 
