@@ -108,10 +108,7 @@ class PublicPort:
         for _ in range(warmup):
             self.step()
         given = [self.batch() for _ in range(steps)] if batches_given else [None] * steps
-        started = time.perf_counter()
-        for batch in given:
-            self.step(batch)
-        return 128 * steps / (time.perf_counter() - started)
+        return 128 * steps / seconds_stepping(self.step, given)
 
 
 class DaniellaahPort:
@@ -142,12 +139,16 @@ class DaniellaahPort:
 
     def samples_per_s(self, steps: int, warmup: int, batches_given: bool = True) -> float:
         given = [self.batch() for _ in range(steps + warmup)]
-        for batch in given[:warmup]:
-            self.step(batch)
-        started = time.perf_counter()
-        for batch in given[warmup:]:
-            self.step(batch)
-        return 128 * steps / (time.perf_counter() - started)
+        seconds_stepping(self.step, given[:warmup])
+        return 128 * steps / seconds_stepping(self.step, given[warmup:])
+
+
+def seconds_stepping(step, batches: list) -> float:
+    """Wall-clock seconds of ``step(batch)`` over ``batches`` (drawn before the clock starts)."""
+    started = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return time.perf_counter() - started
 
 
 def rounds_of(name: str, port, dataset, overrides: list[str], args: argparse.Namespace) -> dict[str, list]:
@@ -191,17 +192,12 @@ def alternating_blocks(
     for _ in range(args.blocks):
         seconds = {}
         for side in ("mirec", "public") if mirec_first else ("public", "mirec"):
-            if side == "mirec":
-                trainer.sampler = DrawnBatches([sampler.sample() for _ in range(args.block_steps)])
-                started = time.perf_counter()
-                for _ in range(args.block_steps):
-                    trainer.train_step()
+            if side == "mirec":  # the trainer's own step, its sampler serving the batches drawn here
+                batches = [sampler.sample() for _ in range(args.block_steps)]
+                trainer.sampler = DrawnBatches(batches)
+                seconds[side] = seconds_stepping(lambda _: trainer.train_step(), batches)
             else:
-                batches = [port.batch() for _ in range(args.block_steps)]
-                started = time.perf_counter()
-                for batch in batches:
-                    port.step(batch)
-            seconds[side] = time.perf_counter() - started
+                seconds[side] = seconds_stepping(port.step, [port.batch() for _ in range(args.block_steps)])
         pairs.append([seconds["mirec"], seconds["public"]])
     return pairs
 

@@ -27,7 +27,7 @@ from mirec.models.base import MultiInterestModel
 from mirec.nn.capsule import CapsuleRouting, SharedBilinear
 from mirec.nn.fastpath import use_cpu_fast_path
 from mirec.nn.init import truncated_normal_
-from mirec.nn.rows import real_rows, scatter_rows
+from mirec.nn.rows import gather_rows, real_rows, scatter_rows
 from mirec.nn.self_attentive import tf_dense
 
 
@@ -75,7 +75,7 @@ class MIND(MultiInterestModel):
         if not use_cpu_fast_path(mask) or bool(real.all()):
             return self.bilinear.shared_predictions(self.embed_items(items) * mask.unsqueeze(-1))
         rows = real_rows(real)
-        predictions = self.bilinear.shared_predictions(self.embed_items(items.reshape(-1).index_select(0, rows)))
+        predictions = self.bilinear.shared_predictions(self.embed_items(gather_rows(items, rows)))
         return scatter_rows(predictions, rows, items.shape, 0.0)
 
     def forward(self, batch: Batch, init_logits: torch.Tensor | None = None) -> torch.Tensor:
